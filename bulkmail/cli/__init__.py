@@ -15,6 +15,7 @@ from collections.abc import Sequence
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sink": ("bulkmail.cli.sink_command", "run the local SMTP sink server"),
+    "demo": ("bulkmail.cli.demo_command", "send a demo newsletter to the built-in sink"),
 }
 
 

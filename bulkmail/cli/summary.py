@@ -1,0 +1,25 @@
+"""The end-of-run summary table, shared by ``send``, ``report`` and ``demo``."""
+
+from __future__ import annotations
+
+from ..results import Summary
+
+
+def render_summary(summary: Summary) -> str:
+    total = summary.total or 1
+    rows = [
+        ("delivered", summary.delivered),
+        ("bounced", summary.bounced),
+        ("deferred", summary.deferred),
+        ("suppressed", summary.suppressed),
+    ]
+    lines = ["", f"{'status':<12}{'recipients':>12}{'share':>9}"]
+    lines += [f"{name:<12}{count:>12,}{count / total:>9.1%}" for name, count in rows]
+    lines.append(f"{'total':<12}{summary.total:>12,}")
+    if summary.possible_duplicates:
+        lines.append(f"possible duplicates (in doubt, resent): {summary.possible_duplicates}")
+    if summary.domains:
+        lines.append("top domains: " + ", ".join(f"{d} {n}" for d, n in summary.domains.most_common(5)))
+    if summary.codes:
+        lines.append("top replies: " + ", ".join(f"{c} x{n}" for c, n in summary.codes.most_common(5)))
+    return "\n".join(lines)

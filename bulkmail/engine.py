@@ -1,0 +1,362 @@
+"""The delivery engine: recipients in, exactly one final result per recipient out.
+
+It routes each recipient to a destination, feeds that destination's pool,
+applies the reply policy to what comes back, and schedules retries.  Every
+recipient it accepts is counted as outstanding until it produces a result, so
+a job cannot finish while anybody is unaccounted for.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+from .config import SessionConfig
+from .errors import synthetic_reply
+from .message import Content, Recipient
+from .policy import RetryPolicy, Verdict, classify
+from .pool import Pool
+from .protocol import commands
+from .protocol.data import PreparedMessage
+from .protocol.errors import InvalidAddress
+from .protocol.replies import Reply
+from .results import Result, Status, Summary
+from .routing import Destination, Router, RoutingError, domain_of
+from .session import Envelope
+from .shaping import Shaping
+
+ResultCallback = Callable[[Result], None]
+InDoubtHook = Callable[[Sequence[str]], Awaitable[None]]
+
+#: a dead pooled session may be replaced this many times per recipient for free
+MAX_FREE_RETRIES = 3
+#: how long the engine reuses a routing answer before asking the router again
+ROUTE_REUSE = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    session: SessionConfig
+    shaping: Shaping = field(default_factory=Shaping)
+    total_connections: int = 200
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: seconds this run keeps retrying deferred recipients (None: the retry policy's lifetime)
+    retry_for: float | None = None
+    #: recipients held in memory at once: the producer waits beyond this
+    max_pending: int = 20_000
+    linger: float = 0.05
+    seed: int | None = None
+
+
+@dataclass(eq=False, slots=True)
+class Item:
+    """One recipient on its way through the engine."""
+
+    recipient: Recipient
+    job: Job
+    attempts: int = 0
+    free_retries: int = 0
+    first_attempt: float | None = None
+    possible_duplicate: bool = False
+    last_reply: Reply | None = None
+    last_host: str | None = None
+
+
+class Job:
+    """One send: a sender, a content, a stream of recipients."""
+
+    def __init__(
+        self, engine: Engine, sender: str, content: Content, on_result: ResultCallback | None
+    ) -> None:
+        self.engine = engine
+        self.sender = sender
+        self.content = content
+        self.on_result = on_result
+        self.summary = Summary()
+        self.outstanding = 0
+        self.input_done = False
+        self.started = trio.current_time()
+        retry_for = engine.config.retry_for
+        self.retry_deadline = None if retry_for is None else self.started + retry_for
+        self.done = trio.Event()
+        self._seen: set[str] = set()
+
+    def envelope(self, recipients: list[str], message: PreparedMessage) -> Envelope:
+        return Envelope(self.sender, recipients, message)
+
+    def finish(self, item: Item, status: Status, reply: Reply | None) -> None:
+        result = Result(
+            item.recipient.address,
+            status,
+            reply,
+            item.attempts,
+            item.last_host,
+            item.possible_duplicate,
+        )
+        self.summary.add(result)
+        if self.on_result is not None:
+            self.on_result(result)
+        self.outstanding -= 1
+        self.engine.release()
+        self._check_done()
+
+    def _check_done(self) -> None:
+        if self.input_done and self.outstanding == 0:
+            self.summary.elapsed = trio.current_time() - self.started
+            self.done.set()
+
+    def end_of_input(self) -> None:
+        self.input_done = True
+        self._check_done()
+        self.engine.wake_pools()
+
+    def first_sighting(self, address: str) -> bool:
+        """True once per address: the same address twice is sent once."""
+        local, _, domain = address.rpartition("@")
+        key = f"{local}@{domain.lower()}"
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return True
+
+
+class Engine:
+    """Pools, routing and retries for any number of jobs, inside one nursery."""
+
+    def __init__(self, config: EngineConfig, router: Router, nursery: trio.Nursery) -> None:
+        self.config = config
+        self.router = router
+        self.nursery = nursery
+        self.linger = config.linger
+        self.pools: dict[str, Pool] = {}
+        self.stopping = False
+        self.rng = random.Random(config.seed)
+        self.on_in_doubt: InDoubtHook | None = None
+        self._limiter = trio.CapacityLimiter(config.total_connections)
+        self._pending = trio.Semaphore(config.max_pending)
+        self._routes: dict[str, tuple[Destination, float]] = {}
+        self._resolving: dict[str, list[Item]] = {}
+        self._retries: list[tuple[float, int, Item]] = []
+        self._retry_seq = 0
+        self._retry_wakeup = trio.lowlevel.ParkingLot()
+        self._retry_task_running = False
+
+    # -- capacity ----------------------------------------------------------------
+
+    @asynccontextmanager
+    async def connection_slot(self) -> AsyncIterator[None]:
+        async with self._limiter:
+            yield
+
+    def connection_waiters(self) -> bool:
+        return self._limiter.statistics().tasks_waiting > 0
+
+    def release(self) -> None:
+        self._pending.release()
+
+    @property
+    def open_connections(self) -> int:
+        return self._limiter.borrowed_tokens
+
+    # -- intake ------------------------------------------------------------------
+
+    async def submit(self, job: Job, recipients: Iterable[Recipient | str]) -> None:
+        """Feed recipients (blocking while ``max_pending`` are in memory)."""
+        for n, recipient in enumerate(recipients):
+            if self.stopping:
+                break
+            await self.add(job, recipient)
+            if n % 256 == 255:
+                await trio.lowlevel.checkpoint()
+
+    async def add(self, job: Job, recipient: Recipient | str) -> None:
+        if isinstance(recipient, str):
+            recipient = Recipient(recipient)
+        address = recipient.address.strip()
+        if address != recipient.address:
+            recipient = Recipient(address, recipient.variables)
+        if not job.first_sighting(address):
+            return
+        await self._pending.acquire()
+        job.outstanding += 1
+        item = Item(recipient, job)
+        try:
+            commands.validate_address(address, smtputf8=True)
+            domain = domain_of(address)
+        except (InvalidAddress, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, InvalidAddress) else str(exc)
+            self.invalid(item, reason)
+            return
+        self.dispatch(item, domain)
+
+    def dispatch(self, item: Item, domain: str | None = None) -> None:
+        if domain is None:
+            domain = domain_of(item.recipient.address)
+        cached = self._routes.get(domain)
+        if cached is not None and cached[1] > trio.current_time():
+            self._to_pool(item, cached[0], domain)
+            return
+        waiting = self._resolving.get(domain)
+        if waiting is not None:
+            waiting.append(item)
+            return
+        self._resolving[domain] = [item]
+        self.nursery.start_soon(self._resolve, domain)
+
+    async def _resolve(self, domain: str) -> None:
+        try:
+            destination = await self.router.route(domain)
+        except RoutingError as exc:
+            items = self._resolving.pop(domain)
+            for item in items:
+                self.attempted(item, exc.reply)
+            return
+        self._routes[domain] = (destination, trio.current_time() + ROUTE_REUSE)
+        for item in self._resolving.pop(domain):
+            self._to_pool(item, destination, domain)
+
+    def _to_pool(self, item: Item, destination: Destination, domain: str) -> None:
+        pool = self.pools.get(destination.key)
+        if pool is None:
+            hosts = [h.name for h in destination.hosts]
+            limits = self.config.shaping.limits_for(domain, hosts)
+            pool = Pool(self, destination, limits)
+            self.pools[destination.key] = pool
+        pool.add(item)
+
+    def pool_idle(self, pool: Pool) -> None:
+        if self.pools.get(pool.destination.key) is pool and pool.idle:
+            del self.pools[pool.destination.key]
+
+    def wake_pools(self) -> None:
+        for pool in list(self.pools.values()):
+            pool._wakeup.unpark_all()
+
+    # -- outcomes ----------------------------------------------------------------
+
+    def invalid(self, item: Item, reason: str) -> None:
+        """Bounce a recipient we refuse to send to (bad address, bad template value)."""
+        item.job.finish(item, Status.BOUNCED, synthetic_reply(553, "5.1.3", reason))
+
+    def unattempted(self, item: Item, reply: Reply, pool: Pool) -> None:
+        """Nothing reached the server for this item (dead pooled session): retry now."""
+        item.free_retries += 1
+        if item.free_retries > MAX_FREE_RETRIES:
+            self.attempted(item, reply, host=None)
+            return
+        pool.add(item, front=True)
+
+    def attempted(
+        self,
+        item: Item,
+        reply: Reply,
+        *,
+        host: str | None = None,
+        in_doubt: bool = False,
+        others_accepted: bool = False,
+        pool: Pool | None = None,
+        count: bool = True,
+    ) -> None:
+        """Apply the reply policy to one recipient's attempt."""
+        now = trio.current_time()
+        if count:
+            item.attempts += 1
+            if item.first_attempt is None:
+                item.first_attempt = now
+        item.last_reply = reply
+        if host is not None:
+            item.last_host = host
+        job = item.job
+        if in_doubt:
+            item.possible_duplicate = True
+            reply = synthetic_reply(
+                451, "4.4.2", f"connection lost after end of data; delivery in doubt ({reply.text})"
+            )
+            item.last_reply = reply
+            self._defer(item, reply, now)
+            return
+        verdict = classify(reply, others_accepted=others_accepted)
+        if verdict is Verdict.DELIVERED:
+            job.finish(item, Status.DELIVERED, reply)
+        elif verdict is Verdict.BOUNCED:
+            job.finish(item, Status.BOUNCED, reply)
+        elif verdict is Verdict.RESUBMIT and pool is not None:
+            item.attempts -= 1
+            pool.add(item, front=True)
+        else:
+            self._defer(item, reply, now)
+
+    def _defer(self, item: Item, reply: Reply, now: float) -> None:
+        job = item.job
+        policy = self.config.retry
+        first = item.first_attempt if item.first_attempt is not None else now
+        due = policy.next_attempt(max(1, item.attempts), first, now, self.rng)
+        if due is None:
+            expired = synthetic_reply(
+                550,
+                "5.4.7",
+                f"delivery time expired after {item.attempts} attempts; last reply: {reply}",
+            )
+            job.finish(item, Status.BOUNCED, expired)
+            return
+        if self.stopping or (job.retry_deadline is not None and due > job.retry_deadline):
+            job.finish(item, Status.DEFERRED, reply)
+            return
+        self._retry_seq += 1
+        heapq.heappush(self._retries, (due, self._retry_seq, item))
+        self._retry_wakeup.unpark_all()
+        if not self._retry_task_running:
+            self._retry_task_running = True
+            self.nursery.start_soon(self._retry_loop)
+
+    async def _retry_loop(self) -> None:
+        """Re-dispatch deferred recipients when their time comes."""
+        try:
+            while self._retries:
+                due = self._retries[0][0]
+                now = trio.current_time()
+                if due > now:
+                    with trio.move_on_at(due):
+                        await self._retry_wakeup.park()
+                    if self.stopping:
+                        break
+                    continue
+                _, _, item = heapq.heappop(self._retries)
+                self.dispatch(item)
+        finally:
+            self._retry_task_running = False
+            if self.stopping:
+                self.abandon_retries()
+
+    def abandon_retries(self) -> None:
+        """On stop: everyone waiting for a retry ends deferred (resumable)."""
+        while self._retries:
+            _, _, item = heapq.heappop(self._retries)
+            reply = item.last_reply or synthetic_reply(451, "4.3.2", "stopped before retry")
+            item.job.finish(item, Status.DEFERRED, reply)
+
+    def stop(self) -> None:
+        """Take no new work; what is queued ends deferred once in-flight work settles."""
+        self.stopping = True
+        self.wake_pools()
+        self._retry_wakeup.unpark_all()
+        reply = synthetic_reply(451, "4.3.2", "run stopped before this recipient was attempted")
+        for pool in list(self.pools.values()):
+            while pool.queue:
+                item = pool.queue.popleft()
+                item.job.finish(item, Status.DEFERRED, item.last_reply or reply)
+        for domain in list(self._resolving):
+            for item in self._resolving.pop(domain):
+                item.job.finish(item, Status.DEFERRED, reply)
+        self.abandon_retries()
+
+    async def on_data_end(self, envelopes: Sequence[Envelope]) -> None:
+        """Called before an end of data leaves: the journal marks those recipients in doubt."""
+        hook = self.on_in_doubt
+        if hook is not None:
+            await hook([r for e in envelopes for r in e.recipients])

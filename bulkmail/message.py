@@ -1,0 +1,124 @@
+"""Message content: identical for everyone, or rendered per recipient.
+
+Identical content is prepared (normalised, dot-stuffed) once and shared by
+every transaction; a template is compiled once and rendered lazily, just
+before its transaction, so a million queued recipients cost a million small
+variable dicts rather than a million message bodies.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.policy import SMTP
+from typing import Protocol
+
+from .protocol.data import PreparedMessage
+
+_FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\x00]")
+
+
+class TemplateValueError(ValueError):
+    """A variable value would have added a line or header to the message."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """One recipient and the variables its template rendering may use."""
+
+    address: str
+    variables: Mapping[str, str] | None = None
+
+
+class Content(Protocol):
+    """What a job sends; ``personalised`` decides whether recipients can share a transaction."""
+
+    @property
+    def personalised(self) -> bool: ...
+
+    def render(self, recipient: Recipient) -> PreparedMessage: ...
+
+
+class StaticContent:
+    """The same bytes for everyone: prepared once."""
+
+    personalised = False
+
+    def __init__(self, message: bytes | str | EmailMessage) -> None:
+        self.prepared = PreparedMessage.from_bytes(to_bytes(message))
+
+    def render(self, recipient: Recipient) -> PreparedMessage:
+        return self.prepared
+
+
+class TemplateContent:
+    """``${name}`` placeholders (``string.Template``) filled from each recipient.
+
+    Values containing CR, LF or NUL are refused: a CSV cell must never be able
+    to add a header or a line (header injection).  ``$email`` and
+    ``$recipient`` are always available.
+    """
+
+    personalised = True
+
+    def __init__(self, template: bytes | str) -> None:
+        text = template.decode("utf-8") if isinstance(template, bytes) else template
+        self.template = string.Template(text)
+        if not self.template.is_valid():
+            raise ValueError("message template has an invalid $placeholder")
+
+    def render(self, recipient: Recipient) -> PreparedMessage:
+        values: dict[str, str] = {"email": recipient.address, "recipient": recipient.address}
+        if recipient.variables:
+            for key, value in recipient.variables.items():
+                if _FORBIDDEN_IN_VALUE.search(value):
+                    raise TemplateValueError(
+                        f"variable {key!r} contains a line break or NUL (header injection refused)"
+                    )
+                values[key] = value
+        try:
+            text = self.template.substitute(values)
+        except KeyError as exc:
+            raise TemplateValueError(f"template variable {exc.args[0]!r} has no value") from exc
+        return PreparedMessage.from_bytes(text.encode("utf-8"))
+
+
+class CallableContent:
+    """Arbitrary per-recipient rendering supplied by library users."""
+
+    personalised = True
+
+    def __init__(self, render: Callable[[Recipient], bytes | str | EmailMessage]) -> None:
+        self._render = render
+
+    def render(self, recipient: Recipient) -> PreparedMessage:
+        return PreparedMessage.from_bytes(to_bytes(self._render(recipient)))
+
+
+def to_bytes(message: bytes | str | EmailMessage) -> bytes:
+    if isinstance(message, EmailMessage):
+        return message.as_bytes(policy=SMTP)
+    if isinstance(message, str):
+        return message.encode("utf-8")
+    return message
+
+
+def has_placeholders(text: str) -> bool:
+    """Whether a message file is a template (has ``$name`` / ``${name}``)."""
+    return bool(string.Template(text).get_identifiers())
+
+
+def as_content(
+    message: bytes | str | EmailMessage | Content | Callable[[Recipient], bytes],
+) -> Content:
+    """Accept what library users naturally have."""
+    if isinstance(message, (bytes, str, EmailMessage)):
+        return StaticContent(message)
+    if isinstance(message, (StaticContent, TemplateContent, CallableContent)):
+        return message
+    if callable(message):
+        return CallableContent(message)
+    return message

@@ -1,0 +1,272 @@
+"""A pool of SMTP sessions to one destination, run in the engine's nursery.
+
+Workers are tasks, one per open connection; each takes a window of queued
+recipients, turns them into transactions (batched up to ``max_rcpts`` when the
+content is shared), runs them pipelined on its session and hands every reply
+to the engine.  Bookkeeping (who takes what, how many workers may run) is
+synchronous; only connecting and sending await.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import trio
+
+from .errors import SMTPAuthError, SMTPError, SMTPTLSError
+from .message import TemplateValueError
+from .policy import DestinationHealth, rate_interval
+from .protocol.data import PreparedMessage
+from .routing import Destination, Host
+from .session import Envelope, SMTPSession, TransactionResult
+from .shaping import PoolLimits
+
+if TYPE_CHECKING:
+    from .engine import Engine, Item
+
+
+class Pool:
+    """Sessions and queued work for one destination."""
+
+    def __init__(self, engine: Engine, destination: Destination, limits: PoolLimits) -> None:
+        self.engine = engine
+        self.destination = destination
+        self.limits = limits
+        self.queue: deque[Item] = deque()
+        self.workers = 0
+        self.active_sessions = 0
+        self.health = DestinationHealth(limits.connections)
+        self._wakeup = trio.lowlevel.ParkingLot()
+        self._next_start = 0.0
+        self._sources = itertools.cycle(limits.source_addresses or (None,))
+        self._interval = rate_interval(limits.rate)
+        self._oldest = 0.0
+
+    def __repr__(self) -> str:
+        idle = self.workers - self.active_sessions
+        return (
+            f"<Pool {self.destination.key} [{self.active_sessions} active, {idle} idle"
+            f" | {len(self.queue)} queued]>"
+        )
+
+    # -- feeding ---------------------------------------------------------------
+
+    def add(self, item: Item, *, front: bool = False) -> None:
+        if not self.queue:
+            self._oldest = trio.current_time()
+        if front:
+            self.queue.appendleft(item)
+        else:
+            self.queue.append(item)
+        self._wakeup.unpark()
+        self._spawn_workers()
+
+    def _spawn_workers(self) -> None:
+        wanted = min(self.health.concurrency, self.limits.connections)
+        per_worker = self.limits.max_rcpts
+        backlog = -(-len(self.queue) // per_worker)  # ceil
+        wanted = min(wanted, max(1, backlog))
+        while self.workers < wanted:
+            self.workers += 1
+            self.engine.nursery.start_soon(self._worker, name=f"pool {self.destination.key}")
+
+    @property
+    def idle(self) -> bool:
+        return not self.queue and self.workers == 0
+
+    # -- taking work -----------------------------------------------------------
+
+    def _ready(self) -> bool:
+        """A worker may take work now: a full transaction's worth, or nobody else is coming."""
+        q = self.queue
+        if not q:
+            return False
+        head = q[0]
+        if head.job.content.personalised or len(q) >= self.limits.max_rcpts:
+            return True
+        return head.job.input_done or trio.current_time() - self._oldest >= self.engine.linger
+
+    async def _take(self, budget: int) -> list[Item] | None:
+        """Wait for work; ``None`` when idle long enough (or others need the slot)."""
+        deadline = trio.current_time() + self.limits.idle_timeout
+        while not self._ready():
+            if not self.queue and self.engine.connection_waiters():
+                return None  # hand the connection slot to a destination with work
+            if self.engine.stopping and not self.queue:
+                return None
+            now = trio.current_time()
+            if now >= deadline:
+                return None
+            wait = deadline - now
+            if self.queue:
+                wait = min(wait, max(0.0, self._oldest + self.engine.linger - now))
+            with trio.move_on_after(wait):
+                await self._wakeup.park()
+        taken: list[Item] = []
+        q = self.queue
+        content = q[0].job.content
+        per_txn = 1 if content.personalised else self.limits.max_rcpts
+        limit = per_txn * budget
+        while q and len(taken) < limit and q[0].job.content is content:
+            taken.append(q.popleft())
+        if q:
+            self._oldest = trio.current_time()
+        return taken
+
+    # -- the worker ------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        engine = self.engine
+        try:
+            while self.queue and not engine.stopping:
+                await self._respect_backoff()
+                if not self.queue:
+                    break
+                async with engine.connection_slot():
+                    session = await self._connect()
+                    if session is None:
+                        continue
+                    self.active_sessions += 1
+                    try:
+                        await self._serve(session)
+                    finally:
+                        self.active_sessions -= 1
+                        await session.quit()
+        finally:
+            self.workers -= 1
+            if self.queue and not engine.stopping:
+                self._spawn_workers()
+            elif self.idle:
+                engine.pool_idle(self)
+
+    async def _respect_backoff(self) -> None:
+        health = self.health
+        now = trio.current_time()
+        if health.pause_until > now:
+            await trio.sleep_until(health.pause_until)
+        # shrink: extra workers beyond the allowed concurrency step aside
+        while self.workers > health.concurrency and self.queue:
+            await trio.sleep(max(health.pause, 0.1))
+            if self.workers <= health.concurrency:
+                break
+            if health.pause == 0:
+                break
+
+    async def _connect(self) -> SMTPSession | None:
+        """Try the destination's hosts in order; on total failure defer a batch."""
+        engine = self.engine
+        last: SMTPError | None = None
+        source = next(self._sources)
+        for host in self._host_order():
+            config = replace(
+                engine.config.session, host=host.name, port=host.port, source_address=source
+            )
+            for address in host.addresses or (host.name,):
+                try:
+                    return await SMTPSession.connect(config, address)
+                except (SMTPTLSError, SMTPAuthError) as exc:
+                    last = exc
+                    if config.secure in ("starttls", "tls") or isinstance(exc, SMTPAuthError):
+                        break
+                except SMTPError as exc:
+                    last = exc
+        assert last is not None
+        self.health.failure(trio.current_time())
+        # nobody can be delivered right now: defer what the next session would have taken
+        taken = [self.queue.popleft() for _ in range(min(len(self.queue), self.limits.max_rcpts))]
+        for item in taken:
+            engine.attempted(item, last.reply, host=last.host)
+        return None
+
+    def _host_order(self) -> list[Host]:
+        """Hosts by preference, shuffled within equal preference on every connection,
+        so one pool's sessions spread over a provider's equal MX hosts."""
+        hosts = list(self.destination.hosts)
+        if len(hosts) < 2:
+            return hosts
+        keys = {id(h): (h.preference, self.engine.rng.random()) for h in hosts}
+        return sorted(hosts, key=lambda h: keys[id(h)])
+
+    async def _serve(self, session: SMTPSession) -> None:
+        limits = self.limits
+        window = 1 if self._interval else max(1, self.engine.config.session.chunking_window)
+        while session.is_usable and not self.engine.stopping:
+            budget = min(window, limits.messages_per_connection - session.transactions)
+            if budget <= 0:
+                return
+            items = await self._take(budget)
+            if not items:
+                return
+            envelopes, groups = self._envelopes(items)
+            if not envelopes:
+                continue
+            if self._interval:
+                await self._pace()
+            results = await session.send_batch(envelopes, on_data_end=self.engine.on_data_end)
+            self._settle(session, groups, results)
+
+    async def _pace(self) -> None:
+        now = trio.current_time()
+        start = max(now, self._next_start)
+        self._next_start = start + self._interval
+        if start > now:
+            await trio.sleep_until(start)
+
+    def _envelopes(self, items: list[Item]) -> tuple[list[Envelope], list[list[Item]]]:
+        """Group taken items into transactions; render personalised content now."""
+        engine = self.engine
+        job = items[0].job
+        envelopes: list[Envelope] = []
+        groups: list[list[Item]] = []
+        if not job.content.personalised:
+            message = job.content.render(items[0].recipient)
+            step = self.limits.max_rcpts
+            for start in range(0, len(items), step):
+                group = items[start : start + step]
+                envelopes.append(job.envelope([i.recipient.address for i in group], message))
+                groups.append(group)
+            return envelopes, groups
+        for item in items:
+            try:
+                message: PreparedMessage = job.content.render(item.recipient)
+            except (TemplateValueError, ValueError) as exc:
+                engine.invalid(item, str(exc))
+                continue
+            envelopes.append(job.envelope([item.recipient.address], message))
+            groups.append([item])
+        return envelopes, groups
+
+    def _settle(
+        self,
+        session: SMTPSession,
+        groups: Sequence[list[Item]],
+        results: Sequence[TransactionResult],
+    ) -> None:
+        engine = self.engine
+        health = self.health
+        host = session.config.host
+        for group, result in zip(groups, results, strict=True):
+            if not result.attempted:
+                for item in reversed(group):
+                    engine.unattempted(item, result.replies[0], self)
+                continue
+            accepted = any(r.code < 300 for r in result.replies)
+            for index, (item, reply) in enumerate(zip(group, result.replies, strict=True)):
+                engine.attempted(
+                    item,
+                    reply,
+                    host=host,
+                    in_doubt=index in result.in_doubt,
+                    others_accepted=accepted,
+                    pool=self,
+                )
+            if accepted:
+                health.success()
+        if session.error is not None and session.transactions == 0:
+            health.failure(trio.current_time())
+        elif session.error is not None and session.error.code == 421:
+            health.failure(trio.current_time())

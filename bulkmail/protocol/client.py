@@ -1,0 +1,115 @@
+"""The client side of one SMTP connection as a pure state machine.
+
+It keeps the FIFO of commands awaiting replies -- the one thing that makes
+PIPELINING (RFC 2920) correct: every reply is paired with the command it
+answers, in order, and a reply that answers nothing, or one that cannot answer
+the command at the head of the queue (a stray ``221`` among RCPT replies), is a
+:class:`RemoteProtocolError` rather than a silent mis-pairing.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from enum import Enum
+
+from .errors import RemoteProtocolError
+from .replies import DEFAULT_MAX_LINE_LENGTH, DEFAULT_MAX_LINES, Reply, ReplyParser
+
+
+class Stage(Enum):
+    """What a reply answers; also selects the RFC 5321 §4.5.3.2 timeout."""
+
+    GREETING = "greeting"
+    EHLO = "ehlo"
+    HELO = "helo"
+    STARTTLS = "starttls"
+    AUTH = "auth"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"
+    DATA_END = "data_end"
+    BDAT = "bdat"
+    RSET = "rset"
+    NOOP = "noop"
+    VRFY = "vrfy"
+    EXPN = "expn"
+    QUIT = "quit"
+
+
+#: Codes that only make sense as the answer to particular commands.  Anything
+#: else in the 2xx/4xx/5xx range is accepted everywhere (servers vary widely).
+_ONLY_FOR: dict[int, frozenset[Stage]] = {
+    220: frozenset({Stage.GREETING, Stage.STARTTLS}),
+    221: frozenset({Stage.QUIT}),
+    334: frozenset({Stage.AUTH}),
+    354: frozenset({Stage.DATA}),
+}
+
+
+def reply_fits(stage: Stage, code: int) -> bool:
+    """Whether ``code`` can be the answer to a command of ``stage``."""
+    only = _ONLY_FOR.get(code)
+    if only is not None:
+        return stage in only
+    return not 300 <= code < 400
+
+
+class ClientProtocol:
+    """Pairs replies with the commands that were sent, in order.
+
+    ``expect(stage)`` is called for every command (or end of data) written;
+    ``receive_data`` feeds what the socket returned; ``next_reply`` yields
+    ``(stage, reply)`` pairs or ``None`` when more bytes are needed.
+    """
+
+    __slots__ = ("_parser", "_pending")
+
+    def __init__(
+        self,
+        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        max_lines: int = DEFAULT_MAX_LINES,
+    ) -> None:
+        self._parser = ReplyParser(max_line_length, max_lines)
+        self._pending: deque[Stage] = deque([Stage.GREETING])
+
+    @property
+    def awaiting(self) -> int:
+        """Number of replies still owed by the server."""
+        return len(self._pending)
+
+    @property
+    def has_unsolicited_data(self) -> bool:
+        """Bytes arrived while no reply was owed (e.g. after ``220`` to STARTTLS)."""
+        return not self._pending and self._parser.in_progress
+
+    def expect(self, stage: Stage) -> None:
+        """Register that a command of ``stage`` is being sent.
+
+        Data that arrived while nothing was owed is a server speaking out of
+        turn -- the STARTTLS injection family of bugs -- and aborts.
+        """
+        if self.has_unsolicited_data:
+            raise RemoteProtocolError("server sent data before the command it would answer")
+        self._pending.append(stage)
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the server; ``b""`` means it closed the connection."""
+        self._parser.feed(data)
+
+    def next_reply(self) -> tuple[Stage, Reply] | None:
+        reply = self._parser.next_reply()
+        if reply is None:
+            return None
+        if not self._pending:
+            raise RemoteProtocolError(f"reply without a command: {reply}", str(reply).encode())
+        stage = self._pending[0]
+        if reply.code != 421 and not reply_fits(stage, reply.code):
+            raise RemoteProtocolError(
+                f"reply {reply.code} cannot answer {stage.value.upper()}", str(reply).encode()
+            )
+        self._pending.popleft()
+        return stage, reply
+
+    def clear_pending(self) -> None:
+        """Forget owed replies (after a 421 the server owes nothing more)."""
+        self._pending.clear()

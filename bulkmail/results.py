@@ -1,0 +1,117 @@
+"""What the caller learns: one result per recipient, and a summary."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from .protocol.replies import Reply
+
+
+class Status(StrEnum):
+    """A recipient's state.  Results only ever carry the last four."""
+
+    PENDING = "pending"
+    IN_FLIGHT = "in_flight"
+    IN_DOUBT = "in_doubt"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    DEFERRED = "deferred"
+    SUPPRESSED = "suppressed"
+
+
+#: states a resumed job never sends again
+FINAL = frozenset({Status.DELIVERED, Status.BOUNCED, Status.SUPPRESSED})
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The final word on one recipient for this run."""
+
+    recipient: str
+    status: Status
+    reply: Reply | None = None
+    attempts: int = 0
+    host: str | None = None
+    #: the end of data was sent at least once without its reply arriving, so
+    #: the server may hold an extra copy (RFC 1047)
+    possible_duplicate: bool = False
+
+    @property
+    def code(self) -> int | None:
+        return self.reply.code if self.reply is not None else None
+
+    @property
+    def enhanced(self) -> str | None:
+        return self.reply.enhanced if self.reply is not None else None
+
+    @property
+    def text(self) -> str | None:
+        return self.reply.text if self.reply is not None else None
+
+    def as_dict(self) -> dict[str, object]:
+        """The report's JSON Lines object."""
+        return {
+            "recipient": self.recipient,
+            "status": self.status.value,
+            "code": self.code,
+            "enhanced": self.enhanced,
+            "reply": self.text,
+            "attempts": self.attempts,
+            "host": self.host,
+            "possible_duplicate": self.possible_duplicate,
+        }
+
+    def __str__(self) -> str:
+        reply = f" {self.reply}" if self.reply is not None else ""
+        return f"{self.recipient}: {self.status.value}{reply}"
+
+
+@dataclass(slots=True)
+class Summary:
+    """Counts by final state, plus the commonest domains and reply codes."""
+
+    delivered: int = 0
+    bounced: int = 0
+    deferred: int = 0
+    suppressed: int = 0
+    possible_duplicates: int = 0
+    elapsed: float = 0.0
+    codes: Counter[str] = field(default_factory=Counter)
+    domains: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def total(self) -> int:
+        return self.delivered + self.bounced + self.deferred + self.suppressed
+
+    def add(self, result: Result) -> None:
+        status = result.status
+        if status is Status.DELIVERED:
+            self.delivered += 1
+        elif status is Status.BOUNCED:
+            self.bounced += 1
+        elif status is Status.DEFERRED:
+            self.deferred += 1
+        else:
+            self.suppressed += 1
+        if result.possible_duplicate:
+            self.possible_duplicates += 1
+        reply = result.reply
+        if reply is not None:
+            self.codes[f"{reply.code} {reply.enhanced}" if reply.enhanced else str(reply.code)] += 1
+        _, _, domain = result.recipient.rpartition("@")
+        self.domains[domain.lower()] += 1
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "delivered": self.delivered,
+            "bounced": self.bounced,
+            "deferred": self.deferred,
+            "suppressed": self.suppressed,
+            "total": self.total,
+            "possible_duplicates": self.possible_duplicates,
+            "elapsed": round(self.elapsed, 3),
+            "top_codes": self.codes.most_common(10),
+            "top_domains": self.domains.most_common(10),
+        }

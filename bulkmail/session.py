@@ -1,0 +1,613 @@
+"""One SMTP connection on a trio stream.
+
+The session is a thin I/O shell around :class:`ClientProtocol`: it writes
+command groups, reads replies in order, and applies the per-stage deadlines.
+Transactions never raise for what a server says: each recipient gets a reply
+(the server's, or a synthesised one when the connection failed), so nothing
+that was handed to the session can be lost on the way out.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from .config import SessionConfig
+from .errors import (
+    SMTPAuthError,
+    SMTPCommandError,
+    SMTPConnectError,
+    SMTPConnectionLost,
+    SMTPError,
+    SMTPProtocolViolation,
+    SMTPServerUnavailable,
+    SMTPTimeout,
+    SMTPTLSError,
+    synthetic_reply,
+)
+from .protocol import commands
+from .protocol.auth import SASLClient, choose_mechanism
+from .protocol.client import ClientProtocol, Stage
+from .protocol.data import PreparedMessage
+from .protocol.errors import InvalidAddress, LocalProtocolError, MessageError, RemoteProtocolError
+from .protocol.extensions import Extensions, parse_ehlo
+from .protocol.replies import Reply
+from .trace import Trace
+
+RECEIVE_SIZE = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One transaction to attempt: identical content for every recipient."""
+
+    sender: str
+    recipients: Sequence[str]
+    message: PreparedMessage
+
+
+@dataclass(slots=True)
+class TransactionResult:
+    """What happened to one envelope.
+
+    ``replies[i]`` is the final word on ``recipients[i]`` for this attempt.
+    ``in_doubt`` holds the indices of recipients whose end of data was sent
+    but whose reply never came (RFC 1047): they may have been delivered.
+    ``attempted`` is False when nothing of this envelope got a reply and its
+    end of data never left -- it can be retried at once without counting an
+    attempt (a pooled session that turned out dead).
+    """
+
+    replies: list[Reply]
+    in_doubt: frozenset[int] = frozenset()
+    attempted: bool = True
+
+    @property
+    def delivered(self) -> list[int]:
+        return [i for i, r in enumerate(self.replies) if r.code < 300]
+
+
+#: called with the envelopes whose end of data is about to be written, so the
+#: journal can record them as in doubt first.
+DataEndHook = Callable[[Sequence[Envelope]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _Txn:
+    """Bookkeeping for one envelope while its replies come in."""
+
+    envelope: Envelope
+    replies: list[Reply | None]
+    sendable: list[int]
+    mail: bytes = b""
+    rcpts: list[bytes] = field(default_factory=list)
+    mail_reply: Reply | None = None
+    accepted: list[int] = field(default_factory=list)
+    data_sent: bool = False
+    got_reply: bool = False
+    rset_first: bool = False
+
+    def finish(self, reply: Reply, indices: Sequence[int]) -> None:
+        for i in indices:
+            if self.replies[i] is None:
+                self.replies[i] = reply
+
+    def result(self, fallback: Reply) -> TransactionResult:
+        in_doubt: frozenset[int] = frozenset()
+        if self.data_sent:
+            in_doubt = frozenset(i for i in self.accepted if self.replies[i] is None)
+        replies = [r if r is not None else fallback for r in self.replies]
+        return TransactionResult(replies, in_doubt, self.got_reply or self.data_sent)
+
+
+class SMTPSession:
+    """A connected, greeted, EHLO'd (and maybe TLS'd and authenticated) session."""
+
+    def __init__(self, stream: trio.abc.Stream, config: SessionConfig, *, peer: str) -> None:
+        self._stream: trio.abc.Stream = stream
+        self.config = config
+        self.peer = peer
+        self._protocol = ClientProtocol(config.max_reply_line)
+        self.extensions = Extensions()
+        self.greeting: Reply | None = None
+        self.tls_active = False
+        self.authenticated = False
+        self.transactions = 0
+        self.trace: Trace | None = Trace() if config.trace else None
+        #: the error that ended this session; a closed session is never reused
+        self.error: SMTPError | None = None
+        self._closed = False
+        self._dirty = False  # a MAIL was accepted and the transaction not finished
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @classmethod
+    async def connect(cls, config: SessionConfig, address: str | None = None) -> SMTPSession:
+        """Open TCP (and TLS), read the greeting, EHLO, STARTTLS, AUTH.
+
+        ``address`` is the IP to connect to (from routing); ``config.host`` is
+        the name used for TLS verification.
+        """
+        target = address or config.host
+        timeouts = config.timeouts
+        try:
+            with trio.fail_after(timeouts.connect):
+                stream: trio.abc.Stream = await trio.open_tcp_stream(
+                    target, config.port, local_address=config.source_address
+                )
+        except (OSError, trio.TooSlowError) as exc:
+            reply = synthetic_reply(451, "4.4.1", f"cannot connect to {target}:{config.port}: {exc}")
+            raise SMTPConnectError(reply, host=target) from exc
+        session = cls(stream, config, peer=target)
+        try:
+            if config.secure == "tls":
+                await session._start_tls(handshake_timeout=timeouts.tls)
+            await session._handshake()
+        except BaseException:
+            await session.aclose()
+            raise
+        return session
+
+    @property
+    def is_usable(self) -> bool:
+        return not self._closed and self.error is None
+
+    async def _handshake(self) -> None:
+        config = self.config
+        _, greeting = await self._read(Stage.GREETING, self.config.timeouts.greeting)
+        self.greeting = greeting
+        if greeting.code != 220:
+            raise SMTPServerUnavailable(greeting, host=self.peer)
+        await self._ehlo()
+        wants_tls = config.secure in ("may", "starttls") and not self.tls_active
+        if wants_tls and self.extensions.starttls:
+            reply = await self.command(commands.STARTTLS, Stage.STARTTLS)
+            if reply.code != 220:
+                if config.secure == "starttls":
+                    raise SMTPTLSError(reply, host=self.peer)
+            else:
+                if self._protocol.has_unsolicited_data:
+                    raise self._fail(
+                        SMTPProtocolViolation(
+                            synthetic_reply(
+                                421, "4.7.0", "data injected after 220 to STARTTLS; aborted"
+                            ),
+                            host=self.peer,
+                        )
+                    )
+                await self._start_tls(handshake_timeout=config.timeouts.tls)
+                await self._ehlo()
+        elif config.secure == "starttls" and not self.tls_active:
+            raise SMTPTLSError(
+                synthetic_reply(421, "4.7.10", "TLS required but the server lacks STARTTLS"),
+                host=self.peer,
+            )
+        if config.credentials is not None:
+            await self._authenticate()
+
+    async def _ehlo(self) -> None:
+        name = self.config.client_hostname
+        reply = await self.command(commands.ehlo(name), Stage.EHLO)
+        if reply.code == 250:
+            self.extensions = parse_ehlo(reply)
+            return
+        if reply.code in (500, 502, 504, 550):
+            # An old server without ESMTP.  421 never falls back: it would
+            # hide the real error (the server is going away).
+            reply = await self.command(commands.helo(name), Stage.HELO)
+            if reply.code == 250:
+                self.extensions = Extensions()
+                return
+        raise self._fail(self._reply_error(reply))
+
+    async def _start_tls(self, *, handshake_timeout: float) -> None:
+        context = self.config.tls_context()
+        server_hostname = self.config.host if context.check_hostname else None
+        ssl_stream = trio.SSLStream(
+            self._stream, context, server_hostname=server_hostname, https_compatible=True
+        )
+        try:
+            with trio.fail_after(handshake_timeout):
+                await ssl_stream.do_handshake()
+        except (trio.BrokenResourceError, trio.TooSlowError, OSError) as exc:
+            cause = exc.__cause__ or exc
+            reply = synthetic_reply(421, "4.7.5", f"TLS handshake failed: {cause}")
+            raise self._fail(SMTPTLSError(reply, host=self.peer)) from exc
+        self._stream = ssl_stream
+        self.tls_active = True
+        if self.trace is not None:
+            self.trace.note("[ TLS handshake occurs ]")
+
+    async def _authenticate(self) -> None:
+        credentials = self.config.credentials
+        assert credentials is not None
+        if not self.tls_active and not self.config.allow_plaintext_auth:
+            raise SMTPAuthError(
+                synthetic_reply(530, "5.7.11", "refusing to send credentials without TLS"),
+                host=self.peer,
+            )
+        try:
+            mechanism = choose_mechanism(self.extensions.auth_mechanisms, credentials)
+        except LocalProtocolError as exc:
+            raise SMTPAuthError(
+                synthetic_reply(530, "5.7.8", str(exc)), host=self.peer
+            ) from exc
+        sasl = SASLClient(mechanism, credentials, host=self.config.host)
+        line = sasl.start()
+        while True:
+            reply = await self.command(line, Stage.AUTH, trace_as=sasl.redacted(line))
+            if reply.code == 235:
+                self.authenticated = True
+                return
+            if reply.code != 334:
+                raise SMTPAuthError(reply, host=self.peer)
+            try:
+                line = sasl.respond(reply.text if reply.lines != ("",) else "")
+            except RemoteProtocolError as exc:
+                raise self._fail(
+                    SMTPProtocolViolation(synthetic_reply(421, "4.7.0", str(exc)), host=self.peer)
+                ) from exc
+
+    async def quit(self) -> None:
+        """Say goodbye politely; never raises, never hangs past the quit timeout."""
+        if self._closed:
+            return
+        if self.error is None:
+            with trio.move_on_after(self.config.timeouts.quit):
+                try:
+                    await self.command(commands.QUIT, Stage.QUIT)
+                except SMTPError:
+                    pass
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close at once, without waiting for the peer (shielded: runs during cancellation)."""
+        if self._closed:
+            return
+        self._closed = True
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            try:
+                await self._stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+    # -- I/O primitives -----------------------------------------------------
+
+    def _fail(self, error: SMTPError) -> SMTPError:
+        """Record the error that ends this session and hand it back for raising."""
+        if self.error is None:
+            self.error = error
+        return error
+
+    def _reply_error(self, reply: Reply) -> SMTPError:
+        if reply.code == 421:
+            return SMTPServerUnavailable(reply, host=self.peer)
+        return SMTPCommandError(reply, host=self.peer)
+
+    async def _send(self, data: bytes, timeout: float) -> None:
+        if self.error is not None:
+            raise self.error
+        try:
+            with trio.fail_after(timeout):
+                await self._stream.send_all(data)
+        except trio.TooSlowError as exc:
+            reply = synthetic_reply(451, "4.4.2", "timed out sending to the server")
+            raise self._fail(SMTPTimeout(reply, host=self.peer)) from exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            reply = synthetic_reply(451, "4.4.2", f"connection lost while sending: {exc}")
+            raise self._fail(SMTPConnectionLost(reply, host=self.peer)) from exc
+
+    async def _read(self, expected: Stage, timeout: float) -> tuple[Stage, Reply]:
+        """The next reply, which must answer a command of stage ``expected``."""
+        if self.error is not None:
+            raise self.error
+        protocol = self._protocol
+        try:
+            with trio.fail_after(timeout):
+                while True:
+                    item = protocol.next_reply()
+                    if item is not None:
+                        break
+                    try:
+                        data = await self._stream.receive_some(RECEIVE_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                        reply = synthetic_reply(451, "4.4.2", f"connection lost: {exc}")
+                        raise self._fail(SMTPConnectionLost(reply, host=self.peer)) from exc
+                    if not data:
+                        protocol.receive_data(b"")
+                        item = protocol.next_reply()  # raises if EOF cut a reply
+                        reply = synthetic_reply(
+                            451, "4.4.2", f"server closed the connection awaiting {expected.value}"
+                        )
+                        raise self._fail(SMTPConnectionLost(reply, host=self.peer))
+                    protocol.receive_data(data)
+        except trio.TooSlowError as exc:
+            reply = synthetic_reply(
+                451, "4.4.2", f"no reply to {expected.value.upper()} within {timeout:g}s"
+            )
+            raise self._fail(SMTPTimeout(reply, host=self.peer)) from exc
+        except RemoteProtocolError as exc:
+            reply = synthetic_reply(451, "4.5.0", f"protocol error from server: {exc}")
+            raise self._fail(SMTPProtocolViolation(reply, host=self.peer)) from exc
+        stage, reply = item
+        if stage is not expected:  # pragma: no cover - a bug in our own bookkeeping
+            raise AssertionError(f"reply for {stage} while expecting {expected}")
+        if self.trace is not None:
+            self.trace.server(reply)
+        if reply.code == 421:
+            protocol.clear_pending()
+            self._fail(SMTPServerUnavailable(reply, host=self.peer))
+        return stage, reply
+
+    def _expect(self, stage: Stage) -> None:
+        try:
+            self._protocol.expect(stage)
+        except RemoteProtocolError as exc:
+            reply = synthetic_reply(451, "4.5.0", f"protocol error from server: {exc}")
+            raise self._fail(SMTPProtocolViolation(reply, host=self.peer)) from exc
+
+    def _timeout_for(self, stage: Stage) -> float:
+        t = self.config.timeouts
+        return {
+            Stage.EHLO: t.ehlo,
+            Stage.HELO: t.ehlo,
+            Stage.MAIL: t.mail,
+            Stage.RCPT: t.rcpt,
+            Stage.DATA: t.data_init,
+            Stage.DATA_END: t.data_done,
+            Stage.BDAT: t.data_done,
+            Stage.QUIT: t.quit,
+            Stage.STARTTLS: t.command,
+        }.get(stage, t.command)
+
+    async def command(
+        self, line: bytes, stage: Stage, *, trace_as: str | None = None
+    ) -> Reply:
+        """Send one command and read its reply (lock-step)."""
+        self._expect(stage)
+        if self.trace is not None:
+            self.trace.client(trace_as if trace_as is not None else line)
+        await self._send(line, self.config.timeouts.command)
+        _, reply = await self._read(stage, self._timeout_for(stage))
+        return reply
+
+    async def noop(self) -> Reply:
+        return await self.command(commands.noop(), Stage.NOOP)
+
+    async def rset(self) -> Reply:
+        reply = await self.command(commands.RSET, Stage.RSET)
+        self._dirty = False
+        return reply
+
+    # -- transactions -------------------------------------------------------
+
+    def _plan(self, envelope: Envelope) -> _Txn:
+        """Validate and encode an envelope; local failures become replies now."""
+        ext = self.extensions
+        n = len(envelope.recipients)
+        txn = _Txn(envelope, [None] * n, [])
+        message = envelope.message
+        try:
+            message.check_sendable(eightbitmime=ext.eightbitmime, max_size=ext.size)
+        except MessageError as exc:
+            code, enhanced = (552, "5.3.4") if "SIZE" in str(exc) else (554, "5.6.0")
+            txn.finish(synthetic_reply(code, enhanced, str(exc)), range(n))
+            return txn
+        needs_utf8 = commands.needs_smtputf8(envelope.sender) or any(
+            commands.needs_smtputf8(r) for r in envelope.recipients
+        )
+        smtputf8 = needs_utf8 and ext.smtputf8
+        for i, rcpt in enumerate(envelope.recipients):
+            try:
+                txn.rcpts.append(commands.rcpt_to(rcpt, smtputf8=ext.smtputf8))
+                txn.sendable.append(i)
+            except InvalidAddress as exc:
+                txn.replies[i] = synthetic_reply(553, "5.1.3", exc.reason)
+            except LocalProtocolError as exc:
+                txn.replies[i] = synthetic_reply(553, "5.1.3", str(exc))
+        if not txn.sendable:
+            return txn
+        try:
+            txn.mail = commands.mail_from(
+                envelope.sender,
+                size=message.size if ext.size is not None else None,
+                body="8BITMIME" if message.eightbit and ext.eightbitmime else None,
+                smtputf8=smtputf8,
+            )
+        except LocalProtocolError as exc:
+            reason = exc.reason if isinstance(exc, InvalidAddress) else str(exc)
+            txn.finish(synthetic_reply(553, "5.1.7", f"sender: {reason}"), range(n))
+            txn.sendable.clear()
+        return txn
+
+    async def send_batch(
+        self, envelopes: Sequence[Envelope], *, on_data_end: DataEndHook | None = None
+    ) -> list[TransactionResult]:
+        """Run transactions back to back on this session.
+
+        Always returns one result per envelope.  If the session dies midway,
+        the rest get the error's reply (``attempted=False`` where nothing of
+        theirs reached the server's end of data), and ``self.error`` is set.
+        """
+        txns = [self._plan(envelope) for envelope in envelopes]
+        live = [t for t in txns if t.sendable]
+        try:
+            if not live:
+                pass
+            elif not (self.config.use_pipelining and self.extensions.pipelining):
+                for txn in live:
+                    await self._lockstep(txn, on_data_end)
+            elif self.config.use_chunking and self.extensions.chunking:
+                window = max(1, self.config.chunking_window)
+                for start in range(0, len(live), window):
+                    await self._bdat_window(live[start : start + window], on_data_end)
+            else:
+                await self._pipelined(live, on_data_end)
+        except SMTPError as exc:
+            self._fail(exc)
+        fallback = self.error.reply if self.error is not None else None
+        results = []
+        for txn in txns:
+            if fallback is None:
+                results.append(txn.result(synthetic_reply(451, "4.3.0", "no reply")))
+            else:
+                results.append(txn.result(fallback))
+        self.transactions += sum(1 for t in live if t.data_sent)
+        return results
+
+    def _write_envelope(self, txn: _Txn, out: list[bytes], *, data: bool = False) -> None:
+        """Queue MAIL and RCPTs (RSET first if the last transaction is open; DATA last)."""
+        if self._dirty:
+            self._queue(commands.RSET, Stage.RSET, out)
+            txn.rset_first = True
+            self._dirty = False
+        self._queue(txn.mail, Stage.MAIL, out)
+        for line in txn.rcpts:
+            self._queue(line, Stage.RCPT, out)
+        if data:
+            self._queue(commands.DATA, Stage.DATA, out)
+
+    def _queue(self, line: bytes, stage: Stage, out: list[bytes]) -> None:
+        self._expect(stage)
+        out.append(line)
+        if self.trace is not None:
+            self.trace.client(line)
+
+    def _trace_out(self, data: bytes, note: str | None = None) -> None:
+        if self.trace is not None:
+            self.trace.client(data, note)
+
+    async def _flush(self, out: list[bytes]) -> None:
+        if out:
+            data = b"".join(out)
+            out.clear()
+            await self._send(data, self.config.timeouts.data_block)
+
+    async def _read_envelope(self, txn: _Txn) -> None:
+        """Read the replies to what ``_write_envelope`` queued."""
+        if txn.rset_first:
+            await self._read(Stage.RSET, self._timeout_for(Stage.RSET))
+        _, mail = await self._read(Stage.MAIL, self.config.timeouts.mail)
+        txn.mail_reply = mail
+        if mail.code == 503:
+            # Bad sequence: the session's state, not the recipients' fault.
+            # Leave them unanswered (retried without spending an attempt).
+            self._dirty = True
+        else:
+            txn.got_reply = True
+        if mail.code == 250:
+            self._dirty = True
+        for i in txn.sendable:
+            _, reply = await self._read(Stage.RCPT, self.config.timeouts.rcpt)
+            if mail.code == 503:
+                continue
+            if mail.code != 250:
+                txn.replies[i] = mail  # MAIL's refusal is every recipient's answer
+            elif reply.code in (250, 251, 252):
+                txn.accepted.append(i)
+            else:
+                txn.replies[i] = reply
+
+    async def _pipelined(self, txns: Sequence[_Txn], on_data_end: DataEndHook | None) -> None:
+        """RFC 2920: MAIL+RCPTs+DATA in one write; content, end of data and the
+        next transaction's commands in the next -- one round trip per message."""
+        out: list[bytes] = []
+        self._write_envelope(txns[0], out, data=True)
+        for k, txn in enumerate(txns):
+            await self._flush(out)
+            await self._read_envelope(txn)
+            _, data_reply = await self._read(Stage.DATA, self.config.timeouts.data_init)
+            nxt = txns[k + 1] if k + 1 < len(txns) else None
+            if data_reply.code != 354:
+                txn.finish(data_reply, txn.sendable)
+                if nxt is not None:
+                    self._write_envelope(nxt, out, data=True)
+                continue
+            if txn.accepted:
+                if on_data_end is not None:
+                    await on_data_end([txn.envelope])
+                out.append(txn.envelope.message.data_payload)
+                txn.data_sent = True
+            else:
+                out.append(b".\r\n")  # RFC 2920 §3.1: everyone was refused; end it empty
+            self._expect(Stage.DATA_END)
+            self._trace_out(b"<message content>\r\n.", "message content and end of data")
+            self._dirty = False
+            if nxt is not None:
+                self._write_envelope(nxt, out, data=True)
+            await self._flush(out)
+            _, end_reply = await self._read(Stage.DATA_END, self.config.timeouts.data_done)
+            txn.data_sent = False  # the reply came: nobody is in doubt
+            txn.finish(end_reply, txn.accepted)
+
+    async def _bdat_window(self, txns: Sequence[_Txn], on_data_end: DataEndHook | None) -> None:
+        """RFC 3030 + 2920: whole transactions written ahead of their replies."""
+        out: list[bytes] = []
+        for txn in txns:
+            self._write_envelope(txn, out)
+            payload = txn.envelope.message.normalized
+            header = commands.bdat(len(payload), last=True)
+            self._expect(Stage.BDAT)
+            out.append(header)
+            out.append(payload)
+            self._trace_out(header.rstrip(b"\r\n") + b" <message content>", "BDAT chunk")
+            self._dirty = False
+        if on_data_end is not None:
+            await on_data_end([t.envelope for t in txns])
+        for txn in txns:
+            txn.data_sent = True
+        await self._flush(out)
+        for txn in txns:
+            await self._read_envelope(txn)
+            _, reply = await self._read(Stage.BDAT, self.config.timeouts.data_done)
+            txn.data_sent = False
+            self._dirty = reply.code != 250 and txn.mail_reply is not None and (
+                txn.mail_reply.code == 250
+            )
+            if txn.mail_reply is not None and txn.mail_reply.code != 503:
+                txn.finish(reply, txn.sendable)
+
+    async def _lockstep(self, txn: _Txn, on_data_end: DataEndHook | None) -> None:
+        """No PIPELINING: one command, one reply."""
+        if self._dirty:
+            await self.rset()
+        mail = await self.command(txn.mail, Stage.MAIL)
+        txn.got_reply = True
+        txn.mail_reply = mail
+        if mail.code != 250:
+            txn.finish(mail, txn.sendable)
+            return
+        self._dirty = True
+        for i, line in zip(txn.sendable, txn.rcpts, strict=True):
+            reply = await self.command(line, Stage.RCPT)
+            if reply.code in (250, 251, 252):
+                txn.accepted.append(i)
+            else:
+                txn.replies[i] = reply
+                if reply.code == 421:
+                    return
+        if not txn.accepted:
+            await self.rset()
+            return
+        data_reply = await self.command(commands.DATA, Stage.DATA)
+        if data_reply.code != 354:
+            txn.finish(data_reply, txn.accepted)
+            return
+        if on_data_end is not None:
+            await on_data_end([txn.envelope])
+        self._expect(Stage.DATA_END)
+        self._trace_out(b"<message content>\r\n.", "message content and end of data")
+        txn.data_sent = True
+        await self._send(txn.envelope.message.data_payload, self.config.timeouts.data_block)
+        _, end_reply = await self._read(Stage.DATA_END, self.config.timeouts.data_done)
+        txn.data_sent = False
+        self._dirty = False
+        txn.finish(end_reply, txn.accepted)
+
+
+def decode_base64_text(text: str) -> bytes:
+    """Helper for tests and traces: the bytes behind a 334 challenge."""
+    return base64.b64decode(text.encode("ascii"), validate=True)

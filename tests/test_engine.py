@@ -1,0 +1,335 @@
+"""The delivery engine over real sockets: relay and MX routing, pools, batching,
+caps, shaping and source addresses -- against the project's sink and aiosmtpd,
+with DNS from a server on loopback started by each test."""
+
+from __future__ import annotations
+
+import math
+
+import trio
+
+from bulkmail import Mailer, MailerConfig, Recipient, Relay, Status, TemplateContent
+from bulkmail.api import send
+from bulkmail.results import Result
+from bulkmail.routing import DNSConfig
+from bulkmail.shaping import PoolLimits, Shaping
+from bulkmail.sink import Sink, SinkConfig
+
+from .aiosmtpd_util import aiosmtpd_server
+from .dnsserver import DNSServer
+
+MESSAGE = b"From: news@sender.test\r\nSubject: monthly\r\n\r\nHello.\r\n"
+
+
+async def start_sink(nursery: trio.Nursery, **kwargs: object) -> Sink:
+    sink = Sink(SinkConfig(**kwargs))  # type: ignore[arg-type]
+    await nursery.start(sink.serve)
+    return sink
+
+
+def relay_config(sink: Sink, **kwargs: object) -> MailerConfig:
+    return MailerConfig(relay=Relay("127.0.0.1", sink.port), secure="none", **kwargs)  # type: ignore[arg-type]
+
+
+async def test_batched_newsletter_arrives_in_ceil_n_over_k_transactions() -> None:
+    n, k = 1234, 50
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        results: list[Result] = []
+        summary = await send(
+            "news@sender.test",
+            MESSAGE,
+            [f"user{i}@example.test" for i in range(n)],
+            config=relay_config(sink, limits=PoolLimits(connections=4, max_rcpts=k)),
+            on_result=results.append,
+        )
+        nursery.cancel_scope.cancel()
+    assert summary.delivered == n and summary.total == n
+    assert len(results) == n and {r.status for r in results} == {Status.DELIVERED}
+    assert sink.stats.recipients == n
+    assert sink.stats.messages == math.ceil(n / k)
+
+
+async def test_personalised_messages_one_per_transaction_with_their_own_content() -> None:
+    template = TemplateContent("Subject: hi ${name}\r\n\r\nDear ${name},\r\n")
+    recipients = [Recipient(f"u{i}@example.test", {"name": f"N{i}"}) for i in range(40)]
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, record_messages=True)
+        summary = await send("news@sender.test", template, recipients, config=relay_config(sink))
+        nursery.cancel_scope.cancel()
+    assert summary.delivered == 40
+    assert sink.stats.messages == 40
+    bodies = {tuple(m.rcpts): m.content for m in sink.messages}
+    assert bodies[("u7@example.test",)] == b"Subject: hi N7\r\n\r\nDear N7,\r\n"
+
+
+async def test_results_async_iterator_and_duplicates_sent_once() -> None:
+    recipients = ["a@example.test", "b@example.test", "a@EXAMPLE.test", "not-an-address"]
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        async with (
+            Mailer(relay_config(sink)) as mailer,
+            mailer.results("news@sender.test", MESSAGE, recipients) as results,
+        ):
+            got = [r async for r in results]
+        nursery.cancel_scope.cancel()
+    by_address = {r.recipient: r for r in got}
+    assert len(got) == 3  # the duplicate is dropped
+    assert by_address["a@example.test"].status is Status.DELIVERED
+    assert by_address["a@example.test"].host == "127.0.0.1"
+    invalid = by_address["not-an-address"]
+    assert invalid.status is Status.BOUNCED and invalid.code == 553
+    assert "@" in (invalid.text or "")
+    assert sink.stats.recipients == 2
+
+
+async def test_async_iterable_of_recipients_streams_through() -> None:
+    async def recipients():
+        for i in range(300):
+            yield f"r{i}@example.test"
+            if i % 50 == 0:
+                await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        summary = await send(
+            "news@sender.test", MESSAGE, recipients(),
+            config=relay_config(sink, max_pending=64),
+        )
+        nursery.cancel_scope.cancel()
+    assert summary.delivered == 300
+    assert sink.stats.recipients == 300
+
+
+async def test_connection_cap_per_destination_is_never_exceeded() -> None:
+    template = TemplateContent("Subject: ${name}\r\n\r\nx\r\n")
+    recipients = [Recipient(f"u{i}@example.test", {"name": str(i)}) for i in range(400)]
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, latency=0.002)
+        summary = await send(
+            "news@sender.test", template, recipients,
+            config=relay_config(sink, limits=PoolLimits(connections=3), window=4),
+        )
+        nursery.cancel_scope.cancel()
+    assert summary.delivered == 400
+    assert 1 <= sink.stats.max_active_sessions <= 3
+
+
+async def test_messages_per_connection_then_reconnect() -> None:
+    template = TemplateContent("Subject: ${name}\r\n\r\nx\r\n")
+    recipients = [Recipient(f"u{i}@example.test", {"name": str(i)}) for i in range(50)]
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        limits = PoolLimits(connections=1, messages_per_connection=10)
+        summary = await send(
+            "news@sender.test", template, recipients, config=relay_config(sink, limits=limits)
+        )
+        nursery.cancel_scope.cancel()
+    assert summary.delivered == 50
+    assert sink.stats.sessions == 5
+
+
+async def test_relay_to_aiosmtpd_batches_too() -> None:
+    with aiosmtpd_server() as (handler, port):
+        summary = await send(
+            "news@sender.test",
+            MESSAGE,
+            [f"u{i}@example.test" for i in range(120)],
+            relay=Relay("127.0.0.1", port),
+            secure="none",
+            limits=PoolLimits(connections=2, max_rcpts=50),
+        )
+    assert summary.delivered == 120
+    assert sorted(len(m.rcpt_tos) for m in handler.messages) == [20, 50, 50]
+
+
+# -- direct (MX) mode ------------------------------------------------------------
+
+
+async def start_dns(nursery: trio.Nursery) -> tuple[DNSServer, int]:
+    server = DNSServer()
+    port = await nursery.start(server.serve)
+    return server, port
+
+
+async def test_many_domains_routed_by_mx_to_several_sinks_sharing_pools() -> None:
+    async with trio.open_nursery() as nursery:
+        sink_a = await start_sink(nursery, host="127.0.0.1")
+        sink_b = await start_sink(nursery, host="127.0.0.2", port=sink_a.port)
+        dns, dns_port = await start_dns(nursery)
+        dns.add("mx.provider-a.test", "A", "127.0.0.1")
+        dns.add("mx.provider-b.test", "A", "127.0.0.2")
+        for d in range(20):
+            provider = "a" if d % 2 == 0 else "b"
+            dns.add(f"domain{d}.test", "MX", f"10 mx.provider-{provider}.test.")
+        config = MailerConfig(
+            dns=DNSConfig(nameservers=(("127.0.0.1", dns_port),), mx_port=sink_a.port),
+            secure="none",
+        )
+        pools_seen: set[str] = set()
+        async with Mailer(config) as mailer:
+
+            def watch(result: Result) -> None:
+                pools_seen.update(mailer.engine.pools)
+
+            summary = await mailer.send(
+                "news@sender.test", MESSAGE,
+                [f"u{i}@domain{i % 20}.test" for i in range(400)], on_result=watch,
+            )
+        nursery.cancel_scope.cancel()
+    assert summary.delivered == 400
+    assert sink_a.stats.recipients == 200 and sink_b.stats.recipients == 200
+    # thousands of domains hosted by one provider share one pool: here 20 -> 2
+    assert pools_seen == {"mx:mx.provider-a.test", "mx:mx.provider-b.test"}
+    assert mailer.engine.pools == {}  # pools close when their destination has no work
+
+
+async def test_equal_preference_mx_hosts_share_the_load() -> None:
+    async with trio.open_nursery() as nursery:
+        sink_a = await start_sink(nursery, host="127.0.0.1", latency=0.005)
+        sink_b = await start_sink(nursery, host="127.0.0.2", port=sink_a.port, latency=0.005)
+        dns, dns_port = await start_dns(nursery)
+        dns.add("mx1.spread.test", "A", "127.0.0.1")
+        dns.add("mx2.spread.test", "A", "127.0.0.2")
+        dns.add("spread.test", "MX", "10 mx1.spread.test.")
+        dns.add("spread.test", "MX", "10 mx2.spread.test.")
+        template = TemplateContent("Subject: ${name}\r\n\r\nx\r\n")
+        summary = await send(
+            "news@sender.test", template,
+            [Recipient(f"u{i}@spread.test", {"name": str(i)}) for i in range(200)],
+            dns=DNSConfig(nameservers=(("127.0.0.1", dns_port),), mx_port=sink_a.port),
+            secure="none", seed=7, limits=PoolLimits(connections=8, messages_per_connection=5),
+        )
+        nursery.cancel_scope.cancel()
+    assert summary.delivered == 200
+    assert sink_a.stats.sessions > 0 and sink_b.stats.sessions > 0
+    assert sink_a.stats.messages + sink_b.stats.messages == 200
+
+
+async def test_next_mx_when_first_refuses_or_greets_421() -> None:
+    from .scripted import Conn, start_scripted
+
+    async def busy(conn: Conn) -> None:
+        await conn.send(b"421 4.3.2 mx1 busy, try later\r\n")
+
+    async with trio.open_nursery() as nursery:
+        _, busy_port = await start_scripted(nursery, busy)
+        sink = await start_sink(nursery, host="127.0.0.3", port=busy_port)
+        dns, dns_port = await start_dns(nursery)
+        # 127.0.0.2 has nothing listening on that port: connection refused
+        dns.add("dead.multi.test", "A", "127.0.0.2")
+        dns.add("busy.multi.test", "A", "127.0.0.1")
+        dns.add("good.multi.test", "A", "127.0.0.3")
+        dns.add("multi.test", "MX", "5 dead.multi.test.")
+        dns.add("multi.test", "MX", "10 busy.multi.test.")
+        dns.add("multi.test", "MX", "20 good.multi.test.")
+        summary = await send(
+            "news@sender.test", MESSAGE, ["a@multi.test", "b@multi.test"],
+            dns=DNSConfig(nameservers=(("127.0.0.1", dns_port),), mx_port=busy_port),
+            secure="none",
+        )
+        nursery.cancel_scope.cancel()
+    assert summary.delivered == 2
+    assert sink.stats.recipients == 2
+
+
+async def test_null_mx_bounces_and_a_record_fallback_delivers() -> None:
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        dns, dns_port = await start_dns(nursery)
+        dns.add("nomail.test", "MX", "0 .")
+        dns.add("implicit.test", "A", "127.0.0.1")
+        results: list[Result] = []
+        summary = await send(
+            "news@sender.test", MESSAGE, ["x@nomail.test", "y@implicit.test"],
+            dns=DNSConfig(nameservers=(("127.0.0.1", dns_port),), mx_port=sink.port),
+            secure="none", on_result=results.append,
+        )
+        nursery.cancel_scope.cancel()
+    by = {r.recipient: r for r in results}
+    assert summary.delivered == 1 and summary.bounced == 1
+    assert by["x@nomail.test"].status is Status.BOUNCED
+    assert by["x@nomail.test"].code == 556
+    assert by["y@implicit.test"].status is Status.DELIVERED
+    assert sink.stats.recipients == 1
+
+
+async def test_total_connection_cap_across_destinations() -> None:
+    template = TemplateContent("Subject: ${name}\r\n\r\nx\r\n")
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, latency=0.002)
+        dns, dns_port = await start_dns(nursery)
+        for d in range(6):
+            dns.add(f"mx{d}.cap.test", "A", "127.0.0.1")
+            dns.add(f"d{d}.cap.test", "MX", f"10 mx{d}.cap.test.")
+        summary = await send(
+            "news@sender.test", template,
+            [Recipient(f"u{i}@d{i % 6}.cap.test", {"name": str(i)}) for i in range(300)],
+            dns=DNSConfig(nameservers=(("127.0.0.1", dns_port),), mx_port=sink.port),
+            secure="none", total_connections=4, limits=PoolLimits(connections=3),
+        )
+        nursery.cancel_scope.cancel()
+    assert summary.delivered == 300
+    assert sink.stats.max_active_sessions <= 4
+
+
+async def test_rate_limit_holds_over_a_long_simulated_run(autojump_clock: trio.abc.Clock) -> None:
+    template = TemplateContent("Subject: ${name}\r\n\r\nx\r\n")
+    shaping = Shaping.from_mapping(
+        {"domains": {"slow.test": {"rate": "60/min", "connections": 2}}}
+    )
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        start = trio.current_time()
+        summary = await send(
+            "news@sender.test", template,
+            [Recipient(f"u{i}@slow.test", {"name": str(i)}) for i in range(120)],
+            config=relay_config(sink, shaping=shaping),
+        )
+        elapsed = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    assert summary.delivered == 120
+    # 120 messages at 1 per second: the first goes at once, the last ~119 s later
+    assert 119 <= elapsed < 125
+
+
+async def test_source_addresses_are_used_round_robin() -> None:
+    template = TemplateContent("Subject: ${name}\r\n\r\nx\r\n")
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        limits = PoolLimits(
+            connections=1, messages_per_connection=2,
+            source_addresses=("127.0.0.5", "127.0.0.6"),
+        )
+        summary = await send(
+            "news@sender.test", template,
+            [Recipient(f"u{i}@example.test", {"name": str(i)}) for i in range(8)],
+            config=relay_config(sink, limits=limits),
+        )
+        nursery.cancel_scope.cancel()
+    assert summary.delivered == 8
+    assert set(sink.stats.peers) == {"127.0.0.5", "127.0.0.6"}
+
+
+async def test_pool_repr_shows_its_state() -> None:
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, latency=0.05)
+        async with Mailer(relay_config(sink, limits=PoolLimits(connections=1))) as mailer:
+            reprs: list[str] = []
+
+            async def watch() -> None:
+                while not reprs:
+                    for pool in mailer.engine.pools.values():
+                        if pool.active_sessions:
+                            reprs.append(repr(pool))
+                    await trio.sleep(0.01)
+
+            nursery.start_soon(watch)
+            template = TemplateContent("Subject: ${name}\r\n\r\nx\r\n")
+            await mailer.send(
+                "news@sender.test", template,
+                [Recipient(f"u{i}@example.test", {"name": str(i)}) for i in range(100)],
+            )
+        nursery.cancel_scope.cancel()
+    assert reprs[0].startswith(f"<Pool relay:127.0.0.1:{sink.port} [1 active, 0 idle | ")
+    assert reprs[0].endswith(" queued]>")
