@@ -32,6 +32,7 @@ from .shaping import Shaping
 
 ResultCallback = Callable[[Result], None]
 InDoubtHook = Callable[[Sequence[str]], Awaitable[None]]
+Presettle = Callable[[Recipient], "tuple[Status, Reply | None, int] | None"]
 
 #: a dead pooled session may be replaced this many times per recipient for free
 MAX_FREE_RETRIES = 3
@@ -137,6 +138,8 @@ class Engine:
         self.stopping = False
         self.rng = random.Random(config.seed)
         self.on_in_doubt: InDoubtHook | None = None
+        #: decides a recipient's result without sending (suppressed, already final)
+        self.presettle: Presettle | None = None
         self._limiter = trio.CapacityLimiter(config.total_connections)
         self._pending = trio.Semaphore(config.max_pending)
         self._routes: dict[str, tuple[Destination, float]] = {}
@@ -179,12 +182,18 @@ class Engine:
             recipient = Recipient(recipient)
         address = recipient.address.strip()
         if address != recipient.address:
-            recipient = Recipient(address, recipient.variables)
+            recipient = Recipient(address, recipient.variables, recipient.possible_duplicate)
         if not job.first_sighting(address):
             return
         await self._pending.acquire()
         job.outstanding += 1
-        item = Item(recipient, job)
+        item = Item(recipient, job, possible_duplicate=recipient.possible_duplicate)
+        if self.presettle is not None:
+            decided = self.presettle(recipient)
+            if decided is not None:
+                status, reply, item.attempts = decided
+                job.finish(item, status, reply)
+                return
         try:
             commands.validate_address(address, smtputf8=True)
             domain = domain_of(address)

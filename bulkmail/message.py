@@ -31,6 +31,8 @@ class Recipient:
 
     address: str
     variables: Mapping[str, str] | None = None
+    #: a resumed job resends recipients that were in doubt, flagged as such
+    possible_duplicate: bool = False
 
 
 class Content(Protocol):

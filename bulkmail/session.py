@@ -435,6 +435,12 @@ class SMTPSession:
         txns = [self._plan(envelope) for envelope in envelopes]
         live = [t for t in txns if t.sendable]
         try:
+            if live and on_data_end is not None:
+                # One durable journal commit for the whole window, before the
+                # first byte of it is written: an end of data never leaves the
+                # process before its recipients are recorded as in doubt.
+                await on_data_end([t.envelope for t in live])
+                on_data_end = None
             if not live:
                 pass
             elif not (self.config.use_pipelining and self.extensions.pipelining):

@@ -108,3 +108,96 @@ async def start_scripted(nursery: trio.Nursery, handler: Handler) -> tuple[Scrip
     server = ScriptedServer(handler)
     port = await nursery.start(server.serve)
     return server, port
+
+
+class MiniSMTP:
+    """A small but real SMTP server loop for scripted tests, with hooks.
+
+    Subclass-free: pass callables.  ``rcpt(address, n)`` returns the RCPT reply
+    (n counts RCPTs in this transaction); ``data_done(rcpts, content)`` returns
+    the end-of-data reply or ``None`` to drop the connection without one;
+    ``mail(sender)`` the MAIL reply.  ``delivered`` records accepted copies.
+    """
+
+    def __init__(
+        self,
+        *,
+        extensions: tuple[str, ...] = ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"),
+        greeting: str = "220 mini.test ESMTP\r\n",
+        mail: Callable[[str], str] | None = None,
+        rcpt: Callable[[str, int], str] | None = None,
+        data_cmd: Callable[[list[str]], str | None] | None = None,
+        data_done: Callable[[list[str], bytes], str | None] | None = None,
+    ) -> None:
+        self.extensions = extensions
+        self.greeting = greeting
+        self.mail = mail or (lambda sender: "250 2.1.0 Ok\r\n")
+        self.rcpt = rcpt or (lambda address, n: "250 2.1.5 Ok\r\n")
+        self.data_cmd = data_cmd or (lambda rcpts: "354 go ahead\r\n" if rcpts else "554 5.5.1 no valid recipients\r\n")
+        self.data_done = data_done or (lambda rcpts, content: "250 2.0.0 queued\r\n")
+        self.delivered: list[str] = []
+        self.sessions = 0
+        self.transactions = 0
+
+    async def __call__(self, conn: Conn) -> None:
+        self.sessions += 1
+        await conn.send(self.greeting)
+        if not self.greeting.startswith("220"):
+            return
+        sender: str | None = None
+        rcpts: list[str] = []
+        n = 0
+        while True:
+            line = (await conn.readline()).decode()
+            verb = line[:4].upper()
+            if verb in ("EHLO", "HELO"):
+                await conn.ehlo_reply(*self.extensions)
+            elif verb == "MAIL":
+                reply = self.mail(line)
+                if reply.startswith("250"):
+                    sender, rcpts, n = line, [], 0
+                await conn.send(reply)
+                if reply.startswith("421"):
+                    return
+            elif verb == "RCPT":
+                n += 1
+                address = line.partition("<")[2].partition(">")[0]
+                if sender is None:
+                    await conn.send("503 5.5.1 need MAIL\r\n")
+                    continue
+                reply = self.rcpt(address, n)
+                if reply.startswith("25"):
+                    rcpts.append(address)
+                await conn.send(reply)
+                if reply.startswith("421"):
+                    return
+            elif verb == "DATA":
+                if sender is None:
+                    await conn.send("503 5.5.1 need MAIL\r\n")
+                    continue
+                reply = self.data_cmd(rcpts)
+                if reply is None:
+                    return
+                await conn.send(reply)
+                if not reply.startswith("354"):
+                    continue
+                content = await conn.read_data()
+                self.transactions += 1
+                done = self.data_done(rcpts, content)
+                if done is None:
+                    self.delivered.extend(rcpts)  # accepted, but the reply never leaves
+                    return
+                if done.startswith("250") and rcpts:
+                    self.delivered.extend(rcpts)
+                await conn.send(done)
+                sender, rcpts = None, []
+            elif verb == "RSET":
+                sender, rcpts = None, []
+                await conn.send("250 2.0.0 Ok\r\n")
+            elif verb == "QUIT":
+                await conn.send("221 2.0.0 Bye\r\n")
+                return
+            elif verb == "NOOP":
+                await conn.send("250 2.0.0 Ok\r\n")
+            else:
+                await conn.send("500 5.5.2 what?\r\n")

@@ -35,7 +35,7 @@ async def test_seed_session_replayed_command_by_command() -> None:
     steps = seed["session"]
     server_says = [s["data"] for s in steps if s.get("direction") == "server"]
     client_says = [s["data"] for s in steps if s.get("direction") == "client"]
-    message_text = client_says[6].removesuffix("\r\n.") + "\r\n"
+    message_text = client_says[7].removesuffix("\r\n.") + "\r\n"
 
     ca = trustme.CA()
     cert = ca.issue_cert("mail.example.com")

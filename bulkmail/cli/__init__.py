@@ -15,6 +15,8 @@ from collections.abc import Sequence
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sink": ("bulkmail.cli.sink_command", "run the local SMTP sink server"),
+    "send": ("bulkmail.cli.send_command", "send a message to many recipients"),
+    "report": ("bulkmail.cli.report_command", "summarise a journal"),
     "demo": ("bulkmail.cli.demo_command", "send a demo newsletter to the built-in sink"),
 }
 

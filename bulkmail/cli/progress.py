@@ -1,0 +1,78 @@
+"""Progress for long runs: a live bar on a terminal, a plain line every few
+seconds otherwise (logs, CI), nothing with ``--quiet``.  Written to stderr so
+stdout stays clean for scripts."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+import trio
+
+from ..results import Result, Status
+
+
+class Progress:
+    def __init__(self, *, enabled: bool, total: int | None, stream: TextIO | None = None) -> None:
+        self.enabled = enabled
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.counts = dict.fromkeys(Status, 0)
+        self.done = 0
+        self.started = time.monotonic()
+        self._last_line = ""
+
+    def add(self, result: Result) -> None:
+        self.counts[result.status] += 1
+        self.done += 1
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            self._clear()
+            print(text, file=self.stream, flush=True)
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = self.done / elapsed
+        c = self.counts
+        counts = (
+            f"delivered {c[Status.DELIVERED]:,}  bounced {c[Status.BOUNCED]:,}"
+            f"  deferred {c[Status.DEFERRED]:,}  suppressed {c[Status.SUPPRESSED]:,}"
+        )
+        if self.total:
+            share = min(1.0, self.done / self.total)
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            eta_text = f"{eta:,.0f}s" if eta != float("inf") else "?"
+            width = 24
+            filled = int(share * width)
+            bar = "#" * filled + "-" * (width - filled) if self.tty else ""
+            head = f"[{bar}] " if bar else ""
+            return f"{head}{share:6.1%} {self.done:,}/{self.total:,}  {counts}  {rate:,.0f}/s  ETA {eta_text}"
+        return f"{self.done:,} done  {counts}  {rate:,.0f}/s"
+
+    def _clear(self) -> None:
+        if self.tty and self._last_line:
+            self.stream.write("\r" + " " * len(self._last_line) + "\r")
+            self._last_line = ""
+
+    async def run(self) -> None:
+        if not self.enabled:
+            return
+        interval = 0.25 if self.tty else 5.0
+        while True:
+            await trio.sleep(interval)
+            text = self.line()
+            if self.tty:
+                self.stream.write("\r" + text.ljust(len(self._last_line)))
+                self.stream.flush()
+                self._last_line = text
+            else:
+                print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.enabled and self.tty and self._last_line:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._last_line = ""

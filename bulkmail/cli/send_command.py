@@ -1,0 +1,274 @@
+"""``bulkmail send``: a newsletter or batch run from files, durable by default.
+
+Exit status: 0 when every recipient ended delivered, bounced or suppressed;
+75 (EX_TEMPFAIL) when some are still deferred -- run the same command again to
+resume; 2 for usage errors or unreadable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import ssl
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+import trio
+
+from ..api import Mailer, MailerConfig, Relay
+from ..durable import send_durably
+from ..journal import JournalWriter, SQLiteJournal
+from ..message import Content, StaticContent, TemplateContent, has_placeholders
+from ..policy import RetryPolicy
+from ..protocol.auth import Credentials
+from ..results import Result, Summary
+from ..routing import DNSConfig
+from ..shaping import PoolLimits, Shaping
+from .inputs import InputError, read_message, read_recipients, read_suppressions
+from .progress import Progress
+from .summary import render_summary
+
+EX_OK, EX_USAGE, EX_TEMPFAIL = 0, 2, 75
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """``90``, ``30s``, ``5m``, ``2h``, ``1d`` -> seconds."""
+    text = text.strip().lower()
+    for unit in sorted(_UNITS, key=len, reverse=True):
+        if text.endswith(unit) and text[: -len(unit)].replace(".", "", 1).isdigit():
+            return float(text[: -len(unit)]) * _UNITS[unit]
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30s, 5m, 2h)") from None
+
+
+def host_port(text: str, default_port: int) -> tuple[str, int]:
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.lstrip(":")
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
+    try:
+        return host, int(port) if port else default_port
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad port in {text!r}") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sender", required=True, help="envelope sender (MAIL FROM)")
+    p.add_argument("--recipients", required=True, metavar="FILE",
+                   help="one address per line, or CSV with an 'email' column; - for stdin")
+    p.add_argument("--message", required=True, metavar="FILE",
+                   help="RFC 5322 message; ${name} placeholders make it per-recipient")
+    p.add_argument("--relay", metavar="HOST[:PORT]", help="smarthost; without it, direct to MX")
+    p.add_argument("--tls", choices=("none", "may", "starttls", "tls"), default=None,
+                   help="none | starttls (required, verified) | tls (implicit); default: "
+                        "opportunistic STARTTLS")
+    p.add_argument("--tls-ca", metavar="FILE", help="CA bundle to verify servers against")
+    p.add_argument("--tls-no-verify", action="store_true", help="do not verify certificates")
+    p.add_argument("--auth-user")
+    p.add_argument("--auth-password-env", metavar="VAR",
+                   help="environment variable holding the password")
+    p.add_argument("--allow-plaintext-auth", action="store_true")
+    p.add_argument("--dns-server", metavar="HOST[:PORT]")
+    p.add_argument("--mx-port", type=int, default=25)
+    p.add_argument("--journal", metavar="PATH",
+                   help="SQLite journal (default: .bulkmail/<job>.sqlite, resumed automatically)")
+    p.add_argument("--no-journal", action="store_true", help="run without a journal")
+    p.add_argument("--journal-sync", choices=("normal", "full"), default="normal",
+                   help="full: survive power loss, at some cost")
+    p.add_argument("--report", metavar="PATH", help="JSON Lines, one object per recipient")
+    p.add_argument("--suppress", metavar="FILE", help="addresses never to send to")
+    p.add_argument("--connections", type=int, default=20, help="per destination (default 20)")
+    p.add_argument("--total-connections", type=int, default=200)
+    p.add_argument("--max-rcpts", type=int, default=50, help="recipients per transaction")
+    p.add_argument("--shaping", metavar="FILE.toml", help="per-destination limits")
+    p.add_argument("--source-address", action="append", default=[], metavar="ADDR",
+                   help="local address to send from (repeat for round robin)")
+    p.add_argument("--retry-first", type=duration, default=60.0, metavar="DURATION")
+    p.add_argument("--retry-for", type=duration, default=600.0, metavar="DURATION",
+                   help="how long this run keeps retrying deferred recipients (default 10m)")
+    p.add_argument("--helo", default=None, help="name to send in EHLO")
+    p.add_argument("--quiet", action="store_true")
+
+
+def default_journal(args: argparse.Namespace, message: bytes) -> Path:
+    """Same sender, recipients file and message -> same journal: rerunning resumes."""
+    digest = hashlib.sha256()
+    digest.update(args.sender.encode())
+    source = args.recipients if args.recipients == "-" else str(Path(args.recipients).resolve())
+    digest.update(b"\0" + source.encode() + b"\0" + message)
+    return Path(".bulkmail") / f"job-{digest.hexdigest()[:16]}.sqlite"
+
+
+def build_config(args: argparse.Namespace) -> MailerConfig:
+    limits = PoolLimits(
+        connections=args.connections,
+        max_rcpts=args.max_rcpts,
+        source_addresses=tuple(args.source_address),
+    )
+    shaping = Shaping.load(args.shaping, limits) if args.shaping else None
+    secure = args.tls or "may"
+    context = None
+    if args.tls_ca or args.tls_no_verify:
+        context = ssl.create_default_context(cafile=args.tls_ca)
+        if args.tls_no_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+    credentials = None
+    if args.auth_user:
+        password = os.environ.get(args.auth_password_env or "", None)
+        if password is None:
+            raise InputError("--auth-user needs --auth-password-env naming a set variable")
+        credentials = Credentials(args.auth_user, password)
+    relay = Relay(*host_port(args.relay, 25)) if args.relay else None
+    dns = DNSConfig(mx_port=args.mx_port)
+    if args.dns_server:
+        dns = DNSConfig(nameservers=(host_port(args.dns_server, 53),), mx_port=args.mx_port)
+    extra: dict[str, Any] = {}
+    if args.helo:
+        extra["client_hostname"] = args.helo
+    return MailerConfig(
+        relay=relay,
+        dns=dns,
+        secure=secure,
+        ssl_context=context,
+        credentials=credentials,
+        allow_plaintext_auth=args.allow_plaintext_auth,
+        limits=limits,
+        shaping=shaping,
+        total_connections=args.total_connections,
+        retry=RetryPolicy(first_delay=args.retry_first),
+        retry_for=args.retry_for,
+        **extra,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        message = read_message(args.message)
+        config = build_config(args)
+        suppressed = read_suppressions(args.suppress) if args.suppress else frozenset()
+        content: Content = (
+            TemplateContent(message)
+            if has_placeholders(message.decode("utf-8", "replace"))
+            else StaticContent(message)
+        )
+        if args.recipients != "-" and not Path(args.recipients).is_file():
+            raise InputError(f"cannot read {args.recipients}: no such file")
+    except (InputError, ValueError, OSError, UnicodeDecodeError) as exc:
+        print(f"bulkmail send: {exc}", file=sys.stderr)
+        return EX_USAGE
+    journal_path = None if args.no_journal else Path(args.journal or default_journal(args, message))
+    try:
+        stopped, summary = trio.run(
+            _send, args, config, content, suppressed, journal_path
+        )
+    except InputError as exc:
+        print(f"bulkmail send: {exc}", file=sys.stderr)
+        return EX_USAGE
+    if not args.quiet:
+        print(render_summary(summary), file=sys.stderr)
+        if journal_path is not None:
+            print(f"journal: {journal_path}", file=sys.stderr)
+    if stopped or summary.deferred:
+        return EX_TEMPFAIL
+    return EX_OK
+
+
+async def _send(
+    args: argparse.Namespace,
+    config: MailerConfig,
+    content: Content,
+    suppressed: frozenset[str],
+    journal_path: Path | None,
+) -> tuple[bool, Summary]:
+    report: IO[str] | None = open(args.report, "w", encoding="utf-8") if args.report else None
+    progress = Progress(enabled=not args.quiet, total=_count_lines(args.recipients))
+    stopped = False
+
+    def on_result(result: Result) -> None:
+        progress.add(result)
+        if report is not None:
+            report.write(json.dumps(result.as_dict(), ensure_ascii=False) + "\n")
+
+    try:
+        async with trio.open_nursery() as nursery:
+            async with Mailer(config) as mailer:
+
+                async def watch_signals() -> None:
+                    nonlocal stopped
+                    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                        async for _ in signals:
+                            if stopped:
+                                # second signal: leave now; the journal already
+                                # holds every in-doubt mark, so nothing is lost
+                                nursery.cancel_scope.cancel()
+                                return
+                            stopped = True
+                            progress.message("stopping: finishing in-flight transactions")
+                            mailer.stop()
+
+                nursery.start_soon(watch_signals)
+                nursery.start_soon(progress.run)
+                recipients = read_recipients(args.recipients)
+                if journal_path is None:
+                    summary = await send_durably(
+                        mailer, None, args.sender, content, recipients,
+                        suppressed=suppressed, on_result=on_result,
+                    )
+                else:
+                    summary = await _journaled(
+                        mailer, journal_path, args, content, recipients, suppressed, on_result
+                    )
+                nursery.cancel_scope.cancel()
+    finally:
+        progress.close()
+        if report is not None:
+            report.close()
+    return stopped, summary
+
+
+async def _journaled(
+    mailer: Mailer,
+    path: Path,
+    args: argparse.Namespace,
+    content: Content,
+    recipients: Any,
+    suppressed: frozenset[str],
+    on_result: Any,
+) -> Summary:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    journal = SQLiteJournal(path, synchronous="FULL" if args.journal_sync == "full" else "NORMAL")
+    writer = JournalWriter(journal)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            try:
+                return await send_durably(
+                    mailer, writer, args.sender, content, recipients,
+                    suppressed=suppressed, on_result=on_result,
+                )
+            finally:
+                with trio.CancelScope(shield=True):
+                    await writer.aclose()
+    finally:
+        journal.close()
+
+
+def _count_lines(path: str) -> int | None:
+    if path == "-":
+        return None
+    try:
+        with open(path, "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    except OSError:
+        return None

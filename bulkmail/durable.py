@@ -1,0 +1,131 @@
+"""Durable sends: a journal records every recipient's state so a killed run resumes.
+
+The ordering rule (DESIGN.md): recipients are recorded *in doubt* -- in a
+group commit that has reached the database -- before the end of data of their
+message leaves the process.  Everything else (delivered, bounced, deferred) is
+recorded asynchronously in group commits: losing those on a kill only means
+the recipient is still "in doubt" on resume and is resent once, flagged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from itertools import islice
+
+import trio
+
+from .api import Mailer, MessageLike
+from .engine import ResultCallback
+from .errors import synthetic_reply
+from .journal import JournalWriter, RecipientRecord, StateChange
+from .message import Recipient
+from .protocol.replies import Reply
+from .results import FINAL, Result, Status, Summary
+
+LOOKUP_CHUNK = 500
+
+
+def change_for(result: Result) -> StateChange:
+    reply = result.reply
+    return StateChange(
+        address=result.recipient,
+        status=Status(result.status.value),
+        code=reply.code if reply is not None else None,
+        enhanced=reply.enhanced if reply is not None else None,
+        reply=reply.text if reply is not None else None,
+        attempts=result.attempts,
+        host=result.host,
+        possible_duplicate=result.possible_duplicate,
+    )
+
+
+def reply_of(record: RecipientRecord) -> Reply | None:
+    if record.code is None:
+        return None
+    text = record.reply or ""
+    if record.enhanced:
+        return Reply(record.code, (f"{record.enhanced} {text}",), record.enhanced)
+    return Reply(record.code, (text,))
+
+
+async def send_durably(
+    mailer: Mailer,
+    writer: JournalWriter | None,
+    sender: str,
+    message: MessageLike,
+    recipients: Iterable[Recipient],
+    *,
+    suppressed: frozenset[str] = frozenset(),
+    on_result: ResultCallback | None = None,
+) -> Summary:
+    """Like ``Mailer.send``, resuming from and recording to the journal.
+
+    Recipients already delivered, bounced or suppressed in the journal are
+    reported from it and not sent; those left in doubt by a killed run are
+    resent once with ``possible_duplicate`` set.  Without a writer, only
+    suppression applies.
+    """
+    engine = mailer.engine
+    settled: dict[str, RecipientRecord] = {}
+
+    def decide(recipient: Recipient) -> tuple[Status, Reply | None, int] | None:
+        address = recipient.address
+        if address.lower() in suppressed:
+            return Status.SUPPRESSED, synthetic_reply(250, "2.0.0", "suppressed: not sent"), 0
+        known = settled.pop(address, None)
+        if known is not None:
+            return Status(known.status.value), reply_of(known), known.attempts
+        return None
+
+    if writer is None:
+        engine.presettle = decide
+        try:
+            return await mailer.send(sender, message, recipients, on_result=on_result)
+        finally:
+            engine.presettle = None
+    journal = writer.journal
+    active_writer = writer
+
+    async def in_doubt(addresses: Sequence[str]) -> None:
+        await active_writer.submit_durable(
+            [StateChange(address=a, status=Status.IN_DOUBT) for a in addresses]
+        )
+
+    def record(result: Result) -> None:
+        active_writer.submit(change_for(result))
+        if on_result is not None:
+            on_result(result)
+
+    engine.on_in_doubt = in_doubt
+
+    async def stream() -> AsyncIterator[Recipient]:
+        source = iter(recipients)
+        while True:
+            chunk = list(islice(source, LOOKUP_CHUNK))
+            if not chunk:
+                return
+            known = await trio.to_thread.run_sync(
+                journal.lookup, [r.address.strip() for r in chunk]
+            )
+            for recipient in chunk:
+                address = recipient.address.strip()
+                if address.lower() in suppressed:
+                    yield Recipient(address, recipient.variables, False)
+                    continue
+                record_ = known.get(address)
+                if record_ is None:
+                    yield recipient
+                elif record_.status in FINAL:
+                    settled[address] = record_
+                    yield recipient
+                elif record_.status is Status.IN_DOUBT or record_.possible_duplicate:
+                    yield Recipient(recipient.address, recipient.variables, True)
+                else:
+                    yield recipient
+
+    engine.presettle = decide
+    try:
+        return await mailer.send(sender, message, stream(), on_result=record)
+    finally:
+        engine.presettle = None
+        engine.on_in_doubt = None
