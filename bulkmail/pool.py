@@ -108,9 +108,14 @@ class Pool:
                 await self._wakeup.park()
         taken: list[Item] = []
         q = self.queue
-        content = q[0].job.content
+        head = q[0]
+        content = head.job.content
         per_txn = 1 if content.personalised else self.limits.max_rcpts
         limit = per_txn * budget
+        flush = head.job.input_done or trio.current_time() - self._oldest >= self.engine.linger
+        if not flush:
+            # only whole transactions while more recipients may still come
+            limit = min(limit, (len(q) // per_txn) * per_txn)
         while q and len(taken) < limit and q[0].job.content is content:
             taken.append(q.popleft())
         if q:
