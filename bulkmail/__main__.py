@@ -1,3 +1,5 @@
-from bulkmail.cli import main
 import sys
+
+from bulkmail.cli import main
+
 sys.exit(main())

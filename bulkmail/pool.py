@@ -228,11 +228,11 @@ class Pool:
         envelopes: list[Envelope] = []
         groups: list[list[Item]] = []
         if not job.content.personalised:
-            message = job.content.render(items[0].recipient)
+            shared = job.content.render(items[0].recipient)
             step = self.limits.max_rcpts
             for start in range(0, len(items), step):
                 group = items[start : start + step]
-                envelopes.append(job.envelope([i.recipient.address for i in group], message))
+                envelopes.append(job.envelope([i.recipient.address for i in group], shared))
                 groups.append(group)
             return envelopes, groups
         for item in items:
@@ -271,7 +271,6 @@ class Pool:
                 )
             if accepted:
                 health.success()
-        if session.error is not None and session.transactions == 0:
-            health.failure(trio.current_time())
-        elif session.error is not None and session.error.code == 421:
+        error = session.error
+        if error is not None and (session.transactions == 0 or error.code == 421):
             health.failure(trio.current_time())

@@ -42,7 +42,7 @@ class Router(Protocol):
 
 
 def domain_of(address: str) -> str:
-    local, at, domain = address.rpartition("@")
+    _local, at, domain = address.rpartition("@")
     if not at or not domain:
         raise ValueError(f"no domain in {address!r}")
     domain = domain.lower().rstrip(".")

@@ -10,6 +10,7 @@ that was handed to the session can be lost on the way out.
 from __future__ import annotations
 
 import base64
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -139,7 +140,8 @@ class SMTPSession:
                     target, config.port, local_address=config.source_address
                 )
         except (OSError, trio.TooSlowError) as exc:
-            reply = synthetic_reply(451, "4.4.1", f"cannot connect to {target}:{config.port}: {exc}")
+            where = f"{target}:{config.port}"
+            reply = synthetic_reply(451, "4.4.1", f"cannot connect to {where}: {exc}")
             raise SMTPConnectError(reply, host=target) from exc
         session = cls(stream, config, peer=target)
         try:
@@ -257,10 +259,8 @@ class SMTPSession:
             return
         if self.error is None:
             with trio.move_on_after(self.config.timeouts.quit):
-                try:
+                with contextlib.suppress(SMTPError):
                     await self.command(commands.QUIT, Stage.QUIT)
-                except SMTPError:
-                    pass
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -268,11 +268,9 @@ class SMTPSession:
         if self._closed:
             return
         self._closed = True
-        with trio.CancelScope(shield=True), trio.move_on_after(1):
-            try:
-                await self._stream.aclose()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
+        errors = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+        with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(*errors):
+            await self._stream.aclose()
 
     # -- I/O primitives -----------------------------------------------------
 

@@ -133,7 +133,9 @@ class MiniSMTP:
         self.greeting = greeting
         self.mail = mail or (lambda sender: "250 2.1.0 Ok\r\n")
         self.rcpt = rcpt or (lambda address, n: "250 2.1.5 Ok\r\n")
-        self.data_cmd = data_cmd or (lambda rcpts: "354 go ahead\r\n" if rcpts else "554 5.5.1 no valid recipients\r\n")
+        self.data_cmd = data_cmd or (
+            lambda rcpts: "354 go ahead\r\n" if rcpts else "554 5.5.1 no valid recipients\r\n"
+        )
         self.data_done = data_done or (lambda rcpts, content: "250 2.0.0 queued\r\n")
         self.delivered: list[str] = []
         self.sessions = 0

@@ -45,7 +45,7 @@ async def test_plain_delivery_lockstep_without_pipelining() -> None:
     assert session.trace is not None
     lines = session.trace.client_lines()
     assert lines[1:5] == [
-        "MAIL FROM:<news@sender.test> SIZE=%d" % len(MESSAGE),
+        f"MAIL FROM:<news@sender.test> SIZE={len(MESSAGE)}",
         "RCPT TO:<a@x.test>",
         "RCPT TO:<b@x.test>",
         "DATA",
@@ -147,7 +147,7 @@ async def test_8bit_body_is_declared_8bitmime() -> None:
 
 
 async def test_opportunistic_tls_upgrades_without_verification(tls: TLS) -> None:
-    with aiosmtpd_server(tls_context=tls.server) as (handler, port):
+    with aiosmtpd_server(tls_context=tls.server) as (_handler, port):
         config = SessionConfig("127.0.0.1", port, secure="may")  # untrusted CA: still encrypts
         session, results = await deliver(config, envelope("a@x.test"))
     assert session.tls_active

@@ -49,7 +49,8 @@ class Progress:
             filled = int(share * width)
             bar = "#" * filled + "-" * (width - filled) if self.tty else ""
             head = f"[{bar}] " if bar else ""
-            return f"{head}{share:6.1%} {self.done:,}/{self.total:,}  {counts}  {rate:,.0f}/s  ETA {eta_text}"
+            done = f"{self.done:,}/{self.total:,}"
+            return f"{head}{share:6.1%} {done}  {counts}  {rate:,.0f}/s  ETA {eta_text}"
         return f"{self.done:,} done  {counts}  {rate:,.0f}/s"
 
     def _clear(self) -> None:

@@ -20,6 +20,7 @@ from typing import IO, Any
 import trio
 
 from ..api import Mailer, MailerConfig, Relay
+from ..config import Security
 from ..durable import send_durably
 from ..journal import JournalWriter, SQLiteJournal
 from ..message import Content, StaticContent, TemplateContent, has_placeholders
@@ -116,7 +117,7 @@ def build_config(args: argparse.Namespace) -> MailerConfig:
         source_addresses=tuple(args.source_address),
     )
     shaping = Shaping.load(args.shaping, limits) if args.shaping else None
-    secure = args.tls or "may"
+    secure: Security = args.tls or "may"
     context = None
     if args.tls_ca or args.tls_no_verify:
         context = ssl.create_default_context(cafile=args.tls_ca)
@@ -191,7 +192,9 @@ async def _send(
     suppressed: frozenset[str],
     journal_path: Path | None,
 ) -> tuple[bool, Summary]:
-    report: IO[str] | None = open(args.report, "w", encoding="utf-8") if args.report else None
+    report: IO[str] | None = None
+    if args.report:
+        report = open(args.report, "w", encoding="utf-8")  # noqa: SIM115 - closed in finally
     progress = Progress(enabled=not args.quiet, total=_count_lines(args.recipients))
     stopped = False
 
@@ -201,35 +204,34 @@ async def _send(
             report.write(json.dumps(result.as_dict(), ensure_ascii=False) + "\n")
 
     try:
-        async with trio.open_nursery() as nursery:
-            async with Mailer(config) as mailer:
+        async with trio.open_nursery() as nursery, Mailer(config) as mailer:
 
-                async def watch_signals() -> None:
-                    nonlocal stopped
-                    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                        async for _ in signals:
-                            if stopped:
-                                # second signal: leave now; the journal already
-                                # holds every in-doubt mark, so nothing is lost
-                                nursery.cancel_scope.cancel()
-                                return
-                            stopped = True
-                            progress.message("stopping: finishing in-flight transactions")
-                            mailer.stop()
+            async def watch_signals() -> None:
+                nonlocal stopped
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        if stopped:
+                            # second signal: leave now; the journal already
+                            # holds every in-doubt mark, so nothing is lost
+                            nursery.cancel_scope.cancel()
+                            return
+                        stopped = True
+                        progress.message("stopping: finishing in-flight transactions")
+                        mailer.stop()
 
-                nursery.start_soon(watch_signals)
-                nursery.start_soon(progress.run)
-                recipients = read_recipients(args.recipients)
-                if journal_path is None:
-                    summary = await send_durably(
-                        mailer, None, args.sender, content, recipients,
-                        suppressed=suppressed, on_result=on_result,
-                    )
-                else:
-                    summary = await _journaled(
-                        mailer, journal_path, args, content, recipients, suppressed, on_result
-                    )
-                nursery.cancel_scope.cancel()
+            nursery.start_soon(watch_signals)
+            nursery.start_soon(progress.run)
+            recipients = read_recipients(args.recipients)
+            if journal_path is None:
+                summary = await send_durably(
+                    mailer, None, args.sender, content, recipients,
+                    suppressed=suppressed, on_result=on_result,
+                )
+            else:
+                summary = await _journaled(
+                    mailer, journal_path, args, content, recipients, suppressed, on_result
+                )
+            nursery.cancel_scope.cancel()
     finally:
         progress.close()
         if report is not None:

@@ -19,7 +19,9 @@ def render_summary(summary: Summary) -> str:
     if summary.possible_duplicates:
         lines.append(f"possible duplicates (in doubt, resent): {summary.possible_duplicates}")
     if summary.domains:
-        lines.append("top domains: " + ", ".join(f"{d} {n}" for d, n in summary.domains.most_common(5)))
+        top = summary.domains.most_common(5)
+        lines.append("top domains: " + ", ".join(f"{d} {n}" for d, n in top))
     if summary.codes:
-        lines.append("top replies: " + ", ".join(f"{c} x{n}" for c, n in summary.codes.most_common(5)))
+        codes = summary.codes.most_common(5)
+        lines.append("top replies: " + ", ".join(f"{c} x{n}" for c, n in codes))
     return "\n".join(lines)

@@ -56,7 +56,9 @@ def _b64(data: bytes) -> str:
 
 
 class SASLClient:
-    def __init__(self, mechanism: str, credentials: Credentials, *, host: str = "localhost") -> None:
+    def __init__(
+        self, mechanism: str, credentials: Credentials, *, host: str = "localhost"
+    ) -> None:
         for value in (credentials.username, credentials.password or "",
                       credentials.oauth_token or "", credentials.authzid):
             if _FORBIDDEN.search(value):

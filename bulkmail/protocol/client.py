@@ -92,7 +92,7 @@ class ClientProtocol:
             raise RemoteProtocolError("server sent data before the command it would answer")
         self._pending.append(stage)
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes from the server; ``b""`` means it closed the connection."""
         self._parser.feed(data)
 

@@ -104,7 +104,8 @@ class PreparedMessage:
         """Refuse, before anything is sent, what this server cannot take as it is."""
         if self.longest_line > max_line_length:
             raise MessageError(
-                f"line of {self.longest_line} octets exceeds {max_line_length} (RFC 5321 §4.5.3.1.6)"
+                f"line of {self.longest_line} octets exceeds {max_line_length}"
+                " (RFC 5321 §4.5.3.1.6)"
             )
         if self.eightbit and not eightbitmime:
             raise MessageError("8-bit content but server lacks 8BITMIME")

@@ -112,7 +112,7 @@ class ReplyParser:
         """True while part of a reply has been seen."""
         return bool(self._lines) or len(self._buf) > self._pos
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         """Add received bytes; ``b""`` means the peer closed the connection."""
         if not data:
             self._eof = True
