@@ -37,7 +37,7 @@ async def run_session(handler, *, rcpts=("a@x.test", "b@x.test"), **kwargs):
         server, port = await start_scripted(nursery, handler)
         try:
             session = await SMTPSession.connect(config(port, **kwargs), "127.0.0.1")
-        except Exception as exc:  # noqa: BLE001 - the tests inspect it
+        except Exception as exc:  # the tests inspect it
             nursery.cancel_scope.cancel()
             return exc, None, server
         results = await session.send_batch([Envelope("s@x.test", list(rcpts), MESSAGE)])
@@ -280,7 +280,9 @@ async def test_plaintext_injected_after_starttls_220_aborts(tls: TLS) -> None:
     assert server.log[-1] == b"STARTTLS"  # nothing else was sent, in clear or otherwise
 
 
-@pytest.mark.parametrize("offer, answer", [(False, b""), (True, b"454 4.7.0 TLS not available\r\n")])
+@pytest.mark.parametrize(
+    "offer, answer", [(False, b""), (True, b"454 4.7.0 TLS not available\r\n")]
+)
 async def test_required_starttls_fails_closed(offer: bool, answer: bytes) -> None:
     async def handler(conn: Conn) -> None:
         await conn.send(b"220 x\r\n")
