@@ -19,7 +19,7 @@ import trio
 from .config import SessionConfig
 from .errors import synthetic_reply
 from .message import Content, Recipient
-from .policy import RetryPolicy, Verdict, classify
+from .policy import DestinationHealth, RetryPolicy, Verdict, classify
 from .pool import Pool
 from .protocol import commands
 from .protocol.data import PreparedMessage
@@ -143,6 +143,7 @@ class Engine:
         self._limiter = trio.CapacityLimiter(config.total_connections)
         self._pending = trio.Semaphore(config.max_pending)
         self._routes: dict[str, tuple[Destination, float]] = {}
+        self._health: dict[str, DestinationHealth] = {}
         self._resolving: dict[str, list[Item]] = {}
         self._retries: list[tuple[float, int, Item]] = []
         self._retry_seq = 0
@@ -237,6 +238,14 @@ class Engine:
             pool = Pool(self, destination, limits)
             self.pools[destination.key] = pool
         pool.add(item)
+
+    def health_of(self, key: str, max_concurrency: int) -> DestinationHealth:
+        health = self._health.get(key)
+        if health is None:
+            health = DestinationHealth(max_concurrency)
+            health.pipelining = self.config.session.use_pipelining
+            self._health[key] = health
+        return health
 
     def pool_idle(self, pool: Pool) -> None:
         if self.pools.get(pool.destination.key) is pool and pool.idle:

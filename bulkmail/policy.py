@@ -88,6 +88,8 @@ class DestinationHealth:
     successes: int = 0
     recover_after: int = 10
     consecutive_failures: int = 0
+    #: False once a server advertised PIPELINING but answered out of sequence
+    pipelining: bool = True
 
     def __post_init__(self) -> None:
         if self.concurrency <= 0:

@@ -39,7 +39,9 @@ class Pool:
         self.queue: deque[Item] = deque()
         self.workers = 0
         self.active_sessions = 0
-        self.health = DestinationHealth(limits.connections)
+        # backoff and quirks outlive the pool: a destination that comes back
+        # after going idle must not start from full speed again
+        self.health = engine.health_of(destination.key, limits.connections)
         self._wakeup = trio.lowlevel.ParkingLot()
         self._next_start = 0.0
         self._sources = itertools.cycle(limits.source_addresses or (None,))
@@ -168,7 +170,11 @@ class Pool:
         source = next(self._sources)
         for host in self._host_order():
             config = replace(
-                engine.config.session, host=host.name, port=host.port, source_address=source
+                engine.config.session,
+                host=host.name,
+                port=host.port,
+                source_address=source,
+                use_pipelining=self.health.pipelining,
             )
             for address in host.addresses or (host.name,):
                 try:
@@ -213,6 +219,9 @@ class Pool:
                 await self._pace()
             results = await session.send_batch(envelopes, on_data_end=self.engine.on_data_end)
             self._settle(session, groups, results)
+            if session.pipelining_broken:
+                self.health.pipelining = False
+                return
 
     async def _pace(self) -> None:
         now = trio.current_time()

@@ -39,6 +39,9 @@ from .protocol.replies import Reply
 from .trace import Trace
 
 RECEIVE_SIZE = 65536
+PIPELINING_BROKEN = synthetic_reply(
+    451, "4.5.0", "server mishandled pipelined commands (503); retrying without PIPELINING"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +125,8 @@ class SMTPSession:
         self.error: SMTPError | None = None
         self._closed = False
         self._dirty = False  # a MAIL was accepted and the transaction not finished
+        #: the server answered pipelined commands out of sequence: don't pipeline to it
+        self.pipelining_broken = False
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -500,7 +505,9 @@ class SMTPSession:
             # Bad sequence: the session's state, not the recipients' fault.
             # Leave them unanswered (retried without spending an attempt).
             self._dirty = True
-        else:
+        elif mail.code != 421:
+            # 421 here is typically a stale pooled session the server gave up
+            # on: nothing was accepted, so it costs no delivery attempt either
             txn.got_reply = True
         if mail.code == 250:
             self._dirty = True
@@ -512,6 +519,11 @@ class SMTPSession:
                 txn.replies[i] = mail  # MAIL's refusal is every recipient's answer
             elif reply.code in (250, 251, 252):
                 txn.accepted.append(i)
+            elif reply.code == 503:
+                # "need MAIL" after a 250 to MAIL: the server advertised
+                # PIPELINING but cannot do it.  Not the recipient's fault.
+                self.pipelining_broken = True
+                txn.replies[i] = PIPELINING_BROKEN
             else:
                 txn.replies[i] = reply
 

@@ -128,7 +128,9 @@ class MiniSMTP:
         rcpt: Callable[[str, int], str] | None = None,
         data_cmd: Callable[[list[str]], str | None] | None = None,
         data_done: Callable[[list[str], bytes], str | None] | None = None,
+        forget_pipelined_mail: bool = False,
     ) -> None:
+        self.forget_pipelined_mail = forget_pipelined_mail
         self.extensions = extensions
         self.greeting = greeting
         self.mail = mail or (lambda sender: "250 2.1.0 Ok\r\n")
@@ -138,6 +140,7 @@ class MiniSMTP:
         )
         self.data_done = data_done or (lambda rcpts, content: "250 2.0.0 queued\r\n")
         self.delivered: list[str] = []
+        self.mail_count = 0
         self.sessions = 0
         self.transactions = 0
 
@@ -155,8 +158,10 @@ class MiniSMTP:
             if verb in ("EHLO", "HELO"):
                 await conn.ehlo_reply(*self.extensions)
             elif verb == "MAIL":
+                self.mail_count += 1
                 reply = self.mail(line)
-                if reply.startswith("250"):
+                forget = self.forget_pipelined_mail and bool(conn.buf)
+                if reply.startswith("250") and not forget:
                     sender, rcpts, n = line, [], 0
                 await conn.send(reply)
                 if reply.startswith("421"):

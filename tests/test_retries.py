@@ -263,3 +263,43 @@ async def test_one_destination_backing_off_does_not_slow_the_others(
     assert {r.code for r in down_results} == {421}
     # backoff: the down destination saw few connection attempts, not one per recipient
     assert down.sessions < 50
+
+
+async def test_broken_pipelining_is_transient_and_retried_without_it(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    server = MiniSMTP(forget_pipelined_mail=True)  # advertises PIPELINING, can't do it
+    rcpts = addresses(3)
+    results: list[Result] = []
+    async with trio.open_nursery() as nursery:
+        _, port = await start_scripted(nursery, server)
+        start = trio.current_time()
+        await send("a@sender.test", MESSAGE, rcpts, config=config(port),
+                   on_result=results.append)
+        elapsed = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    by = exactly_once(results, rcpts)
+    assert {r.status for r in by.values()} == {Status.DELIVERED}  # not bounced by the 503s
+    assert sorted(server.delivered) == sorted(rcpts)
+    assert elapsed > 50  # deferred once, then a retry without pipelining
+
+
+async def test_stale_421_on_a_pooled_session_costs_no_attempt() -> None:
+    def mail(line: str) -> str:
+        # the server gives up on the session between transactions
+        return "421 4.4.2 idle too long, closing\r\n" if server.mail_count == 2 else (
+            "250 2.1.0 Ok\r\n"
+        )
+
+    server = MiniSMTP(mail=mail)
+    template = TemplateContent("Subject: ${name}\r\n\r\nx\r\n")
+    results: list[Result] = []
+    async with trio.open_nursery() as nursery:
+        _, port = await start_scripted(nursery, server)
+        await send("a@sender.test", template,
+                   [Recipient(f"u{i}@example.test", {"name": str(i)}) for i in range(3)],
+                   config=config(port, limits=PoolLimits(connections=1)),
+                   on_result=results.append)
+        nursery.cancel_scope.cancel()
+    assert {(r.status, r.attempts) for r in results} == {(Status.DELIVERED, 1)}
+    assert server.sessions == 2
