@@ -19,7 +19,7 @@ import trio
 
 from .errors import SMTPAuthError, SMTPError, SMTPTLSError
 from .message import TemplateValueError
-from .policy import DestinationHealth, rate_interval
+from .policy import rate_interval
 from .protocol.data import PreparedMessage
 from .routing import Destination, Host
 from .session import Envelope, SMTPSession, TransactionResult
