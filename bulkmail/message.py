@@ -17,6 +17,7 @@ from email.policy import SMTP
 from typing import Protocol
 
 from .protocol.data import PreparedMessage
+from .reencode import prepare
 
 _FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\x00]")
 
@@ -50,7 +51,7 @@ class StaticContent:
     personalised = False
 
     def __init__(self, message: bytes | str | EmailMessage) -> None:
-        self.prepared = PreparedMessage.from_bytes(to_bytes(message))
+        self.prepared = prepare(to_bytes(message))
 
     def render(self, recipient: Recipient) -> PreparedMessage:
         return self.prepared
@@ -85,7 +86,7 @@ class TemplateContent:
             text = self.template.substitute(values)
         except KeyError as exc:
             raise TemplateValueError(f"template variable {exc.args[0]!r} has no value") from exc
-        return PreparedMessage.from_bytes(text.encode("utf-8"))
+        return prepare(text.encode("utf-8"))
 
 
 class CallableContent:
@@ -97,7 +98,7 @@ class CallableContent:
         self._render = render
 
     def render(self, recipient: Recipient) -> PreparedMessage:
-        return PreparedMessage.from_bytes(to_bytes(self._render(recipient)))
+        return prepare(to_bytes(self._render(recipient)))
 
 
 def to_bytes(message: bytes | str | EmailMessage) -> bytes:
