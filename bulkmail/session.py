@@ -464,7 +464,7 @@ class SMTPSession:
                 results.append(txn.result(synthetic_reply(451, "4.3.0", "no reply")))
             else:
                 results.append(txn.result(fallback))
-        self.transactions += sum(1 for t in live if t.data_sent)
+        self.transactions += sum(1 for t in live if t.got_reply or t.data_sent)
         return results
 
     def _write_envelope(self, txn: _Txn, out: list[bytes], *, data: bool = False) -> None:
