@@ -65,8 +65,10 @@ async def demo(count: int, domains: int, connections: int) -> tuple[Summary, dic
                 recipients(count, domains),
             )
         nursery.cancel_scope.cancel()
-    stats = sink.stats.as_dict()
-    return summary, {k: int(stats[k]) for k in ("sessions", "messages", "recipients")}
+    stats = sink.stats
+    return summary, {
+        "sessions": stats.sessions, "messages": stats.messages, "recipients": stats.recipients
+    }
 
 
 def run(args: argparse.Namespace) -> int:
