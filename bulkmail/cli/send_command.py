@@ -163,8 +163,10 @@ def run(args: argparse.Namespace) -> int:
             if has_placeholders(message.decode("utf-8", "replace"))
             else StaticContent(message)
         )
-        if args.recipients != "-" and not Path(args.recipients).is_file():
-            raise InputError(f"cannot read {args.recipients}: no such file")
+        if args.recipients != "-":
+            if not Path(args.recipients).is_file():
+                raise InputError(f"cannot read {args.recipients}: no such file")
+            next(iter(read_recipients(args.recipients)), None)  # header problems, now
     except (InputError, ValueError, OSError, UnicodeDecodeError) as exc:
         print(f"bulkmail send: {exc}", file=sys.stderr)
         return EX_USAGE
@@ -173,8 +175,11 @@ def run(args: argparse.Namespace) -> int:
         stopped, summary = trio.run(
             _send, args, config, content, suppressed, journal_path
         )
-    except InputError as exc:
-        print(f"bulkmail send: {exc}", file=sys.stderr)
+    except BaseExceptionGroup as group:
+        matched, rest = group.split(InputError)
+        if matched is None or rest is not None:
+            raise
+        print(f"bulkmail send: {_first(matched)}", file=sys.stderr)
         return EX_USAGE
     if not args.quiet:
         print(render_summary(summary), file=sys.stderr)
@@ -264,6 +269,14 @@ async def _journaled(
                     await writer.aclose()
     finally:
         journal.close()
+
+
+def _first(group: BaseExceptionGroup[InputError]) -> BaseException:
+    """The first leaf of an exception group (trio wraps errors from nurseries)."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _count_lines(path: str) -> int | None:

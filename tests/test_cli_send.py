@@ -1,0 +1,229 @@
+"""``bulkmail send`` end to end, as a subprocess, against the sink and aiosmtpd:
+inputs, templates, reports, exit statuses, resume after SIGKILL, SIGINT."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import trio
+
+from bulkmail.sink import Sink, SinkConfig
+
+from .aiosmtpd_util import aiosmtpd_server
+
+BULKMAIL = [sys.executable, "-m", "bulkmail"]
+
+
+def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def send_args(tmp: Path, port: int, recipients: Path, message: Path, *extra: str) -> list[str]:
+    return [
+        *BULKMAIL, "send", "--sender", "news@sender.test",
+        "--recipients", str(recipients), "--message", str(message),
+        "--relay", f"127.0.0.1:{port}", "--tls", "none",
+        "--report", str(tmp / "report.jsonl"), "--journal", str(tmp / "journal.sqlite"),
+        *extra,
+    ]
+
+
+async def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    return await trio.run_process(args, cwd=cwd, capture_stdout=True, capture_stderr=True,
+                                  check=False)
+
+
+def report(tmp: Path) -> dict[str, dict[str, object]]:
+    lines = (tmp / "report.jsonl").read_text().splitlines()
+    return {r["recipient"]: r for r in map(json.loads, lines)}
+
+
+async def start_sink(nursery: trio.Nursery, **kwargs: object) -> Sink:
+    sink = Sink(SinkConfig(record_messages=True, **kwargs))  # type: ignore[arg-type]
+    await nursery.start(sink.serve)
+    return sink
+
+
+def received(sink: Sink) -> Counter[str]:
+    return Counter(r for m in sink.messages for r in m.rcpts)
+
+
+async def test_text_recipients_batched_with_report_and_exit_0(tmp_path: Path) -> None:
+    rcpts = tmp_path / "list.txt"
+    rcpts.write_text("\n".join(
+        [f"u{i}@example.test" for i in range(120)]
+        + ["", "# a comment", "not an address", "u5@example.test", "u5@EXAMPLE.test"]
+    ) + "\n")
+    message = tmp_path / "msg.eml"
+    message.write_bytes(b"Subject: same for all\n\nHello.\n")
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        proc = await run(send_args(tmp_path, sink.port, rcpts, message, "--max-rcpts", "50"),
+                         tmp_path)
+        nursery.cancel_scope.cancel()
+    assert proc.returncode == 0, proc.stderr
+    rep = report(tmp_path)
+    assert len(rep) == 121  # 120 + the malformed line; duplicates sent once
+    assert rep["not an address"]["status"] == "bounced"
+    assert rep["not an address"]["code"] == 553
+    assert rep["u5@example.test"]["status"] == "delivered"
+    assert set(rep["u7@example.test"]) >= {"recipient", "status", "code", "enhanced", "reply",
+                                            "attempts"}
+    assert sink.stats.recipients == 120 and sink.stats.messages == 3
+    assert b"delivered" in proc.stderr and b"120" in proc.stderr
+
+
+async def test_csv_template_personalises_and_refuses_crlf_values(tmp_path: Path) -> None:
+    rows = [{"email": f"u{i}@example.test", "name": f"Reader {i}"} for i in range(10)]
+    rows.append({"email": "evil@example.test", "name": "Eve\r\nBcc: victim@example.test"})
+    recipients = write_csv(tmp_path / "list.csv", rows)
+    message = tmp_path / "msg.eml"
+    message.write_bytes(b"Subject: Hi ${name}\n\nDear ${name},\n")
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        proc = await run(send_args(tmp_path, sink.port, recipients, message), tmp_path)
+        nursery.cancel_scope.cancel()
+    assert proc.returncode == 0, proc.stderr
+    rep = report(tmp_path)
+    assert rep["evil@example.test"]["status"] == "bounced"
+    assert "injection" in str(rep["evil@example.test"]["reply"])
+    bodies = {m.rcpts[0]: m.content for m in sink.messages}
+    assert bodies["u3@example.test"] == b"Subject: Hi Reader 3\r\n\r\nDear Reader 3,\r\n"
+    assert "evil@example.test" not in bodies
+    assert all(b"victim" not in body for body in bodies.values())
+
+
+async def test_deferred_recipients_exit_75_and_suppressed_are_skipped(tmp_path: Path) -> None:
+    rcpts = tmp_path / "list.txt"
+    rcpts.write_text("ok@example.test\ntempfail@example.test\nblocked@example.test\n")
+    suppress = tmp_path / "suppress.txt"
+    suppress.write_text("Blocked@example.test\n")
+    message = tmp_path / "msg.eml"
+    message.write_bytes(b"Subject: x\n\ny\n")
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        proc = await run(send_args(tmp_path, sink.port, rcpts, message, "--suppress",
+                                   str(suppress), "--retry-for", "0"), tmp_path)
+        nursery.cancel_scope.cancel()
+    assert proc.returncode == 75, proc.stderr
+    rep = report(tmp_path)
+    assert {a: r["status"] for a, r in rep.items()} == {
+        "ok@example.test": "delivered",
+        "tempfail@example.test": "deferred",
+        "blocked@example.test": "suppressed",
+    }
+    assert received(sink) == Counter({"ok@example.test": 1})
+
+
+async def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
+    message = tmp_path / "msg.eml"
+    message.write_bytes(b"Subject: x\n\ny\n")
+    proc = await run(send_args(tmp_path, 1, tmp_path / "missing.txt", message), tmp_path)
+    assert proc.returncode == 2
+    assert b"missing.txt" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("name,city\nann,paris\n")
+    proc = await run(send_args(tmp_path, 1, bad_csv, message), tmp_path)
+    assert proc.returncode == 2 and b"email" in proc.stderr
+
+
+async def test_resume_after_sigkill_loses_nobody(tmp_path: Path) -> None:
+    n = 400
+    rcpts = tmp_path / "list.csv"
+    write_csv(rcpts, [{"email": f"u{i}@example.test", "n": str(i)} for i in range(n)])
+    message = tmp_path / "msg.eml"
+    message.write_bytes(b"Subject: ${n}\n\nbody ${n}\n")
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, latency=0.01)
+        args = send_args(tmp_path, sink.port, rcpts, message, "--connections", "4", "--quiet")
+        proc = await trio.lowlevel.open_process(args, cwd=tmp_path)
+        while sink.stats.messages < n // 4:
+            await trio.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        first_run = sink.stats.messages
+        assert first_run < n
+        done = await run(args, tmp_path)
+        nursery.cancel_scope.cancel()
+    assert done.returncode == 0, done.stderr
+    copies = received(sink)
+    assert set(copies) == {f"u{i}@example.test" for i in range(n)}  # everyone, at least once
+    journal = sqlite3.connect(tmp_path / "journal.sqlite")
+    flagged = {a for (a,) in journal.execute(
+        "SELECT address FROM recipients WHERE possible_duplicate = 1")}
+    statuses = Counter(s for (s,) in journal.execute("SELECT status FROM recipients"))
+    assert statuses == Counter({"delivered": n})
+    duplicates = {a for a, c in copies.items() if c > 1}
+    assert duplicates <= flagged  # extra copies only for recipients marked in doubt
+    assert all(c <= 2 for c in copies.values())
+
+
+async def test_sigint_stops_cleanly_exit_75_and_rerun_finishes(tmp_path: Path) -> None:
+    n = 300
+    rcpts = tmp_path / "list.txt"
+    rcpts.write_text("".join(f"u{i}@example.test\n" for i in range(n)))
+    message = tmp_path / "msg.eml"
+    message.write_bytes(b"Subject: ${email}\n\nx\n")
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, latency=0.01)
+        args = send_args(tmp_path, sink.port, rcpts, message, "--connections", "2")
+        proc = await trio.lowlevel.open_process(args, cwd=tmp_path)
+        while sink.stats.messages < 20:
+            await trio.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        with trio.fail_after(30):
+            code = await proc.wait()
+        stopped_at = sink.stats.messages
+        rep = report(tmp_path)
+        rerun = await run(args, tmp_path)
+        nursery.cancel_scope.cancel()
+    assert code == 75
+    assert 20 <= stopped_at < n
+    assert len(rep) == n  # every recipient has a line: delivered or deferred
+    assert {r["status"] for r in rep.values()} == {"delivered", "deferred"}
+    assert rerun.returncode == 0, rerun.stderr
+    assert received(sink) == Counter({f"u{i}@example.test": 1 for i in range(n)})
+
+
+async def test_report_command_summarises_a_journal(tmp_path: Path) -> None:
+    rcpts = tmp_path / "list.txt"
+    rcpts.write_text("a@example.test\npermfail@example.test\n")
+    message = tmp_path / "msg.eml"
+    message.write_bytes(b"Subject: x\n\ny\n")
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        await run(send_args(tmp_path, sink.port, rcpts, message), tmp_path)
+        nursery.cancel_scope.cancel()
+    proc = await run([*BULKMAIL, "report", str(tmp_path / "journal.sqlite")], tmp_path)
+    assert proc.returncode == 0
+    out = proc.stdout.decode()
+    assert "delivered" in out and "bounced" in out and "550 5.7.1" in out
+
+
+async def test_send_to_aiosmtpd_with_stdin_recipients(tmp_path: Path) -> None:
+    message = tmp_path / "msg.eml"
+    message.write_bytes(b"Subject: x\n\ny\n")
+    with aiosmtpd_server() as (handler, port):
+        args = send_args(tmp_path, port, Path("-"), message, "--no-journal")
+        proc = await trio.run_process(
+            args, cwd=tmp_path, stdin=b"a@example.test\nb@example.test\n",
+            capture_stdout=True, capture_stderr=True, check=False,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert [m.rcpt_tos for m in handler.messages] == [["a@example.test", "b@example.test"]]
+    assert not (tmp_path / "journal.sqlite").exists()
+
+
+
