@@ -1,0 +1,292 @@
+"""Throughput of bulkmail and its peers against the same sink, in one run.
+
+    python benchmarks/throughput.py [--scenarios a,b,c,d] [--sinks bulkmail,postfix]
+                                    [--connections 10] [--scale 1.0] [--peer-share 0.1]
+                                    [--json results.json]
+
+Scenarios (sizes times --scale):
+  a  100,000 personalised messages, one recipient each, loopback
+  b  200,000-recipient identical newsletter across 200 domains, 50 per transaction
+  c  2,000 personalised messages at 20 ms round trip (the sink's --latency), with and
+     without CHUNKING (bulkmail sink only: Postfix's smtp-sink has no latency option)
+  d  1,000,000 recipients streamed from a file through the CLI: time and peak RSS
+
+bulkmail always runs through its CLI (``bulkmail send``) with the journal on.
+Peers: aiosmtplib (asyncio), smtplib in a thread pool, and Postfix's smtp-source
+when /usr/sbin/smtp-source exists; all use the same connection count.  Slow
+peers run a share of the work (--peer-share); rates are what is compared.
+Every run's count is checked against the sink's own counters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PEERS = HERE / "peers"
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+SMTP_SINK = "/usr/sbin/smtp-sink"
+RSS_WRAPPER = (
+    "import resource, subprocess, sys, time, json\n"
+    "t = time.perf_counter()\n"
+    "p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE)\n"
+    "print(json.dumps({'rc': p.returncode, 'wall': time.perf_counter() - t,"
+    " 'rss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,"
+    " 'stdout': p.stdout.decode()[-2000:], 'stderr': p.stderr.decode()[-2000:]}))\n"
+)
+
+
+@dataclass
+class Row:
+    scenario: str
+    sink: str
+    peer: str
+    messages: int
+    recipients: int
+    seconds: float
+    rss_mb: float
+    verified: bool
+
+    @property
+    def msg_rate(self) -> float:
+        return self.messages / self.seconds if self.seconds else 0.0
+
+    @property
+    def rcpt_rate(self) -> float:
+        return self.recipients / self.seconds if self.seconds else 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class SinkProcess:
+    """The sink in its own process, so it does not share the client's interpreter."""
+
+    def __init__(self, kind: str, *, latency_ms: float = 0, chunking: bool = True) -> None:
+        self.kind = kind
+        self.port = free_port()
+        self.stats_file = Path(tempfile.mkstemp(suffix=".json")[1])
+        if kind == "bulkmail":
+            cmd = [sys.executable, "-m", "bulkmail", "sink", "--port", str(self.port),
+                   "--stats-file", str(self.stats_file), "--latency", str(latency_ms)]
+            if not chunking:
+                cmd.append("--no-chunking")
+        else:
+            # -c counters; backlog 1024
+            cmd = [SMTP_SINK, "-u", "nobody", f"127.0.0.1:{self.port}", "1024"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{kind} sink did not start")
+
+    def counters(self) -> dict[str, int] | None:
+        if self.kind != "bulkmail":
+            return None
+        time.sleep(1.2)  # the stats file is rewritten every second
+        return json.loads(self.stats_file.read_text())
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.stats_file.unlink(missing_ok=True)
+
+
+def measured(cmd: list[str], cwd: Path) -> dict[str, object]:
+    out = subprocess.run([sys.executable, "-c", RSS_WRAPPER, *cmd], cwd=cwd,
+                         capture_output=True, text=True, check=True)
+    result: dict[str, object] = json.loads(out.stdout)
+    if result["rc"] not in (0,):
+        raise RuntimeError(f"{cmd[:4]} failed: {result['stderr']}")
+    return result
+
+
+def write_inputs(work: Path, messages: int, rcpts: int, domains: int, personalised: bool) -> None:
+    if personalised:
+        with open(work / "rcpts.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["email", "n"])
+            for n in range(messages):
+                w.writerow([f"reader{n}@d{n % domains}.test", str(n)])
+        (work / "msg.eml").write_text(
+            "From: news@sender.test\nTo: reader${n}@example.test\nSubject: issue ${n}\n\n"
+            "Hello reader ${n}, this is your personalised newsletter.\n"
+        )
+    else:
+        with open(work / "rcpts.txt", "w") as f:
+            for i in range(messages * rcpts):
+                f.write(f"r{i}@d{i % domains}.test\n")
+        (work / "msg.eml").write_text(
+            "From: news@sender.test\nTo: readers@example.test\nSubject: the newsletter\n\n"
+            "Hello reader, this is the newsletter.\n"
+        )
+
+
+def run_bulkmail(work: Path, sink: SinkProcess, connections: int, rcpts: int,
+                 personalised: bool, journal: bool = True) -> dict[str, object]:
+    journal_path = work / "journal.sqlite"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{journal_path}{suffix}").unlink(missing_ok=True)
+    cmd = ["bulkmail", "send", "--sender", "news@sender.test",
+           "--recipients", str(work / ("rcpts.csv" if personalised else "rcpts.txt")),
+           "--message", str(work / "msg.eml"), "--relay", f"127.0.0.1:{sink.port}",
+           "--tls", "none", "--connections", str(connections), "--max-rcpts", str(rcpts),
+           "--quiet"]
+    cmd += ["--journal", str(journal_path)] if journal else ["--no-journal"]
+    return measured(cmd, work)
+
+
+def run_peer(peer: str, sink: SinkProcess, messages: int, rcpts: int, connections: int,
+             domains: int) -> dict[str, object]:
+    if peer == "smtp-source":
+        cmd = [SMTP_SOURCE, "-d", "-s", str(connections), "-m", str(messages),
+               "-r", str(rcpts), "-N", "-f", "news@sender.test", "-t", "r@d.test",
+               f"127.0.0.1:{sink.port}"]
+    else:
+        script = PEERS / f"{peer}_peer.py"
+        cmd = [sys.executable, str(script), "--port", str(sink.port), "--messages",
+               str(messages), "--rcpts", str(rcpts), "--connections", str(connections),
+               "--domains", str(domains)]
+    return measured(cmd, PEERS)
+
+
+def scenario_rows(name: str, sink_kind: str, args: argparse.Namespace, work: Path) -> list[Row]:
+    scale = args.scale
+    rows: list[Row] = []
+    conn = args.connections
+    if name == "a":
+        spec = [("a", int(100_000 * scale), 1, 1, True, 0.0, True)]
+    elif name == "b":
+        spec = [("b", int(200_000 * scale) // 50, 50, 200, False, 0.0, True)]
+    elif name == "c":
+        if sink_kind != "bulkmail":
+            return []
+        spec = [("c chunking", int(2000 * scale), 1, 1, True, 20.0, True),
+                ("c no chunking", int(2000 * scale), 1, 1, True, 20.0, False)]
+    else:
+        return []
+    for label, messages, per_msg, domains, personalised, latency, chunking in spec:
+        write_inputs(work, messages, per_msg, domains, personalised)
+        peers = ["bulkmail", "aiosmtplib", "smtplib"]
+        if os.path.exists(SMTP_SOURCE) and latency == 0:
+            peers.append("smtp-source")
+        for peer in peers:
+            sink = SinkProcess(sink_kind, latency_ms=latency, chunking=chunking)
+            try:
+                if peer == "bulkmail":
+                    count = messages
+                    result = run_bulkmail(work, sink, conn, per_msg, personalised)
+                else:
+                    share = 1.0 if peer == "smtp-source" else args.peer_share
+                    count = max(conn, int(messages * share))
+                    if latency:
+                        count = max(conn, int(messages * min(1.0, args.peer_share * 2)))
+                    result = run_peer(peer, sink, count, per_msg, conn, domains)
+                counters = sink.counters()
+            finally:
+                sink.stop()
+            verified = counters is None or (
+                counters["messages"] == count and counters["recipients"] == count * per_msg
+            )
+            wall = float(result["wall"])  # type: ignore[arg-type]
+            rows.append(Row(label, sink_kind, peer, count, count * per_msg, wall,
+                            int(result["rss_kb"]) / 1024, verified))  # type: ignore[call-overload]
+            print(f"  {label:<14} {sink_kind:<9} {peer:<12} {rows[-1].msg_rate:>10,.0f} msg/s"
+                  f" {rows[-1].rcpt_rate:>11,.0f} rcpt/s  {'ok' if verified else 'COUNT MISMATCH'}",
+                  flush=True)
+    return rows
+
+
+def scenario_d(args: argparse.Namespace, work: Path) -> list[Row]:
+    n = int(1_000_000 * args.scale)
+    write_inputs(work, n, 1, 200, personalised=False)
+    rows = []
+    for journal in (True, False):
+        sink = SinkProcess("bulkmail")
+        try:
+            result = run_bulkmail(work, sink, args.connections, 50, False, journal=journal)
+            counters = sink.counters()
+        finally:
+            sink.stop()
+        verified = counters is not None and counters["recipients"] == n
+        label = "d journal" if journal else "d no journal"
+        rows.append(Row(label, "bulkmail", "bulkmail", -(-n // 50), n,
+                        float(result["wall"]),  # type: ignore[arg-type]
+                        int(result["rss_kb"]) / 1024, verified))  # type: ignore[call-overload]
+        print(f"  {label:<14} {n:,} recipients in {rows[-1].seconds:.1f}s,"
+              f" peak RSS {rows[-1].rss_mb:.0f} MB {'ok' if verified else 'COUNT MISMATCH'}",
+              flush=True)
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    out = ["| scenario | sink | client | messages/s | recipients/s | peak RSS MB | vs bulkmail |",
+           "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    base = {(r.scenario, r.sink): r for r in rows if r.peer == "bulkmail"}
+    for r in rows:
+        ref = base.get((r.scenario, r.sink))
+        key = r.rcpt_rate if r.scenario.startswith(("b", "d")) else r.msg_rate
+        ref_key = (ref.rcpt_rate if r.scenario.startswith(("b", "d")) else ref.msg_rate) if ref else 0
+        ratio = f"{key / ref_key:.2f}x" if ref_key else "-"
+        mark = "" if r.verified else " (count mismatch!)"
+        out.append(f"| {r.scenario} | {r.sink} | {r.peer}{mark} | {r.msg_rate:,.0f} |"
+                   f" {r.rcpt_rate:,.0f} | {r.rss_mb:.0f} | {ratio} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--scenarios", default="a,b,c,d")
+    p.add_argument("--sinks", default="bulkmail,postfix",
+                   help="bulkmail (the project's sink) and/or postfix (smtp-sink, if installed)")
+    p.add_argument("--connections", type=int, default=10)
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every scenario's size")
+    p.add_argument("--peer-share", type=float, default=0.1,
+                   help="share of the work the slower Python peers run")
+    p.add_argument("--json", default="bench-results.json")
+    args = p.parse_args()
+    if shutil.which("bulkmail") is None:
+        sys.exit("bulkmail is not installed in this environment (pip install -e .)")
+    sinks = [s for s in args.sinks.split(",") if s != "postfix" or os.path.exists(SMTP_SINK)]
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for scenario in args.scenarios.split(","):
+            if scenario == "d":
+                rows += scenario_d(args, work)
+                continue
+            for sink in sinks:
+                rows += scenario_rows(scenario, sink, args, work)
+    print()
+    print(f"{platform.node()} · {os.cpu_count()} cores · Python {platform.python_version()} · "
+          f"{time.strftime('%Y-%m-%d')} · connections {args.connections} · scale {args.scale}")
+    print(table(rows))
+    Path(args.json).write_text(json.dumps(
+        [asdict(r) | {"msg_rate": r.msg_rate, "rcpt_rate": r.rcpt_rate} for r in rows], indent=2))
+
+
+if __name__ == "__main__":
+    main()
