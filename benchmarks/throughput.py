@@ -248,8 +248,11 @@ def table(rows: list[Row]) -> str:
     base = {(r.scenario, r.sink): r for r in rows if r.peer == "bulkmail"}
     for r in rows:
         ref = base.get((r.scenario, r.sink))
-        key = r.rcpt_rate if r.scenario.startswith(("b", "d")) else r.msg_rate
-        ref_key = (ref.rcpt_rate if r.scenario.startswith(("b", "d")) else ref.msg_rate) if ref else 0
+        by_rcpt = r.scenario.startswith(("b", "d"))
+        key = r.rcpt_rate if by_rcpt else r.msg_rate
+        ref_key = 0.0
+        if ref is not None:
+            ref_key = ref.rcpt_rate if by_rcpt else ref.msg_rate
         ratio = f"{key / ref_key:.2f}x" if ref_key else "-"
         mark = "" if r.verified else " (count mismatch!)"
         out.append(f"| {r.scenario} | {r.sink} | {r.peer}{mark} | {r.msg_rate:,.0f} |"
