@@ -163,10 +163,14 @@ class Mailer:
         job = Job(engine, sender, as_content(message), on_result)
         try:
             if isinstance(recipients, AsyncIterable):
+                n = 0
                 async for recipient in recipients:
                     if engine.stopping:
                         break
                     await engine.add(job, recipient)
+                    n += 1
+                    if n % 256 == 0:
+                        await trio.lowlevel.checkpoint()
             else:
                 await engine.submit(job, recipients)
         finally:

@@ -186,7 +186,11 @@ class Engine:
             recipient = Recipient(address, recipient.variables, recipient.possible_duplicate)
         if not job.first_sighting(address):
             return
-        await self._pending.acquire()
+        try:
+            # no scheduler round trip per recipient unless memory is full
+            self._pending.acquire_nowait()
+        except trio.WouldBlock:
+            await self._pending.acquire()
         job.outstanding += 1
         item = Item(recipient, job, possible_duplicate=recipient.possible_duplicate)
         if self.presettle is not None:

@@ -309,6 +309,19 @@ class SMTPSession:
             raise self.error
         protocol = self._protocol
         try:
+            # fast path: pipelined replies usually arrive together and are
+            # already buffered -- no deadline scope, no scheduler pass
+            item = protocol.next_reply()
+        except RemoteProtocolError as exc:
+            reply = synthetic_reply(451, "4.5.0", f"protocol error from server: {exc}")
+            raise self._fail(SMTPProtocolViolation(reply, host=self.peer)) from exc
+        if item is None:
+            item = await self._receive_reply(expected, timeout)
+        return self._accept(item, expected)
+
+    async def _receive_reply(self, expected: Stage, timeout: float) -> tuple[Stage, Reply]:
+        protocol = self._protocol
+        try:
             with trio.fail_after(timeout):
                 while True:
                     item = protocol.next_reply()
@@ -335,13 +348,16 @@ class SMTPSession:
         except RemoteProtocolError as exc:
             reply = synthetic_reply(451, "4.5.0", f"protocol error from server: {exc}")
             raise self._fail(SMTPProtocolViolation(reply, host=self.peer)) from exc
+        return item
+
+    def _accept(self, item: tuple[Stage, Reply], expected: Stage) -> tuple[Stage, Reply]:
         stage, reply = item
         if stage is not expected:  # pragma: no cover - a bug in our own bookkeeping
             raise AssertionError(f"reply for {stage} while expecting {expected}")
         if self.trace is not None:
             self.trace.server(reply)
         if reply.code == 421:
-            protocol.clear_pending()
+            self._protocol.clear_pending()
             self._fail(SMTPServerUnavailable(reply, host=self.peer))
         return stage, reply
 

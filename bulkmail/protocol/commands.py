@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import unicodedata
+from functools import lru_cache
 from collections.abc import Mapping
 
 from .errors import InvalidAddress, InvalidArgument
@@ -26,6 +27,15 @@ _VALUE = re.compile(r"^[\x21-\x3c\x3e-\x7e]+$")
 
 
 def _check_domain(address: str, domain: str, smtputf8: bool) -> str:
+    wire, reason = _domain_wire(domain, smtputf8)
+    if wire is None:
+        raise InvalidAddress(address, reason or "malformed domain")
+    return wire
+
+
+@lru_cache(maxsize=8192)
+def _domain_wire(domain: str, smtputf8: bool) -> tuple[str | None, str | None]:
+    """(wire form, None) or (None, reason); cached since a bulk run repeats domains."""
     if domain.startswith("[") and domain.endswith("]"):
         literal = domain[1:-1]
         try:
@@ -34,27 +44,22 @@ def _check_domain(address: str, domain: str, smtputf8: bool) -> str:
             else:
                 ipaddress.IPv4Address(literal)
         except ValueError:
-            raise InvalidAddress(address, "bad address literal") from None
-        return domain
+            return None, "bad address literal"
+        return domain, None
+    check = domain
     if not domain.isascii():
-        if smtputf8:
-            domain = unicodedata.normalize("NFC", domain)
-            ascii_form = domain
-        else:
-            try:
-                ascii_form = domain.encode("idna").decode("ascii")
-            except UnicodeError:
-                raise InvalidAddress(address, "domain is not a valid IDN") from None
-            domain = ascii_form
-        check = domain.encode("idna").decode("ascii") if not domain.isascii() else domain
-    else:
-        check = domain
+        try:
+            ascii_form = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None, "domain is not a valid IDN"
+        check = ascii_form
+        domain = unicodedata.normalize("NFC", domain) if smtputf8 else ascii_form
     if len(check.encode()) > 255:
-        raise InvalidAddress(address, "domain longer than 255 octets")
-    labels = check.rstrip(".").split(".") if check != "" else []
+        return None, "domain longer than 255 octets"
+    labels = check.rstrip(".").split(".") if check else []
     if not labels or not all(_LABEL.match(label) for label in labels):
-        raise InvalidAddress(address, "malformed domain")
-    return domain
+        return None, "malformed domain"
+    return domain, None
 
 
 def _check_local(address: str, local: str, smtputf8: bool) -> None:
