@@ -9,8 +9,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import unicodedata
-from functools import lru_cache
 from collections.abc import Mapping
+from functools import lru_cache
 
 from .errors import InvalidAddress, InvalidArgument
 
