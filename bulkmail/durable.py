@@ -97,6 +97,7 @@ async def send_durably(
             on_result(result)
 
     engine.on_in_doubt = in_doubt
+    fresh = await trio.to_thread.run_sync(journal.is_empty)
 
     async def stream() -> AsyncIterator[Recipient]:
         source = iter(recipients)
@@ -104,9 +105,15 @@ async def send_durably(
             chunk = list(islice(source, LOOKUP_CHUNK))
             if not chunk:
                 return
-            known = await trio.to_thread.run_sync(
-                journal.lookup, [r.address.strip() for r in chunk]
-            )
+            if fresh:
+                # a new journal knows nobody: skip the lookups (a fresh run's
+                # only cost is then the state writes)
+                known = {}
+                await trio.lowlevel.checkpoint()
+            else:
+                known = await trio.to_thread.run_sync(
+                    journal.lookup, [r.address.strip() for r in chunk]
+                )
             for recipient in chunk:
                 address = recipient.address.strip()
                 if address.lower() in suppressed:

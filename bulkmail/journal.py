@@ -73,6 +73,7 @@ class Journal(Protocol):
     def get_meta(self, key: str) -> str | None: ...
     def iter_records(self) -> Iterator[RecipientRecord]: ...
     def counts(self) -> dict[Status, int]: ...
+    def is_empty(self) -> bool: ...
     def top_domains(self, n: int = 10) -> list[tuple[str, int]]: ...
     def top_codes(self, n: int = 10) -> list[tuple[str, int]]: ...
     def close(self) -> None: ...
@@ -217,6 +218,9 @@ class SQLiteJournal:
             for row in rows:
                 yield _record(row)
 
+    def is_empty(self) -> bool:
+        return self._db.execute("SELECT 1 FROM recipients LIMIT 1").fetchone() is None
+
     def counts(self) -> dict[Status, int]:
         rows = self._db.execute("SELECT status, count(*) FROM recipients GROUP BY status")
         return {Status(str(s)): int(n) for s, n in rows}
@@ -262,6 +266,7 @@ class JournalWriter:
         self._progress = trio.Event()
         self._closing = False
         self._error: BaseException | None = None
+        self._durable_waiters = 0
         self.commits = 0
 
     @property
@@ -279,8 +284,12 @@ class JournalWriter:
         self._check()
         self._queue.extend(changes)
         self._submitted_seq += len(changes)
+        self._durable_waiters += 1
         self._wakeup.set()
-        await self._wait_for(self._submitted_seq)
+        try:
+            await self._wait_for(self._submitted_seq)
+        finally:
+            self._durable_waiters -= 1
 
     async def flush(self) -> None:
         self._wakeup.set()
@@ -311,7 +320,9 @@ class JournalWriter:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
                 continue
-            if len(self._queue) < self.max_batch and not self._closing:
+            if len(self._queue) < self.max_batch and not self._closing and (
+                not self._durable_waiters
+            ):
                 # let a group gather: a few ms buys hundreds of changes per commit
                 with trio.move_on_after(self.max_delay):
                     await self._wakeup.wait()
