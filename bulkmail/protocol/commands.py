@@ -57,7 +57,7 @@ def _domain_wire(domain: str, smtputf8: bool) -> tuple[str | None, str | None]:
     if len(check.encode()) > 255:
         return None, "domain longer than 255 octets"
     labels = check.rstrip(".").split(".") if check else []
-    if not labels or not all(_LABEL.match(label) for label in labels):
+    if not labels or not all(_LABEL.fullmatch(label) for label in labels):
         return None, "malformed domain"
     return domain, None
 
@@ -81,7 +81,7 @@ def _check_local(address: str, local: str, smtputf8: bool) -> None:
 
 def validate_address(address: str, *, smtputf8: bool = False) -> str:
     """The address as it goes between ``<`` and ``>``, or :class:`InvalidAddress`."""
-    if _SIMPLE.match(address) and ".." not in address:
+    if _SIMPLE.fullmatch(address) and ".." not in address:
         local, _, domain = address.rpartition("@")
         if not local.startswith(".") and not local.endswith("."):
             return local + "@" + _check_domain(address, domain, smtputf8)
@@ -131,11 +131,11 @@ def _params(params: Mapping[str, str | None] | None) -> str:
         return ""
     out = []
     for key, value in params.items():
-        if not _KEYWORD.match(key):
+        if not _KEYWORD.fullmatch(key):
             raise InvalidArgument(f"invalid ESMTP parameter name {key!r}")
         if value is None:
             out.append(f" {key}")
-        elif not _VALUE.match(value):
+        elif not _VALUE.fullmatch(value):
             raise InvalidArgument(f"invalid ESMTP parameter value {value!r}")
         else:
             out.append(f" {key}={value}")
@@ -195,7 +195,7 @@ def bdat(size: int, *, last: bool) -> bytes:
 
 
 def auth(mechanism: str, initial_response: str | None = None) -> bytes:
-    if not _KEYWORD.match(mechanism.replace("_", "-")):
+    if not _KEYWORD.fullmatch(mechanism.replace("_", "-")):
         raise InvalidArgument(f"invalid SASL mechanism {mechanism!r}")
     if initial_response is None:
         return f"AUTH {mechanism}\r\n".encode("ascii")
