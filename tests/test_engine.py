@@ -7,13 +7,13 @@ from __future__ import annotations
 import math
 
 import trio
-from bulkmail.sink import Sink, SinkConfig
 
 from bulkmail import Mailer, MailerConfig, Recipient, Relay, Status, TemplateContent
 from bulkmail.api import send
 from bulkmail.results import Result
 from bulkmail.routing import DNSConfig
 from bulkmail.shaping import PoolLimits, Shaping
+from bulkmail.sink import Sink, SinkConfig
 
 from .aiosmtpd_util import aiosmtpd_server
 from .dnsserver import DNSServer

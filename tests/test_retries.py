@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections import Counter
 
 import trio
-from bulkmail.sink import Sink, SinkConfig
 
 from bulkmail import MailerConfig, Relay, RetryPolicy, Status, TemplateContent
 from bulkmail.api import Mailer, send
@@ -15,6 +14,7 @@ from bulkmail.message import Recipient
 from bulkmail.results import Result
 from bulkmail.routing import DNSConfig
 from bulkmail.shaping import PoolLimits
+from bulkmail.sink import Sink, SinkConfig
 
 from .dnsserver import DNSServer
 from .scripted import MiniSMTP, start_scripted
