@@ -81,7 +81,8 @@ def test_sigkill_keeps_every_committed_batch(tmp_path: Path) -> None:
         j = SQLiteJournal({str(path)!r})
         batch = 0
         while True:
-            j.record([StateChange(f"u{{batch}}-{{i}}@x.test", Status.DELIVERED) for i in range(100)])
+            j.record([StateChange(f"u{{batch}}-{{i}}@x.test", Status.DELIVERED)
+                      for i in range(100)])
             print(batch, flush=True)
             batch += 1
     """)
@@ -119,7 +120,8 @@ def test_a_torn_wal_write_recovers_what_was_committed(tmp_path: Path) -> None:
     Path(f"{crash}-wal").write_bytes(torn)
     journal.close()
     recovered = SQLiteJournal(crash)
-    found = recovered.lookup([f"a{i}@x.test" for i in range(50)] + [f"b{i}@x.test" for i in range(50)])
+    addresses = [f"{p}{i}@x.test" for p in "ab" for i in range(50)]
+    found = recovered.lookup(addresses)
     assert {a for a in found if a.startswith("a")} == {f"a{i}@x.test" for i in range(50)}
     assert not any(a.startswith("b") for a in found)  # the torn transaction is gone, whole
     recovered.close()
