@@ -333,3 +333,33 @@ async def test_pool_repr_shows_its_state() -> None:
         nursery.cancel_scope.cancel()
     assert reprs[0].startswith(f"<Pool relay:127.0.0.1:{sink.port} [1 active, 0 idle | ")
     assert reprs[0].endswith(" queued]>")
+
+
+async def test_silent_first_mx_times_out_and_the_second_delivers(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    from bulkmail.config import Timeouts
+
+    from .scripted import Conn, start_scripted
+
+    async def blackhole(conn: Conn) -> None:
+        await trio.sleep_forever()  # accepts, never greets
+
+    async with trio.open_nursery() as nursery:
+        _, port = await start_scripted(nursery, blackhole)
+        sink = await start_sink(nursery, host="127.0.0.2", port=port)
+        dns, dns_port = await start_dns(nursery)
+        dns.add("hole.bh.test", "A", "127.0.0.1")
+        dns.add("good.bh.test", "A", "127.0.0.2")
+        dns.add("bh.test", "MX", "10 hole.bh.test.")
+        dns.add("bh.test", "MX", "20 good.bh.test.")
+        start = trio.current_time()
+        summary = await send(
+            "news@sender.test", MESSAGE, ["a@bh.test"],
+            dns=DNSConfig(nameservers=(("127.0.0.1", dns_port),), mx_port=port),
+            secure="none", timeouts=Timeouts(greeting=30),
+        )
+        elapsed = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    assert summary.delivered == 1 and sink.stats.recipients == 1
+    assert 30 <= elapsed < 31  # one greeting deadline, then the next MX at once

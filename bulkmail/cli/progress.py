@@ -8,7 +8,7 @@ import sys
 import time
 from typing import TextIO
 
-import trio
+from trio_util import periodic
 
 from ..results import Result, Status
 
@@ -62,8 +62,9 @@ class Progress:
         if not self.enabled:
             return
         interval = 0.25 if self.tty else 5.0
-        while True:
-            await trio.sleep(interval)
+        ticks = periodic(interval)
+        await ticks.__anext__()  # the first tick is immediate: skip it
+        async for _ in ticks:
             text = self.line()
             if self.tty:
                 self.stream.write("\r" + text.ljust(len(self._last_line)))

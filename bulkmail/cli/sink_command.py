@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import trio
+from trio_util import periodic
 
 from ..sink import Sink, SinkConfig, SinkStats
 
@@ -86,9 +87,8 @@ async def run_sink(config: SinkConfig, stats_file: Path | None = None) -> SinkSt
 
             async def stats_writer() -> None:
                 assert stats_file is not None
-                while True:
+                async for _ in periodic(1.0):
                     write_stats(stats_file, sink.stats)
-                    await trio.sleep(1)
 
             if stats_file is not None:
                 nursery.start_soon(stats_writer)
