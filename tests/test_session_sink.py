@@ -46,6 +46,7 @@ async def test_bdat_when_chunking_is_offered() -> None:
 
 async def test_data_pipelined_when_chunking_is_not_offered() -> None:
     sink, session, results = await deliver(SinkConfig(chunking=False, record_messages=True))
+    assert all(r.replies[1].code == 250 for r in results)
     lines = client_lines(session)
     assert not any(line.startswith("BDAT") for line in lines)
     assert lines.count("DATA") == 3
