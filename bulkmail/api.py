@@ -152,8 +152,13 @@ class Mailer:
         recipients: Recipients,
         *,
         on_result: ResultCallback | None = None,
+        verp: bool = False,
     ) -> Summary:
-        """Deliver ``message`` to every recipient; returns when each has a final result."""
+        """Deliver ``message`` to every recipient; returns when each has a final result.
+
+        ``verp``: each recipient gets its own envelope sender
+        (``bounces+alice=example.com@sender.org``) so bounces map back to them.
+        """
         if sender:
             try:
                 commands.validate_address(sender, smtputf8=True)
@@ -161,6 +166,7 @@ class Mailer:
                 raise ValueError(f"sender {sender!r}: {exc.reason}") from exc
         engine = self.engine
         job = Job(engine, sender, as_content(message), on_result)
+        job.verp = verp
         try:
             if isinstance(recipients, AsyncIterable):
                 n = 0

@@ -29,6 +29,7 @@ from .results import Result, Status, Summary
 from .routing import Destination, Router, RoutingError, domain_of
 from .session import Envelope
 from .shaping import Shaping
+from .verp import verp_sender
 
 ResultCallback = Callable[[Result], None]
 InDoubtHook = Callable[[Sequence[str]], Awaitable[None]]
@@ -85,10 +86,15 @@ class Job:
         retry_for = engine.config.retry_for
         self.retry_deadline = None if retry_for is None else self.started + retry_for
         self.done = trio.Event()
+        #: a unique envelope sender per recipient: one recipient per transaction
+        self.verp = False
         self._seen: set[str] = set()
 
     def envelope(self, recipients: list[str], message: PreparedMessage) -> Envelope:
-        return Envelope(self.sender, recipients, message)
+        sender = self.sender
+        if self.verp and sender:
+            sender = verp_sender(sender, recipients[0])
+        return Envelope(sender, recipients, message)
 
     def finish(self, item: Item, status: Status, reply: Reply | None) -> None:
         result = Result(

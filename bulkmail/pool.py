@@ -88,7 +88,7 @@ class Pool:
         if not q:
             return False
         head = q[0]
-        if head.job.content.personalised or len(q) >= self.limits.max_rcpts:
+        if head.job.content.personalised or head.job.verp or len(q) >= self.limits.max_rcpts:
             return True
         return head.job.input_done or trio.current_time() - self._oldest >= self.engine.linger
 
@@ -112,7 +112,7 @@ class Pool:
         q = self.queue
         head = q[0]
         content = head.job.content
-        per_txn = 1 if content.personalised else self.limits.max_rcpts
+        per_txn = 1 if content.personalised or head.job.verp else self.limits.max_rcpts
         limit = per_txn * budget
         flush = head.job.input_done or trio.current_time() - self._oldest >= self.engine.linger
         if not flush:
@@ -238,7 +238,7 @@ class Pool:
         groups: list[list[Item]] = []
         if not job.content.personalised:
             shared = job.content.render(items[0].recipient)
-            step = self.limits.max_rcpts
+            step = 1 if job.verp else self.limits.max_rcpts
             for start in range(0, len(items), step):
                 group = items[start : start + step]
                 envelopes.append(job.envelope([i.recipient.address for i in group], shared))

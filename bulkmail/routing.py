@@ -1,16 +1,27 @@
-"""Where a recipient's mail goes: a relay, or the domain's MX hosts."""
+"""Where a recipient's mail goes: one relay, or the domain's MX hosts.
+
+Routing failures carry a synthesised SMTP :class:`Reply` so the policy treats
+"the DNS said no" exactly like "the server said no": the code alone decides
+bounce (5xx) or defer (4xx).
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import random
+from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+import dns.asyncbackend
 import dns.asyncresolver
 import dns.exception
+import dns.message
 import dns.name
 import dns.nameserver
+import dns.rdatatype
 import dns.resolver
 import trio
 
@@ -20,6 +31,8 @@ from .protocol.replies import Reply
 
 @dataclass(frozen=True, slots=True)
 class Host:
+    """One server to connect to; ``addresses`` are tried in order (IPv4 first)."""
+
     name: str
     addresses: tuple[str, ...]
     port: int
@@ -28,14 +41,26 @@ class Host:
 
 @dataclass(frozen=True, slots=True)
 class Destination:
+    """A pool's worth of servers.
+
+    ``key`` names the pool: for MX routing it is the *set* of MX host names, so
+    the thousands of domains one provider hosts share one pool.
+    """
+
     key: str
     hosts: tuple[Host, ...]
 
 
 class RoutingError(Exception):
-    def __init__(self, reply: Reply) -> None:
+    """No destination for a domain; ``reply`` says whether that is final.
+
+    ``ttl``, when known, is how long the DNS lets the outcome be cached.
+    """
+
+    def __init__(self, reply: Reply, *, ttl: float | None = None) -> None:
         super().__init__(str(reply))
         self.reply = reply
+        self.ttl = ttl
 
     @property
     def permanent(self) -> bool:
@@ -47,56 +72,133 @@ class Router(Protocol):
 
 
 def domain_of(address: str) -> str:
+    """The canonical (lower-case, IDNA A-label) domain of ``address``, a cache key."""
     _local, at, domain = address.rpartition("@")
     if not at or not domain:
         raise ValueError(f"no domain in {address!r}")
     domain = domain.lower().rstrip(".")
     if not domain.isascii():
-        domain = domain.encode("idna").decode("ascii")
+        domain = domain.encode("idna").decode("ascii")  # UnicodeError is a ValueError
     return domain
 
 
+def _literal(domain: str) -> str | None:
+    """The IP of an address literal (``[192.0.2.1]``, ``[IPv6:2001:db8::1]``), else None."""
+    if not (domain.startswith("[") and domain.endswith("]")):
+        return None
+    text = domain[1:-1]
+    if text[:5].lower() == "ipv6:":
+        text = text[5:]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _order(addresses: Iterable[str]) -> tuple[str, ...]:
+    """Deduplicated, IPv4 before IPv6 (many senders lack working IPv6 reputation)."""
+    unique = dict.fromkeys(addresses)
+    return tuple(sorted(unique, key=lambda a: ":" in a))
+
+
+def _error(code: int, enhanced: str, text: str, ttl: float | None = None) -> RoutingError:
+    return RoutingError(synthetic_reply(code, enhanced, text), ttl=ttl)
+
+
+#: how long a relay's resolved addresses are reused (getaddrinfo gives no TTL)
+RELAY_ADDRESS_TTL = 300.0
+
+
 class RelayRouter:
+    """Every domain goes to one smarthost; a host name is resolved lazily."""
+
     def __init__(self, host: str, port: int = 25) -> None:
-        try:
-            ipaddress.ip_address(host)
-            addresses: tuple[str, ...] = (host,)
-        except ValueError:
-            addresses = ()
-        self.destination = Destination(f"relay:{host}:{port}", (Host(host, addresses, port),))
+        self.host = host
+        self.port = port
+        self.key = f"relay:{host}:{port}"
+        self._fixed = _is_ip(host)
+        self._destination: Destination | None = None
+        if self._fixed:
+            self._destination = Destination(self.key, (Host(host, (host,), port),))
+        self._expires = float("inf")
+        self._lock = trio.Lock()
 
     async def route(self, domain: str) -> Destination:
-        return self.destination
+        async with self._lock:  # a burst of domains resolves the relay once
+            if self._destination is not None and trio.current_time() < self._expires:
+                return self._destination
+            try:
+                infos = await trio.socket.getaddrinfo(
+                    self.host, self.port, type=trio.socket.SOCK_STREAM
+                )
+            except OSError as exc:
+                raise _error(451, "4.4.3", f"cannot resolve relay {self.host}: {exc}") from exc
+            addresses = _order(str(info[4][0]) for info in infos)
+            if not addresses:
+                raise _error(451, "4.4.4", f"relay {self.host} has no address")
+            self._destination = Destination(self.key, (Host(self.host, addresses, self.port),))
+            self._expires = trio.current_time() + RELAY_ADDRESS_TTL
+            return self._destination
 
 
 @dataclass(frozen=True)
 class DNSConfig:
     """Resolver settings; tests point ``nameservers`` and ``mx_port`` at loopback."""
 
+    #: (ip, port) pairs; empty means the system resolver configuration
     nameservers: tuple[tuple[str, int], ...] = ()
+    #: seconds per query attempt
     timeout: float = 5.0
+    #: seconds per lookup (one name, one type), retries included, on trio's clock
     lifetime: float = 15.0
+    #: SMTP port of MX hosts
     mx_port: int = 25
+    #: domains remembered (least recently used go first)
     cache_size: int = 10_000
-    #: how long failures are remembered (permanent, transient)
-    negative_ttl: tuple[float, float] = (300.0, 30.0)
+    #: cache time of NXDOMAIN / no-data answers that carry no SOA (RFC 2308)
+    negative_ttl: float = 300.0
+    #: cache time of SERVFAIL / timeouts, so a broken zone is not hammered
+    failure_ttl: float = 30.0
 
 
-def _reply(code: int, enhanced: str, text: str) -> RoutingError:
-    return RoutingError(synthetic_reply(code, enhanced, text))
+@dataclass(frozen=True, slots=True)
+class _Records:
+    """One lookup's outcome: rdata (empty = no data), TTL, and whether the name exists."""
+
+    rdata: tuple[Any, ...]
+    ttl: float
+    exists: bool = True
+
+
+class _Flight:
+    """A lookup in progress that other tasks wait on instead of querying again."""
+
+    __slots__ = ("done", "outcome")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.outcome: Destination | Reply | None = None
 
 
 class MXRouter:
     """Direct delivery: MX hosts by preference (RFC 5321 §5.1), null MX (RFC 7505).
 
-    Answers are cached for their TTL on the trio clock; concurrent lookups of
-    one domain share a single query, since thousands of its recipients arrive
-    at once.
+    Outcomes (failures too) are cached for their TTL on the trio clock, and
+    concurrent lookups of one domain share one query: thousands of a domain's
+    recipients arrive at once.
     """
 
     def __init__(self, config: DNSConfig, *, rng: random.Random | None = None) -> None:
         self.config = config
-        self.rng = rng or random.Random()
+        self.rng = rng if rng is not None else random.Random()
         resolver = dns.asyncresolver.Resolver(configure=not config.nameservers)
         if config.nameservers:
             resolver.nameservers = [
@@ -105,115 +207,175 @@ class MXRouter:
         resolver.timeout = config.timeout
         resolver.lifetime = config.lifetime
         self._resolver = resolver
-        self._cache: dict[str, tuple[float, Destination | RoutingError]] = {}
-        self._inflight: dict[str, trio.Event] = {}
-        self.queries = 0
+        # explicit: the default backend is sniffed once per process and then sticks
+        self._backend = dns.asyncbackend.get_backend("trio")
+        self._cache: OrderedDict[str, tuple[float, Destination | Reply]] = OrderedDict()
+        self._flights: dict[str, _Flight] = {}
 
     async def route(self, domain: str) -> Destination:
+        domain = domain.lower().rstrip(".")
         while True:
-            cached = self._cache.get(domain)
-            if cached is not None and cached[0] > trio.current_time():
-                return self._unwrap(cached[1])
-            waiting = self._inflight.get(domain)
-            if waiting is None:
+            outcome = self._cached(domain)
+            if outcome is not None:
+                return _unwrap(outcome)
+            flight = self._flights.get(domain)
+            if flight is None:
                 break
-            await waiting.wait()
-        event = self._inflight[domain] = trio.Event()
+            await flight.done.wait()
+            if flight.outcome is not None:
+                return _unwrap(flight.outcome)
+            # the querying task was cancelled: go round, maybe querying ourselves
+        flight = self._flights[domain] = _Flight()
         try:
             try:
                 destination, ttl = await self._lookup(domain)
-                outcome: Destination | RoutingError = destination
+                outcome = destination
             except RoutingError as exc:
-                outcome = exc
-                permanent, transient = self.config.negative_ttl
-                ttl = permanent if exc.permanent else transient
+                outcome = exc.reply
+                ttl = self.config.failure_ttl if exc.ttl is None else exc.ttl
             self._store(domain, outcome, ttl)
-            return self._unwrap(outcome)
+            flight.outcome = outcome
         finally:
-            del self._inflight[domain]
-            event.set()
+            del self._flights[domain]
+            flight.done.set()
+        return _unwrap(outcome)
 
-    @staticmethod
-    def _unwrap(outcome: Destination | RoutingError) -> Destination:
-        if isinstance(outcome, RoutingError):
-            raise outcome
-        return outcome
-
-    def _store(self, domain: str, outcome: Destination | RoutingError, ttl: float) -> None:
-        if len(self._cache) >= self.config.cache_size:
-            del self._cache[next(iter(self._cache))]
-        self._cache[domain] = (trio.current_time() + ttl, outcome)
-
-    async def _query(self, name: str, rdtype: str) -> dns.resolver.Answer | None:
-        """An answer, ``None`` for "no such record", or a transient RoutingError."""
-        self.queries += 1
-        try:
-            return await self._resolver.resolve(name, rdtype, search=False)
-        except dns.resolver.NoAnswer:
+    def _cached(self, domain: str) -> Destination | Reply | None:
+        entry = self._cache.get(domain)
+        if entry is None:
             return None
-        except dns.resolver.NXDOMAIN:
-            raise
-        except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
-            raise _reply(451, "4.4.3", f"DNS lookup of {name} {rdtype} failed: {exc}") from exc
-        except dns.exception.DNSException as exc:
-            raise _reply(451, "4.4.3", f"DNS error for {name} {rdtype}: {exc}") from exc
+        if entry[0] <= trio.current_time():
+            del self._cache[domain]
+            return None
+        self._cache.move_to_end(domain)
+        return entry[1]
 
-    async def _addresses(self, name: str) -> tuple[tuple[str, ...], float]:
-        addresses: list[str] = []
-        ttl = 3600.0
-        for rdtype in ("A", "AAAA"):
-            try:
-                answer = await self._query(name, rdtype)
-            except dns.resolver.NXDOMAIN:
-                return (), 300.0
-            if answer is not None:
-                addresses += [r.address for r in answer]
-                ttl = min(ttl, float(answer.rrset.ttl if answer.rrset else 300))
-        return tuple(addresses), ttl
+    def _store(self, domain: str, outcome: Destination | Reply, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        self._cache[domain] = (trio.current_time() + ttl, outcome)
+        self._cache.move_to_end(domain)
+        while len(self._cache) > self.config.cache_size:
+            self._cache.popitem(last=False)
 
     async def _lookup(self, domain: str) -> tuple[Destination, float]:
         port = self.config.mx_port
-        try:
-            answer = await self._query(domain, "MX")
-        except dns.resolver.NXDOMAIN as exc:
-            raise _reply(550, "5.1.2", f"domain {domain} does not exist") from exc
-        if answer is None:
+        literal = _literal(domain)
+        if literal is not None:
+            return Destination(f"literal:{literal}", (Host(literal, (literal,), port),)), math.inf
+        mx = await self._query(domain, "MX")
+        if not mx.exists:
+            raise _error(550, "5.1.2", f"domain {domain} not found", mx.ttl)
+        if not mx.rdata:
             # no MX: the domain itself is the implicit MX (RFC 5321 §5.1)
-            try:
-                addresses, ttl = await self._addresses(domain)
-            except RoutingError:
-                raise
+            found = await self._addresses([domain])
+            addresses, ttl = found[domain]
+            if isinstance(addresses, RoutingError):
+                raise addresses
             if not addresses:
-                raise _reply(550, "5.4.4", f"domain {domain} has no MX and no address")
-            host = Host(domain, addresses, port)
-            return Destination(f"mx:{domain}", (host,)), ttl
-        records = sorted(answer, key=lambda r: r.preference)
-        ttl = float(answer.rrset.ttl if answer.rrset else 300)
-        if len(records) == 1 and records[0].exchange == dns.name.root:
-            raise _reply(556, "5.1.10", f"domain {domain} does not accept mail (null MX)")
+                raise _error(550, "5.4.4", f"domain {domain} has no MX and no address", ttl)
+            return Destination(f"mx:{domain}", (Host(domain, addresses, port),)), min(mx.ttl, ttl)
+        exchanges = [(r.preference, r.exchange) for r in mx.rdata]
+        if len(exchanges) == 1 and exchanges[0][1] == dns.name.root:
+            raise _error(556, "5.1.10", f"domain {domain} accepts no mail (null MX)", mx.ttl)
+        preference: dict[str, int] = {}
+        for pref, exchange in sorted(exchanges, key=lambda e: e[0]):
+            name = exchange.to_text(omit_final_dot=True).lower()
+            if exchange != dns.name.root and not _is_ip(name):
+                preference.setdefault(name, pref)
+        if not preference:
+            raise _error(451, "4.4.4", f"no usable MX host for {domain}")
+        found = await self._addresses(list(preference))
         hosts: list[Host] = []
-        transient: RoutingError | None = None
-        for record in records:
-            if record.exchange == dns.name.root:
-                continue
-            name = record.exchange.to_text(omit_final_dot=True).lower()
-            try:
-                addresses, host_ttl = await self._addresses(name)
-            except RoutingError as exc:
-                transient = exc
-                continue
-            ttl = min(ttl, host_ttl)
-            if addresses:
-                hosts.append(Host(name, addresses, port, record.preference))
+        ttl = mx.ttl
+        failure: RoutingError | None = None
+        for name, (addresses, host_ttl) in found.items():
+            if isinstance(addresses, RoutingError):
+                failure = addresses
+                ttl = min(ttl, self.config.failure_ttl)  # retry the missing host soon
+            else:
+                ttl = min(ttl, host_ttl)  # an addressless host is looked at again too
+                if addresses:
+                    hosts.append(Host(name, addresses, port, preference[name]))
         if not hosts:
-            # never fall back to the domain's own A record when MX exists
-            if transient is not None:
-                raise transient
-            raise _reply(451, "4.4.4", f"no MX host of {domain} has an address")
-        hosts = self._shuffle_equal(hosts)
-        key = "mx:" + ",".join(sorted(h.name for h in hosts))
-        return Destination(key, tuple(hosts)), max(ttl, 1.0)
+            # never fall back to the domain's own address when it has MX records
+            if failure is not None:
+                raise failure
+            raise _error(451, "4.4.4", f"no MX host of {domain} has an address")
+        keys = {h.name: (h.preference, self.rng.random()) for h in hosts}
+        hosts.sort(key=lambda h: keys[h.name])
+        return Destination("mx:" + ",".join(sorted(preference)), tuple(hosts)), ttl
 
-    def _shuffle_equal(self, hosts: list[Host]) -> list[Host]:
-        keyed = [(h.preference, self.rng.random(), i) for i, h in enumerate(hosts)]
-        return [hosts[i] for _, _, i in sorted(keyed)]
+    async def _addresses(
+        self, names: list[str]
+    ) -> dict[str, tuple[tuple[str, ...] | RoutingError, float]]:
+        """A and AAAA of every name, all at once; a failure is kept, not raised."""
+        results: dict[tuple[str, str], _Records | RoutingError] = {}
+
+        async def one(name: str, rdtype: str) -> None:
+            try:
+                results[name, rdtype] = await self._query(name, rdtype)
+            except RoutingError as exc:
+                results[name, rdtype] = exc
+
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                for rdtype in ("A", "AAAA"):
+                    nursery.start_soon(one, name, rdtype)
+        found: dict[str, tuple[tuple[str, ...] | RoutingError, float]] = {}
+        for name in names:
+            v4, v6 = results[name, "A"], results[name, "AAAA"]
+            good = [r for r in (v4, v6) if isinstance(r, _Records)]
+            addresses = _order(rd.address for r in good for rd in r.rdata)
+            ttl = min((r.ttl for r in good), default=0.0)
+            if not addresses and len(good) < 2:
+                bad = v4 if isinstance(v4, RoutingError) else v6
+                assert isinstance(bad, RoutingError)
+                found[name] = (bad, 0.0)
+            else:
+                found[name] = (addresses, ttl)
+        return found
+
+    async def _query(self, name: str, rdtype: str) -> _Records:
+        """One lookup, bounded by ``lifetime`` on trio's clock.
+
+        dnspython measures its own lifetime on the wall clock, so the trio
+        deadline is what holds under a mock clock; both agree in real time.
+        """
+        config = self.config
+        try:
+            qname = dns.name.from_text(name)
+        except dns.exception.DNSException as exc:
+            raise _error(553, "5.1.3", f"invalid domain {name!r}: {exc}", 0.0) from exc
+        failure = f"DNS temporary failure for {name} {rdtype}"
+        with trio.move_on_after(config.lifetime):
+            try:
+                answer = await self._resolver.resolve(
+                    qname, rdtype, search=False, lifetime=config.lifetime,
+                    backend=self._backend,
+                )
+            except dns.resolver.NXDOMAIN as exc:
+                ttl = self._negative_ttl(exc.kwargs["responses"].values())
+                return _Records((), ttl, exists=False)
+            except dns.resolver.NoAnswer as exc:
+                return _Records((), self._negative_ttl([exc.kwargs["response"]]))
+            except dns.exception.DNSException as exc:
+                raise _error(451, "4.4.3", f"{failure}: {exc}") from exc
+            return _Records(tuple(answer), float(answer.chaining_result.minimum_ttl))
+        raise _error(451, "4.4.3", f"{failure}: no answer within {config.lifetime:g}s")
+
+    def _negative_ttl(self, responses: Iterable[dns.message.Message]) -> float:
+        """SOA-derived negative TTL (RFC 2308 §5), or the configured default."""
+        ttls = [
+            min(rrset.ttl, rrset[0].minimum)
+            for response in responses
+            for rrset in response.authority
+            if rrset.rdtype == dns.rdatatype.SOA and len(rrset)
+        ]
+        return float(min(ttls)) if ttls else self.config.negative_ttl
+
+
+def _unwrap(outcome: Destination | Reply) -> Destination:
+    if isinstance(outcome, Reply):
+        raise RoutingError(outcome)  # a fresh error each time: no shared traceback
+    return outcome

@@ -1,0 +1,80 @@
+"""Header additions a bulk sender needs: Message-ID, Date, one-click unsubscribe.
+
+They operate on raw RFC 5322 bytes -- the header block is found, added to,
+and the body left byte-for-byte untouched -- so nothing else about the
+message (its MIME structure, its encodings) can change on the way.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from datetime import UTC, datetime
+from email.utils import format_datetime, make_msgid
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_FORBIDDEN = re.compile(r"[\r\n\x00]")
+
+
+def split_message(message: bytes) -> tuple[bytes, bytes]:
+    """(header block including its final line break, rest); a bodiless message is all header."""
+    m = _HEADER_END.search(message)
+    if m is None:
+        head = message if message.endswith(b"\n") else message + b"\r\n"
+        return head, b"\r\n"
+    cut = m.start() + (2 if message[m.start() : m.start() + 2] == b"\r\n" else 1)
+    return message[:cut], message[cut:]
+
+
+def has_header(head: bytes, name: str) -> bool:
+    pattern = re.compile(rb"^" + re.escape(name.encode()) + rb"[ \t]*:", re.I | re.M)
+    return pattern.search(head) is not None
+
+
+def header_line(name: str, value: str) -> bytes:
+    if _FORBIDDEN.search(value) or _FORBIDDEN.search(name):
+        raise ValueError(f"header {name} would contain a line break")
+    return f"{name}: {value}\r\n".encode()
+
+
+def add_headers(message: bytes, headers: list[tuple[str, str]], *, replace: bool = False) -> bytes:
+    """Prepend headers (those already present are kept unless ``replace``)."""
+    head, body = split_message(message)
+    new = b""
+    for name, value in headers:
+        if has_header(head, name):
+            if not replace:
+                continue
+            head = re.sub(
+                rb"^" + re.escape(name.encode()) + rb"[ \t]*:.*(?:\r?\n[ \t].*)*\r?\n",
+                b"",
+                head,
+                flags=re.I | re.M,
+            )
+        new += header_line(name, value)
+    return new + head + body
+
+
+def message_id(domain: str) -> str:
+    """A globally unique Message-ID in ``domain``."""
+    return make_msgid(idstring=secrets.token_hex(6), domain=domain)
+
+
+def ensure_identity(message: bytes, domain: str, *, now: float | None = None) -> bytes:
+    """Add ``Message-ID`` and ``Date`` when the message lacks them."""
+    when = datetime.fromtimestamp(now if now is not None else time.time(), UTC)
+    return add_headers(
+        message, [("Message-ID", message_id(domain)), ("Date", format_datetime(when))]
+    )
+
+
+def unsubscribe_headers(url: str, mailto: str | None = None) -> list[tuple[str, str]]:
+    """RFC 2369 List-Unsubscribe with RFC 8058 one-click; the URL must be https."""
+    if not url.startswith("https://"):
+        raise ValueError("one-click unsubscribe (RFC 8058) needs an https:// URL")
+    targets = [f"<{url}>"] + ([f"<mailto:{mailto}>"] if mailto else [])
+    return [
+        ("List-Unsubscribe", ", ".join(targets)),
+        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+    ]

@@ -1,0 +1,66 @@
+"""What turns a message into newsletter-grade mail: identity headers, one-click
+unsubscribe, DKIM -- applied after rendering, signing last.
+
+Identical content is decorated and signed once; personalised content (or a
+per-recipient unsubscribe URL) once per recipient.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+
+from .dkim_signing import DKIMSigner
+from .headers import add_headers, ensure_identity, unsubscribe_headers
+from .message import Content, Recipient, TemplateValueError
+from .protocol.data import PreparedMessage
+from .reencode import prepare
+
+
+@dataclass(frozen=True)
+class Decorations:
+    """Options of a newsletter run; all optional."""
+
+    #: add Message-ID / Date when missing, Message-ID in this domain
+    identity_domain: str | None = None
+    #: ``https://.../unsubscribe?u=${email}``: per-recipient when it has placeholders
+    unsubscribe_url: str | None = None
+    unsubscribe_mailto: str | None = None
+    dkim: DKIMSigner | None = None
+
+
+class DecoratedContent:
+    """Wraps a content; the wrapped rendering is decorated, then signed."""
+
+    def __init__(self, inner: Content, decorations: Decorations) -> None:
+        self.inner = inner
+        self.decorations = decorations
+        url = decorations.unsubscribe_url
+        self._url = string.Template(url) if url else None
+        per_recipient_url = bool(self._url and self._url.get_identifiers())
+        self.personalised = inner.personalised or per_recipient_url
+        self._shared: PreparedMessage | None = None
+
+    def render(self, recipient: Recipient) -> PreparedMessage:
+        if not self.personalised:
+            if self._shared is None:
+                self._shared = self._decorate(recipient)
+            return self._shared
+        return self._decorate(recipient)
+
+    def _decorate(self, recipient: Recipient) -> PreparedMessage:
+        d = self.decorations
+        message = self.inner.render(recipient).normalized
+        if d.identity_domain:
+            message = ensure_identity(message, d.identity_domain)
+        if self._url is not None:
+            values = {"email": recipient.address, **(recipient.variables or {})}
+            try:
+                url = self._url.substitute(values)
+            except KeyError as exc:
+                missing = exc.args[0]
+                raise TemplateValueError(f"unsubscribe URL variable {missing!r} missing") from exc
+            message = add_headers(message, unsubscribe_headers(url, d.unsubscribe_mailto))
+        if d.dkim is not None:
+            message = d.dkim.sign(message)
+        return prepare(message)
