@@ -57,6 +57,7 @@ async def send_durably(
     *,
     suppressed: frozenset[str] = frozenset(),
     on_result: ResultCallback | None = None,
+    verp: bool = False,
 ) -> Summary:
     """Like ``Mailer.send``, resuming from and recording to the journal.
 
@@ -80,7 +81,9 @@ async def send_durably(
     if writer is None:
         engine.presettle = decide
         try:
-            return await mailer.send(sender, message, recipients, on_result=on_result)
+            return await mailer.send(
+                sender, message, recipients, on_result=on_result, verp=verp
+            )
         finally:
             engine.presettle = None
     journal = writer.journal
@@ -132,7 +135,7 @@ async def send_durably(
 
     engine.presettle = decide
     try:
-        return await mailer.send(sender, message, stream(), on_result=record)
+        return await mailer.send(sender, message, stream(), on_result=record, verp=verp)
     finally:
         engine.presettle = None
         engine.on_in_doubt = None

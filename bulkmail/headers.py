@@ -7,6 +7,7 @@ message (its MIME structure, its encodings) can change on the way.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import time
@@ -56,16 +57,26 @@ def add_headers(message: bytes, headers: list[tuple[str, str]], *, replace: bool
     return new + head + body
 
 
-def message_id(domain: str) -> str:
-    """A globally unique Message-ID in ``domain``."""
-    return make_msgid(idstring=secrets.token_hex(6), domain=domain)
+def message_id(domain: str, seed: bytes | None = None) -> str:
+    """A Message-ID in ``domain``: random, or derived from ``seed``.
+
+    A seeded id is the same every time the same message is rendered for the
+    same recipient -- so a resend after a crash (the duplicate window) carries
+    the Message-ID of the copy that may already have arrived, and receivers
+    can drop it.
+    """
+    if seed is None:
+        return make_msgid(idstring=secrets.token_hex(6), domain=domain)
+    return f"<{hashlib.sha256(seed).hexdigest()[:32]}@{domain}>"
 
 
-def ensure_identity(message: bytes, domain: str, *, now: float | None = None) -> bytes:
+def ensure_identity(
+    message: bytes, domain: str, *, seed: bytes | None = None, now: float | None = None
+) -> bytes:
     """Add ``Message-ID`` and ``Date`` when the message lacks them."""
     when = datetime.fromtimestamp(now if now is not None else time.time(), UTC)
     return add_headers(
-        message, [("Message-ID", message_id(domain)), ("Date", format_datetime(when))]
+        message, [("Message-ID", message_id(domain, seed)), ("Date", format_datetime(when))]
     )
 
 

@@ -52,7 +52,8 @@ class DecoratedContent:
         d = self.decorations
         message = self.inner.render(recipient).normalized
         if d.identity_domain:
-            message = ensure_identity(message, d.identity_domain)
+            seed = message if not self.personalised else message + recipient.address.encode()
+            message = ensure_identity(message, d.identity_domain, seed=seed)
         if self._url is not None:
             values = {"email": recipient.address, **(recipient.variables or {})}
             try:

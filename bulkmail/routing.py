@@ -279,9 +279,9 @@ class MXRouter:
         if len(exchanges) == 1 and exchanges[0][1] == dns.name.root:
             raise _error(556, "5.1.10", f"domain {domain} accepts no mail (null MX)", mx.ttl)
         preference: dict[str, int] = {}
-        for pref, exchange in sorted(exchanges, key=lambda e: e[0]):
-            name = exchange.to_text(omit_final_dot=True).lower()
-            if exchange != dns.name.root and not _is_ip(name):
+        # canonical order first (answers arrive shuffled), so only the rng shuffles
+        for pref, name in sorted((p, e.to_text(omit_final_dot=True).lower()) for p, e in exchanges):
+            if name and not _is_ip(name):
                 preference.setdefault(name, pref)
         if not preference:
             raise _error(451, "4.4.4", f"no usable MX host for {domain}")

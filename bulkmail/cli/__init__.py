@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sink": ("bulkmail.cli.sink_command", "run the local SMTP sink server"),
     "send": ("bulkmail.cli.send_command", "send a message to many recipients"),
     "report": ("bulkmail.cli.report_command", "summarise a journal"),
+    "bounces": ("bulkmail.cli.bounces_command", "apply returned DSNs to a journal"),
     "demo": ("bulkmail.cli.demo_command", "send a demo newsletter to the built-in sink"),
 }
 

@@ -21,9 +21,11 @@ import trio
 
 from ..api import Mailer, MailerConfig, Relay
 from ..config import Security
+from ..dkim_signing import DEFAULT_HEADERS, DKIMSigner
 from ..durable import send_durably
 from ..journal import JournalWriter, SQLiteJournal
 from ..message import Content, StaticContent, TemplateContent, has_placeholders
+from ..newsletter import DecoratedContent, Decorations
 from ..policy import RetryPolicy
 from ..protocol.auth import Credentials
 from ..results import Result, Summary
@@ -98,7 +100,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry-for", type=duration, default=600.0, metavar="DURATION",
                    help="how long this run keeps retrying deferred recipients (default 10m)")
     p.add_argument("--helo", default=None, help="name to send in EHLO")
+    g = p.add_argument_group("newsletter headers and signing")
+    g.add_argument("--dkim-selector")
+    g.add_argument("--dkim-domain", help="d= of the signature (default: the sender's domain)")
+    g.add_argument("--dkim-key", metavar="FILE",
+                   help="PEM RSA private key, or base64 ed25519 seed for ed25519-sha256")
+    g.add_argument("--dkim-algorithm", choices=("rsa-sha256", "ed25519-sha256"),
+                   default="rsa-sha256")
+    g.add_argument("--dkim-headers", metavar="H1,H2,...", help="headers to sign")
+    g.add_argument("--list-unsubscribe", metavar="URL",
+                   help="https URL, may use ${email} and CSV columns; adds RFC 8058 one-click")
+    g.add_argument("--list-unsubscribe-mailto", metavar="ADDR")
+    g.add_argument("--verp", action="store_true",
+                   help="per-recipient envelope sender (bounces+alice=example.com@...)")
     p.add_argument("--quiet", action="store_true")
+
+
+def decorations(args: argparse.Namespace) -> Decorations:
+    sender_domain = args.sender.rpartition("@")[2] or "bulkmail.invalid"
+    signer = None
+    if args.dkim_key or args.dkim_selector:
+        if not (args.dkim_key and args.dkim_selector):
+            raise InputError("--dkim-key and --dkim-selector go together")
+        headers = tuple(h.strip() for h in args.dkim_headers.split(",")) if args.dkim_headers \
+            else DEFAULT_HEADERS
+        signer = DKIMSigner.from_file(
+            args.dkim_selector, args.dkim_domain or sender_domain, args.dkim_key,
+            algorithm=args.dkim_algorithm, headers=headers,
+        )
+    return Decorations(
+        identity_domain=sender_domain,
+        unsubscribe_url=args.list_unsubscribe,
+        unsubscribe_mailto=args.list_unsubscribe_mailto,
+        dkim=signer,
+    )
 
 
 def default_journal(args: argparse.Namespace, message: bytes) -> Path:
@@ -163,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
             if has_placeholders(message.decode("utf-8", "replace"))
             else StaticContent(message)
         )
+        content = DecoratedContent(content, decorations(args))
         if args.recipients != "-":
             if not Path(args.recipients).is_file():
                 raise InputError(f"cannot read {args.recipients}: no such file")
@@ -230,7 +266,7 @@ async def _send(
             if journal_path is None:
                 summary = await send_durably(
                     mailer, None, args.sender, content, recipients,
-                    suppressed=suppressed, on_result=on_result,
+                    suppressed=suppressed, on_result=on_result, verp=args.verp,
                 )
             else:
                 summary = await _journaled(
@@ -262,7 +298,7 @@ async def _journaled(
             try:
                 return await send_durably(
                     mailer, writer, args.sender, content, recipients,
-                    suppressed=suppressed, on_result=on_result,
+                    suppressed=suppressed, on_result=on_result, verp=args.verp,
                 )
             finally:
                 with trio.CancelScope(shield=True):
