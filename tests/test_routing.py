@@ -303,17 +303,25 @@ async def test_waiters_take_over_when_the_querying_task_is_cancelled(server: DNS
     router = mx_router(server)
     results: list[Destination] = []
 
-    async def waiter() -> None:
+    async def route() -> None:
         results.append(await router.route("slow.test"))
 
     async with trio.open_nursery() as nursery:
-        with trio.CancelScope() as leader:
-            nursery.start_soon(waiter)  # starts after us, so it waits on our lookup
-            await trio.testing.wait_all_tasks_blocked()
-            server.blackholed.clear()
-            leader.cancel()
-            await router.route("slow.test")
+        leader = trio.CancelScope()
+
+        async def lead() -> None:
+            with leader:
+                await route()
+
+        nursery.start_soon(lead)
+        await trio.testing.wait_all_tasks_blocked()  # the leader's query goes unanswered
+        nursery.start_soon(route)
+        await trio.testing.wait_all_tasks_blocked()  # the follower waits on the leader
+        assert server.queries == [("slow.test", "MX", "udp")]
+        server.blackholed.clear()
+        leader.cancel()
     assert len(results) == 1 and names(results[0]) == ["mx.slow.test"]
+    assert server.queries[1][:2] == ("slow.test", "MX")  # the follower asked again
 
 
 async def test_domains_with_the_same_mx_set_share_a_key(server: DNSServer) -> None:
