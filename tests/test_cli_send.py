@@ -99,7 +99,9 @@ async def test_csv_template_personalises_and_refuses_crlf_values(tmp_path: Path)
     assert rep["evil@example.test"]["status"] == "bounced"
     assert "injection" in str(rep["evil@example.test"]["reply"])
     bodies = {m.rcpts[0]: m.content for m in sink.messages}
-    assert bodies["u3@example.test"] == b"Subject: Hi Reader 3\r\n\r\nDear Reader 3,\r\n"
+    # Message-ID and Date are added (the file had none); the rest is as written
+    assert bodies["u3@example.test"].endswith(b"Subject: Hi Reader 3\r\n\r\nDear Reader 3,\r\n")
+    assert bodies["u3@example.test"].startswith(b"Message-ID: <")
     assert "evil@example.test" not in bodies
     assert all(b"victim" not in body for body in bodies.values())
 
