@@ -113,8 +113,10 @@ def _error(code: int, enhanced: str, text: str, ttl: float | None = None) -> Rou
     return RoutingError(synthetic_reply(code, enhanced, text), ttl=ttl)
 
 
-#: how long a relay's resolved addresses are reused (getaddrinfo gives no TTL)
+#: how long a relay's resolved addresses (or failure to resolve) are reused:
+#: getaddrinfo gives no TTL
 RELAY_ADDRESS_TTL = 300.0
+RELAY_FAILURE_TTL = 30.0
 
 
 class RelayRouter:
@@ -124,29 +126,34 @@ class RelayRouter:
         self.host = host
         self.port = port
         self.key = f"relay:{host}:{port}"
-        self._fixed = _is_ip(host)
-        self._destination: Destination | None = None
-        if self._fixed:
-            self._destination = Destination(self.key, (Host(host, (host,), port),))
-        self._expires = float("inf")
+        self._outcome: Destination | Reply | None = None
+        self._expires = -math.inf
+        if _is_ip(host):
+            self._outcome = Destination(self.key, (Host(host, (host,), port),))
+            self._expires = math.inf
         self._lock = trio.Lock()
 
     async def route(self, domain: str) -> Destination:
         async with self._lock:  # a burst of domains resolves the relay once
-            if self._destination is not None and trio.current_time() < self._expires:
-                return self._destination
-            try:
-                infos = await trio.socket.getaddrinfo(
-                    self.host, self.port, type=trio.socket.SOCK_STREAM
+            if self._outcome is None or trio.current_time() >= self._expires:
+                self._outcome = outcome = await self._resolve()
+                ok = isinstance(outcome, Destination)
+                self._expires = trio.current_time() + (
+                    RELAY_ADDRESS_TTL if ok else RELAY_FAILURE_TTL
                 )
-            except OSError as exc:
-                raise _error(451, "4.4.3", f"cannot resolve relay {self.host}: {exc}") from exc
-            addresses = _order(str(info[4][0]) for info in infos)
-            if not addresses:
-                raise _error(451, "4.4.4", f"relay {self.host} has no address")
-            self._destination = Destination(self.key, (Host(self.host, addresses, self.port),))
-            self._expires = trio.current_time() + RELAY_ADDRESS_TTL
-            return self._destination
+            return _unwrap(self._outcome)
+
+    async def _resolve(self) -> Destination | Reply:
+        try:
+            infos = await trio.socket.getaddrinfo(
+                self.host, self.port, type=trio.socket.SOCK_STREAM
+            )
+        except OSError as exc:
+            return synthetic_reply(451, "4.4.3", f"cannot resolve relay {self.host}: {exc}")
+        addresses = _order(str(info[4][0]) for info in infos)
+        if not addresses:
+            return synthetic_reply(451, "4.4.4", f"relay {self.host} has no address")
+        return Destination(self.key, (Host(self.host, addresses, self.port),))
 
 
 @dataclass(frozen=True)

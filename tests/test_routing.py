@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 from bulkmail.routing import (
+    RELAY_FAILURE_TTL,
     Destination,
     DNSConfig,
     Host,
@@ -385,11 +386,21 @@ async def test_relay_name_is_resolved_lazily_once(autojump_clock: trio.testing.M
     assert fake.calls == ["smarthost.test"]
 
 
-async def test_unresolvable_relay_is_transient() -> None:
-    trio.socket.set_custom_hostname_resolver(FakeHostnameResolver())
-    with pytest.raises(RoutingError) as info:
-        await RelayRouter("nowhere.test").route("a.test")
-    assert not info.value.permanent and info.value.reply.code == 451
+async def test_unresolvable_relay_is_transient_and_retried_later(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeHostnameResolver()
+    trio.socket.set_custom_hostname_resolver(fake)
+    router = RelayRouter("nowhere.test")
+    for _ in range(3):
+        with pytest.raises(RoutingError) as info:
+            await router.route("a.test")
+        assert not info.value.permanent and info.value.reply.code == 451
+    assert fake.calls == ["nowhere.test"]  # the failure is remembered for a while
+    await trio.sleep(RELAY_FAILURE_TTL)
+    with pytest.raises(RoutingError):
+        await router.route("a.test")
+    assert fake.calls == ["nowhere.test"] * 2
 
 
 def test_domain_of_is_canonical() -> None:
