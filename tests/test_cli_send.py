@@ -228,3 +228,52 @@ async def test_send_to_aiosmtpd_with_stdin_recipients(tmp_path: Path) -> None:
 
 
 
+
+
+async def test_in_doubt_is_on_disk_before_the_end_of_data_and_resent_once(
+    tmp_path: Path,
+) -> None:
+    from email import message_from_bytes
+
+    from .scripted import MiniSMTP, start_scripted
+
+    journal = tmp_path / "journal.sqlite"
+    seen_in_journal: list[str] = []
+    copies: list[bytes] = []
+    state: dict[str, object] = {"kill": True, "proc": None}
+
+    def data_done(rcpts: list[str], content: bytes) -> str | None:
+        copies.append(content)
+        # the end of data has arrived: the journal must already say "in doubt"
+        db = sqlite3.connect(journal)
+        seen_in_journal.extend(
+            s for (s,) in db.execute("SELECT status FROM recipients WHERE address = ?",
+                                     (rcpts[0],))
+        )
+        db.close()
+        if state["kill"]:
+            state["kill"] = False
+            state["proc"].send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+            return None  # and the 250 never leaves
+        return "250 2.0.0 queued\r\n"
+
+    server = MiniSMTP(data_done=data_done)
+    rcpts = tmp_path / "list.txt"
+    rcpts.write_text("alice@example.test\n")
+    message = tmp_path / "msg.eml"
+    message.write_bytes(b"From: news@sender.test\nSubject: once\n\nhello\n")
+    async with trio.open_nursery() as nursery:
+        _, port = await start_scripted(nursery, server)
+        args = send_args(tmp_path, port, rcpts, message)
+        state["proc"] = await trio.lowlevel.open_process(args, cwd=tmp_path)
+        await state["proc"].wait()  # type: ignore[union-attr]
+        resumed = await run(args, tmp_path)
+        nursery.cancel_scope.cancel()
+    assert seen_in_journal[0] == "in_doubt"
+    assert resumed.returncode == 0, resumed.stderr
+    rep = report(tmp_path)
+    assert rep["alice@example.test"]["status"] == "delivered"
+    assert rep["alice@example.test"]["possible_duplicate"] is True
+    assert len(copies) == 2  # resent exactly once
+    ids = {message_from_bytes(c.replace(b"\r\n..", b"\r\n."))["Message-ID"] for c in copies}
+    assert len(ids) == 1  # the resend keeps its Message-ID: receivers can drop the copy
