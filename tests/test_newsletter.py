@@ -221,3 +221,15 @@ async def test_verp_round_trip_with_a_real_dsn(tmp_path: Path) -> None:
                       ("bob@example.test",)).fetchone() == (550, "5.1.1")
     assert suppress.read_text() == "bob@example.test\n"
 
+
+
+def test_header_values_cannot_carry_line_breaks() -> None:
+    content = DecoratedContent(
+        StaticContent(b"From: news@sender.test\r\nSubject: x\r\n\r\nbody\r\n"),
+        Decorations(unsubscribe_url="https://sender.test/u?t=${token}"),
+    )
+    assert content.personalised  # a per-recipient URL makes every message its own
+    ok = content.render(Recipient("a@x.test", {"token": "abc"}))
+    assert b"List-Unsubscribe: <https://sender.test/u?t=abc>\r\n" in ok.normalized
+    with pytest.raises(ValueError, match="line break"):
+        content.render(Recipient("b@x.test", {"token": "abc\r\nBcc: victim@x.test"}))
