@@ -421,10 +421,12 @@ class SMTPSession:
         smtputf8 = needs_utf8 and ext.smtputf8
         for i, rcpt in enumerate(envelope.recipients):
             try:
-                txn.rcpts.append(commands.rcpt_to(rcpt, smtputf8=ext.smtputf8))
+                txn.rcpts.append(commands.rcpt_to(rcpt, smtputf8=smtputf8))
                 txn.sendable.append(i)
             except InvalidAddress as exc:
-                txn.replies[i] = synthetic_reply(553, "5.1.3", exc.reason)
+                # RFC 6531 §3.5: 553 5.6.7 for an address that needs SMTPUTF8
+                enhanced = "5.6.7" if "SMTPUTF8" in exc.reason else "5.1.3"
+                txn.replies[i] = synthetic_reply(553, enhanced, exc.reason)
             except LocalProtocolError as exc:
                 txn.replies[i] = synthetic_reply(553, "5.1.3", str(exc))
         if not txn.sendable:

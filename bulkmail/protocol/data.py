@@ -13,22 +13,27 @@ from dataclasses import dataclass
 
 from .errors import MessageError
 
+#: CRLF first, so that it is kept as one line end rather than read as CR + LF.
 _NEWLINES = re.compile(rb"\r\n|\r|\n")
-_LINE_END = re.compile(rb"\r\n")
+_TERMINATOR = b".\r\n"
+MAX_LINE_LENGTH = 998  # RFC 5321 §4.5.3.1.6, CRLF excluded
 
 
 def normalize_newlines(message: bytes) -> bytes:
     """Every line ending becomes CRLF; a non-empty message ends with CRLF."""
     if not message:
         return b""
-    out = _NEWLINES.sub(b"\r\n", message)
-    if not out.endswith(b"\r\n"):
-        out += b"\r\n"
-    return out
+    lf = message.count(b"\n")
+    if lf != message.count(b"\r") or lf != message.count(b"\r\n"):
+        message = _NEWLINES.sub(b"\r\n", message)
+    # else already CRLF-only: three C-speed counts beat rebuilding the bytes
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    return message
 
 
 def dot_stuff(normalized: bytes) -> bytes:
-    """Double the leading dot of every line (RFC 5321 §4.5.2)."""
+    """Double the leading dot of every line (RFC 5321 §4.5.2); needs CRLF-only input."""
     out = normalized.replace(b"\r\n.", b"\r\n..")
     if out.startswith(b"."):
         out = b"." + out
@@ -36,42 +41,42 @@ def dot_stuff(normalized: bytes) -> bytes:
 
 
 def encode_data(message: bytes) -> bytes:
-    """What follows the 354: normalised, stuffed, terminated."""
-    return dot_stuff(normalize_newlines(message)) + b".\r\n"
+    """What follows the 354: normalised, stuffed, ending in ``CRLF . CRLF``."""
+    return dot_stuff(normalize_newlines(message)) + _TERMINATOR
 
 
 def unstuff(wire: bytes) -> bytes:
-    """The inverse of :func:`encode_data` (for tests and the sink)."""
-    if not wire.endswith(b".\r\n"):
-        raise ValueError("data does not end with the terminator")
-    body = wire[:-3]
-    if body.startswith(b".."):
+    """The inverse of :func:`encode_data`: drop the terminator, undo stuffing.
+
+    As a receiver must (RFC 5321 §4.5.2), the first dot of *every* line that
+    starts with one is removed, not only of lines starting with two.
+    """
+    if wire == _TERMINATOR:
+        return b""
+    if not wire.endswith(b"\r\n" + _TERMINATOR):
+        raise ValueError("data does not end with CRLF . CRLF")
+    body = wire[: -len(_TERMINATOR)]
+    if body.startswith(b"."):
         body = body[1:]
-    return body.replace(b"\r\n..", b"\r\n.")
+    return body.replace(b"\r\n.", b"\r\n")
 
 
 def has_8bit(data: bytes) -> bool:
+    """Any octet above 127 (needs 8BITMIME)."""
     return not data.isascii()
 
 
 def longest_line(normalized: bytes) -> int:
     """Longest line in octets, CRLF excluded."""
-    longest = 0
-    start = 0
-    find = normalized.find
-    n = len(normalized)
-    while start < n:
-        end = find(b"\r\n", start)
-        if end < 0:
-            end = n
-        if end - start > longest:
-            longest = end - start
-        start = end + 2
-    return longest
+    if not normalized:
+        return 0
+    return max(map(len, normalized.split(b"\r\n")))
 
 
 def bdat_chunks(normalized: bytes, chunk_size: int = 1 << 20) -> list[bytes]:
-    """BDAT payloads (no stuffing); an empty message is one empty chunk."""
+    """BDAT payloads (no stuffing in CHUNKING); an empty message is one empty chunk."""
+    if chunk_size <= 0:
+        raise ValueError("chunk_size must be positive")
     if not normalized:
         return [b""]
     return [normalized[i : i + chunk_size] for i in range(0, len(normalized), chunk_size)]
@@ -79,7 +84,7 @@ def bdat_chunks(normalized: bytes, chunk_size: int = 1 << 20) -> list[bytes]:
 
 @dataclass(frozen=True, slots=True)
 class PreparedMessage:
-    """A message ready for the wire, computed once and reused."""
+    """A message ready for the wire, computed once and reused by every transaction."""
 
     normalized: bytes
     data_payload: bytes
@@ -92,22 +97,22 @@ class PreparedMessage:
         normalized = normalize_newlines(message)
         return cls(
             normalized=normalized,
-            data_payload=dot_stuff(normalized) + b".\r\n",
+            data_payload=dot_stuff(normalized) + _TERMINATOR,
             size=len(normalized),
             eightbit=has_8bit(normalized),
-            longest_line=longest_line(normalized) if len(normalized) > 998 else 0,
+            longest_line=longest_line(normalized),
         )
 
     def check_sendable(
-        self, *, eightbitmime: bool, max_size: int | None, max_line_length: int = 998
+        self, *, eightbitmime: bool, max_size: int | None, max_line_length: int = MAX_LINE_LENGTH
     ) -> None:
-        """Refuse, before anything is sent, what this server cannot take as it is."""
+        """Refuse, before anything is sent, what this server cannot take as it is.
+
+        ``max_size`` is the server's SIZE (``None`` or 0: no limit announced).
+        """
         if self.longest_line > max_line_length:
-            raise MessageError(
-                f"line of {self.longest_line} octets exceeds {max_line_length}"
-                " (RFC 5321 §4.5.3.1.6)"
-            )
+            raise MessageError(f"line of {self.longest_line} octets exceeds {max_line_length}")
         if self.eightbit and not eightbitmime:
             raise MessageError("8-bit content but server lacks 8BITMIME")
-        if max_size is not None and self.size > max_size:
+        if max_size and self.size > max_size:
             raise MessageError(f"message of {self.size} octets exceeds server SIZE {max_size}")

@@ -80,6 +80,7 @@ def parse_ehlo(reply: Reply) -> Extensions:
             keywords["AUTH"] = " ".join(mechanisms)
             continue
         if keyword == "SIZE":
-            size = int(params) if params.isdigit() and int(params) > 0 else None
+            ok = params.isascii() and params.isdigit() and len(params) <= 20
+            size = int(params) if ok and int(params) > 0 else None
         keywords[keyword] = params
     return Extensions(keywords, tuple(mechanisms), size)

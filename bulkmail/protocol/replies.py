@@ -19,7 +19,7 @@ DEFAULT_MAX_LINE_LENGTH = 4096
 #: EHLO replies are the longest in practice (a few dozen lines).
 DEFAULT_MAX_LINES = 256
 
-_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
+_ENHANCED = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?= |$)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +41,11 @@ class Reply:
         if self.enhanced is None:
             return "\n".join(self.lines)
         prefix = self.enhanced
+        n = len(prefix)
         out = []
         for line in self.lines:
-            if line.startswith(prefix):
-                line = line[len(prefix) :].lstrip(" ")
+            if line.startswith(prefix) and (len(line) == n or line[n] == " "):
+                line = line[n:].lstrip(" ")
             out.append(line)
         return "\n".join(out)
 
@@ -129,6 +130,8 @@ class ReplyParser:
             nl = buf.find(b"\n", self._pos)
             if nl < 0:
                 pending = len(buf) - self._pos
+                if buf.endswith(b"\r"):
+                    pending -= 1  # the CR of a CRLF split across reads is not content
                 if pending > self.max_line_length:
                     raise RemoteProtocolError(
                         f"reply line longer than {self.max_line_length} octets",
