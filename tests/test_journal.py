@@ -9,75 +9,193 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
-from bulkmail.journal import JournalError, JournalWriter, SQLiteJournal, StateChange
-from bulkmail.results import Status
+from bulkmail.journal import (
+    FINAL,
+    JournalError,
+    JournalWriter,
+    RecipientRecord,
+    SQLiteJournal,
+    StateChange,
+    Status,
+)
 
 
-def delivered(address: str, **kwargs: object) -> StateChange:
-    return StateChange(address, Status.DELIVERED, 250, "2.0.0", "ok", 1, "mx.test", **kwargs)  # type: ignore[arg-type]
+def delivered(address: str, *, possible_duplicate: bool = False) -> StateChange:
+    return StateChange(address, Status.DELIVERED, 250, "2.0.0", "ok", 1, "mx.test",
+                       possible_duplicate=possible_duplicate)
 
 
-def test_record_and_lookup_round_trip(tmp_path: Path) -> None:
-    journal = SQLiteJournal(tmp_path / "j.sqlite")
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[SQLiteJournal]:
+    with SQLiteJournal(tmp_path / "j.sqlite") as journal:
+        yield journal
+
+
+def statuses_seen_by_another_connection(path: Path) -> dict[str, str]:
+    other = sqlite3.connect(path)  # as a resumed run (or a crash survivor) would read it
+    try:
+        return dict(other.execute("SELECT address, status FROM recipients").fetchall())
+    finally:
+        other.close()
+
+
+# -- SQLiteJournal ---------------------------------------------------------------
+
+
+def test_record_and_lookup_round_trip(journal: SQLiteJournal) -> None:
+    before = time.time()
+    journal.record([
+        StateChange("a@x.test", Status.DEFERRED, 451, "4.7.1", "greylisted", 2, "mx1.x.test",
+                    next_attempt=1e9, possible_duplicate=True),
+        StateChange("b@y.test", Status.IN_DOUBT),
+    ])
+    found = journal.lookup(["a@x.test", "b@y.test", "unknown@x.test"])
+    assert set(found) == {"a@x.test", "b@y.test"}
+    a = found["a@x.test"]
+    assert a == RecipientRecord("a@x.test", Status.DEFERRED, 451, "4.7.1", "greylisted", 2,
+                                "mx1.x.test", 1e9, True, a.updated_at)
+    assert before <= a.updated_at <= time.time()
+    assert found["b@y.test"].status is Status.IN_DOUBT and found["b@y.test"].code is None
+    assert journal.lookup([]) == {}
+
+
+def test_last_write_per_address_wins_within_one_batch(journal: SQLiteJournal) -> None:
     journal.record([
         StateChange("a@x.test", Status.IN_DOUBT),
         delivered("b@x.test"),
-        StateChange("a@x.test", Status.DEFERRED, 451, "4.7.1", "later", 1),  # last wins
+        StateChange("a@x.test", Status.DEFERRED, 451, "4.7.1", "later", 1),
+        StateChange("a@x.test", Status.BOUNCED, 550, "5.1.1", "no such user", 2),
     ])
-    found = journal.lookup(["a@x.test", "b@x.test", "c@x.test"])
-    assert set(found) == {"a@x.test", "b@x.test"}
-    assert found["a@x.test"].status is Status.DEFERRED and found["a@x.test"].code == 451
-    assert found["b@x.test"].host == "mx.test"
-    journal.close()
+    a = journal.lookup(["a@x.test"])["a@x.test"]
+    assert (a.status, a.code, a.enhanced, a.reply, a.attempts) == (
+        Status.BOUNCED, 550, "5.1.1", "no such user", 2)
+    assert journal.counts() == {Status.BOUNCED: 1, Status.DELIVERED: 1}
 
 
-def test_in_doubt_flag_survives_the_final_state(tmp_path: Path) -> None:
-    journal = SQLiteJournal(tmp_path / "j.sqlite")
+def test_upsert_across_batches_merges_what_a_change_leaves_out(journal: SQLiteJournal) -> None:
+    journal.record([StateChange("a@x.test", Status.DEFERRED, 451, "4.7.1", "later", 1, "mx1",
+                                next_attempt=100.0)])
     journal.record([StateChange("a@x.test", Status.IN_DOUBT, possible_duplicate=True)])
-    journal.record([delivered("a@x.test")])
-    record = journal.lookup(["a@x.test"])["a@x.test"]
-    assert record.status is Status.DELIVERED and record.possible_duplicate
-    journal.close()
+    doubt = journal.lookup(["a@x.test"])["a@x.test"]
+    # no new reply: the last one is kept; the retry time is the new change's (none)
+    assert (doubt.status, doubt.code, doubt.reply, doubt.attempts, doubt.host) == (
+        Status.IN_DOUBT, 451, "later", 1, "mx1")
+    assert doubt.next_attempt is None and doubt.possible_duplicate
+    journal.record([StateChange("a@x.test", Status.DELIVERED, 250, None, "ok", 2, "mx2")])
+    done = journal.lookup(["a@x.test"])["a@x.test"]
+    assert (done.status, done.code, done.enhanced, done.reply, done.attempts, done.host) == (
+        Status.DELIVERED, 250, None, "ok", 2, "mx2")
+    assert done.possible_duplicate  # the duplicate flag survives the final state
+    assert done.updated_at >= doubt.updated_at
 
 
-def test_counts_top_domains_codes_and_meta(tmp_path: Path) -> None:
-    journal = SQLiteJournal(tmp_path / "j.sqlite")
-    journal.record([delivered(f"u{i}@big.test") for i in range(5)]
-                   + [StateChange("x@small.test", Status.BOUNCED, 550, "5.1.1", "no such user")])
-    journal.set_meta("sender", "news@x.test")
-    assert journal.counts() == {Status.DELIVERED: 5, Status.BOUNCED: 1}
+def test_addresses_are_stored_exactly_as_given(journal: SQLiteJournal) -> None:
+    journal.record([delivered("Bob@x.test"), StateChange("bob@x.test", Status.BOUNCED)])
+    found = journal.lookup(["Bob@x.test", "bob@x.test", "BOB@x.test"])
+    assert {a: r.status for a, r in found.items()} == {
+        "Bob@x.test": Status.DELIVERED, "bob@x.test": Status.BOUNCED}
+
+
+def test_lookup_of_more_addresses_than_sqlite_variables(journal: SQLiteJournal) -> None:
+    journal.record([delivered(f"u{i}@x.test") for i in range(0, 70_000, 2)])
+    wanted = [f"u{i}@x.test" for i in range(70_000)] + ["u0@x.test"]  # a duplicate, too
+    found = journal.lookup(wanted)
+    assert set(found) == {f"u{i}@x.test" for i in range(0, 70_000, 2)}
+
+
+def test_counts_top_domains_and_top_codes(journal: SQLiteJournal) -> None:
+    journal.record(
+        [delivered(f"u{i}@big.test") for i in range(5)]
+        + [delivered(f"u{i}@mid.test") for i in range(2)]
+        + [StateChange("x@small.test", Status.BOUNCED, 550, "5.1.1", "no such user"),
+           StateChange("y@mid.test", Status.DEFERRED, 421),
+           StateChange("z@mid.test", Status.IN_DOUBT)]
+    )
+    assert journal.counts() == {Status.DELIVERED: 7, Status.BOUNCED: 1, Status.DEFERRED: 1,
+                                Status.IN_DOUBT: 1}
+    assert journal.top_domains() == [("big.test", 5), ("mid.test", 4), ("small.test", 1)]
     assert journal.top_domains(1) == [("big.test", 5)]
-    assert journal.top_codes() == [("250 2.0.0", 5), ("550 5.1.1", 1)]
-    assert journal.get_meta("sender") == "news@x.test" and journal.get_meta("nope") is None
-    journal.close()
-    reopened = SQLiteJournal(tmp_path / "j.sqlite")
-    assert reopened.counts()[Status.DELIVERED] == 5  # durable across close/reopen
-    reopened.close()
+    assert journal.top_codes() == [("250 2.0.0", 7), ("421", 1), ("550 5.1.1", 1)]
+    assert journal.top_codes(1) == [("250 2.0.0", 7)]
+    assert Status.BOUNCED in FINAL and Status.DEFERRED not in FINAL  # re-exported
 
 
-def test_iter_records_streams_many(tmp_path: Path) -> None:
-    journal = SQLiteJournal(tmp_path / "j.sqlite")
-    journal.record([delivered(f"u{i:06d}@x.test") for i in range(100_000)])
+def test_meta_is_stored_overwritten_and_kept(tmp_path: Path) -> None:
+    with SQLiteJournal(tmp_path / "j.sqlite") as journal:
+        assert journal.get_meta("sender") is None
+        journal.set_meta("sender", "old@x.test")
+        journal.set_meta("sender", "news@x.test")
+        journal.set_meta("message_sha256", "ab" * 32)
+        assert journal.get_meta("sender") == "news@x.test"
+    with SQLiteJournal(tmp_path / "j.sqlite") as reopened:
+        assert reopened.get_meta("sender") == "news@x.test"
+        assert reopened.get_meta("message_sha256") == "ab" * 32
+
+
+def test_iter_records_streams_instead_of_fetching_all(journal: SQLiteJournal) -> None:
+    n = 100_000
+    journal.record([delivered(f"u{i:06d}@x.test") for i in range(n)])
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    journal._db.set_progress_handler(count, 1000)  # one call per 1000 VM instructions
     stream = journal.iter_records()
-    first = next(stream)
-    assert first.address == "u000000@x.test"
-    assert 1 + sum(1 for _ in stream) == 100_000
-    assert len(journal.lookup([f"u{i:06d}@x.test" for i in range(0, 100_000, 7)])) == 14286
-    journal.close()
+    assert next(stream).address == "u000000@x.test"
+    first_steps = steps
+    rest = [r.address for r in stream]
+    journal._db.set_progress_handler(None, 0)
+    assert len(rest) == n - 1 and rest[-1] == f"u{n - 1:06d}@x.test" and rest == sorted(rest)
+    assert first_steps * 20 < steps  # the first record came without reading the table
 
 
-def test_sigkill_keeps_every_committed_batch(tmp_path: Path) -> None:
+def test_is_empty(journal: SQLiteJournal) -> None:
+    assert journal.is_empty()
+    journal.set_meta("sender", "a@x.test")
+    assert journal.is_empty()
+    journal.record([StateChange("a@x.test", Status.PENDING)])
+    assert not journal.is_empty()
+
+
+def test_reopen_after_close_keeps_everything(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    with SQLiteJournal(path, synchronous="FULL") as journal:
+        journal.record([delivered(f"u{i}@x.test") for i in range(1000)])
+        journal.record([StateChange("late@x.test", Status.DEFERRED, 451, next_attempt=5.0)])
+        journal.set_meta("started_at", "123.5")
+    assert not Path(f"{path}-wal").exists()  # a clean close checkpoints the WAL away
+    with SQLiteJournal(path) as reopened:
+        assert reopened.counts() == {Status.DELIVERED: 1000, Status.DEFERRED: 1}
+        assert reopened.lookup(["late@x.test"])["late@x.test"].next_attempt == 5.0
+        assert reopened.get_meta("started_at") == "123.5"
+
+
+def test_synchronous_mode_is_applied_and_validated(tmp_path: Path) -> None:
+    with SQLiteJournal(tmp_path / "full.sqlite", synchronous="FULL") as full:
+        assert full._db.execute("PRAGMA synchronous").fetchone() == (2,)
+        assert full._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    with SQLiteJournal(tmp_path / "normal.sqlite") as normal:
+        assert normal._db.execute("PRAGMA synchronous").fetchone() == (1,)
+    with pytest.raises(ValueError, match="synchronous"):
+        SQLiteJournal(tmp_path / "x.sqlite", synchronous="OFF")  # type: ignore[arg-type]
+
+
+def test_sigkill_keeps_every_batch_reported_committed(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
     script = textwrap.dedent(f"""
-        import sys
-        from bulkmail.journal import SQLiteJournal, StateChange
-        from bulkmail.results import Status
+        from bulkmail.journal import SQLiteJournal, StateChange, Status
         j = SQLiteJournal({str(path)!r})
         batch = 0
         while True:
@@ -95,67 +213,135 @@ def test_sigkill_keeps_every_committed_batch(tmp_path: Path) -> None:
             break
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    journal = SQLiteJournal(path)
-    found = journal.lookup([f"u{b}-{i}@x.test" for b in range(committed + 1) for i in range(100)])
-    assert len(found) == (committed + 1) * 100
-    journal.close()
+    proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    with SQLiteJournal(path) as journal:
+        found = journal.lookup(
+            [f"u{b}-{i}@x.test" for b in range(committed + 1) for i in range(100)])
+        assert len(found) == (committed + 1) * 100
 
 
-def test_a_torn_wal_write_recovers_what_was_committed(tmp_path: Path) -> None:
+def test_a_torn_wal_keeps_every_transaction_before_the_torn_one(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
-    db = sqlite3.connect(path)  # a writer that never checkpoints, killed mid-write
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA wal_autocheckpoint=0")
-    db.close()
     journal = SQLiteJournal(path)
-    journal._db.execute("PRAGMA wal_autocheckpoint=0")
-    journal.record([delivered(f"a{i}@x.test") for i in range(50)])
+    journal._db.execute("PRAGMA wal_autocheckpoint = 0")  # everything stays in the WAL
     wal = Path(f"{path}-wal")
-    intact = wal.stat().st_size
+    journal.record([delivered(f"a{i}@x.test") for i in range(50)])
     journal.record([delivered(f"b{i}@x.test") for i in range(50)])
-    # copy the files as a crash would leave them: the second commit torn mid-frame
+    intact = wal.stat().st_size
+    journal.record([delivered(f"c{i}@x.test") for i in range(50)])
+    whole = wal.stat().st_size
+    # the files as a crash in the middle of the third commit leaves them
     crash = tmp_path / "crash.sqlite"
     crash.write_bytes(path.read_bytes())
-    torn = wal.read_bytes()[: intact + (wal.stat().st_size - intact) // 2]
-    Path(f"{crash}-wal").write_bytes(torn)
+    Path(f"{crash}-wal").write_bytes(wal.read_bytes()[: intact + (whole - intact) // 2 + 7])
     journal.close()
-    recovered = SQLiteJournal(crash)
-    addresses = [f"{p}{i}@x.test" for p in "ab" for i in range(50)]
-    found = recovered.lookup(addresses)
-    assert {a for a in found if a.startswith("a")} == {f"a{i}@x.test" for i in range(50)}
-    assert not any(a.startswith("b") for a in found)  # the torn transaction is gone, whole
-    recovered.close()
+    with SQLiteJournal(crash) as recovered:
+        found = recovered.lookup([f"{p}{i}@x.test" for p in "abc" for i in range(50)])
+        assert {a for a in found if a[0] in "ab"} == {f"{p}{i}@x.test" for p in "ab"
+                                                     for i in range(50)}
+        assert not any(a.startswith("c") for a in found)  # the torn transaction is gone, whole
+        recovered.record([delivered("after@x.test")])  # and the journal is usable again
+        assert recovered.counts() == {Status.DELIVERED: 101}
 
 
-def test_a_corrupt_journal_is_a_clear_error_and_is_not_deleted(tmp_path: Path) -> None:
+def test_a_corrupt_journal_is_a_clear_error_and_is_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
-    path.write_bytes(b"this is not a database" * 100)
+    garbage = b"this is not a database" * 100
+    path.write_bytes(garbage)
     with pytest.raises(JournalError, match=str(path)):
         SQLiteJournal(path)
-    assert path.exists()
+    assert path.read_bytes() == garbage
+
+
+def test_a_truncated_main_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    with SQLiteJournal(path) as journal:
+        journal.record([delivered(f"u{i:05d}@x.test") for i in range(20_000)])
+    cut = path.read_bytes()[: path.stat().st_size // 2 + 100]
+    path.write_bytes(cut)
+    with pytest.raises(JournalError, match=str(path)):
+        SQLiteJournal(path)
+    assert path.read_bytes() == cut
+
+
+def test_a_journal_from_a_newer_bulkmail_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    SQLiteJournal(path).close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(JournalError, match="schema 99"):
+        SQLiteJournal(path)
+
+
+def test_a_closed_journal_raises_journal_error(tmp_path: Path) -> None:
+    journal = SQLiteJournal(tmp_path / "j.sqlite")
+    journal.close()
+    journal.close()  # idempotent
+    with pytest.raises(JournalError, match="closed"):
+        journal.record([delivered("a@x.test")])
+    with pytest.raises(JournalError):
+        journal.lookup(["a@x.test"])
+
+
+# -- JournalWriter ---------------------------------------------------------------
 
 
 class CountingJournal(SQLiteJournal):
+    """Counts group commits (one ``record`` call each) and their sizes."""
+
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.batches: list[int] = []
 
     def record(self, changes: Sequence[StateChange]) -> None:
-        self.batches.append(len(changes))
         super().record(changes)
+        self.batches.append(len(changes))
 
 
-async def test_writer_groups_many_submits_into_few_commits(tmp_path: Path) -> None:
+async def test_many_concurrent_submits_collapse_into_few_commits(tmp_path: Path) -> None:
     journal = CountingJournal(tmp_path / "j.sqlite")
     writer = JournalWriter(journal, max_batch=500)
+
+    async def sender(k: int) -> None:
+        for i in range(100):
+            writer.submit(delivered(f"t{k}-{i}@x.test"))
+            if i % 10 == 0:
+                await trio.lowlevel.checkpoint()
+
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
-        for i in range(2000):
-            writer.submit(delivered(f"u{i}@x.test"))
-        await writer.flush()
+        async with trio.open_nursery() as senders:
+            for k in range(50):
+                senders.start_soon(sender, k)
         await writer.aclose()
-    assert sum(journal.batches) == 2000
-    assert len(journal.batches) <= 6
+    assert sum(journal.batches) == 5000 and max(journal.batches) <= 500
+    assert len(journal.batches) <= 15 and writer.commits == len(journal.batches)
+    assert journal.counts() == {Status.DELIVERED: 5000} and writer.pending == 0
+    journal.close()
+
+
+async def test_a_lone_submit_is_committed_after_max_delay_without_flush(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    committed = trio.Event()
+
+    class Signalling(SQLiteJournal):
+        def record(self, changes: Sequence[StateChange]) -> None:
+            super().record(changes)
+            trio.from_thread.run_sync(committed.set)
+
+    journal = Signalling(path)
+    writer = JournalWriter(journal, max_delay=0.02)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        start = trio.current_time()
+        writer.submit(delivered("a@x.test"))
+        with trio.fail_after(10):  # a guard only: this commit takes milliseconds
+            await committed.wait()
+        assert trio.current_time() - start >= 0.02  # it waited for a group to gather
+        assert statuses_seen_by_another_connection(path) == {"a@x.test": "delivered"}
+        await writer.aclose()
     journal.close()
 
 
@@ -165,22 +351,156 @@ async def test_submit_durable_returns_after_the_commit_is_visible(tmp_path: Path
     writer = JournalWriter(journal)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
-        await writer.submit_durable([StateChange("a@x.test", Status.IN_DOUBT)])
-        other = sqlite3.connect(path)  # a second connection, as after a crash
-        assert other.execute("SELECT status FROM recipients").fetchall() == [("in_doubt",)]
-        other.close()
+        writer.submit(delivered("earlier@x.test"))
+        await writer.submit_durable([StateChange("a@x.test", Status.IN_DOUBT),
+                                     StateChange("b@x.test", Status.IN_DOUBT)])
+        assert statuses_seen_by_another_connection(path) == {
+            "earlier@x.test": "delivered", "a@x.test": "in_doubt", "b@x.test": "in_doubt"}
+        assert writer.pending == 0
         await writer.aclose()
     journal.close()
 
 
-async def test_a_failing_commit_propagates() -> None:
+async def test_submit_durable_does_not_wait_for_a_group_to_gather(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    journal = SQLiteJournal(tmp_path / "j.sqlite")
+    writer = JournalWriter(journal, max_delay=30.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        writer.submit(delivered("a@x.test"))
+        await trio.sleep(1)  # run() is now gathering, until t=30
+        await writer.submit_durable([StateChange("b@x.test", Status.IN_DOUBT)])
+        assert trio.current_time() < 30
+        assert set(journal.lookup(["a@x.test", "b@x.test"])) == {"a@x.test", "b@x.test"}
+        await writer.aclose()
+    journal.close()
+
+
+async def test_flush_waits_for_everything_submitted(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = CountingJournal(path)
+    writer = JournalWriter(journal, max_batch=100, max_delay=60.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        for i in range(1050):
+            writer.submit(delivered(f"u{i}@x.test"))
+        assert writer.pending == 1050
+        await writer.flush()
+        assert writer.pending == 0 and sum(journal.batches) == 1050
+        assert len(statuses_seen_by_another_connection(path)) == 1050
+        await writer.flush()  # nothing left: returns at once
+        await writer.aclose()
+    journal.close()
+
+
+async def test_submit_async_waits_while_too_much_is_uncommitted(tmp_path: Path) -> None:
+    gate = threading.Event()
+
+    class Slow(CountingJournal):
+        def record(self, changes: Sequence[StateChange]) -> None:
+            gate.wait(10)
+            super().record(changes)
+
+    journal = Slow(tmp_path / "j.sqlite")
+    writer = JournalWriter(journal, max_pending=10)
+    done = trio.Event()
+
+    async def over_the_limit() -> None:
+        await writer.submit_async(delivered("eleventh@x.test"))
+        done.set()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            for i in range(10):
+                await writer.submit_async(delivered(f"u{i}@x.test"))
+            nursery.start_soon(over_the_limit)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not done.is_set() and writer.pending == 10
+            gate.set()  # the disk catches up
+            await done.wait()
+            await writer.aclose()
+    assert sum(journal.batches) == 11 and journal.counts() == {Status.DELIVERED: 11}
+    journal.close()
+
+
+async def test_a_failing_commit_propagates_out_of_run() -> None:
     class Broken:
         def record(self, changes: Sequence[StateChange]) -> None:
             raise OSError("disk full")
 
     writer = JournalWriter(Broken())  # type: ignore[arg-type]
+    waiter_error: list[BaseException] = []
+
+    async def durable() -> None:
+        try:
+            await writer.submit_durable([StateChange("a@x.test", Status.IN_DOUBT)])
+        except JournalError as exc:
+            waiter_error.append(exc)
+
+    with pytest.raises(BaseExceptionGroup) as info:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(durable)
+            await nursery.start(writer.run)
+    assert info.group_contains(OSError, match="disk full")
+    assert len(waiter_error) == 1 and isinstance(waiter_error[0].__cause__, OSError)
+    with pytest.raises(JournalError, match="disk full"):
+        writer.submit(delivered("b@x.test"))  # the writer stays failed, loudly
+
+
+async def test_a_journal_closed_underneath_fails_run(tmp_path: Path) -> None:
+    journal = SQLiteJournal(tmp_path / "j.sqlite")
+    writer = JournalWriter(journal)
     with pytest.raises(BaseExceptionGroup) as info:
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
-            await writer.submit_durable([StateChange("a@x.test", Status.IN_DOUBT)])
-    assert info.group_contains(OSError) or info.group_contains(JournalError)
+            journal.close()
+            writer.submit(delivered("a@x.test"))
+            await writer.flush()
+    assert info.group_contains(JournalError, match="closed")
+
+
+async def test_a_shielded_aclose_after_cancellation_still_commits(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = SQLiteJournal(path)
+    writer = JournalWriter(journal, max_delay=60.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        for i in range(700):
+            writer.submit(delivered(f"u{i}@x.test"))
+        nursery.cancel_scope.cancel()  # Ctrl-C: run() stops too
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True), trio.fail_after(10):
+                await writer.aclose()
+    assert len(statuses_seen_by_another_connection(path)) == 700
+    assert writer.pending == 0
+    journal.close()
+
+
+async def test_lookups_run_alongside_group_commits(tmp_path: Path) -> None:
+    journal = SQLiteJournal(tmp_path / "j.sqlite")
+    journal.record([StateChange(f"old{i}@x.test", Status.DEFERRED) for i in range(3000)])
+    writer = JournalWriter(journal, max_batch=50)
+    seen: list[int] = []
+
+    async def resume_lookups() -> None:
+        for _ in range(20):
+            found = await trio.to_thread.run_sync(
+                journal.lookup, [f"old{i}@x.test" for i in range(3000)])
+            seen.append(len(found))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        nursery.start_soon(resume_lookups)
+        for i in range(3000):
+            writer.submit(delivered(f"new{i}@x.test"))
+            if i % 100 == 0:
+                await trio.sleep(0)
+        await writer.flush()
+        await writer.aclose()
+    assert seen == [3000] * 20
+    assert journal.counts() == {Status.DEFERRED: 3000, Status.DELIVERED: 3000}
+    journal.close()

@@ -1,9 +1,25 @@
-"""The local SMTP sink: answers like a real MX, with faults on request."""
+"""The local SMTP sink: answers like a real MX, fast, with faults on request.
+
+``protocol`` is the sans-IO server state machine, ``server`` runs it on trio
+sockets, ``faults`` decides injected failures, ``stats`` counts, ``runner``
+serves until a signal (the ``bulkmail sink`` command).
+"""
 
 from __future__ import annotations
 
-from .faults import FaultPolicy, Faults
-from .server import ReceivedMessage, Sink, SinkConfig
-from .stats import SinkStats
+from .config import SinkConfig
+from .faults import FaultPolicy
+from .protocol import SinkConnection
+from .runner import run_sink
+from .server import Sink
+from .stats import ReceivedMessage, SinkStats
 
-__all__ = ["FaultPolicy", "Faults", "ReceivedMessage", "Sink", "SinkConfig", "SinkStats"]
+__all__ = [
+    "FaultPolicy",
+    "ReceivedMessage",
+    "Sink",
+    "SinkConfig",
+    "SinkConnection",
+    "SinkStats",
+    "run_sink",
+]

@@ -29,7 +29,7 @@ class SinkConfig:
     max_message_size: int = 50 * 1024 * 1024
     #: seconds without progress before a client gets 421 and is closed
     idle_timeout: float = 300.0
-    #: seconds of simulated round trip: paid once per batch of replies
+    #: seconds of simulated round trip: paid once per batch of replies (the greeting is one)
     latency: float = 0.0
     #: probability that a RCPT gets 450 (rate limited) / 550 (no such user)
     defer_rate: float = 0.0

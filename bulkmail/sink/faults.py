@@ -2,14 +2,16 @@
 
 A sink that accepts everything hides queue build-up and backoff costs; like
 KumoMTA's "smart sink", this one defers, rejects, greylists, caps recipients
-and drops connections on request -- deterministically with a seed -- and
-always fails recipients whose local part is ``tempfail`` or ``permfail``.
+and drops connections on request -- repeatably, from one seeded
+:class:`random.Random` -- and always fails recipients whose local part is
+``tempfail`` or ``permfail``, so a test can aim a failure at one address.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+
+from .config import SinkConfig
 
 RATE_LIMITED = (
     b"450 4.2.1 The user you are trying to contact is receiving mail at a rate that prevents"
@@ -20,54 +22,60 @@ NO_SUCH_USER = (
     b" double-checking the recipient's email address for typos.\r\n"
 )
 GREYLISTED = b"451 4.7.1 Greylisted, please try again later\r\n"
-TOO_MANY = b"452 4.5.3 Too many recipients\r\n"
+TOO_MANY_RCPTS = b"452 4.5.3 Too many recipients\r\n"
 TEMPFAIL = b"451 4.3.0 Temporary failure requested by the recipient's local part\r\n"
 PERMFAIL = b"550 5.7.1 Permanent failure requested by the recipient's local part\r\n"
-ACCEPTED = b"250 2.1.5 Ok\r\n"
-
-
-@dataclass(frozen=True, slots=True)
-class Faults:
-    defer_rate: float = 0.0
-    reject_rate: float = 0.0
-    greylist: bool = False
-    max_rcpts: int | None = None
-    drop_rate: float = 0.0
-
-    @property
-    def active(self) -> bool:
-        return bool(
-            self.defer_rate or self.reject_rate or self.greylist or self.max_rcpts or self.drop_rate
-        )
+TRY_AGAIN_LATER = b"421 4.7.0 Try again later, closing connection.\r\n"
 
 
 class FaultPolicy:
-    """Decides each RCPT's reply and whether to drop a transaction."""
+    """Decides each RCPT's fate and whether a transaction ends in a disconnect.
 
-    def __init__(self, faults: Faults, seed: int | None) -> None:
-        self.faults = faults
-        self.rng = random.Random(seed)
-        self._greylist_seen: set[str] = set()
+    Shared by all connections of one sink, so greylisting remembers a
+    recipient across connections (a retry usually comes on a new one).
+    """
 
-    def rcpt_reply(self, address: str, accepted_so_far: int) -> bytes:
-        local = address.rpartition("@")[0].lower()
-        if local == "tempfail":
-            return TEMPFAIL
-        if local == "permfail":
-            return PERMFAIL
-        f = self.faults
-        if f.max_rcpts is not None and accepted_so_far >= f.max_rcpts:
-            return TOO_MANY
-        if f.greylist:
+    __slots__ = (
+        "_defer_rate", "_drop_rate", "_greylist", "_greylist_seen", "_max_rcpts",
+        "_reject_rate", "_rng", "random_faults",
+    )
+
+    def __init__(self, config: SinkConfig) -> None:
+        self._rng = random.Random(config.seed)
+        self._defer_rate = config.defer_rate
+        self._reject_rate = config.reject_rate
+        self._drop_rate = config.drop_rate
+        self._greylist = config.greylist
+        self._max_rcpts = config.max_rcpts
+        self._greylist_seen: set[bytes] = set()
+        #: False when only the ``tempfail`` / ``permfail`` local parts can fail
+        self.random_faults = bool(
+            config.defer_rate or config.reject_rate or config.greylist or config.max_rcpts
+        )
+
+    def rcpt_reply(self, address: bytes, accepted_so_far: int) -> bytes | None:
+        """The failure reply for this RCPT, or None to accept it."""
+        if address[8:9] == b"@":
+            local = address[:8].lower()
+            if local == b"tempfail":
+                return TEMPFAIL
+            if local == b"permfail":
+                return PERMFAIL
+        if not self.random_faults:
+            return None
+        if self._max_rcpts is not None and accepted_so_far >= self._max_rcpts:
+            return TOO_MANY_RCPTS
+        if self._greylist:
             key = address.lower()
             if key not in self._greylist_seen:
                 self._greylist_seen.add(key)
                 return GREYLISTED
-        if f.defer_rate and self.rng.random() < f.defer_rate:
+        if self._defer_rate and self._rng.random() < self._defer_rate:
             return RATE_LIMITED
-        if f.reject_rate and self.rng.random() < f.reject_rate:
+        if self._reject_rate and self._rng.random() < self._reject_rate:
             return NO_SUCH_USER
-        return ACCEPTED
+        return None
 
-    def drop_now(self) -> bool:
-        return bool(self.faults.drop_rate) and self.rng.random() < self.faults.drop_rate
+    def drop_transaction(self) -> bool:
+        """Whether this transaction ends in a disconnect instead of its final reply."""
+        return self._drop_rate > 0.0 and self._rng.random() < self._drop_rate

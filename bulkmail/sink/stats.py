@@ -1,32 +1,57 @@
-"""The sink's counters: what it received, for tests and benchmarks to compare."""
+"""The sink's counters: what it accepted, for tests and benchmarks to compare
+with what a client believes it delivered."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+
+class ReceivedMessage(NamedTuple):
+    """One accepted message, kept when ``record_messages`` is on."""
+
+    peer: str
+    mail_from: str
+    rcpts: list[str]
+    #: the content after un-stuffing (DATA) or the concatenated chunks (BDAT)
+    content: bytes
 
 
 @dataclass(slots=True)
 class SinkStats:
+    """Counters of one sink.
+
+    ``messages``, ``recipients`` and ``bytes`` grow only when the 250 after a
+    message's content has been handed to the kernel, so a dropped connection
+    or a rejected message never counts.
+    """
+
     sessions: int = 0
     active_sessions: int = 0
     max_active_sessions: int = 0
-    #: messages accepted (250 after end of data) and their recipients
     messages: int = 0
     recipients: int = 0
     #: octets of accepted content, after un-stuffing
     bytes: int = 0
+    #: MAIL commands accepted
     transactions: int = 0
+    #: RCPTs answered 5xx / 4xx
     rejected: int = 0
     deferred: int = 0
+    #: transactions ended by the ``drop_rate`` fault
     dropped: int = 0
+    #: connections per client IP (which source addresses a client used)
     peers: Counter[str] = field(default_factory=Counter)
 
     def session_started(self, peer: str) -> None:
         self.sessions += 1
         self.active_sessions += 1
-        self.max_active_sessions = max(self.max_active_sessions, self.active_sessions)
+        if self.active_sessions > self.max_active_sessions:
+            self.max_active_sessions = self.active_sessions
         self.peers[peer] += 1
 
     def session_ended(self) -> None:
@@ -35,6 +60,8 @@ class SinkStats:
     def as_dict(self) -> dict[str, object]:
         return {
             "sessions": self.sessions,
+            "active_sessions": self.active_sessions,
+            "max_active_sessions": self.max_active_sessions,
             "messages": self.messages,
             "recipients": self.recipients,
             "bytes": self.bytes,
@@ -42,9 +69,16 @@ class SinkStats:
             "rejected": self.rejected,
             "deferred": self.deferred,
             "dropped": self.dropped,
-            "max_active_sessions": self.max_active_sessions,
-            "active_sessions": self.active_sessions,
+            "peers": dict(self.peers),
         }
 
     def to_json(self) -> str:
+        """One line of JSON."""
         return json.dumps(self.as_dict(), sort_keys=True)
+
+    def write(self, path: str | os.PathLike[str]) -> None:
+        """Replace ``path`` atomically, so a reader never sees half a file."""
+        target = Path(path)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_text(self.to_json() + "\n")
+        tmp.replace(target)

@@ -1,0 +1,105 @@
+"""What a journal stores and the small interface every backend implements.
+
+The engine talks only to :class:`Journal`, so a PostgreSQL backend can replace
+SQLite without touching the sending code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..results import FINAL, Status
+
+__all__ = ["FINAL", "Journal", "JournalError", "RecipientRecord", "StateChange", "Status"]
+
+
+class JournalError(Exception):
+    """The journal cannot be used: corrupt or unreadable file, failed or closed writer."""
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """One recipient moving to a new state.
+
+    Fields left at ``None`` mean "nothing new", not "erase": an in-doubt mark
+    does not wipe the reply an earlier attempt got (see :meth:`Journal.record`).
+    """
+
+    address: str
+    status: Status
+    code: int | None = None
+    enhanced: str | None = None
+    reply: str | None = None
+    attempts: int = 0
+    host: str | None = None  #: host that answered
+    next_attempt: float | None = None  #: unix time of the next retry (deferred)
+    possible_duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientRecord:
+    """A recipient's last known state, as a lookup returns it."""
+
+    address: str
+    status: Status
+    code: int | None
+    enhanced: str | None
+    reply: str | None
+    attempts: int
+    host: str | None
+    next_attempt: float | None
+    possible_duplicate: bool
+    updated_at: float  #: unix time of the commit that wrote this state
+
+
+class Journal(Protocol):
+    """Durable per-recipient state: what the engine and the reports need, nothing more.
+
+    Implementations are synchronous and are called from worker threads, one
+    call at a time per journal object or concurrently; they must serialise
+    access to their connection themselves.
+    """
+
+    def lookup(self, addresses: Sequence[str]) -> dict[str, RecipientRecord]:
+        """The records of those addresses that the journal knows (exact, case-sensitive)."""
+        ...
+
+    def record(self, changes: Sequence[StateChange]) -> None:
+        """Apply ``changes`` in order, in one transaction: all of them or none.
+
+        Per address the last change wins for ``status`` and ``next_attempt``;
+        ``code``/``enhanced``/``reply`` and ``host`` keep their previous value
+        when the change carries none; ``attempts`` never decreases and
+        ``possible_duplicate`` once raised stays raised.
+        """
+        ...
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store job metadata (message hash, sender, start time)."""
+        ...
+
+    def get_meta(self, key: str) -> str | None: ...
+
+    def iter_records(self) -> Iterator[RecipientRecord]:
+        """Every record, by address, streamed rather than loaded at once."""
+        ...
+
+    def is_empty(self) -> bool:
+        """True when no recipient was ever recorded (a fresh job skips lookups)."""
+        ...
+
+    def counts(self) -> dict[Status, int]:
+        """Recipients per status; statuses nobody is in are absent."""
+        ...
+
+    def top_domains(self, n: int = 10) -> list[tuple[str, int]]:
+        """The ``n`` domains with most recipients, most first."""
+        ...
+
+    def top_codes(self, n: int = 10) -> list[tuple[str, int]]:
+        """The ``n`` most frequent replies, keyed ``"550 5.1.1"`` (or ``"550"``)."""
+        ...
+
+    def close(self) -> None: ...

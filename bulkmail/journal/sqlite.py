@@ -1,0 +1,258 @@
+"""The default journal: one SQLite file in WAL mode.
+
+WAL makes a commit one sequential append, and readers (``bulkmail report``
+during a run) never block the writer.  ``synchronous=NORMAL`` survives a
+killed process; ``FULL`` also fsyncs each commit to survive power loss.  A WAL
+torn by a crash is repaired by SQLite itself on open (the torn transaction is
+dropped whole); damage beyond that is reported, never "fixed" by deleting data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+from .base import JournalError, RecipientRecord, StateChange, Status
+
+__all__ = ["LOOKUP_CHUNK", "SCHEMA_VERSION", "SQLiteJournal"]
+
+#: addresses per ``IN (...)`` query; well under SQLite's bound-variable limit
+LOOKUP_CHUNK = 500
+#: rows per fetch when streaming records
+_FETCH = 1000
+#: stored in ``PRAGMA user_version``; a newer file is refused, not misread
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS recipients (
+    address TEXT PRIMARY KEY,
+    domain TEXT NOT NULL,
+    status TEXT NOT NULL,
+    code INTEGER,
+    enhanced TEXT,
+    reply TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    host TEXT,
+    next_attempt REAL,
+    possible_duplicate INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS recipients_status ON recipients(status);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+# The merge rules documented on Journal.record.  executemany applies rows in
+# order, so within one batch the last change per address wins too.
+_UPSERT = """
+INSERT INTO recipients (address, domain, status, code, enhanced, reply, attempts, host,
+                        next_attempt, possible_duplicate, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(address) DO UPDATE SET
+    status = excluded.status,
+    code = COALESCE(excluded.code, recipients.code),
+    enhanced = CASE WHEN excluded.code IS NULL THEN recipients.enhanced ELSE excluded.enhanced END,
+    reply = CASE WHEN excluded.code IS NULL THEN recipients.reply ELSE excluded.reply END,
+    attempts = MAX(excluded.attempts, recipients.attempts),
+    host = COALESCE(excluded.host, recipients.host),
+    next_attempt = excluded.next_attempt,
+    possible_duplicate = MAX(excluded.possible_duplicate, recipients.possible_duplicate),
+    updated_at = excluded.updated_at
+"""
+
+_COLUMNS = (
+    "address, status, code, enhanced, reply, attempts, host, next_attempt,"
+    " possible_duplicate, updated_at"
+)
+
+
+def _record(row: Any) -> RecipientRecord:
+    address, status, code, enhanced, reply, attempts, host, next_attempt, dup, updated = row
+    return RecipientRecord(
+        address, Status(status), code, enhanced, reply, attempts, host, next_attempt,
+        bool(dup), updated,
+    )
+
+
+def _domain(address: str) -> str:
+    _, at, domain = address.rpartition("@")
+    return domain.lower() if at else ""
+
+
+class SQLiteJournal:
+    """A :class:`~bulkmail.journal.base.Journal` in one SQLite file.
+
+    The connection is shared by whichever worker threads the caller uses
+    (``trio.to_thread``); a lock makes every call exclusive, so the group
+    commit and a resume's lookups never interleave inside one transaction.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+    ) -> None:
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r}")
+        self.path = os.fspath(path)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+        try:
+            self._prepare(synchronous)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _prepare(self, synchronous: str) -> None:
+        db = self._db
+        try:
+            db.execute("PRAGMA busy_timeout = 10000")  # a concurrent reader checkpointing
+            db.execute("PRAGMA journal_mode = WAL")  # replays an intact WAL, drops a torn tail
+            db.execute(f"PRAGMA synchronous = {synchronous}")
+            problems = [" ".join(str(p).split()) for (p,) in db.execute("PRAGMA quick_check(3)")]
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise JournalError(
+                f"journal {self.path} is unreadable ({exc}); it was left as is"
+            ) from exc
+        if problems != ["ok"]:
+            raise JournalError(
+                f"journal {self.path} is corrupt ({'; '.join(problems)}); it was left as is"
+            )
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                f"journal {self.path} has schema {version}; this bulkmail reads up to"
+                f" {SCHEMA_VERSION}"
+            )
+        if version == SCHEMA_VERSION:
+            return  # opening an existing journal writes nothing (``bulkmail report`` mid-run)
+        try:
+            db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot initialise journal {self.path}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[sqlite3.Connection]:
+        """The connection, exclusively, with SQLite errors turned into JournalError."""
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal {self.path}: {exc}") from exc
+
+    def lookup(self, addresses: Sequence[str]) -> dict[str, RecipientRecord]:
+        found: dict[str, RecipientRecord] = {}
+        for start in range(0, len(addresses), LOOKUP_CHUNK):
+            chunk = list(addresses[start : start + LOOKUP_CHUNK])
+            query = (
+                f"SELECT {_COLUMNS} FROM recipients"
+                f" WHERE address IN ({','.join('?' * len(chunk))})"
+            )
+            with self._using() as db:  # per chunk: a long lookup doesn't stall commits
+                rows = db.execute(query, chunk).fetchall()
+            for row in rows:
+                found[row[0]] = _record(row)
+        return found
+
+    def record(self, changes: Sequence[StateChange]) -> None:
+        if not changes:
+            return
+        now = time.time()
+        rows = [
+            (
+                c.address, _domain(c.address), c.status.value, c.code, c.enhanced, c.reply,
+                c.attempts, c.host, c.next_attempt, int(c.possible_duplicate), now,
+            )
+            for c in changes
+        ]
+        with self._using() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(_UPSERT, rows)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._using() as db:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def get_meta(self, key: str) -> str | None:
+        with self._using() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def iter_records(self) -> Iterator[RecipientRecord]:
+        """Every record in address order, fetched a thousand rows at a time.
+
+        Meant for reports; a commit between two fetches may or may not show.
+        """
+        with self._using() as db:
+            cursor = db.execute(f"SELECT {_COLUMNS} FROM recipients ORDER BY address")
+        try:
+            while True:
+                with self._using():
+                    rows = cursor.fetchmany(_FETCH)
+                if not rows:
+                    return
+                for row in rows:
+                    yield _record(row)
+        finally:
+            with self._using():
+                cursor.close()
+
+    def is_empty(self) -> bool:
+        with self._using() as db:
+            return db.execute("SELECT 1 FROM recipients LIMIT 1").fetchone() is None
+
+    def counts(self) -> dict[Status, int]:
+        with self._using() as db:
+            rows = db.execute("SELECT status, count(*) FROM recipients GROUP BY status").fetchall()
+        return {Status(status): n for status, n in rows}
+
+    def top_domains(self, n: int = 10) -> list[tuple[str, int]]:
+        with self._using() as db:
+            rows = db.execute(
+                "SELECT domain, count(*) AS c FROM recipients GROUP BY domain"
+                " ORDER BY c DESC, domain LIMIT ?",
+                (n,),
+            ).fetchall()
+        return [(domain, c) for domain, c in rows]
+
+    def top_codes(self, n: int = 10) -> list[tuple[str, int]]:
+        with self._using() as db:
+            rows = db.execute(
+                "SELECT code, enhanced, count(*) AS c FROM recipients WHERE code IS NOT NULL"
+                " GROUP BY code, enhanced ORDER BY c DESC, code, enhanced LIMIT ?",
+                (n,),
+            ).fetchall()
+        return [(f"{code} {enhanced}" if enhanced else str(code), c) for code, enhanced, c in rows]
+
+    def close(self) -> None:
+        """Close the connection (idempotent); SQLite checkpoints and removes the WAL."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> SQLiteJournal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<SQLiteJournal {self.path!r}>"

@@ -1,0 +1,177 @@
+"""Group commit: many tasks' state changes, one journal transaction at a time.
+
+A transaction costs about the same for one change as for hundreds, so the
+writer lets changes gather for a few milliseconds (or until ``max_batch``)
+and commits them together in a worker thread, off the trio thread.  Only a
+task that must know its changes are durable -- the in-doubt mark before an end
+of data -- waits; everyone else submits and moves on.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from itertools import islice
+
+import trio
+
+from .base import Journal, JournalError, StateChange
+
+__all__ = ["JournalWriter"]
+
+
+class JournalWriter:
+    """Batches state changes from many tasks into group commits.
+
+    ``run()`` commits in the background; start it in the engine's nursery.
+    ``submit`` never blocks and never bounds the queue (it is called from
+    synchronous result callbacks; the engine bounds the recipients in flight,
+    and each one's in-doubt mark waits for a commit).  Producers without such
+    a bound use ``submit_async``, which waits while ``max_pending`` changes are
+    uncommitted.  A failed commit is fatal: it propagates out of ``run()`` and
+    every later call raises :class:`JournalError`.
+
+    If ``run()`` is not running (not started yet, or cancelled), ``flush`` and
+    the waiting calls commit in the calling task instead, so a shielded
+    ``aclose()`` in a ``finally`` still saves everything after a cancellation.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        max_batch: int = 500,
+        max_delay: float = 0.005,
+        max_pending: int = 50_000,
+    ) -> None:
+        if max_batch < 1 or max_pending < 1:
+            raise ValueError("max_batch and max_pending must be positive")
+        self.journal = journal
+        self.max_batch = max_batch
+        self.max_delay = max_delay
+        self.max_pending = max_pending
+        #: group commits done so far
+        self.commits = 0
+        self._queue: deque[StateChange] = deque()  # uncommitted, oldest first
+        self._submitted = 0  # sequence numbers: changes ever submitted ...
+        self._committed = 0  # ... and ever committed
+        self._urgent = 0  # tasks waiting for a commit: don't linger gathering
+        self._running = False
+        self._closing = False
+        self._error: Exception | None = None
+        self._wakeup = trio.Event()  # set: run() should look at the queue now
+        self._progress = trio.Event()  # set (and replaced) after each commit or stop
+        self._commit_lock = trio.Lock()  # one committer at a time, run() or a flush
+
+    @property
+    def pending(self) -> int:
+        """Changes submitted but not yet committed (backpressure information)."""
+        return self._submitted - self._committed
+
+    def __repr__(self) -> str:
+        state = "failed" if self._error else "running" if self._running else "stopped"
+        return f"<JournalWriter {state}: {self.pending} pending, {self.commits} commits>"
+
+    def submit(self, change: StateChange) -> None:
+        """Queue a change for the next group commit; fire and forget."""
+        self._check()
+        queue = self._queue
+        queue.append(change)
+        self._submitted += 1
+        if len(queue) == 1 or len(queue) >= self.max_batch:
+            self._wakeup.set()
+
+    async def submit_async(self, change: StateChange) -> None:
+        """Like ``submit``, but first waits while ``max_pending`` changes are uncommitted."""
+        await trio.lowlevel.checkpoint()
+        while self.pending >= self.max_pending:
+            await self._await_progress()
+        self.submit(change)
+
+    async def submit_durable(self, changes: Sequence[StateChange]) -> None:
+        """Queue ``changes`` and return once the group commit holding them is done."""
+        self._check()
+        self._queue.extend(changes)
+        self._submitted += len(changes)
+        await self._wait_for(self._submitted)
+
+    async def flush(self) -> None:
+        """Wait until everything submitted so far is committed."""
+        await self._wait_for(self._submitted)
+
+    async def aclose(self) -> None:
+        """Flush, then let ``run()`` return."""
+        await self.flush()
+        self._closing = True
+        self._wakeup.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Commit queued changes until ``aclose()``; a commit error propagates from here."""
+        if self._running:
+            raise RuntimeError("JournalWriter.run() is already running")
+        self._check()
+        self._running = True
+        self._closing = False
+        try:
+            task_status.started()
+            while not (self._closing and not self._queue):
+                if not self._queue:
+                    await self._wakeup.wait()
+                    self._wakeup = trio.Event()
+                    continue
+                if len(self._queue) < self.max_batch and not self._urgent and not self._closing:
+                    # let a group gather: a few ms buys hundreds of changes per commit
+                    with trio.move_on_after(self.max_delay):
+                        await self._wakeup.wait()
+                    self._wakeup = trio.Event()
+                await self._commit_batch()
+        finally:
+            self._running = False
+            self._signal()  # waiters re-check: commit themselves, or raise
+
+    async def _wait_for(self, seq: int) -> None:
+        self._urgent += 1
+        self._wakeup.set()
+        try:
+            await trio.lowlevel.checkpoint()
+            while self._committed < seq:
+                await self._await_progress()
+            self._check()
+        finally:
+            self._urgent -= 1
+
+    async def _await_progress(self) -> None:
+        """Wait for one commit by run(), or do one here when run() is not running."""
+        self._check()
+        if self._running:
+            await self._progress.wait()
+        else:
+            await self._commit_batch()
+
+    async def _commit_batch(self) -> None:
+        async with self._commit_lock:
+            self._check()
+            batch = list(islice(self._queue, self.max_batch))
+            if not batch:
+                return
+            try:
+                # not abandoned on cancel: a started commit completes and is counted;
+                # a cancellation before it started leaves the batch queued
+                await trio.to_thread.run_sync(self.journal.record, batch)
+            except Exception as exc:
+                self._error = exc
+                self._signal()
+                raise
+            for _ in batch:
+                self._queue.popleft()
+            self._committed += len(batch)
+            self.commits += 1
+            self._signal()
+
+    def _signal(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise JournalError(f"journal writer failed: {self._error!r}") from self._error
