@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -277,3 +278,41 @@ async def test_in_doubt_is_on_disk_before_the_end_of_data_and_resent_once(
     assert len(copies) == 2  # resent exactly once
     ids = {message_from_bytes(c.replace(b"\r\n..", b"\r\n."))["Message-ID"] for c in copies}
     assert len(ids) == 1  # the resend keeps its Message-ID: receivers can drop the copy
+
+
+async def test_required_starttls_with_a_private_ca_and_auth(tmp_path: Path) -> None:
+    from .sinkutil import make_tls
+
+    ca, server_ctx, _ = make_tls(tmp_path)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    rcpts = tmp_path / "list.txt"
+    rcpts.write_text("a@example.test\n")
+    message = tmp_path / "msg.eml"
+    message.write_bytes(b"From: news@sender.test\nSubject: x\n\ny\n")
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, ssl_context=server_ctx, auth=("news", "s3cret"))
+        base = [*BULKMAIL, "send", "--sender", "news@sender.test", "--recipients", str(rcpts),
+                "--message", str(message), "--relay", f"localhost:{sink.port}",
+                "--no-journal", "--quiet"]
+        env = {**os.environ, "SMTP_PASSWORD": "s3cret"}
+        ok = await trio.run_process(
+            [*base, "--tls", "starttls", "--tls-ca", str(ca_file), "--auth-user", "news",
+             "--auth-password-env", "SMTP_PASSWORD", "--report", str(tmp_path / "ok.jsonl")],
+            env=env, capture_stderr=True, check=False)
+        # the system CAs do not know the test CA: verification fails, nothing is sent
+        untrusted = await trio.run_process(
+            [*base, "--tls", "starttls", "--auth-user", "news",
+             "--auth-password-env", "SMTP_PASSWORD", "--retry-for", "0",
+             "--report", str(tmp_path / "bad.jsonl")],
+            env=env, capture_stderr=True, check=False)
+        missing = await trio.run_process(
+            [*base, "--auth-user", "news", "--auth-password-env", "NOT_SET"],
+            env=env, capture_stderr=True, check=False)
+        nursery.cancel_scope.cancel()
+    assert ok.returncode == 0, ok.stderr
+    assert sink.stats.messages == 1
+    assert untrusted.returncode == 75
+    bad = json.loads((tmp_path / "bad.jsonl").read_text())
+    assert bad["status"] == "deferred" and "TLS" in bad["reply"]
+    assert missing.returncode == 2 and b"auth-password-env" in missing.stderr
