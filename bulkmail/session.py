@@ -257,6 +257,12 @@ class SMTPSession:
                 raise self._fail(
                     SMTPProtocolViolation(synthetic_reply(421, "4.7.0", str(exc)), host=self.peer)
                 ) from exc
+            except LocalProtocolError as exc:
+                # we cannot answer this challenge: cancel the exchange (RFC 4954 §4)
+                await self.command(b"*\r\n", Stage.AUTH, trace_as="*")
+                raise SMTPAuthError(
+                    synthetic_reply(535, "5.7.8", f"cannot authenticate: {exc}"), host=self.peer
+                ) from exc
 
     async def quit(self) -> None:
         """Say goodbye politely; never raises, never hangs past the quit timeout."""

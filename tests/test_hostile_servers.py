@@ -298,3 +298,37 @@ async def test_required_starttls_fails_closed(offer: bool, answer: bytes) -> Non
     assert isinstance(error, SMTPTLSError)
     assert error.reply.code // 100 == 4  # recipients are deferred, not bounced
     assert not any(line.startswith((b"MAIL", b"AUTH")) for line in server.log)
+
+
+async def test_unanswerable_sasl_challenge_cancels_the_exchange(tls: TLS) -> None:
+    import base64
+
+    from bulkmail.errors import SMTPAuthError
+    from bulkmail.protocol.auth import Credentials
+
+    challenge = base64.b64encode(
+        b'realm="x.test",nonce="abc",qop="auth",algorithm=md5-sess'  # no charset=utf-8
+    )
+
+    async def handler(conn: Conn) -> None:
+        await conn.send(b"220 x\r\n")
+        await conn.readline()
+        await conn.ehlo_reply("STARTTLS")
+        await conn.readline()
+        await conn.send(b"220 go\r\n")
+        await conn.start_tls(tls.server)
+        await conn.readline()
+        await conn.ehlo_reply("AUTH DIGEST-MD5")
+        await conn.readline()  # AUTH DIGEST-MD5
+        await conn.send(b"334 " + challenge + b"\r\n")
+        await conn.readline()  # must be the cancel
+        await conn.send(b"501 5.7.0 cancelled\r\n")
+        await trio.sleep_forever()
+
+    with trio.fail_after(10):
+        error, _, server = await run_session(
+            handler, host="localhost", secure="starttls", ssl_context=tls.client,
+            credentials=Credentials("user", "пароль", mechanism="DIGEST-MD5"),
+        )
+    assert isinstance(error, SMTPAuthError)
+    assert server.log[-1] == b"*"  # RFC 4954: the client cancels, no half-finished exchange
