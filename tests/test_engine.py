@@ -363,3 +363,28 @@ async def test_silent_first_mx_times_out_and_the_second_delivers(
         nursery.cancel_scope.cancel()
     assert summary.delivered == 1 and sink.stats.recipients == 1
     assert 30 <= elapsed < 31  # one greeting deadline, then the next MX at once
+
+
+async def test_every_mx_dead_defers_and_never_uses_the_domains_a_record(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    from bulkmail.results import Status
+
+    results: list[Result] = []
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)  # on 127.0.0.1: the domain's own A record
+        dns, dns_port = await start_dns(nursery)
+        dns.add("dead.test", "MX", "10 mx1.dead.test.")
+        dns.add("dead.test", "MX", "20 mx2.dead.test.")
+        dns.add("mx1.dead.test", "A", "127.0.0.2")  # nothing listens there
+        dns.add("mx2.dead.test", "A", "127.0.0.3")
+        dns.add("dead.test", "A", "127.0.0.1")
+        await send(
+            "news@sender.test", MESSAGE, ["a@dead.test", "b@dead.test"],
+            dns=DNSConfig(nameservers=(("127.0.0.1", dns_port),), mx_port=sink.port),
+            secure="none", retry_for=300.0, on_result=results.append,
+        )
+        nursery.cancel_scope.cancel()
+    assert {r.status for r in results} == {Status.DEFERRED}
+    assert {r.code for r in results} == {451}
+    assert sink.stats.sessions == 0  # the A record was never tried
