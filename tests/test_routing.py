@@ -411,3 +411,11 @@ def test_domain_of_is_canonical() -> None:
         domain_of("no-at-sign")
     with pytest.raises(ValueError):
         domain_of("trailing@")
+
+
+async def test_mx_pointing_to_the_domain_itself_is_an_ordinary_host(server: DNSServer) -> None:
+    server.add("self.test", "MX", "10 self.test.")
+    server.add("self.test", "A", "127.0.0.8")
+    destination = await mx_router(server).route("self.test")
+    assert names(destination) == ["self.test"]
+    assert destination.hosts[0].addresses == ("127.0.0.8",)
