@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS recipients (
     possible_duplicate INTEGER NOT NULL DEFAULT 0,
     updated_at REAL NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS recipients_status ON recipients(status);
+
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
 

@@ -155,9 +155,11 @@ class JournalWriter:
             if not batch:
                 return
             try:
-                # not abandoned on cancel: a started commit completes and is counted;
-                # a cancellation before it started leaves the batch queued
-                await trio.to_thread.run_sync(self.journal.record, batch)
+                # In the event loop, not a worker thread: a WAL commit without
+                # fsync takes a millisecond or two, and a thread would fight
+                # the senders for the GIL (measured: ~10% slower end to end).
+                # Synchronous, so a started commit always completes and counts.
+                self.journal.record(batch)
             except Exception as exc:
                 self._error = exc
                 self._signal()
@@ -167,6 +169,7 @@ class JournalWriter:
             self._committed += len(batch)
             self.commits += 1
             self._signal()
+        await trio.lowlevel.checkpoint()
 
     def _signal(self) -> None:
         self._progress.set()
