@@ -163,6 +163,10 @@ class JournalWriter:
             except Exception as exc:
                 self._error = exc
                 self._signal()
+                # let the waiters just woken see the error before run() fails
+                # the nursery and cancels them
+                with trio.CancelScope(shield=True):
+                    await trio.lowlevel.checkpoint()
                 raise
             for _ in batch:
                 self._queue.popleft()
