@@ -215,6 +215,9 @@ class Engine:
         self.dispatch(item, domain)
 
     def dispatch(self, item: Item, domain: str | None = None) -> None:
+        if self.stopping:
+            self.abandon(item)
+            return
         if domain is None:
             domain = domain_of(item.recipient.address)
         cached = self._routes.get(domain)
@@ -232,12 +235,12 @@ class Engine:
         try:
             destination = await self.router.route(domain)
         except RoutingError as exc:
-            items = self._resolving.pop(domain)
-            for item in items:
+            # (stop() may have settled this domain's waiters meanwhile)
+            for item in self._resolving.pop(domain, []):
                 self.attempted(item, exc.reply)
             return
         self._routes[domain] = (destination, trio.current_time() + ROUTE_REUSE)
-        for item in self._resolving.pop(domain):
+        for item in self._resolving.pop(domain, []):
             self._to_pool(item, destination, domain)
 
     def _to_pool(self, item: Item, destination: Destination, domain: str) -> None:
@@ -368,19 +371,24 @@ class Engine:
             reply = item.last_reply or synthetic_reply(451, "4.3.2", "stopped before retry")
             item.job.finish(item, Status.DEFERRED, reply)
 
+    def abandon(self, item: Item) -> None:
+        """After stop(): the recipient ends deferred, resumable, with its last reply."""
+        reply = item.last_reply or synthetic_reply(
+            451, "4.3.2", "run stopped before this recipient was attempted"
+        )
+        item.job.finish(item, Status.DEFERRED, reply)
+
     def stop(self) -> None:
         """Take no new work; what is queued ends deferred once in-flight work settles."""
         self.stopping = True
         self.wake_pools()
         self._retry_wakeup.unpark_all()
-        reply = synthetic_reply(451, "4.3.2", "run stopped before this recipient was attempted")
         for pool in list(self.pools.values()):
             while pool.queue:
-                item = pool.queue.popleft()
-                item.job.finish(item, Status.DEFERRED, item.last_reply or reply)
+                self.abandon(pool.queue.popleft())
         for domain in list(self._resolving):
             for item in self._resolving.pop(domain):
-                item.job.finish(item, Status.DEFERRED, reply)
+                self.abandon(item)
         self.abandon_retries()
 
     async def on_data_end(self, envelopes: Sequence[Envelope]) -> None:

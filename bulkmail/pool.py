@@ -58,6 +58,9 @@ class Pool:
     # -- feeding ---------------------------------------------------------------
 
     def add(self, item: Item, *, front: bool = False) -> None:
+        if self.engine.stopping:  # no worker will take it any more
+            self.engine.abandon(item)
+            return
         if not self.queue:
             self._oldest = trio.current_time()
         if front:

@@ -388,3 +388,39 @@ async def test_every_mx_dead_defers_and_never_uses_the_domains_a_record(
     assert {r.status for r in results} == {Status.DEFERRED}
     assert {r.code for r in results} == {451}
     assert sink.stats.sessions == 0  # the A record was never tried
+
+
+async def test_stop_while_a_domain_is_resolving_ends_everyone_deferred(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    from bulkmail.results import Status
+
+    results: list[Result] = []
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        dns, dns_port = await start_dns(nursery)
+        dns.add("slow.test", "MX", "10 mx.slow.test.")
+        dns.blackhole("slow.test")  # the lookup hangs until its lifetime
+        dns.add("fast.test", "A", "127.0.0.1")
+        config = MailerConfig(
+            dns=DNSConfig(nameservers=(("127.0.0.1", dns_port),), mx_port=sink.port,
+                          lifetime=60.0),
+            secure="none",
+        )
+        async with Mailer(config) as mailer:
+
+            async def stop_soon() -> None:
+                await trio.sleep(5)
+                mailer.stop()
+
+            nursery.start_soon(stop_soon)
+            with trio.fail_after(30):  # returns once stopped: no hang, no lost waiter
+                summary = await mailer.send(
+                    "news@sender.test", MESSAGE,
+                    ["a@slow.test", "b@slow.test", "c@fast.test"], on_result=results.append,
+                )
+        nursery.cancel_scope.cancel()
+    by = {r.recipient: r.status for r in results}
+    assert by == {"a@slow.test": Status.DEFERRED, "b@slow.test": Status.DEFERRED,
+                  "c@fast.test": Status.DELIVERED}
+    assert summary.total == 3
