@@ -13,6 +13,7 @@ import secrets
 import time
 from datetime import UTC, datetime
 from email.utils import format_datetime, make_msgid
+from functools import lru_cache
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _FORBIDDEN = re.compile(r"[\r\n\x00]")
@@ -28,9 +29,19 @@ def split_message(message: bytes) -> tuple[bytes, bytes]:
     return message[:cut], message[cut:]
 
 
+@lru_cache(maxsize=64)
+def _header_pattern(name: str) -> re.Pattern[bytes]:
+    return re.compile(rb"^" + re.escape(name.encode()) + rb"[ \t]*:", re.I | re.M)
+
+
 def has_header(head: bytes, name: str) -> bool:
-    pattern = re.compile(rb"^" + re.escape(name.encode()) + rb"[ \t]*:", re.I | re.M)
-    return pattern.search(head) is not None
+    return _header_pattern(name).search(head) is not None
+
+
+@lru_cache(maxsize=4)
+def _date_header(second: int) -> str:
+    """RFC 5322 date for a whole second (cached: a run formats the same few)."""
+    return format_datetime(datetime.fromtimestamp(second, UTC))
 
 
 def header_line(name: str, value: str) -> bytes:
@@ -74,10 +85,8 @@ def ensure_identity(
     message: bytes, domain: str, *, seed: bytes | None = None, now: float | None = None
 ) -> bytes:
     """Add ``Message-ID`` and ``Date`` when the message lacks them."""
-    when = datetime.fromtimestamp(now if now is not None else time.time(), UTC)
-    return add_headers(
-        message, [("Message-ID", message_id(domain, seed)), ("Date", format_datetime(when))]
-    )
+    date = _date_header(int(now if now is not None else time.time()))
+    return add_headers(message, [("Message-ID", message_id(domain, seed)), ("Date", date)])
 
 
 def unsubscribe_headers(url: str, mailto: str | None = None) -> list[tuple[str, str]]:
