@@ -316,3 +316,35 @@ async def test_required_starttls_with_a_private_ca_and_auth(tmp_path: Path) -> N
     bad = json.loads((tmp_path / "bad.jsonl").read_text())
     assert bad["status"] == "deferred" and "TLS" in bad["reply"]
     assert missing.returncode == 2 and b"auth-password-env" in missing.stderr
+
+
+async def test_shaping_file_and_source_addresses_from_the_cli(tmp_path: Path) -> None:
+    rcpts = tmp_path / "list.txt"
+    rcpts.write_text("".join(f"u{i}@example.test\n" for i in range(60)))
+    message = tmp_path / "msg.eml"
+    message.write_bytes(b"From: news@sender.test\nSubject: ${email}\n\nx\n")
+    shaping = tmp_path / "shaping.toml"
+    shaping.write_text('[default]\nconnections = 8\n\n[domains."*.test"]\nconnections = 2\n'
+                       "messages_per_connection = 10\n")
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, latency=0.005)
+        proc = await run(send_args(tmp_path, sink.port, rcpts, message, "--shaping",
+                                   str(shaping), "--source-address", "127.0.0.7",
+                                   "--source-address", "127.0.0.8"), tmp_path)
+        nursery.cancel_scope.cancel()
+    assert proc.returncode == 0, proc.stderr
+    assert sink.stats.messages == 60
+    assert sink.stats.max_active_sessions <= 2  # the rule for *.test, not the default 8
+    assert sink.stats.sessions >= 6  # 10 messages per connection
+    assert set(sink.stats.peers) == {"127.0.0.7", "127.0.0.8"}
+
+
+async def test_bad_shaping_file_is_a_usage_error(tmp_path: Path) -> None:
+    message = tmp_path / "msg.eml"
+    message.write_bytes(b"Subject: x\n\ny\n")
+    rcpts = tmp_path / "list.txt"
+    rcpts.write_text("a@example.test\n")
+    shaping = tmp_path / "shaping.toml"
+    shaping.write_text('[domains."x.test"]\nrate = "fast"\n')
+    proc = await run(send_args(tmp_path, 1, rcpts, message, "--shaping", str(shaping)), tmp_path)
+    assert proc.returncode == 2 and b"rate" in proc.stderr
