@@ -72,7 +72,10 @@ class Pool:
 
     def _spawn_workers(self) -> None:
         wanted = min(self.health.concurrency, self.limits.connections)
-        per_worker = self.limits.max_rcpts
+        # a session per transaction's worth of queued work, up to the caps
+        head = self.queue[0] if self.queue else None
+        shared = head is not None and not (head.job.content.personalised or head.job.verp)
+        per_worker = self.limits.max_rcpts if shared else 1
         backlog = -(-len(self.queue) // per_worker)  # ceil
         wanted = min(wanted, max(1, backlog))
         while self.workers < wanted:
@@ -133,7 +136,11 @@ class Pool:
         engine = self.engine
         try:
             while self.queue and not engine.stopping:
-                await self._respect_backoff()
+                if self.workers > self.health.concurrency:
+                    return  # backing off: this destination runs fewer sessions for now
+                pause = self.health.pause_until - trio.current_time()
+                if pause > 0:
+                    await trio.sleep(pause)
                 if not self.queue:
                     break
                 async with engine.connection_slot():
@@ -152,19 +159,6 @@ class Pool:
                 self._spawn_workers()
             elif self.idle:
                 engine.pool_idle(self)
-
-    async def _respect_backoff(self) -> None:
-        health = self.health
-        now = trio.current_time()
-        if health.pause_until > now:
-            await trio.sleep_until(health.pause_until)
-        # shrink: extra workers beyond the allowed concurrency step aside
-        while self.workers > health.concurrency and self.queue:
-            await trio.sleep(max(health.pause, 0.1))
-            if self.workers <= health.concurrency:
-                break
-            if health.pause == 0:
-                break
 
     async def _connect(self) -> SMTPSession | None:
         """Try the destination's hosts in order; on total failure defer a batch."""
