@@ -348,3 +348,32 @@ async def test_bad_shaping_file_is_a_usage_error(tmp_path: Path) -> None:
     shaping.write_text('[domains."x.test"]\nrate = "fast"\n')
     proc = await run(send_args(tmp_path, 1, rcpts, message, "--shaping", str(shaping)), tmp_path)
     assert proc.returncode == 2 and b"rate" in proc.stderr
+
+
+async def test_a_second_signal_exits_at_once_and_loses_nobody(tmp_path: Path) -> None:
+    n = 300
+    rcpts = tmp_path / "list.txt"
+    rcpts.write_text("".join(f"u{i}@example.test\n" for i in range(n)))
+    message = tmp_path / "msg.eml"
+    message.write_bytes(b"Subject: ${email}\n\nx\n")
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, latency=0.05)
+        args = send_args(tmp_path, sink.port, rcpts, message, "--connections", "2", "--quiet")
+        proc = await trio.lowlevel.open_process(args, cwd=tmp_path)
+        while sink.stats.messages < 10:
+            await trio.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        await trio.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        with trio.fail_after(10):
+            code = await proc.wait()
+        rerun = await run(args, tmp_path)
+        nursery.cancel_scope.cancel()
+    assert code == 75
+    assert rerun.returncode == 0, rerun.stderr
+    copies = received(sink)
+    assert set(copies) == {f"u{i}@example.test" for i in range(n)}
+    journal = sqlite3.connect(tmp_path / "journal.sqlite")
+    flagged = {a for (a,) in journal.execute(
+        "SELECT address FROM recipients WHERE possible_duplicate = 1")}
+    assert {a for a, c in copies.items() if c > 1} <= flagged

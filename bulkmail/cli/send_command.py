@@ -238,6 +238,7 @@ async def _send(
         report = open(args.report, "w", encoding="utf-8")  # noqa: SIM115 - closed in finally
     progress = Progress(enabled=not args.quiet, total=_count_lines(args.recipients))
     stopped = False
+    summary = Summary()  # what a second signal leaves us with: the journal has the rest
 
     def on_result(result: Result) -> None:
         progress.add(result)
