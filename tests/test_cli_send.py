@@ -377,3 +377,21 @@ async def test_a_second_signal_exits_at_once_and_loses_nobody(tmp_path: Path) ->
     flagged = {a for (a,) in journal.execute(
         "SELECT address FROM recipients WHERE possible_duplicate = 1")}
     assert {a for a, c in copies.items() if c > 1} <= flagged
+
+
+async def test_bad_sender_unwritable_report_and_corrupt_journal_exit_2(tmp_path: Path) -> None:
+    rcpts = tmp_path / "list.txt"
+    rcpts.write_text("a@example.test\n")
+    message = tmp_path / "msg.eml"
+    message.write_bytes(b"Subject: x\n\ny\n")
+    args = send_args(tmp_path, 1, rcpts, message)
+    bad_sender = [a if a != "news@sender.test" else "no sender" for a in args]
+    proc = await run(bad_sender, tmp_path)
+    assert proc.returncode == 2 and b"--sender" in proc.stderr
+    no_report_dir = [*args, "--report", str(tmp_path / "missing" / "r.jsonl")]
+    proc = await run(no_report_dir, tmp_path)
+    assert proc.returncode == 2 and b"r.jsonl" in proc.stderr
+    (tmp_path / "journal.sqlite").write_bytes(b"not a database" * 100)
+    proc = await run(args, tmp_path)
+    assert proc.returncode == 2 and b"journal" in proc.stderr
+    assert b"Traceback" not in proc.stderr

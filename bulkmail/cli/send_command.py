@@ -23,11 +23,13 @@ from ..api import Mailer, MailerConfig, Relay
 from ..config import Security
 from ..dkim_signing import DEFAULT_HEADERS, DKIMSigner
 from ..durable import send_durably
-from ..journal import JournalWriter, SQLiteJournal
+from ..journal import JournalError, JournalWriter, SQLiteJournal
 from ..message import Content, StaticContent, TemplateContent, has_placeholders
 from ..newsletter import DecoratedContent, Decorations
 from ..policy import RetryPolicy
 from ..protocol.auth import Credentials
+from ..protocol.commands import validate_address
+from ..protocol.errors import InvalidAddress
 from ..results import Result, Summary
 from ..routing import DNSConfig
 from ..shaping import PoolLimits, Shaping
@@ -199,6 +201,14 @@ def run(args: argparse.Namespace) -> int:
             else StaticContent(message)
         )
         content = DecoratedContent(content, decorations(args))
+        if args.sender:
+            try:
+                validate_address(args.sender, smtputf8=True)
+            except InvalidAddress as exc:
+                raise InputError(f"--sender {args.sender!r}: {exc.reason}") from exc
+        report: IO[str] | None = None
+        if args.report:
+            report = open(args.report, "w", encoding="utf-8")  # noqa: SIM115 - closed by _send
         if args.recipients != "-":
             if not Path(args.recipients).is_file():
                 raise InputError(f"cannot read {args.recipients}: no such file")
@@ -207,12 +217,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"bulkmail send: {exc}", file=sys.stderr)
         return EX_USAGE
     journal_path = None if args.no_journal else Path(args.journal or default_journal(args, message))
+    if journal_path is not None:
+        try:
+            journal_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"bulkmail send: cannot create {journal_path.parent}: {exc.strerror}",
+                  file=sys.stderr)
+            return EX_USAGE
     try:
         stopped, summary = trio.run(
-            _send, args, config, content, suppressed, journal_path
+            _send, args, config, content, suppressed, journal_path, report
         )
+    except JournalError as exc:
+        print(f"bulkmail send: {exc}", file=sys.stderr)
+        return EX_USAGE
     except BaseExceptionGroup as group:
-        matched, rest = group.split(InputError)
+        matched, rest = group.split((InputError, JournalError))
         if matched is None or rest is not None:
             raise
         print(f"bulkmail send: {_first(matched)}", file=sys.stderr)
@@ -232,10 +252,8 @@ async def _send(
     content: Content,
     suppressed: frozenset[str],
     journal_path: Path | None,
+    report: IO[str] | None,
 ) -> tuple[bool, Summary]:
-    report: IO[str] | None = None
-    if args.report:
-        report = open(args.report, "w", encoding="utf-8")  # noqa: SIM115 - closed in finally
     progress = Progress(enabled=not args.quiet, total=_count_lines(args.recipients))
     stopped = False
     summary = Summary()  # what a second signal leaves us with: the journal has the rest
@@ -308,7 +326,7 @@ async def _journaled(
         journal.close()
 
 
-def _first(group: BaseExceptionGroup[InputError]) -> BaseException:
+def _first(group: BaseExceptionGroup[Exception]) -> BaseException:
     """The first leaf of an exception group (trio wraps errors from nurseries)."""
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup):
