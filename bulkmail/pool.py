@@ -176,10 +176,19 @@ class Pool:
             for address in host.addresses or (host.name,):
                 try:
                     return await SMTPSession.connect(config, address)
-                except (SMTPTLSError, SMTPAuthError) as exc:
+                except SMTPTLSError as exc:
                     last = exc
-                    if config.secure in ("starttls", "tls") or isinstance(exc, SMTPAuthError):
-                        break
+                    if config.secure != "may":
+                        break  # required TLS fails closed
+                    # opportunistic TLS that breaks: like Postfix's "may", this
+                    # server gets the message in plaintext rather than never
+                    try:
+                        return await SMTPSession.connect(replace(config, secure="none"), address)
+                    except SMTPError as retry_exc:
+                        last = retry_exc
+                except SMTPAuthError as exc:
+                    last = exc
+                    break
                 except SMTPError as exc:
                     last = exc
         assert last is not None

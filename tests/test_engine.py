@@ -424,3 +424,40 @@ async def test_stop_while_a_domain_is_resolving_ends_everyone_deferred(
     assert by == {"a@slow.test": Status.DEFERRED, "b@slow.test": Status.DEFERRED,
                   "c@fast.test": Status.DELIVERED}
     assert summary.total == 3
+
+
+async def test_opportunistic_tls_that_breaks_falls_back_to_plaintext() -> None:
+    from .scripted import Conn, MiniSMTP, start_scripted
+
+    class BrokenTLS(MiniSMTP):
+        tls_attempts = 0
+
+        async def __call__(self, conn: Conn) -> None:
+            original = conn.readline
+
+            async def readline() -> bytes:
+                line = await original()
+                if line == b"STARTTLS":
+                    self.tls_attempts += 1
+                    await conn.send(b"220 go ahead\r\n")
+                    await trio.sleep(0.05)  # (in the same segment it would be injection)
+                    await conn.send(b"this is not a TLS handshake\r\n" * 3)
+                    raise EOFError  # and hang up
+                return line
+
+            conn.readline = readline  # type: ignore[method-assign]
+            await super().__call__(conn)
+
+    server = BrokenTLS(extensions=("PIPELINING", "STARTTLS"))
+    async with trio.open_nursery() as nursery:
+        _, port = await start_scripted(nursery, server)
+        dns, dns_port = await start_dns(nursery)
+        dns.add("weak-tls.test", "A", "127.0.0.1")
+        with trio.fail_after(20):
+            summary = await send(
+                "news@sender.test", MESSAGE, ["a@weak-tls.test"],
+                dns=DNSConfig(nameservers=(("127.0.0.1", dns_port),), mx_port=port),
+            )  # the default: opportunistic STARTTLS
+        nursery.cancel_scope.cancel()
+    assert server.tls_attempts == 1
+    assert summary.delivered == 1 and server.delivered == ["a@weak-tls.test"]
