@@ -37,8 +37,6 @@ Presettle = Callable[[Recipient], "tuple[Status, Reply | None, int] | None"]
 
 #: a dead pooled session may be replaced this many times per recipient for free
 MAX_FREE_RETRIES = 3
-#: how long the engine reuses a routing answer before asking the router again
-ROUTE_REUSE = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +87,11 @@ class Job:
         #: a unique envelope sender per recipient: one recipient per transaction
         self.verp = False
         self._seen: set[str] = set()
+
+    @property
+    def one_per_transaction(self) -> bool:
+        """Personalised content or VERP: recipients cannot share a transaction."""
+        return self.content.personalised or self.verp
 
     def envelope(self, recipients: list[str], message: PreparedMessage) -> Envelope:
         sender = self.sender
@@ -148,7 +151,6 @@ class Engine:
         self.presettle: Presettle | None = None
         self._limiter = trio.CapacityLimiter(config.total_connections)
         self._pending = trio.Semaphore(config.max_pending)
-        self._routes: dict[str, tuple[Destination, float]] = {}
         self._health: dict[str, DestinationHealth] = {}
         self._resolving: dict[str, list[Item]] = {}
         self._retries: list[tuple[float, int, Item]] = []
@@ -168,10 +170,6 @@ class Engine:
 
     def release(self) -> None:
         self._pending.release()
-
-    @property
-    def open_connections(self) -> int:
-        return self._limiter.borrowed_tokens
 
     # -- intake ------------------------------------------------------------------
 
@@ -220,10 +218,11 @@ class Engine:
             return
         if domain is None:
             domain = domain_of(item.recipient.address)
-        cached = self._routes.get(domain)
-        if cached is not None and cached[1] > trio.current_time():
-            self._to_pool(item, cached[0], domain)
+        destination = self.router.peek(domain)  # the router's TTL cache
+        if destination is not None:
+            self._to_pool(item, destination, domain)
             return
+        # one resolving task per domain, however many recipients wait on it
         waiting = self._resolving.get(domain)
         if waiting is not None:
             waiting.append(item)
@@ -239,7 +238,6 @@ class Engine:
             for item in self._resolving.pop(domain, []):
                 self.attempted(item, exc.reply)
             return
-        self._routes[domain] = (destination, trio.current_time() + ROUTE_REUSE)
         for item in self._resolving.pop(domain, []):
             self._to_pool(item, destination, domain)
 
@@ -266,7 +264,7 @@ class Engine:
 
     def wake_pools(self) -> None:
         for pool in list(self.pools.values()):
-            pool._wakeup.unpark_all()
+            pool.wake()
 
     # -- outcomes ----------------------------------------------------------------
 
@@ -291,14 +289,12 @@ class Engine:
         in_doubt: bool = False,
         others_accepted: bool = False,
         pool: Pool | None = None,
-        count: bool = True,
     ) -> None:
         """Apply the reply policy to one recipient's attempt."""
         now = trio.current_time()
-        if count:
-            item.attempts += 1
-            if item.first_attempt is None:
-                item.first_attempt = now
+        item.attempts += 1
+        if item.first_attempt is None:
+            item.first_attempt = now
         item.last_reply = reply
         if host is not None:
             item.last_host = host
@@ -367,9 +363,7 @@ class Engine:
     def abandon_retries(self) -> None:
         """On stop: everyone waiting for a retry ends deferred (resumable)."""
         while self._retries:
-            _, _, item = heapq.heappop(self._retries)
-            reply = item.last_reply or synthetic_reply(451, "4.3.2", "stopped before retry")
-            item.job.finish(item, Status.DEFERRED, reply)
+            self.abandon(heapq.heappop(self._retries)[2])
 
     def abandon(self, item: Item) -> None:
         """After stop(): the recipient ends deferred, resumable, with its last reply."""

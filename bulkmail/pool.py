@@ -18,9 +18,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .errors import SMTPAuthError, SMTPError, SMTPTLSError
-from .message import TemplateValueError
 from .policy import rate_interval
-from .protocol.data import PreparedMessage
 from .routing import Destination, Host
 from .session import Envelope, SMTPSession, TransactionResult
 from .shaping import PoolLimits
@@ -73,14 +71,17 @@ class Pool:
     def _spawn_workers(self) -> None:
         wanted = min(self.health.concurrency, self.limits.connections)
         # a session per transaction's worth of queued work, up to the caps
-        head = self.queue[0] if self.queue else None
-        shared = head is not None and not (head.job.content.personalised or head.job.verp)
+        shared = bool(self.queue) and not self.queue[0].job.one_per_transaction
         per_worker = self.limits.max_rcpts if shared else 1
         backlog = -(-len(self.queue) // per_worker)  # ceil
         wanted = min(wanted, max(1, backlog))
         while self.workers < wanted:
             self.workers += 1
             self.engine.nursery.start_soon(self._worker, name=f"pool {self.destination.key}")
+
+    def wake(self) -> None:
+        """Let waiting workers look again (input ended, or the run is stopping)."""
+        self._wakeup.unpark_all()
 
     @property
     def idle(self) -> bool:
@@ -94,7 +95,7 @@ class Pool:
         if not q:
             return False
         head = q[0]
-        if head.job.content.personalised or head.job.verp or len(q) >= self.limits.max_rcpts:
+        if head.job.one_per_transaction or len(q) >= self.limits.max_rcpts:
             return True
         return head.job.input_done or trio.current_time() - self._oldest >= self.engine.linger
 
@@ -118,7 +119,7 @@ class Pool:
         q = self.queue
         head = q[0]
         content = head.job.content
-        per_txn = 1 if content.personalised or head.job.verp else self.limits.max_rcpts
+        per_txn = 1 if head.job.one_per_transaction else self.limits.max_rcpts
         limit = per_txn * budget
         flush = head.job.input_done or trio.current_time() - self._oldest >= self.engine.linger
         if not flush:
@@ -205,8 +206,8 @@ class Pool:
         hosts = list(self.destination.hosts)
         if len(hosts) < 2:
             return hosts
-        keys = {id(h): (h.preference, self.engine.rng.random()) for h in hosts}
-        return sorted(hosts, key=lambda h: keys[id(h)])
+        rng = self.engine.rng
+        return sorted(hosts, key=lambda h: (h.preference, rng.random()))
 
     async def _serve(self, session: SMTPSession) -> None:
         limits = self.limits
@@ -244,7 +245,7 @@ class Pool:
         groups: list[list[Item]] = []
         if not job.content.personalised:
             shared = job.content.render(items[0].recipient)
-            step = 1 if job.verp else self.limits.max_rcpts
+            step = 1 if job.one_per_transaction else self.limits.max_rcpts
             for start in range(0, len(items), step):
                 group = items[start : start + step]
                 envelopes.append(job.envelope([i.recipient.address for i in group], shared))
@@ -252,8 +253,8 @@ class Pool:
             return envelopes, groups
         for item in items:
             try:
-                message: PreparedMessage = job.content.render(item.recipient)
-            except (TemplateValueError, ValueError) as exc:
+                message = job.content.render(item.recipient)
+            except ValueError as exc:  # TemplateValueError, MessageError: bad for this one
                 engine.invalid(item, str(exc))
                 continue
             envelopes.append(job.envelope([item.recipient.address], message))

@@ -70,6 +70,10 @@ class RoutingError(Exception):
 class Router(Protocol):
     async def route(self, domain: str) -> Destination: ...
 
+    def peek(self, domain: str) -> Destination | None:
+        """The cached destination, without awaiting (the engine's per-recipient fast path)."""
+        ...
+
 
 def domain_of(address: str) -> str:
     """The canonical (lower-case, IDNA A-label) domain of ``address``, a cache key."""
@@ -142,6 +146,12 @@ class RelayRouter:
                     RELAY_ADDRESS_TTL if ok else RELAY_FAILURE_TTL
                 )
             return _unwrap(self._outcome)
+
+    def peek(self, domain: str) -> Destination | None:
+        outcome = self._outcome
+        if isinstance(outcome, Destination) and trio.current_time() < self._expires:
+            return outcome
+        return None
 
     async def _resolve(self) -> Destination | Reply:
         try:
@@ -246,6 +256,10 @@ class MXRouter:
             del self._flights[domain]
             flight.done.set()
         return _unwrap(outcome)
+
+    def peek(self, domain: str) -> Destination | None:
+        outcome = self._cached(domain.lower().rstrip("."))
+        return outcome if isinstance(outcome, Destination) else None
 
     def _cached(self, domain: str) -> Destination | Reply | None:
         entry = self._cache.get(domain)
