@@ -9,7 +9,6 @@ that was handed to the session can be lost on the way out.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -467,27 +466,24 @@ class SMTPSession:
                 # first byte of it is written: an end of data never leaves the
                 # process before its recipients are recorded as in doubt.
                 await on_data_end([t.envelope for t in live])
-                on_data_end = None
             if not live:
                 pass
             elif not (self.config.use_pipelining and self.extensions.pipelining):
                 for txn in live:
-                    await self._lockstep(txn, on_data_end)
+                    await self._lockstep(txn)
             elif self.config.use_chunking and self.extensions.chunking:
                 window = max(1, self.config.chunking_window)
                 for start in range(0, len(live), window):
-                    await self._bdat_window(live[start : start + window], on_data_end)
+                    await self._bdat_window(live[start : start + window])
             else:
-                await self._pipelined(live, on_data_end)
+                await self._pipelined(live)
         except SMTPError as exc:
             self._fail(exc)
-        fallback = self.error.reply if self.error is not None else None
-        results = []
-        for txn in txns:
-            if fallback is None:
-                results.append(txn.result(synthetic_reply(451, "4.3.0", "no reply")))
-            else:
-                results.append(txn.result(fallback))
+        fallback = (
+            self.error.reply if self.error is not None
+            else synthetic_reply(451, "4.3.0", "no reply")
+        )
+        results = [txn.result(fallback) for txn in txns]
         self.transactions += sum(1 for t in live if t.got_reply or t.data_sent)
         return results
 
@@ -551,7 +547,7 @@ class SMTPSession:
             else:
                 txn.replies[i] = reply
 
-    async def _pipelined(self, txns: Sequence[_Txn], on_data_end: DataEndHook | None) -> None:
+    async def _pipelined(self, txns: Sequence[_Txn]) -> None:
         """RFC 2920: MAIL+RCPTs+DATA in one write; content, end of data and the
         next transaction's commands in the next -- one round trip per message."""
         out: list[bytes] = []
@@ -567,8 +563,6 @@ class SMTPSession:
                     self._write_envelope(nxt, out, data=True)
                 continue
             if txn.accepted:
-                if on_data_end is not None:
-                    await on_data_end([txn.envelope])
                 out.append(txn.envelope.message.data_payload)
                 txn.data_sent = True
             else:
@@ -583,7 +577,7 @@ class SMTPSession:
             txn.data_sent = False  # the reply came: nobody is in doubt
             txn.finish(end_reply, txn.accepted)
 
-    async def _bdat_window(self, txns: Sequence[_Txn], on_data_end: DataEndHook | None) -> None:
+    async def _bdat_window(self, txns: Sequence[_Txn]) -> None:
         """RFC 3030 + 2920: whole transactions written ahead of their replies."""
         out: list[bytes] = []
         for txn in txns:
@@ -595,8 +589,6 @@ class SMTPSession:
             out.append(payload)
             self._trace_out(header.rstrip(b"\r\n") + b" <message content>", "BDAT chunk")
             self._dirty = False
-        if on_data_end is not None:
-            await on_data_end([t.envelope for t in txns])
         for txn in txns:
             txn.data_sent = True
         await self._flush(out)
@@ -610,7 +602,7 @@ class SMTPSession:
             if txn.mail_reply is not None and txn.mail_reply.code != 503:
                 txn.finish(reply, txn.sendable)
 
-    async def _lockstep(self, txn: _Txn, on_data_end: DataEndHook | None) -> None:
+    async def _lockstep(self, txn: _Txn) -> None:
         """No PIPELINING: one command, one reply."""
         if self._dirty:
             await self.rset()
@@ -636,8 +628,6 @@ class SMTPSession:
         if data_reply.code != 354:
             txn.finish(data_reply, txn.accepted)
             return
-        if on_data_end is not None:
-            await on_data_end([txn.envelope])
         self._expect(Stage.DATA_END)
         self._trace_out(b"<message content>\r\n.", "message content and end of data")
         txn.data_sent = True
@@ -647,7 +637,3 @@ class SMTPSession:
         self._dirty = False
         txn.finish(end_reply, txn.accepted)
 
-
-def decode_base64_text(text: str) -> bytes:
-    """Helper for tests and traces: the bytes behind a 334 challenge."""
-    return base64.b64decode(text.encode("ascii"), validate=True)
