@@ -15,7 +15,7 @@ from itertools import islice
 import trio
 
 from .api import Mailer, MessageLike
-from .engine import ResultCallback
+from .engine import InDoubtHook, ResultCallback
 from .errors import synthetic_reply
 from .journal import JournalWriter, RecipientRecord, StateChange
 from .message import Recipient
@@ -29,7 +29,7 @@ def change_for(result: Result) -> StateChange:
     reply = result.reply
     return StateChange(
         address=result.recipient,
-        status=Status(result.status.value),
+        status=result.status,
         code=reply.code if reply is not None else None,
         enhanced=reply.enhanced if reply is not None else None,
         reply=reply.text if reply is not None else None,
@@ -75,67 +75,60 @@ async def send_durably(
             return Status.SUPPRESSED, synthetic_reply(250, "2.0.0", "suppressed: not sent"), 0
         known = settled.pop(address, None)
         if known is not None:
-            return Status(known.status.value), reply_of(known), known.attempts
+            return known.status, reply_of(known), known.attempts
         return None
-
-    if writer is None:
-        engine.presettle = decide
-        try:
-            return await mailer.send(
-                sender, message, recipients, on_result=on_result, verp=verp
-            )
-        finally:
-            engine.presettle = None
-    journal = writer.journal
-    active_writer = writer
-
-    async def in_doubt(addresses: Sequence[str]) -> None:
-        await active_writer.submit_durable(
-            [StateChange(address=a, status=Status.IN_DOUBT) for a in addresses]
-        )
-
-    def record(result: Result) -> None:
-        active_writer.submit(change_for(result))
-        if on_result is not None:
-            on_result(result)
-
-    engine.on_in_doubt = in_doubt
-    fresh = await trio.to_thread.run_sync(journal.is_empty)
-
-    async def stream() -> AsyncIterator[Recipient]:
-        source = iter(recipients)
-        while True:
-            chunk = list(islice(source, LOOKUP_CHUNK))
-            if not chunk:
-                return
-            if fresh:
-                # a new journal knows nobody: skip the lookups (a fresh run's
-                # only cost is then the state writes)
-                known = {}
-                await trio.lowlevel.checkpoint()
-            else:
-                known = await trio.to_thread.run_sync(
-                    journal.lookup, [r.address.strip() for r in chunk]
-                )
-            for recipient in chunk:
-                address = recipient.address.strip()
-                if address.lower() in suppressed:
-                    yield Recipient(address, recipient.variables, False)
-                    continue
-                record_ = known.get(address)
-                if record_ is None:
-                    yield recipient
-                elif record_.status in FINAL:
-                    settled[address] = record_
-                    yield recipient
-                elif record_.status is Status.IN_DOUBT or record_.possible_duplicate:
-                    yield Recipient(recipient.address, recipient.variables, True)
-                else:
-                    yield recipient
 
     engine.presettle = decide
     try:
-        return await mailer.send(sender, message, stream(), on_result=record, verp=verp)
+        if writer is None:
+            return await mailer.send(sender, message, recipients, on_result=on_result, verp=verp)
+        engine.on_in_doubt = _in_doubt_marker(writer)
+        stream = _resumed(writer, recipients, settled)
+
+        def record(result: Result) -> None:
+            writer.submit(change_for(result))
+            if on_result is not None:
+                on_result(result)
+
+        return await mailer.send(sender, message, stream, on_result=record, verp=verp)
     finally:
         engine.presettle = None
         engine.on_in_doubt = None
+
+
+def _in_doubt_marker(writer: JournalWriter) -> InDoubtHook:
+    async def in_doubt(addresses: Sequence[str]) -> None:
+        await writer.submit_durable(
+            [StateChange(address=a, status=Status.IN_DOUBT) for a in addresses]
+        )
+
+    return in_doubt
+
+
+async def _resumed(
+    writer: JournalWriter, recipients: Iterable[Recipient], settled: dict[str, RecipientRecord]
+) -> AsyncIterator[Recipient]:
+    """The recipients, as the journal knows them: final ones noted in ``settled``
+    (reported, not sent), in-doubt ones flagged as possible duplicates."""
+    journal = writer.journal
+    fresh = await trio.to_thread.run_sync(journal.is_empty)
+    source = iter(recipients)
+    while chunk := list(islice(source, LOOKUP_CHUNK)):
+        if fresh:
+            # a new journal knows nobody: no lookups (a fresh run pays only for writes)
+            known: dict[str, RecipientRecord] = {}
+            await trio.lowlevel.checkpoint()
+        else:
+            known = await trio.to_thread.run_sync(
+                journal.lookup, [r.address.strip() for r in chunk]
+            )
+        for recipient in chunk:
+            address = recipient.address.strip()
+            record = known.get(address)
+            if record is not None and record.status in FINAL:
+                settled[address] = record
+            elif record is not None and (
+                record.status is Status.IN_DOUBT or record.possible_duplicate
+            ):
+                recipient = Recipient(recipient.address, recipient.variables, True)
+            yield recipient
