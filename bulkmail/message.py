@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from .protocol.data import PreparedMessage
 from .reencode import prepare
@@ -36,11 +36,18 @@ class Recipient:
     possible_duplicate: bool = False
 
 
+@runtime_checkable
 class Content(Protocol):
-    """What a job sends; ``personalised`` decides whether recipients can share a transaction."""
+    """What a job sends; ``personalised`` decides whether recipients can share a transaction.
+
+    ``raw`` is the message before it is prepared for the wire, for wrappers
+    that add headers (``newsletter.DecoratedContent``) without preparing twice.
+    """
 
     @property
     def personalised(self) -> bool: ...
+
+    def raw(self, recipient: Recipient) -> bytes: ...
 
     def render(self, recipient: Recipient) -> PreparedMessage: ...
 
@@ -52,6 +59,9 @@ class StaticContent:
 
     def __init__(self, message: bytes | str | EmailMessage) -> None:
         self.prepared = prepare(to_bytes(message))
+
+    def raw(self, recipient: Recipient) -> bytes:
+        return self.prepared.normalized
 
     def render(self, recipient: Recipient) -> PreparedMessage:
         return self.prepared
@@ -74,6 +84,9 @@ class TemplateContent:
             raise ValueError("message template has an invalid $placeholder")
 
     def render(self, recipient: Recipient) -> PreparedMessage:
+        return prepare(self.raw(recipient))
+
+    def raw(self, recipient: Recipient) -> bytes:
         values: dict[str, str] = {"email": recipient.address, "recipient": recipient.address}
         if recipient.variables:
             for key, value in recipient.variables.items():
@@ -86,7 +99,7 @@ class TemplateContent:
             text = self.template.substitute(values)
         except KeyError as exc:
             raise TemplateValueError(f"template variable {exc.args[0]!r} has no value") from exc
-        return prepare(text.encode("utf-8"))
+        return text.encode("utf-8")
 
 
 class CallableContent:
@@ -97,8 +110,11 @@ class CallableContent:
     def __init__(self, render: Callable[[Recipient], bytes | str | EmailMessage]) -> None:
         self._render = render
 
+    def raw(self, recipient: Recipient) -> bytes:
+        return to_bytes(self._render(recipient))
+
     def render(self, recipient: Recipient) -> PreparedMessage:
-        return prepare(to_bytes(self._render(recipient)))
+        return prepare(self.raw(recipient))
 
 
 def to_bytes(message: bytes | str | EmailMessage) -> bytes:
@@ -120,8 +136,6 @@ def as_content(
     """Accept what library users naturally have."""
     if isinstance(message, (bytes, str, EmailMessage)):
         return StaticContent(message)
-    if isinstance(message, (StaticContent, TemplateContent, CallableContent)):
+    if isinstance(message, Content):
         return message
-    if callable(message):
-        return CallableContent(message)
-    return message
+    return CallableContent(message)

@@ -50,7 +50,7 @@ class DecoratedContent:
 
     def _decorate(self, recipient: Recipient) -> PreparedMessage:
         d = self.decorations
-        message = self.inner.render(recipient).normalized
+        message = self.inner.raw(recipient)
         if d.identity_domain:
             seed = message if not self.personalised else message + recipient.address.encode()
             message = ensure_identity(message, d.identity_domain, seed=seed)
@@ -65,3 +65,6 @@ class DecoratedContent:
         if d.dkim is not None:
             message = d.dkim.sign(message)
         return prepare(message)
+
+    def raw(self, recipient: Recipient) -> bytes:
+        return self.render(recipient).normalized
