@@ -87,7 +87,6 @@ class DestinationHealth:
     max_pause: float = 300.0
     successes: int = 0
     recover_after: int = 10
-    consecutive_failures: int = 0
     #: False once a server advertised PIPELINING but answered out of sequence
     pipelining: bool = True
 
@@ -96,14 +95,12 @@ class DestinationHealth:
             self.concurrency = self.max_concurrency
 
     def failure(self, now: float) -> None:
-        self.consecutive_failures += 1
         self.successes = 0
         self.concurrency = max(1, self.concurrency // 2)
         self.pause = self.min_pause if self.pause == 0 else min(self.max_pause, self.pause * 2)
         self.pause_until = now + self.pause
 
     def success(self) -> None:
-        self.consecutive_failures = 0
         self.successes += 1
         if self.successes >= self.recover_after:
             self.successes = 0
