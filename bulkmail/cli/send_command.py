@@ -14,6 +14,8 @@ import os
 import signal
 import ssl
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -281,15 +283,10 @@ async def _send(
 
             nursery.start_soon(watch_signals)
             nursery.start_soon(progress.run)
-            recipients = read_recipients(args.recipients)
-            if journal_path is None:
+            async with _journal_writer(journal_path, args.journal_sync) as writer:
                 summary = await send_durably(
-                    mailer, None, args.sender, content, recipients,
+                    mailer, writer, args.sender, content, read_recipients(args.recipients),
                     suppressed=suppressed, on_result=on_result, verp=args.verp,
-                )
-            else:
-                summary = await _journaled(
-                    mailer, journal_path, args, content, recipients, suppressed, on_result
                 )
             nursery.cancel_scope.cancel()
     finally:
@@ -299,26 +296,19 @@ async def _send(
     return stopped, summary
 
 
-async def _journaled(
-    mailer: Mailer,
-    path: Path,
-    args: argparse.Namespace,
-    content: Content,
-    recipients: Any,
-    suppressed: frozenset[str],
-    on_result: Any,
-) -> Summary:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    journal = SQLiteJournal(path, synchronous="FULL" if args.journal_sync == "full" else "NORMAL")
+@asynccontextmanager
+async def _journal_writer(path: Path | None, sync: str) -> AsyncIterator[JournalWriter | None]:
+    """A running group-commit writer on the journal at ``path`` (``None``: no journal)."""
+    if path is None:
+        yield None
+        return
+    journal = SQLiteJournal(path, synchronous="FULL" if sync == "full" else "NORMAL")
     writer = JournalWriter(journal)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
             try:
-                return await send_durably(
-                    mailer, writer, args.sender, content, recipients,
-                    suppressed=suppressed, on_result=on_result, verp=args.verp,
-                )
+                yield writer
             finally:
                 with trio.CancelScope(shield=True):
                     await writer.aclose()
