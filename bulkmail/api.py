@@ -19,7 +19,7 @@ from typing import Any
 import trio
 
 from .config import Security, SessionConfig, Timeouts
-from .engine import Engine, EngineConfig, InDoubtHook, Job, ResultCallback
+from .engine import Engine, EngineConfig, Job, ResultCallback
 from .message import Content, Recipient, as_content
 from .policy import RetryPolicy
 from .protocol import commands
@@ -113,7 +113,6 @@ class Mailer:
         self.config = replace(base, **overrides) if overrides else base
         self._engine: Engine | None = None
         self._nursery_manager: Any = None
-        self.on_in_doubt: InDoubtHook | None = None
 
     @property
     def engine(self) -> Engine:
@@ -125,7 +124,6 @@ class Mailer:
         self._nursery_manager = trio.open_nursery()
         nursery = await self._nursery_manager.__aenter__()
         self._engine = Engine(self.config.engine_config(), self.config.router(), nursery)
-        self._engine.on_in_doubt = self.on_in_doubt
         return self
 
     async def __aexit__(
