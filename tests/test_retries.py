@@ -33,6 +33,19 @@ def addresses(n: int, domain: str = "example.test") -> list[str]:
     return [f"user{i}@{domain}" for i in range(n)]
 
 
+async def deliver_to(
+    server: MiniSMTP, rcpts: list, message: object = MESSAGE, **kwargs: object
+) -> list[Result]:
+    """Send through a scripted server (relay mode); every result, in order."""
+    results: list[Result] = []
+    async with trio.open_nursery() as nursery:
+        _, port = await start_scripted(nursery, server)
+        await send("a@sender.test", message, rcpts,  # type: ignore[arg-type]
+                   config=config(port, **kwargs), on_result=results.append)
+        nursery.cancel_scope.cancel()
+    return results
+
+
 def exactly_once(results: list[Result], expected: list[str]) -> dict[str, Result]:
     counts = Counter(r.recipient for r in results)
     assert sorted(counts) == sorted(expected)
@@ -92,12 +105,7 @@ async def test_421_on_pipelined_rcpt_defers_then_delivers_once(
 
     server = MiniSMTP(rcpt=rcpt)
     rcpts = addresses(5)
-    results: list[Result] = []
-    async with trio.open_nursery() as nursery:
-        _, port = await start_scripted(nursery, server)
-        await send("a@sender.test", MESSAGE, rcpts, config=config(port),
-                   on_result=results.append)
-        nursery.cancel_scope.cancel()
+    results = await deliver_to(server, rcpts)
     by = exactly_once(results, rcpts)
     assert {r.status for r in by.values()} == {Status.DELIVERED}
     assert {r.attempts for r in by.values()} == {2}
@@ -107,12 +115,7 @@ async def test_421_on_pipelined_rcpt_defers_then_delivers_once(
 async def test_mail_refusal_applies_to_every_recipient() -> None:
     server = MiniSMTP(mail=lambda s: "550 5.7.1 Sender blocked\r\n")
     rcpts = addresses(4)
-    results: list[Result] = []
-    async with trio.open_nursery() as nursery:
-        _, port = await start_scripted(nursery, server)
-        await send("a@sender.test", MESSAGE, rcpts, config=config(port),
-                   on_result=results.append)
-        nursery.cancel_scope.cancel()
+    results = await deliver_to(server, rcpts)
     by = exactly_once(results, rcpts)
     assert {(r.status, r.code, r.enhanced) for r in by.values()} == {
         (Status.BOUNCED, 550, "5.7.1")
@@ -133,12 +136,7 @@ async def test_end_of_data_rejection_applies_to_the_transaction(
 
     server = MiniSMTP(data_done=done)
     rcpts = addresses(3)
-    results: list[Result] = []
-    async with trio.open_nursery() as nursery:
-        _, port = await start_scripted(nursery, server)
-        await send("a@sender.test", MESSAGE, rcpts, config=config(port),
-                   on_result=results.append)
-        nursery.cancel_scope.cancel()
+    results = await deliver_to(server, rcpts)
     by = exactly_once(results, rcpts)
     assert {(r.status, r.attempts) for r in by.values()} == {(Status.DELIVERED, 2)}
     assert sorted(server.delivered) == sorted(rcpts)
@@ -157,12 +155,7 @@ async def test_drop_before_end_of_data_defers_without_doubt(
 
     server = MiniSMTP(data_cmd=data_cmd)
     rcpts = addresses(3)
-    results: list[Result] = []
-    async with trio.open_nursery() as nursery:
-        _, port = await start_scripted(nursery, server)
-        await send("a@sender.test", MESSAGE, rcpts, config=config(port),
-                   on_result=results.append)
-        nursery.cancel_scope.cancel()
+    results = await deliver_to(server, rcpts)
     by = exactly_once(results, rcpts)
     assert {(r.status, r.possible_duplicate) for r in by.values()} == {(Status.DELIVERED, False)}
     assert sorted(server.delivered) == sorted(rcpts)
@@ -181,12 +174,7 @@ async def test_drop_after_end_of_data_is_in_doubt_and_resent_once(
 
     server = MiniSMTP(data_done=done)
     rcpts = addresses(3)
-    results: list[Result] = []
-    async with trio.open_nursery() as nursery:
-        _, port = await start_scripted(nursery, server)
-        await send("a@sender.test", MESSAGE, rcpts, config=config(port),
-                   on_result=results.append)
-        nursery.cancel_scope.cancel()
+    results = await deliver_to(server, rcpts)
     by = exactly_once(results, rcpts)
     assert {(r.status, r.possible_duplicate) for r in by.values()} == {(Status.DELIVERED, True)}
     # the server holds two copies of exactly the in-doubt recipients
@@ -197,14 +185,9 @@ async def test_permanent_4xx_expires_into_a_bounce_with_the_last_reply(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     server = MiniSMTP(rcpt=lambda a, n: "450 4.2.1 Mailbox busy, slow down\r\n")
-    results: list[Result] = []
-    async with trio.open_nursery() as nursery:
-        _, port = await start_scripted(nursery, server)
-        start = trio.current_time()
-        await send("a@sender.test", MESSAGE, ["x@example.test"], config=config(port),
-                   on_result=results.append)
-        elapsed = trio.current_time() - start
-        nursery.cancel_scope.cancel()
+    start = trio.current_time()
+    results = await deliver_to(server, ["x@example.test"])
+    elapsed = trio.current_time() - start
     (result,) = results
     assert result.status is Status.BOUNCED
     assert result.attempts == RETRY.max_attempts
@@ -215,12 +198,7 @@ async def test_permanent_4xx_expires_into_a_bounce_with_the_last_reply(
 
 async def test_retry_window_ends_with_resumable_deferrals(autojump_clock: trio.abc.Clock) -> None:
     server = MiniSMTP(rcpt=lambda a, n: "451 4.7.1 Greylisted, come back later\r\n")
-    results: list[Result] = []
-    async with trio.open_nursery() as nursery:
-        _, port = await start_scripted(nursery, server)
-        await send("a@sender.test", MESSAGE, addresses(2),
-                   config=config(port, retry_for=100.0), on_result=results.append)
-        nursery.cancel_scope.cancel()
+    results = await deliver_to(server, addresses(2), retry_for=100.0)
     assert {(r.status, r.code) for r in results} == {(Status.DEFERRED, 451)}
     assert {r.attempts for r in results} == {2}  # t=0 and t≈60; the next would pass 100 s
 
@@ -270,14 +248,9 @@ async def test_broken_pipelining_is_transient_and_retried_without_it(
 ) -> None:
     server = MiniSMTP(forget_pipelined_mail=True)  # advertises PIPELINING, can't do it
     rcpts = addresses(3)
-    results: list[Result] = []
-    async with trio.open_nursery() as nursery:
-        _, port = await start_scripted(nursery, server)
-        start = trio.current_time()
-        await send("a@sender.test", MESSAGE, rcpts, config=config(port),
-                   on_result=results.append)
-        elapsed = trio.current_time() - start
-        nursery.cancel_scope.cancel()
+    start = trio.current_time()
+    results = await deliver_to(server, rcpts)
+    elapsed = trio.current_time() - start
     by = exactly_once(results, rcpts)
     assert {r.status for r in by.values()} == {Status.DELIVERED}  # not bounced by the 503s
     assert sorted(server.delivered) == sorted(rcpts)
@@ -293,13 +266,9 @@ async def test_stale_421_on_a_pooled_session_costs_no_attempt() -> None:
 
     server = MiniSMTP(mail=mail)
     template = TemplateContent("Subject: ${name}\r\n\r\nx\r\n")
-    results: list[Result] = []
-    async with trio.open_nursery() as nursery:
-        _, port = await start_scripted(nursery, server)
-        await send("a@sender.test", template,
-                   [Recipient(f"u{i}@example.test", {"name": str(i)}) for i in range(3)],
-                   config=config(port, limits=PoolLimits(connections=1)),
-                   on_result=results.append)
-        nursery.cancel_scope.cancel()
+    results = await deliver_to(
+        server, [Recipient(f"u{i}@example.test", {"name": str(i)}) for i in range(3)],
+        template, limits=PoolLimits(connections=1),
+    )
     assert {(r.status, r.attempts) for r in results} == {(Status.DELIVERED, 1)}
     assert server.sessions == 2
