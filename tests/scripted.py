@@ -66,6 +66,12 @@ class Conn:
         await ssl_stream.do_handshake()
         self.stream = ssl_stream
 
+    async def greet(self, *extensions: str) -> None:
+        """Greet, read the client's EHLO and answer it with ``extensions``."""
+        await self.send(b"220 x\r\n")
+        await self.readline()
+        await self.ehlo_reply(*extensions)
+
     async def ehlo_reply(self, *extensions: str, name: str = "scripted.test") -> None:
         lines = [name, *extensions]
         out = "".join(f"250-{x}\r\n" for x in lines[:-1]) + f"250 {lines[-1]}\r\n"

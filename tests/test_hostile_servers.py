@@ -114,9 +114,7 @@ async def test_silence_after_greeting_times_out(autojump_clock: trio.abc.Clock) 
 
 async def test_enhanced_code_of_the_wrong_class_is_ignored() -> None:
     async def handler(conn: Conn) -> None:
-        await conn.send(b"220 x\r\n")
-        await conn.readline()
-        await conn.ehlo_reply(*EHLO)
+        await conn.greet(*EHLO)
         for _ in range(3):  # MAIL, RCPT, RCPT
             await conn.readline()
         await conn.readline()  # DATA
@@ -147,9 +145,7 @@ async def test_reply_before_its_command_aborts_the_session() -> None:
 @pytest.mark.parametrize("stray", [b"221 2.0.0 bye\r\n", b"garbage\r\n"])
 async def test_stray_reply_among_pipelined_replies_closes_and_defers(stray: bytes) -> None:
     async def handler(conn: Conn) -> None:
-        await conn.send(b"220 x\r\n")
-        await conn.readline()
-        await conn.ehlo_reply(*EHLO)
+        await conn.greet(*EHLO)
         for _ in range(4):  # MAIL, RCPT, RCPT, DATA in one write
             await conn.readline()
         await conn.send(b"250 ok\r\n250 ok\r\n" + stray + b"354 go\r\n")
@@ -169,9 +165,7 @@ async def test_354_after_every_rcpt_refused_sends_a_lone_dot() -> None:
     seen: list[bytes] = []
 
     async def handler(conn: Conn) -> None:
-        await conn.send(b"220 x\r\n")
-        await conn.readline()
-        await conn.ehlo_reply(*EHLO)
+        await conn.greet(*EHLO)
         for _ in range(4):
             await conn.readline()
         await conn.send(b"250 ok\r\n550 5.1.1 no\r\n550 5.1.1 no\r\n354 go\r\n")
@@ -188,9 +182,7 @@ async def test_354_after_every_rcpt_refused_sends_a_lone_dot() -> None:
 
 async def test_421_to_a_pipelined_rcpt_closes_without_rset() -> None:
     async def handler(conn: Conn) -> None:
-        await conn.send(b"220 x\r\n")
-        await conn.readline()
-        await conn.ehlo_reply(*EHLO)
+        await conn.greet(*EHLO)
         for _ in range(4):
             await conn.readline()
         await conn.send(b"250 ok\r\n250 ok\r\n421 4.7.0 closing\r\n")
@@ -217,9 +209,7 @@ async def test_slow_end_of_data_reply(
     autojump_clock: trio.abc.Clock, delay: float, in_doubt: bool
 ) -> None:
     async def handler(conn: Conn) -> None:
-        await conn.send(b"220 x\r\n")
-        await conn.readline()
-        await conn.ehlo_reply(*EHLO)
+        await conn.greet(*EHLO)
         for _ in range(3):
             await conn.readline()
         await conn.send(b"250 ok\r\n250 ok\r\n354 go\r\n")
@@ -239,9 +229,7 @@ async def test_slow_end_of_data_reply(
 
 async def test_quit_then_tls_close_without_close_notify(tls: TLS) -> None:
     async def handler(conn: Conn) -> None:
-        await conn.send(b"220 x\r\n")
-        await conn.readline()
-        await conn.ehlo_reply("STARTTLS")
+        await conn.greet("STARTTLS")
         await conn.readline()
         await conn.send(b"220 go ahead\r\n")
         await conn.start_tls(tls.server)
@@ -265,9 +253,7 @@ async def test_quit_then_tls_close_without_close_notify(tls: TLS) -> None:
 
 async def test_plaintext_injected_after_starttls_220_aborts(tls: TLS) -> None:
     async def handler(conn: Conn) -> None:
-        await conn.send(b"220 x\r\n")
-        await conn.readline()
-        await conn.ehlo_reply("STARTTLS", "PIPELINING")
+        await conn.greet("STARTTLS", "PIPELINING")
         await conn.readline()
         await conn.send(b"220 Ready to start TLS\r\n250 injected before the handshake\r\n")
         await trio.sleep_forever()
@@ -285,9 +271,7 @@ async def test_plaintext_injected_after_starttls_220_aborts(tls: TLS) -> None:
 )
 async def test_required_starttls_fails_closed(offer: bool, answer: bytes) -> None:
     async def handler(conn: Conn) -> None:
-        await conn.send(b"220 x\r\n")
-        await conn.readline()
-        await conn.ehlo_reply(*(("STARTTLS",) if offer else ()), "PIPELINING")
+        await conn.greet(*(("STARTTLS",) if offer else ()), "PIPELINING")
         if offer:
             await conn.readline()
             await conn.send(answer)
@@ -311,9 +295,7 @@ async def test_unanswerable_sasl_challenge_cancels_the_exchange(tls: TLS) -> Non
     )
 
     async def handler(conn: Conn) -> None:
-        await conn.send(b"220 x\r\n")
-        await conn.readline()
-        await conn.ehlo_reply("STARTTLS")
+        await conn.greet("STARTTLS")
         await conn.readline()
         await conn.send(b"220 go\r\n")
         await conn.start_tls(tls.server)
