@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import ssl
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal
 
 from .protocol.auth import Credentials
@@ -55,8 +56,15 @@ class SessionConfig:
         """The context for this session; opportunistic TLS does not verify."""
         if self.ssl_context is not None:
             return self.ssl_context
-        context = ssl.create_default_context()
-        if self.secure == "may":
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
+        return _default_context(verify=self.secure != "may")
+
+
+@lru_cache(maxsize=2)
+def _default_context(*, verify: bool) -> ssl.SSLContext:
+    """Built once per process, not per connection: loading the system CA store
+    costs milliseconds, and a context is safe to share between sessions."""
+    context = ssl.create_default_context()
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
