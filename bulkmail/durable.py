@@ -17,18 +17,18 @@ import trio
 from .api import Mailer, MessageLike
 from .engine import InDoubtHook, ResultCallback
 from .errors import synthetic_reply
-from .journal import JournalWriter, RecipientRecord, StateChange
+from .journal import JournalWriter, Outcome, RecipientRecord
 from .message import Recipient
 from .protocol.replies import Reply
 from .results import FINAL, Result, Status, Summary
 
 LOOKUP_CHUNK = 500
+IN_DOUBT = Outcome(Status.IN_DOUBT)
 
 
-def change_for(result: Result) -> StateChange:
+def outcome_of(result: Result) -> Outcome:
     reply = result.reply
-    return StateChange(
-        address=result.recipient,
+    return Outcome(
         status=result.status,
         code=reply.code if reply is not None else None,
         enhanced=reply.enhanced if reply is not None else None,
@@ -37,6 +37,33 @@ def change_for(result: Result) -> StateChange:
         host=result.host,
         possible_duplicate=result.possible_duplicate,
     )
+
+
+class OutcomeCache:
+    """One :class:`Outcome` object for a run of results that share everything but
+    the address (a transaction's recipients), so the writer stores them as one row."""
+
+    __slots__ = ("_last", "_outcome")
+
+    def __init__(self) -> None:
+        self._last: Result | None = None
+        self._outcome: Outcome | None = None
+
+    def __call__(self, result: Result) -> Outcome:
+        last = self._last
+        self._last = result
+        if (
+            last is not None
+            and self._outcome is not None
+            and last.reply is result.reply
+            and last.status is result.status
+            and last.attempts == result.attempts
+            and last.host == result.host
+            and last.possible_duplicate == result.possible_duplicate
+        ):
+            return self._outcome
+        self._outcome = outcome_of(result)
+        return self._outcome
 
 
 def reply_of(record: RecipientRecord) -> Reply | None:
@@ -85,8 +112,10 @@ async def send_durably(
         engine.on_in_doubt = _in_doubt_marker(writer)
         stream = _resumed(writer, recipients, settled)
 
+        outcome = OutcomeCache()
+
         def record(result: Result) -> None:
-            writer.submit(change_for(result))
+            writer.submit_outcome(result.recipient, outcome(result))
             if on_result is not None:
                 on_result(result)
 
@@ -98,9 +127,7 @@ async def send_durably(
 
 def _in_doubt_marker(writer: JournalWriter) -> InDoubtHook:
     async def in_doubt(addresses: Sequence[str]) -> None:
-        await writer.submit_durable(
-            [StateChange(address=a, status=Status.IN_DOUBT) for a in addresses]
-        )
+        await writer.submit_durable_outcome(addresses, IN_DOUBT)
 
     return in_doubt
 

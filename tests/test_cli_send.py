@@ -7,7 +7,6 @@ import csv
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -15,12 +14,19 @@ from pathlib import Path
 
 import trio
 
+from bulkmail.journal import RecipientRecord, SQLiteJournal
 from bulkmail.sink import Sink, SinkConfig
 
 from .aiosmtpd_util import aiosmtpd_server
 
 BULKMAIL = [sys.executable, "-m", "bulkmail"]
 
+
+
+def journal_records(path: Path) -> dict[str, RecipientRecord]:
+    """What another reader (a resumed run, ``bulkmail report``) sees in the journal."""
+    with SQLiteJournal(path) as journal:
+        return {r.address: r for r in journal.iter_records()}
 
 def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
     with open(path, "w", newline="") as f:
@@ -162,10 +168,9 @@ async def test_resume_after_sigkill_loses_nobody(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     copies = received(sink)
     assert set(copies) == {f"u{i}@example.test" for i in range(n)}  # everyone, at least once
-    journal = sqlite3.connect(tmp_path / "journal.sqlite")
-    flagged = {a for (a,) in journal.execute(
-        "SELECT address FROM recipients WHERE possible_duplicate = 1")}
-    statuses = Counter(s for (s,) in journal.execute("SELECT status FROM recipients"))
+    records = journal_records(tmp_path / "journal.sqlite")
+    flagged = {a for a, r in records.items() if r.possible_duplicate}
+    statuses = Counter(r.status.value for r in records.values())
     assert statuses == Counter({"delivered": n})
     duplicates = {a for a, c in copies.items() if c > 1}
     assert duplicates <= flagged  # extra copies only for recipients marked in doubt
@@ -246,12 +251,8 @@ async def test_in_doubt_is_on_disk_before_the_end_of_data_and_resent_once(
     def data_done(rcpts: list[str], content: bytes) -> str | None:
         copies.append(content)
         # the end of data has arrived: the journal must already say "in doubt"
-        db = sqlite3.connect(journal)
-        seen_in_journal.extend(
-            s for (s,) in db.execute("SELECT status FROM recipients WHERE address = ?",
-                                     (rcpts[0],))
-        )
-        db.close()
+        record = journal_records(journal).get(rcpts[0])
+        seen_in_journal.extend([record.status.value] if record else [])
         if state["kill"]:
             state["kill"] = False
             state["proc"].send_signal(signal.SIGKILL)  # type: ignore[union-attr]
@@ -373,9 +374,8 @@ async def test_a_second_signal_exits_at_once_and_loses_nobody(tmp_path: Path) ->
     assert rerun.returncode == 0, rerun.stderr
     copies = received(sink)
     assert set(copies) == {f"u{i}@example.test" for i in range(n)}
-    journal = sqlite3.connect(tmp_path / "journal.sqlite")
-    flagged = {a for (a,) in journal.execute(
-        "SELECT address FROM recipients WHERE possible_duplicate = 1")}
+    records = journal_records(tmp_path / "journal.sqlite")
+    flagged = {a for a, r in records.items() if r.possible_duplicate}
     assert {a for a, c in copies.items() if c > 1} <= flagged
 
 

@@ -22,11 +22,13 @@ from bulkmail.journal import (
     FINAL,
     JournalError,
     JournalWriter,
+    Outcome,
     RecipientRecord,
     SQLiteJournal,
     StateChange,
     Status,
 )
+from bulkmail.journal.sqlite import SCHEMA_VERSION
 
 
 def delivered(address: str, *, possible_duplicate: bool = False) -> StateChange:
@@ -41,11 +43,9 @@ def journal(tmp_path: Path) -> Iterator[SQLiteJournal]:
 
 
 def statuses_seen_by_another_connection(path: Path) -> dict[str, str]:
-    other = sqlite3.connect(path)  # as a resumed run (or a crash survivor) would read it
-    try:
-        return dict(other.execute("SELECT address, status FROM recipients").fetchall())
-    finally:
-        other.close()
+    # a second connection, as a resumed run (or a crash survivor) would read it
+    with SQLiteJournal(path) as other:
+        return {r.address: r.status.value for r in other.iter_records()}
 
 
 # -- SQLiteJournal ---------------------------------------------------------------
@@ -129,6 +129,50 @@ def test_counts_top_domains_and_top_codes(journal: SQLiteJournal) -> None:
     assert Status.BOUNCED in FINAL and Status.DEFERRED not in FINAL  # re-exported
 
 
+def test_a_shared_outcome_is_one_appended_row_until_a_reader_folds_it(
+    journal: SQLiteJournal,
+) -> None:
+    sent = Outcome(Status.DELIVERED, 250, "2.0.0", "queued", 1, "mx.test")
+    addresses = [f"u{i}@x.test" for i in range(50)]
+    journal.record_outcomes([(addresses, Outcome(Status.IN_DOUBT)), (addresses, sent)])
+    assert journal._db.execute("SELECT count(*) FROM events").fetchone() == (2,)
+    assert journal._db.execute("SELECT count(*) FROM recipients").fetchone() == (0,)
+    assert not journal.is_empty()  # appended events count before any fold
+    found = journal.lookup(addresses)  # a reader folds first
+    assert {r.status for r in found.values()} == {Status.DELIVERED} and len(found) == 50
+    assert journal._db.execute("SELECT count(*) FROM events").fetchone() == (0,)
+
+
+def test_the_domain_is_what_follows_the_last_at_sign(journal: SQLiteJournal) -> None:
+    journal.record([delivered('"a@b"@Example.TEST'), delivered("no-at-sign"),
+                    delivered("Ünïcode@Bücher.TEST")])
+    assert sorted(journal.top_domains()) == [("", 1), ("bücher.test", 1), ("example.test", 1)]
+    assert set(journal.lookup(['"a@b"@Example.TEST', "Ünïcode@Bücher.TEST"])) == {
+        '"a@b"@Example.TEST', "Ünïcode@Bücher.TEST"}
+
+
+def test_a_version_1_journal_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE recipients (address TEXT PRIMARY KEY, domain TEXT NOT NULL,"
+        " status TEXT NOT NULL, code INTEGER, enhanced TEXT, reply TEXT,"
+        " attempts INTEGER NOT NULL DEFAULT 0, host TEXT, next_attempt REAL,"
+        " possible_duplicate INTEGER NOT NULL DEFAULT 0, updated_at REAL NOT NULL)"
+        " WITHOUT ROWID;"
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;"
+        "INSERT INTO recipients VALUES ('a@x.test', 'x.test', 'in_doubt', NULL, NULL, NULL,"
+        " 1, NULL, NULL, 0, 0);"
+        "PRAGMA user_version = 1;"
+    )
+    db.close()
+    with SQLiteJournal(path) as journal:
+        journal.record([delivered("b@x.test")])
+        assert journal.counts() == {Status.IN_DOUBT: 1, Status.DELIVERED: 1}
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
 def test_meta_is_stored_overwritten_and_kept(tmp_path: Path) -> None:
     with SQLiteJournal(tmp_path / "j.sqlite") as journal:
         assert journal.get_meta("sender") is None
@@ -144,6 +188,7 @@ def test_meta_is_stored_overwritten_and_kept(tmp_path: Path) -> None:
 def test_iter_records_streams_instead_of_fetching_all(journal: SQLiteJournal) -> None:
     n = 100_000
     journal.record([delivered(f"u{i:06d}@x.test") for i in range(n)])
+    assert journal.counts() == {Status.DELIVERED: n}  # folds the appended events first
     steps = 0
 
     def count() -> int:
@@ -295,9 +340,9 @@ class CountingJournal(SQLiteJournal):
         super().__init__(path)
         self.batches: list[int] = []
 
-    def record(self, changes: Sequence[StateChange]) -> None:
-        super().record(changes)
-        self.batches.append(len(changes))
+    def record_outcomes(self, groups: Sequence[tuple[Sequence[str], Outcome]]) -> None:
+        super().record_outcomes(groups)
+        self.batches.append(sum(len(addresses) for addresses, _ in groups))
 
 
 async def test_many_concurrent_submits_collapse_into_few_commits(tmp_path: Path) -> None:
@@ -322,13 +367,34 @@ async def test_many_concurrent_submits_collapse_into_few_commits(tmp_path: Path)
     journal.close()
 
 
+async def test_a_transactions_recipients_share_one_group(tmp_path: Path) -> None:
+    journal = CountingJournal(tmp_path / "j.sqlite")
+    groups: list[int] = []
+    record = journal.record_outcomes
+
+    def counting(batch: Sequence[tuple[Sequence[str], Outcome]]) -> None:
+        groups.extend(len(addresses) for addresses, _ in batch)
+        record(batch)
+
+    journal.record_outcomes = counting  # type: ignore[method-assign]
+    writer = JournalWriter(journal)
+    first, second = Outcome(Status.DELIVERED, 250), Outcome(Status.DELIVERED, 250)
+    for i in range(30):
+        writer.submit_outcome(f"a{i}@x.test", first)  # the same object: one group
+    for i in range(20):
+        writer.submit_outcome(f"b{i}@x.test", second)  # equal but another: a new group
+    await writer.flush()
+    assert groups == [30, 20] and journal.counts() == {Status.DELIVERED: 50}
+    journal.close()
+
+
 async def test_a_lone_submit_is_committed_after_max_delay_without_flush(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
     committed = trio.Event()
 
     class Signalling(SQLiteJournal):
-        def record(self, changes: Sequence[StateChange]) -> None:
-            super().record(changes)
+        def record_outcomes(self, groups: Sequence[tuple[Sequence[str], Outcome]]) -> None:
+            super().record_outcomes(groups)
             committed.set()  # commits run in the event loop
 
     journal = Signalling(path)
@@ -398,9 +464,9 @@ async def test_submit_async_waits_while_too_much_is_uncommitted(tmp_path: Path) 
     gate = threading.Event()
 
     class Slow(CountingJournal):
-        def record(self, changes: Sequence[StateChange]) -> None:
+        def record_outcomes(self, groups: Sequence[tuple[Sequence[str], Outcome]]) -> None:
             gate.wait(10)
-            super().record(changes)
+            super().record_outcomes(groups)
 
     journal = Slow(tmp_path / "j.sqlite")
     writer = JournalWriter(journal, max_pending=10)
@@ -427,7 +493,7 @@ async def test_submit_async_waits_while_too_much_is_uncommitted(tmp_path: Path) 
 
 async def test_a_failing_commit_propagates_out_of_run() -> None:
     class Broken:
-        def record(self, changes: Sequence[StateChange]) -> None:
+        def record_outcomes(self, groups: Sequence[tuple[Sequence[str], Outcome]]) -> None:
             raise OSError("disk full")
 
     writer = JournalWriter(Broken())  # type: ignore[arg-type]

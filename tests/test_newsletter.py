@@ -5,7 +5,6 @@ headers, and a VERP round trip through a real DSN."""
 from __future__ import annotations
 
 import base64
-import sqlite3
 import subprocess
 import sys
 from email import message_from_bytes
@@ -23,6 +22,7 @@ from bulkmail import Mailer, MailerConfig, Recipient, Relay, TemplateContent
 from bulkmail.dkim_signing import DKIMError, DKIMSigner
 from bulkmail.dsn import parse_dsn
 from bulkmail.headers import ensure_identity, unsubscribe_headers
+from bulkmail.journal import SQLiteJournal
 from bulkmail.message import StaticContent
 from bulkmail.newsletter import DecoratedContent, Decorations
 from bulkmail.sink import Sink, SinkConfig
@@ -214,11 +214,11 @@ async def test_verp_round_trip_with_a_real_dsn(tmp_path: Path) -> None:
         capture_output=True, text=True, check=False,
     )
     assert result.returncode == 0, result.stderr
-    db = sqlite3.connect(journal)
-    rows = dict(db.execute("SELECT address, status FROM recipients").fetchall())
-    assert rows == {"alice@example.test": "delivered", "bob@example.test": "bounced"}
-    assert db.execute("SELECT code, enhanced FROM recipients WHERE address = ?",
-                      ("bob@example.test",)).fetchone() == (550, "5.1.1")
+    with SQLiteJournal(journal) as db:
+        rows = {r.address: r for r in db.iter_records()}
+    assert {a: r.status.value for a, r in rows.items()} == {
+        "alice@example.test": "delivered", "bob@example.test": "bounced"}
+    assert (rows["bob@example.test"].code, rows["bob@example.test"].enhanced) == (550, "5.1.1")
     assert suppress.read_text() == "bob@example.test\n"
 
 

@@ -7,7 +7,7 @@ commit that keeps durability to a small fraction of throughput.
 
 from __future__ import annotations
 
-from .base import FINAL, Journal, JournalError, RecipientRecord, StateChange, Status
+from .base import FINAL, Journal, JournalError, Outcome, RecipientRecord, StateChange, Status
 from .sqlite import SQLiteJournal
 from .writer import JournalWriter
 
@@ -16,6 +16,7 @@ __all__ = [
     "Journal",
     "JournalError",
     "JournalWriter",
+    "Outcome",
     "RecipientRecord",
     "SQLiteJournal",
     "StateChange",

@@ -12,7 +12,9 @@ from typing import Protocol
 
 from ..results import FINAL, Status
 
-__all__ = ["FINAL", "Journal", "JournalError", "RecipientRecord", "StateChange", "Status"]
+__all__ = [
+    "FINAL", "Journal", "JournalError", "Outcome", "RecipientRecord", "StateChange", "Status",
+]
 
 
 class JournalError(Exception):
@@ -35,6 +37,29 @@ class StateChange:
     attempts: int = 0
     host: str | None = None  #: host that answered
     next_attempt: float | None = None  #: unix time of the next retry (deferred)
+    possible_duplicate: bool = False
+
+
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome(
+            self.status, self.code, self.enhanced, self.reply, self.attempts, self.host,
+            self.next_attempt, self.possible_duplicate,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A state change without its address: what a whole transaction's recipients
+    usually share, so the journal stores it once for all of them."""
+
+    status: Status
+    code: int | None = None
+    enhanced: str | None = None
+    reply: str | None = None
+    attempts: int = 0
+    host: str | None = None
+    next_attempt: float | None = None
     possible_duplicate: bool = False
 
 
@@ -74,6 +99,10 @@ class Journal(Protocol):
         when the change carries none; ``attempts`` never decreases and
         ``possible_duplicate`` once raised stays raised.
         """
+        ...
+
+    def record_outcomes(self, groups: Sequence[tuple[Sequence[str], Outcome]]) -> None:
+        """Like :meth:`record`, with each outcome applying to all of its addresses."""
         ...
 
     def set_meta(self, key: str, value: str) -> None:

@@ -5,11 +5,19 @@ during a run) never block the writer.  ``synchronous=NORMAL`` survives a
 killed process; ``FULL`` also fsyncs each commit to survive power loss.  A WAL
 torn by a crash is repaired by SQLite itself on open (the torn transaction is
 dropped whole); damage beyond that is reported, never "fixed" by deleting data.
+
+Writes are appends: each group commit adds a few rows to ``events``, one per
+outcome shared by many addresses (a JSON array), instead of a keyed upsert per
+recipient -- a run pays about half a microsecond per recipient instead of
+twelve.  Readers first *fold* the events into ``recipients`` (per address
+state, one set-based SQL statement), so lookups, reports and direct SQL on
+``recipients`` see every committed change.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import threading
@@ -17,7 +25,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
-from .base import JournalError, RecipientRecord, StateChange, Status
+from .base import JournalError, Outcome, RecipientRecord, StateChange, Status
 
 __all__ = ["LOOKUP_CHUNK", "SCHEMA_VERSION", "SQLiteJournal"]
 
@@ -26,7 +34,7 @@ LOOKUP_CHUNK = 500
 #: rows per fetch when streaming records
 _FETCH = 1000
 #: stored in ``PRAGMA user_version``; a newer file is refused, not misread
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the events log
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS recipients (
@@ -44,14 +52,36 @@ CREATE TABLE IF NOT EXISTS recipients (
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS events (
+    addresses TEXT NOT NULL,  -- a JSON array of the addresses this outcome applies to
+    status TEXT NOT NULL,
+    code INTEGER,
+    enhanced TEXT,
+    reply TEXT,
+    attempts INTEGER NOT NULL,
+    host TEXT,
+    next_attempt REAL,
+    possible_duplicate INTEGER NOT NULL,
+    at REAL NOT NULL
+);
 """
 
-# The merge rules documented on Journal.record.  executemany applies rows in
-# order, so within one batch the last change per address wins too.
-_UPSERT = """
+# The merge rules documented on Journal.record, applied to events in the order
+# they were appended (and within one event, in its array's order); the domain
+# is what follows the last "@" (rtrim strips every character but "@").
+_FOLD = """
 INSERT INTO recipients (address, domain, status, code, enhanced, reply, attempts, host,
                         next_attempt, possible_duplicate, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+SELECT a.value,
+       CASE WHEN instr(a.value, '@') = 0 THEN ''
+            ELSE lower(substr(a.value, length(rtrim(a.value, replace(a.value, '@', ''))) + 1))
+       END,
+       e.status, e.code, e.enhanced, e.reply, e.attempts, e.host, e.next_attempt,
+       e.possible_duplicate, e.at
+FROM events AS e, json_each(e.addresses) AS a
+WHERE e.rowid <= ?
+ORDER BY e.rowid, a.key
 ON CONFLICT(address) DO UPDATE SET
     status = excluded.status,
     code = COALESCE(excluded.code, recipients.code),
@@ -63,6 +93,8 @@ ON CONFLICT(address) DO UPDATE SET
     possible_duplicate = MAX(excluded.possible_duplicate, recipients.possible_duplicate),
     updated_at = excluded.updated_at
 """
+
+_APPEND = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 _COLUMNS = (
     "address, status, code, enhanced, reply, attempts, host, next_attempt,"
@@ -78,9 +110,11 @@ def _record(row: Any) -> RecipientRecord:
     )
 
 
-def _domain(address: str) -> str:
-    _, at, domain = address.rpartition("@")
-    return domain.lower() if at else ""
+def _outcome(change: StateChange) -> Outcome:
+    return Outcome(
+        change.status, change.code, change.enhanced, change.reply, change.attempts,
+        change.host, change.next_attempt, change.possible_duplicate,
+    )
 
 
 class SQLiteJournal:
@@ -134,6 +168,8 @@ class SQLiteJournal:
             )
         if version == SCHEMA_VERSION:
             return  # opening an existing journal writes nothing (``bulkmail report`` mid-run)
+        # a new file, or a version-1 journal gaining the events table (its
+        # recipients table is already the folded state)
         try:
             db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
         except sqlite3.Error as exc:
@@ -157,32 +193,58 @@ class SQLiteJournal:
                 f" WHERE address IN ({','.join('?' * len(chunk))})"
             )
             with self._using() as db:  # per chunk: a long lookup doesn't stall commits
+                self._fold(db)
                 rows = db.execute(query, chunk).fetchall()
             for row in rows:
                 found[row[0]] = _record(row)
         return found
 
     def record(self, changes: Sequence[StateChange]) -> None:
-        if not changes:
-            return
+        groups: list[tuple[list[str], Outcome]] = []
+        for change in changes:
+            outcome = _outcome(change)
+            if groups and groups[-1][1] == outcome:
+                groups[-1][0].append(change.address)
+            else:
+                groups.append(([change.address], outcome))
+        self.record_outcomes(groups)
+
+    def record_outcomes(self, groups: Sequence[tuple[Sequence[str], Outcome]]) -> None:
         now = time.time()
         rows = [
             (
-                c.address, _domain(c.address), c.status.value, c.code, c.enhanced, c.reply,
-                c.attempts, c.host, c.next_attempt, int(c.possible_duplicate), now,
+                json.dumps(list(addresses)), o.status.value, o.code, o.enhanced, o.reply,
+                o.attempts, o.host, o.next_attempt, int(o.possible_duplicate), now,
             )
-            for c in changes
+            for addresses, o in groups
+            if addresses
         ]
-        with self._using() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(_UPSERT, rows)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        db.execute("ROLLBACK")
-                raise
+        if not rows:
+            return
+        with self._using() as db, self._transaction(db):
+            db.executemany(_APPEND, rows)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            raise
+
+    def _fold(self, db: sqlite3.Connection) -> None:
+        """Apply the appended events to ``recipients`` and drop them, atomically."""
+        (top,) = db.execute("SELECT max(rowid) FROM events").fetchone()
+        if top is None:
+            return
+        with self._transaction(db):
+            db.execute(_FOLD, (top,))
+            db.execute("DELETE FROM events WHERE rowid <= ?", (top,))
 
     def set_meta(self, key: str, value: str) -> None:
         with self._using() as db:
@@ -203,6 +265,7 @@ class SQLiteJournal:
         Meant for reports; a commit between two fetches may or may not show.
         """
         with self._using() as db:
+            self._fold(db)
             cursor = db.execute(f"SELECT {_COLUMNS} FROM recipients ORDER BY address")
         try:
             while True:
@@ -218,15 +281,20 @@ class SQLiteJournal:
 
     def is_empty(self) -> bool:
         with self._using() as db:
-            return db.execute("SELECT 1 FROM recipients LIMIT 1").fetchone() is None
+            return not any(
+                db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
+                for table in ("events", "recipients")
+            )
 
     def counts(self) -> dict[Status, int]:
         with self._using() as db:
+            self._fold(db)
             rows = db.execute("SELECT status, count(*) FROM recipients GROUP BY status").fetchall()
         return {Status(status): n for status, n in rows}
 
     def top_domains(self, n: int = 10) -> list[tuple[str, int]]:
         with self._using() as db:
+            self._fold(db)
             rows = db.execute(
                 "SELECT domain, count(*) AS c FROM recipients GROUP BY domain"
                 " ORDER BY c DESC, domain LIMIT ?",
@@ -236,6 +304,7 @@ class SQLiteJournal:
 
     def top_codes(self, n: int = 10) -> list[tuple[str, int]]:
         with self._using() as db:
+            self._fold(db)
             rows = db.execute(
                 "SELECT code, enhanced, count(*) AS c FROM recipients WHERE code IS NOT NULL"
                 " GROUP BY code, enhanced ORDER BY c DESC, code, enhanced LIMIT ?",

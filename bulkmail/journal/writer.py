@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from itertools import islice
 
 import trio
 
-from .base import Journal, JournalError, StateChange
+from .base import Journal, JournalError, Outcome, StateChange
 
 __all__ = ["JournalWriter"]
+
+#: addresses that share one outcome, queued for the same commit
+Group = tuple[list[str], Outcome]
 
 
 class JournalWriter:
@@ -52,8 +54,9 @@ class JournalWriter:
         self.max_pending = max_pending
         #: group commits done so far
         self.commits = 0
-        self._queue: deque[StateChange] = deque()  # uncommitted, oldest first
-        self._submitted = 0  # sequence numbers: changes ever submitted ...
+        self._queue: deque[Group] = deque()  # uncommitted, oldest first
+        self._queued = 0  # addresses in the queue
+        self._submitted = 0  # sequence numbers: addresses' changes ever submitted ...
         self._committed = 0  # ... and ever committed
         self._urgent = 0  # tasks waiting for a commit: don't linger gathering
         self._running = False
@@ -74,11 +77,23 @@ class JournalWriter:
 
     def submit(self, change: StateChange) -> None:
         """Queue a change for the next group commit; fire and forget."""
+        self.submit_outcome(change.address, change.outcome)
+
+    def submit_outcome(self, address: str, outcome: Outcome) -> None:
+        """Queue ``address`` moving to ``outcome``; fire and forget.
+
+        Consecutive submits of the *same* outcome object (a transaction's
+        recipients) share one group, which the journal stores as one row.
+        """
         self._check()
         queue = self._queue
-        queue.append(change)
+        if queue and queue[-1][1] is outcome:
+            queue[-1][0].append(address)
+        else:
+            queue.append(([address], outcome))
+        self._queued += 1
         self._submitted += 1
-        if len(queue) == 1 or len(queue) >= self.max_batch:
+        if self._queued == 1 or self._queued >= self.max_batch:
             self._wakeup.set()
 
     async def submit_async(self, change: StateChange) -> None:
@@ -91,8 +106,18 @@ class JournalWriter:
     async def submit_durable(self, changes: Sequence[StateChange]) -> None:
         """Queue ``changes`` and return once the group commit holding them is done."""
         self._check()
-        self._queue.extend(changes)
+        for change in changes:
+            self._queue.append(([change.address], change.outcome))
+        self._queued += len(changes)
         self._submitted += len(changes)
+        await self._wait_for(self._submitted)
+
+    async def submit_durable_outcome(self, addresses: Sequence[str], outcome: Outcome) -> None:
+        """Queue ``addresses`` moving to ``outcome``; return once that is committed."""
+        self._check()
+        self._queue.append((list(addresses), outcome))
+        self._queued += len(addresses)
+        self._submitted += len(addresses)
         await self._wait_for(self._submitted)
 
     async def flush(self) -> None:
@@ -119,7 +144,7 @@ class JournalWriter:
                     await self._wakeup.wait()
                     self._wakeup = trio.Event()
                     continue
-                if len(self._queue) < self.max_batch and not self._urgent and not self._closing:
+                if self._queued < self.max_batch and not self._urgent and not self._closing:
                     # let a group gather: a few ms buys hundreds of changes per commit
                     with trio.move_on_after(self.max_delay):
                         await self._wakeup.wait()
@@ -151,15 +176,22 @@ class JournalWriter:
     async def _commit_batch(self) -> None:
         async with self._commit_lock:
             self._check()
-            batch = list(islice(self._queue, self.max_batch))
+            batch: list[Group] = []
+            size = 0
+            for group in self._queue:  # whole groups, about max_batch addresses
+                if size >= self.max_batch:
+                    break
+                batch.append(group)
+                size += len(group[0])
             if not batch:
                 return
             try:
                 # In the event loop, not a worker thread: a WAL commit without
                 # fsync takes a millisecond or two, and a thread would fight
                 # the senders for the GIL (measured: ~10% slower end to end).
-                # Synchronous, so a started commit always completes and counts.
-                self.journal.record(batch)
+                # Synchronous, so a started commit always completes and counts
+                # (and no submit can join a group while it is being written).
+                self.journal.record_outcomes(batch)
             except Exception as exc:
                 self._error = exc
                 self._signal()
@@ -170,7 +202,8 @@ class JournalWriter:
                 raise
             for _ in batch:
                 self._queue.popleft()
-            self._committed += len(batch)
+            self._queued -= size
+            self._committed += size
             self.commits += 1
             self._signal()
         await trio.lowlevel.checkpoint()
