@@ -298,15 +298,18 @@ class SMTPSession:
     async def _send(self, data: bytes, timeout: float) -> None:
         if self.error is not None:
             raise self.error
+        # a bare scope, not fail_after(): that one is a generator context
+        # manager, and this runs once per message (measured: 14% of the run)
+        deadline = trio.CancelScope(deadline=trio.current_time() + timeout)
         try:
-            with trio.fail_after(timeout):
+            with deadline:
                 await self._stream.send_all(data)
-        except trio.TooSlowError as exc:
-            reply = synthetic_reply(451, "4.4.2", "timed out sending to the server")
-            raise self._fail(SMTPTimeout(reply, host=self.peer)) from exc
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             reply = synthetic_reply(451, "4.4.2", f"connection lost while sending: {exc}")
             raise self._fail(SMTPConnectionLost(reply, host=self.peer)) from exc
+        if deadline.cancelled_caught:
+            reply = synthetic_reply(451, "4.4.2", "timed out sending to the server")
+            raise self._fail(SMTPTimeout(reply, host=self.peer))
 
     async def _read(self, expected: Stage, timeout: float) -> tuple[Stage, Reply]:
         """The next reply, which must answer a command of stage ``expected``."""
@@ -326,8 +329,10 @@ class SMTPSession:
 
     async def _receive_reply(self, expected: Stage, timeout: float) -> tuple[Stage, Reply]:
         protocol = self._protocol
+        deadline = trio.CancelScope(deadline=trio.current_time() + timeout)
+        item = None
         try:
-            with trio.fail_after(timeout):
+            with deadline:
                 while True:
                     item = protocol.next_reply()
                     if item is not None:
@@ -345,14 +350,14 @@ class SMTPSession:
                         )
                         raise self._fail(SMTPConnectionLost(reply, host=self.peer))
                     protocol.receive_data(data)
-        except trio.TooSlowError as exc:
-            reply = synthetic_reply(
-                451, "4.4.2", f"no reply to {expected.value.upper()} within {timeout:g}s"
-            )
-            raise self._fail(SMTPTimeout(reply, host=self.peer)) from exc
         except RemoteProtocolError as exc:
             reply = synthetic_reply(451, "4.5.0", f"protocol error from server: {exc}")
             raise self._fail(SMTPProtocolViolation(reply, host=self.peer)) from exc
+        if item is None:  # the deadline passed
+            reply = synthetic_reply(
+                451, "4.4.2", f"no reply to {expected.value.upper()} within {timeout:g}s"
+            )
+            raise self._fail(SMTPTimeout(reply, host=self.peer))
         return item
 
     def _accept(self, item: tuple[Stage, Reply], expected: Stage) -> tuple[Stage, Reply]:

@@ -11,7 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bulkmail.protocol.errors import RemoteProtocolError
-from bulkmail.protocol.replies import DEFAULT_MAX_LINE_LENGTH, Reply, ReplyParser, parse_enhanced
+from bulkmail.protocol.replies import (
+    DEFAULT_MAX_LINE_LENGTH,
+    MAX_KNOWN_REPLIES,
+    Reply,
+    ReplyParser,
+    parse_enhanced,
+)
 
 
 def feed_all(chunks: list[bytes], parser: ReplyParser | None = None) -> list[Reply]:
@@ -261,3 +267,16 @@ def test_well_formed_replies_round_trip(replies: list[tuple[int, list[str]]]) ->
     parsed, failed = outcome([wire])
     assert not failed
     assert [(r.code, list(r.lines)) for r in parsed] == replies
+
+
+def test_a_repeated_single_line_reply_is_parsed_once_and_shared() -> None:
+    parser = ReplyParser()
+    parser.feed(b"250 2.1.0 Ok\r\n250 2.1.0 Ok\r\n250-a\r\n250 b\r\n250-a\r\n250 b\r\n")
+    first, second = parser.next_reply(), parser.next_reply()
+    assert first is second and first == Reply(250, ("2.1.0 Ok",), "2.1.0")
+    multi_1, multi_2 = parser.next_reply(), parser.next_reply()
+    assert multi_1 == multi_2 and multi_1 is not multi_2  # multi-line replies are not kept
+    for n in range(MAX_KNOWN_REPLIES * 2):  # distinct replies: the memory stays bounded
+        parser.feed(b"250 queued as %d\r\n" % n)
+        assert parser.next_reply() == Reply(250, (f"queued as {n}",))
+    assert len(parser._known) == MAX_KNOWN_REPLIES

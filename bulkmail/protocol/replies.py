@@ -79,6 +79,10 @@ def parse_enhanced(code: int, text: str) -> str | None:
     return m.group(0)
 
 
+#: distinct single-line replies remembered per connection
+MAX_KNOWN_REPLIES = 64
+
+
 class ReplyParser:
     """Incremental parser: ``feed(bytes)`` then ``next_reply()`` until ``None``.
 
@@ -86,7 +90,9 @@ class ReplyParser:
     compacting only once consumed data dominates.
     """
 
-    __slots__ = ("_buf", "_code", "_eof", "_lines", "_pos", "max_line_length", "max_lines")
+    __slots__ = (
+        "_buf", "_code", "_eof", "_known", "_lines", "_pos", "max_line_length", "max_lines",
+    )
 
     def __init__(
         self,
@@ -102,6 +108,9 @@ class ReplyParser:
         self._lines: list[str] = []
         self._code = 0
         self._eof = False
+        #: single-line replies seen before, parsed once: a server says "250 2.1.0
+        #: Ok" thousands of times, and a shared (immutable) Reply costs nothing
+        self._known: dict[bytes, Reply] = {}
 
     @property
     def buffered(self) -> int:
@@ -153,8 +162,14 @@ class ReplyParser:
                 )
             line = bytes(buf[self._pos : end])
             self._pos = nl + 1
+            if not self._lines:
+                known = self._known.get(line)
+                if known is not None:
+                    return known
             reply = self._take_line(line)
             if reply is not None:
+                if len(reply.lines) == 1 and len(self._known) < MAX_KNOWN_REPLIES:
+                    self._known[line] = reply
                 return reply
 
     def _take_line(self, line: bytes) -> Reply | None:
