@@ -127,8 +127,9 @@ class Job:
 
     def first_sighting(self, address: str) -> bool:
         """True once per address: the same address twice is sent once."""
-        local, _, domain = address.rpartition("@")
-        key = f"{local}@{domain.lower()}"
+        local, at, domain = address.rpartition("@")
+        lowered = domain.lower()
+        key = address if at and lowered == domain else f"{local}@{lowered}"
         if key in self._seen:
             return False
         self._seen.add(key)

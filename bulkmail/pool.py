@@ -66,7 +66,8 @@ class Pool:
         else:
             self.queue.append(item)
         self._wakeup.unpark()
-        self._spawn_workers()
+        if self.workers < self.limits.connections:  # else nobody more may start
+            self._spawn_workers()
 
     def _spawn_workers(self) -> None:
         wanted = min(self.health.concurrency, self.limits.connections)

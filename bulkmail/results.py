@@ -80,6 +80,8 @@ class Summary:
     elapsed: float = 0.0
     codes: Counter[str] = field(default_factory=Counter)
     domains: Counter[str] = field(default_factory=Counter)
+    #: the last reply counted and its key: a transaction's recipients share one
+    _last: tuple[Reply | None, str] = field(default=(None, ""), repr=False, compare=False)
 
     @property
     def total(self) -> int:
@@ -99,9 +101,12 @@ class Summary:
             self.possible_duplicates += 1
         reply = result.reply
         if reply is not None:
-            self.codes[f"{reply.code} {reply.enhanced}" if reply.enhanced else str(reply.code)] += 1
-        _, _, domain = result.recipient.rpartition("@")
-        self.domains[domain.lower()] += 1
+            last, key = self._last
+            if reply is not last:
+                key = f"{reply.code} {reply.enhanced}" if reply.enhanced else str(reply.code)
+                self._last = (reply, key)
+            self.codes[key] += 1
+        self.domains[result.recipient.rpartition("@")[2].lower()] += 1
 
     def as_dict(self) -> dict[str, object]:
         return {
