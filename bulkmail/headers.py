@@ -85,8 +85,15 @@ def ensure_identity(
     message: bytes, domain: str, *, seed: bytes | None = None, now: float | None = None
 ) -> bytes:
     """Add ``Message-ID`` and ``Date`` when the message lacks them."""
+    return add_headers(message, identity_headers(domain, seed=seed, now=now))
+
+
+def identity_headers(
+    domain: str, *, seed: bytes | None = None, now: float | None = None
+) -> list[tuple[str, str]]:
+    """``Message-ID`` and ``Date`` values for a message (see :func:`message_id`)."""
     date = _date_header(int(now if now is not None else time.time()))
-    return add_headers(message, [("Message-ID", message_id(domain, seed)), ("Date", date)])
+    return [("Message-ID", message_id(domain, seed)), ("Date", date)]
 
 
 def unsubscribe_headers(url: str, mailto: str | None = None) -> list[tuple[str, str]]:

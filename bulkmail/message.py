@@ -16,6 +16,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from typing import Protocol, runtime_checkable
 
+from .headers import split_message
 from .protocol.data import PreparedMessage
 from .reencode import prepare
 
@@ -85,6 +86,14 @@ class TemplateContent:
 
     def render(self, recipient: Recipient) -> PreparedMessage:
         return prepare(self.raw(recipient))
+
+    def fixed_header_block(self) -> bytes | None:
+        """The template's header block if rendering cannot change which headers it
+        has (no line starts with a placeholder; values carry no line breaks)."""
+        head, _ = split_message(self.template.template.encode("utf-8"))
+        if any(line.startswith(b"$") for line in head.splitlines()):
+            return None
+        return head
 
     def raw(self, recipient: Recipient) -> bytes:
         values: dict[str, str] = {"email": recipient.address, "recipient": recipient.address}

@@ -11,8 +11,15 @@ import string
 from dataclasses import dataclass
 
 from .dkim_signing import DKIMSigner
-from .headers import add_headers, ensure_identity, unsubscribe_headers
-from .message import Content, Recipient, TemplateValueError
+from .headers import (
+    add_headers,
+    ensure_identity,
+    has_header,
+    header_line,
+    identity_headers,
+    unsubscribe_headers,
+)
+from .message import Content, Recipient, TemplateContent, TemplateValueError
 from .protocol.data import PreparedMessage
 from .reencode import prepare
 
@@ -40,6 +47,20 @@ class DecoratedContent:
         per_recipient_url = bool(self._url and self._url.get_identifiers())
         self.personalised = inner.personalised or per_recipient_url
         self._shared: PreparedMessage | None = None
+        # A template that only needs Message-ID/Date: which of them it lacks is
+        # known before rendering, so each message is just those lines + the
+        # rendering (no per-message header parsing: ~40% of decorating one)
+        self._identity_only: tuple[str, ...] | None = None
+        if (
+            decorations.identity_domain
+            and self._url is None
+            and decorations.dkim is None
+            and isinstance(inner, TemplateContent)
+            and (head := inner.fixed_header_block()) is not None
+        ):
+            self._identity_only = tuple(
+                name for name in ("Message-ID", "Date") if not has_header(head, name)
+            )
 
     def render(self, recipient: Recipient) -> PreparedMessage:
         if not self.personalised:
@@ -51,6 +72,15 @@ class DecoratedContent:
     def _decorate(self, recipient: Recipient) -> PreparedMessage:
         d = self.decorations
         message = self.inner.raw(recipient)
+        if self._identity_only is not None and d.identity_domain:
+            seed = message + recipient.address.encode()
+            missing = self._identity_only
+            prefix = b"".join(
+                header_line(name, value)
+                for name, value in identity_headers(d.identity_domain, seed=seed)
+                if name in missing
+            )
+            return prepare(prefix + message)
         if d.identity_domain:
             seed = message if not self.personalised else message + recipient.address.encode()
             message = ensure_identity(message, d.identity_domain, seed=seed)

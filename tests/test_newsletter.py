@@ -25,6 +25,7 @@ from bulkmail.headers import ensure_identity, unsubscribe_headers
 from bulkmail.journal import SQLiteJournal
 from bulkmail.message import StaticContent
 from bulkmail.newsletter import DecoratedContent, Decorations
+from bulkmail.reencode import prepare
 from bulkmail.sink import Sink, SinkConfig
 from bulkmail.verp import verp_recipient, verp_sender
 
@@ -233,3 +234,22 @@ def test_header_values_cannot_carry_line_breaks() -> None:
     assert b"List-Unsubscribe: <https://sender.test/u?t=abc>\r\n" in ok.normalized
     with pytest.raises(ValueError, match="line break"):
         content.render(Recipient("b@x.test", {"token": "abc\r\nBcc: victim@x.test"}))
+
+
+@pytest.mark.parametrize("template", [
+    b"From: a@sender.test\nSubject: hi ${name}\n\nHello ${name}\n",
+    b"From: a@sender.test\nDate: Mon, 2 Nov 2026 10:00:00 +0000\nSubject: x\n\nHi ${name}\n",
+    b"From: a@sender.test\n${extra}: header from a variable\n\nHi ${name}\n",  # slow path
+])
+def test_identity_on_a_template_equals_adding_it_to_each_rendering(template: bytes) -> None:
+    fast = DecoratedContent(TemplateContent(template), Decorations(identity_domain="sender.test"))
+    reader = Recipient("r@example.test", {"name": "Ann", "extra": "X-Extra"})
+    raw = TemplateContent(template).raw(reader)
+    expected = ensure_identity(raw, "sender.test", seed=raw + b"r@example.test")
+    got = fast.render(reader).normalized
+    # the Date is the clock's; everything else must match byte for byte
+    strip_date = [line for line in got.split(b"\r\n") if not line.startswith(b"Date:")]
+    want = prepare(expected).normalized.split(b"\r\n")
+    assert strip_date == [line for line in want if not line.startswith(b"Date:")]
+    assert got.count(b"\r\nDate: ") + got.startswith(b"Date: ") == 1
+    assert got.count(b"Message-ID: <") == 1
