@@ -122,6 +122,10 @@ class Pool:
         content = head.job.content
         per_txn = 1 if head.job.one_per_transaction else self.limits.max_rcpts
         limit = per_txn * budget
+        if per_txn == 1 and self.workers > 1:
+            # a fair share, so the last messages spread over every session
+            # instead of queueing behind one (a window's tail is a round trip each)
+            limit = min(limit, max(1, -(-len(q) // self.workers)))
         flush = head.job.input_done or trio.current_time() - self._oldest >= self.engine.linger
         if not flush:
             # only whole transactions while more recipients may still come

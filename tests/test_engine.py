@@ -5,6 +5,7 @@ with DNS from a server on loopback started by each test."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import trio
 
@@ -461,3 +462,21 @@ async def test_opportunistic_tls_that_breaks_falls_back_to_plaintext() -> None:
         nursery.cancel_scope.cancel()
     assert server.tls_attempts == 1
     assert summary.delivered == 1 and server.delivered == ["a@weak-tls.test"]
+
+
+async def test_personalised_messages_spread_over_every_session_to_the_end() -> None:
+    # With a window of 32, one session taking 32 of 40 queued messages would
+    # leave three sessions idle while it sends them one round trip each.
+    template = TemplateContent("Subject: ${name}\r\n\r\nx\r\n")
+    recipients = [Recipient(f"u{i}@example.test", {"name": str(i)}) for i in range(40)]
+    results: list[Result] = []
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, latency=0.005)
+        config = relay_config(sink, limits=PoolLimits(connections=4))
+        async with Mailer(config) as mailer:
+            await mailer.send("news@sender.test", template, recipients, on_result=results.append)
+        nursery.cancel_scope.cancel()
+    assert len(results) == 40 and all(r.status is Status.DELIVERED for r in results)
+    # the sink's "queued as <session>.<n>" says which session carried each message
+    per_session = Counter(r.text.rsplit(" ", 1)[-1].split(".")[0] for r in results if r.text)
+    assert len(per_session) == 4 and max(per_session.values()) <= 12, per_session
