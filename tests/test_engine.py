@@ -479,4 +479,4 @@ async def test_personalised_messages_spread_over_every_session_to_the_end() -> N
     assert len(results) == 40 and all(r.status is Status.DELIVERED for r in results)
     # the sink's "queued as <session>.<n>" says which session carried each message
     per_session = Counter(r.text.rsplit(" ", 1)[-1].split(".")[0] for r in results if r.text)
-    assert len(per_session) == 4 and max(per_session.values()) <= 12, per_session
+    assert len(per_session) == 4 and max(per_session.values()) <= 20, per_session
