@@ -28,6 +28,7 @@ from .errors import (
     SMTPTLSError,
     synthetic_reply,
 )
+from .lean_stream import LeanSocketStream
 from .protocol import commands
 from .protocol.auth import SASLClient, choose_mechanism
 from .protocol.client import ClientProtocol, Stage
@@ -147,6 +148,8 @@ class SMTPSession:
             where = f"{target}:{config.port}"
             reply = synthetic_reply(451, "4.4.1", f"cannot connect to {where}: {exc}")
             raise SMTPConnectError(reply, host=target) from exc
+        if config.secure != "tls" and isinstance(stream, trio.SocketStream):
+            stream = LeanSocketStream(stream)  # plaintext until STARTTLS, if ever
         session = cls(stream, config, peer=target)
         try:
             if config.secure == "tls":
@@ -212,8 +215,11 @@ class SMTPSession:
     async def _start_tls(self, *, handshake_timeout: float) -> None:
         context = self.config.tls_context()
         server_hostname = self.config.host if context.check_hostname else None
+        transport = self._stream
+        if isinstance(transport, LeanSocketStream):
+            transport = transport.detach()  # TLS runs on trio's own socket stream
         ssl_stream = trio.SSLStream(
-            self._stream, context, server_hostname=server_hostname, https_compatible=True
+            transport, context, server_hostname=server_hostname, https_compatible=True
         )
         try:
             with trio.fail_after(handshake_timeout):
