@@ -98,8 +98,10 @@ async def send_durably(
 
     def decide(recipient: Recipient) -> tuple[Status, Reply | None, int] | None:
         address = recipient.address
-        if address.lower() in suppressed:
+        if suppressed and address.lower() in suppressed:
             return Status.SUPPRESSED, synthetic_reply(250, "2.0.0", "suppressed: not sent"), 0
+        if not settled:
+            return None
         known = settled.pop(address, None)
         if known is not None:
             return known.status, reply_of(known), known.attempts
@@ -143,12 +145,13 @@ async def _resumed(
     while chunk := list(islice(source, LOOKUP_CHUNK)):
         if fresh:
             # a new journal knows nobody: no lookups (a fresh run pays only for writes)
-            known: dict[str, RecipientRecord] = {}
             await trio.lowlevel.checkpoint()
-        else:
-            known = await trio.to_thread.run_sync(
-                journal.lookup, [r.address.strip() for r in chunk]
-            )
+            for recipient in chunk:
+                yield recipient
+            continue
+        known = await trio.to_thread.run_sync(
+            journal.lookup, [r.address.strip() for r in chunk]
+        )
         for recipient in chunk:
             address = recipient.address.strip()
             record = known.get(address)

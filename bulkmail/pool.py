@@ -65,7 +65,8 @@ class Pool:
             self.queue.appendleft(item)
         else:
             self.queue.append(item)
-        self._wakeup.unpark()
+        if self._wakeup:  # a worker is waiting for work
+            self._wakeup.unpark()
         if self.workers < self.limits.connections:  # else nobody more may start
             self._spawn_workers()
 
