@@ -20,7 +20,7 @@ import trio
 from .errors import SMTPAuthError, SMTPError, SMTPTLSError
 from .policy import rate_interval
 from .routing import Destination, Host
-from .session import Envelope, SMTPSession, TransactionResult
+from .session import Envelope, Refill, SMTPSession, TransactionResult
 from .shaping import PoolLimits
 
 if TYPE_CHECKING:
@@ -117,6 +117,10 @@ class Pool:
                 wait = min(wait, max(0.0, self._oldest + self.engine.linger - now))
             with trio.move_on_after(wait):
                 await self._wakeup.park()
+        return self._take_ready(budget)
+
+    def _take_ready(self, budget: int) -> list[Item]:
+        """Up to ``budget`` transactions' worth of queued items (the queue is ready)."""
         taken: list[Item] = []
         q = self.queue
         head = q[0]
@@ -230,11 +234,30 @@ class Pool:
                 continue
             if self._interval:
                 await self._pace()
-            results = await session.send_batch(envelopes, on_data_end=self.engine.on_data_end)
+            refill = self._refiller(groups, budget - len(envelopes))
+            results = await session.send_batch(
+                envelopes, on_data_end=self.engine.on_data_end, refill=refill
+            )
             self._settle(session, groups, results)
             if session.pipelining_broken:
                 self.health.pipelining = False
                 return
+
+    def _refiller(self, groups: list[list[Item]], budget: int) -> Refill:
+        """The session's ``refill``: one more queued transaction while the batch
+        has budget, so sessions keep their pipelines full and share the tail."""
+
+        def refill() -> list[Envelope]:
+            nonlocal budget
+            while budget > 0 and not self.engine.stopping and self._ready():
+                budget -= 1
+                envelopes, more = self._envelopes(self._take_ready(1))
+                if envelopes:  # (an unrenderable message was settled instead)
+                    groups.extend(more)
+                    return envelopes
+            return []
+
+        return refill
 
     async def _pace(self) -> None:
         now = trio.current_time()

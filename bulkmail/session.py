@@ -77,6 +77,8 @@ class TransactionResult:
 #: called with the envelopes whose end of data is about to be written, so the
 #: journal can record them as in doubt first.
 DataEndHook = Callable[[Sequence[Envelope]], Awaitable[None]]
+#: more envelopes for the batch in progress, or none (never waits)
+Refill = Callable[[], Sequence[Envelope]]
 
 
 @dataclass(slots=True)
@@ -127,6 +129,10 @@ class SMTPSession:
         self._dirty = False  # a MAIL was accepted and the transaction not finished
         #: the server answered pipelined commands out of sequence: don't pipeline to it
         self.pipelining_broken = False
+        # the batch being sent (see send_batch)
+        self._refill: Refill | None = None
+        self._all_txns: list[_Txn] = []
+        self._on_data_end: DataEndHook | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -461,15 +467,26 @@ class SMTPSession:
         return txn
 
     async def send_batch(
-        self, envelopes: Sequence[Envelope], *, on_data_end: DataEndHook | None = None
+        self,
+        envelopes: Sequence[Envelope],
+        *,
+        on_data_end: DataEndHook | None = None,
+        refill: Refill | None = None,
     ) -> list[TransactionResult]:
         """Run transactions back to back on this session.
 
-        Always returns one result per envelope.  If the session dies midway,
-        the rest get the error's reply (``attempted=False`` where nothing of
-        theirs reached the server's end of data), and ``self.error`` is set.
+        Always returns one result per envelope -- the given ones, then any
+        that ``refill`` supplied.  ``refill`` is asked for more when the last
+        end of data is about to be written (DATA with PIPELINING), so the next
+        transaction's commands ride in the same write instead of costing a
+        round trip of their own.  If the session dies midway, the rest get
+        the error's reply (``attempted=False`` where nothing of theirs reached
+        the server's end of data), and ``self.error`` is set.
         """
         txns = [self._plan(envelope) for envelope in envelopes]
+        self._refill = refill
+        self._all_txns = txns
+        self._on_data_end = on_data_end
         live = [t for t in txns if t.sendable]
         try:
             if live and on_data_end is not None:
@@ -490,12 +507,16 @@ class SMTPSession:
                 await self._pipelined(live)
         except SMTPError as exc:
             self._fail(exc)
+        finally:
+            self._refill = None
+            self._on_data_end = None
         fallback = (
             self.error.reply if self.error is not None
             else synthetic_reply(451, "4.3.0", "no reply")
         )
+        txns = self._all_txns
         results = [txn.result(fallback) for txn in txns]
-        self.transactions += sum(1 for t in live if t.got_reply or t.data_sent)
+        self.transactions += sum(1 for t in txns if t.sendable and (t.got_reply or t.data_sent))
         return results
 
     def _write_envelope(self, txn: _Txn, out: list[bytes], *, data: bool = False) -> None:
@@ -520,11 +541,30 @@ class SMTPSession:
         if self.trace is not None:
             self.trace.client(data, note)
 
-    async def _flush(self, out: list[bytes]) -> None:
+    async def _flush(self, out: list[bytes], unmarked: list[_Txn] | None = None) -> None:
+        """Write what is queued; then record ``unmarked`` transactions in doubt
+        (their end of data goes out only after their 354), during the round trip."""
         if out:
             data = b"".join(out)
             out.clear()
             await self._send(data, self.config.timeouts.data_block)
+        if unmarked:
+            if self._on_data_end is not None:
+                await self._on_data_end([t.envelope for t in unmarked])
+            unmarked.clear()
+
+    def _more(self) -> list[_Txn]:
+        """Transactions ``refill`` supplies, planned; only the sendable ones."""
+        while self._refill is not None:
+            envelopes = self._refill()
+            if not envelopes:
+                break
+            planned = [self._plan(envelope) for envelope in envelopes]
+            self._all_txns.extend(planned)
+            live = [t for t in planned if t.sendable]
+            if live:
+                return live
+        return []
 
     async def _read_envelope(self, txn: _Txn) -> None:
         """Read the replies to what ``_write_envelope`` queued."""
@@ -563,11 +603,20 @@ class SMTPSession:
         next transaction's commands in the next -- one round trip per message."""
         out: list[bytes] = []
         self._write_envelope(txns[0], out, data=True)
-        for k, txn in enumerate(txns):
-            await self._flush(out)
+        txns = list(txns)
+        unmarked: list[_Txn] = []  # refilled: written ahead, not yet recorded in doubt
+        k = 0
+        while k < len(txns):
+            txn = txns[k]
+            await self._flush(out, unmarked)
             await self._read_envelope(txn)
             _, data_reply = await self._read(Stage.DATA, self.config.timeouts.data_init)
+            if k + 1 == len(txns):
+                more = self._more()
+                txns.extend(more)
+                unmarked.extend(more)
             nxt = txns[k + 1] if k + 1 < len(txns) else None
+            k += 1
             if data_reply.code != 354:
                 txn.finish(data_reply, txn.sendable)
                 if nxt is not None:
@@ -583,7 +632,7 @@ class SMTPSession:
             self._dirty = False
             if nxt is not None:
                 self._write_envelope(nxt, out, data=True)
-            await self._flush(out)
+            await self._flush(out, unmarked)
             _, end_reply = await self._read(Stage.DATA_END, self.config.timeouts.data_done)
             txn.data_sent = False  # the reply came: nobody is in doubt
             txn.finish(end_reply, txn.accepted)
