@@ -151,7 +151,11 @@ class Engine:
         #: decides a recipient's result without sending (suppressed, already final)
         self.presettle: Presettle | None = None
         self._limiter = trio.CapacityLimiter(config.total_connections)
-        self._pending = trio.Semaphore(config.max_pending)
+        # recipients in memory; a producer at the cap waits for a refill mark,
+        # not for each single slot (one wakeup per recipient cost ~15% at 10k/s)
+        self._in_memory = 0
+        self._resume_at = config.max_pending - max(1, config.max_pending // 8)
+        self._room = trio.lowlevel.ParkingLot()
         self._health: dict[str, DestinationHealth] = {}
         self._resolving: dict[str, list[Item]] = {}
         self._retries: list[tuple[float, int, Item]] = []
@@ -170,7 +174,9 @@ class Engine:
         return self._limiter.statistics().tasks_waiting > 0
 
     def release(self) -> None:
-        self._pending.release()
+        self._in_memory -= 1
+        if self._room and self._in_memory <= self._resume_at:
+            self._room.unpark_all()
 
     # -- intake ------------------------------------------------------------------
 
@@ -191,11 +197,10 @@ class Engine:
             recipient = Recipient(address, recipient.variables, recipient.possible_duplicate)
         if not job.first_sighting(address):
             return
-        try:
-            # no scheduler round trip per recipient unless memory is full
-            self._pending.acquire_nowait()
-        except trio.WouldBlock:
-            await self._pending.acquire()
+        if self._in_memory >= self.config.max_pending:
+            while self._in_memory > self._resume_at:
+                await self._room.park()
+        self._in_memory += 1
         job.outstanding += 1
         item = Item(recipient, job, possible_duplicate=recipient.possible_duplicate)
         if self.presettle is not None:

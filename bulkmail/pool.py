@@ -9,6 +9,7 @@ synchronous; only connecting and sending await.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections import deque
 from collections.abc import Sequence
@@ -221,6 +222,7 @@ class Pool:
 
     async def _serve(self, session: SMTPSession) -> None:
         limits = self.limits
+        host = session.config.host
         window = 1 if self._interval else max(1, self.engine.config.session.chunking_window)
         while session.is_usable and not self.engine.stopping:
             budget = min(window, limits.messages_per_connection - session.transactions)
@@ -234,24 +236,34 @@ class Pool:
                 continue
             if self._interval:
                 await self._pace()
-            refill = self._refiller(groups, budget - len(envelopes))
-            results = await session.send_batch(
-                envelopes, on_data_end=self.engine.on_data_end, refill=refill
+            # a paced destination gets one message per start; otherwise the
+            # session may keep pulling work, up to its messages per connection
+            pending = deque(groups)
+            refill = None if self._interval else self._refiller(
+                pending, window, limits.messages_per_connection - session.transactions
+                - len(envelopes)
             )
-            self._settle(session, groups, results)
+            results = await session.send_batch(
+                envelopes,
+                on_data_end=self.engine.on_data_end,
+                refill=refill,
+                on_done=functools.partial(self._settle_next, host, pending),
+            )
+            self._settle(session, pending, results)
             if session.pipelining_broken:
                 self.health.pipelining = False
                 return
 
-    def _refiller(self, groups: list[list[Item]], budget: int) -> Refill:
-        """The session's ``refill``: one more queued transaction while the batch
-        has budget, so sessions keep their pipelines full and share the tail."""
+    def _refiller(self, groups: deque[list[Item]], window: int, budget: int) -> Refill:
+        """The session's ``refill``: more queued transactions (a fair share, up to
+        a window) while the connection has budget, so every session keeps its
+        pipeline full to the end and none waits a round trip between batches."""
 
         def refill() -> list[Envelope]:
             nonlocal budget
             while budget > 0 and not self.engine.stopping and self._ready():
-                budget -= 1
-                envelopes, more = self._envelopes(self._take_ready(1))
+                envelopes, more = self._envelopes(self._take_ready(min(window, budget)))
+                budget -= max(1, len(envelopes))
                 if envelopes:  # (an unrenderable message was settled instead)
                     groups.extend(more)
                     return envelopes
@@ -290,32 +302,41 @@ class Pool:
             groups.append([item])
         return envelopes, groups
 
+    def _settle_next(
+        self, host: str, pending: deque[list[Item]], result: TransactionResult
+    ) -> None:
+        self._settle_one(host, pending.popleft(), result)
+
+    def _settle_one(self, host: str, group: list[Item], result: TransactionResult) -> None:
+        """One transaction's replies to the engine (its recipients' policy)."""
+        engine = self.engine
+        if not result.attempted:
+            for item in reversed(group):
+                engine.unattempted(item, result.replies[0], self)
+            return
+        accepted = any(r.code < 300 for r in result.replies)
+        in_doubt = result.in_doubt
+        for index, (item, reply) in enumerate(zip(group, result.replies, strict=True)):
+            engine.attempted(
+                item,
+                reply,
+                host=host,
+                in_doubt=index in in_doubt,
+                others_accepted=accepted,
+                pool=self,
+            )
+        if accepted:
+            self.health.success()
+
     def _settle(
         self,
         session: SMTPSession,
         groups: Sequence[list[Item]],
         results: Sequence[TransactionResult],
     ) -> None:
-        engine = self.engine
-        health = self.health
         host = session.config.host
         for group, result in zip(groups, results, strict=True):
-            if not result.attempted:
-                for item in reversed(group):
-                    engine.unattempted(item, result.replies[0], self)
-                continue
-            accepted = any(r.code < 300 for r in result.replies)
-            for index, (item, reply) in enumerate(zip(group, result.replies, strict=True)):
-                engine.attempted(
-                    item,
-                    reply,
-                    host=host,
-                    in_doubt=index in result.in_doubt,
-                    others_accepted=accepted,
-                    pool=self,
-                )
-            if accepted:
-                health.success()
+            self._settle_one(host, group, result)
         error = session.error
         if error is not None and (session.transactions == 0 or error.code == 421):
-            health.failure(trio.current_time())
+            self.health.failure(trio.current_time())

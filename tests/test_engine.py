@@ -480,3 +480,21 @@ async def test_personalised_messages_spread_over_every_session_to_the_end() -> N
     # the sink's "queued as <session>.<n>" says which session carried each message
     per_session = Counter(r.text.rsplit(" ", 1)[-1].split(".")[0] for r in results if r.text)
     assert len(per_session) == 4 and max(per_session.values()) <= 20, per_session
+
+
+async def test_pipelined_data_keeps_one_round_trip_per_message_across_windows() -> None:
+    # DATA with PIPELINING: each end of data carries the next transaction's
+    # MAIL/RCPT/DATA.  When a window (here 8) runs out, the pool refills the
+    # session, so no transaction pays a round trip of its own for its commands.
+    template = TemplateContent("Subject: ${name}\r\n\r\nx\r\n")
+    recipients = [Recipient(f"u{i}@example.test", {"name": str(i)}) for i in range(40)]
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, chunking=False)
+        summary = await send(
+            "news@sender.test", template, recipients,
+            config=relay_config(sink, limits=PoolLimits(connections=1), window=8),
+        )
+        nursery.cancel_scope.cancel()
+    assert summary.delivered == 40 and sink.stats.sessions == 1
+    # EHLO, the first MAIL/RCPT/DATA, one per message, QUIT (5 windows without refill: 47)
+    assert sink.stats.reply_batches == 1 + 1 + 40 + 1

@@ -131,6 +131,7 @@ class Sink:
         They are counted before the write and taken back if it fails: once
         a client has read its 250, the counters already show the message.
         """
+        self.stats.reply_batches += 1
         if accepted is None:
             await stream.send_all(batch)
             return

@@ -44,6 +44,8 @@ class SinkStats:
     deferred: int = 0
     #: transactions ended by the ``drop_rate`` fault
     dropped: int = 0
+    #: writes of replies: one per client round trip (a pipelined group gets one)
+    reply_batches: int = 0
     #: connections per client IP (which source addresses a client used)
     peers: Counter[str] = field(default_factory=Counter)
 
@@ -69,6 +71,7 @@ class SinkStats:
             "rejected": self.rejected,
             "deferred": self.deferred,
             "dropped": self.dropped,
+            "reply_batches": self.reply_batches,
             "peers": dict(self.peers),
         }
 
