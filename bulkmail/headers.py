@@ -88,6 +88,22 @@ def ensure_identity(
     return add_headers(message, identity_headers(domain, seed=seed, now=now))
 
 
+@lru_cache(maxsize=4)
+def _date_line(second: int) -> bytes:
+    return f"Date: {_date_header(second)}\r\n".encode()
+
+
+def identity_lines(domain: str, seed: bytes, *, message_id_line: bool, date_line: bool) -> bytes:
+    """The ``Message-ID``/``Date`` header lines themselves, for a caller that
+    already knows which the message lacks (``domain`` checked by the caller)."""
+    out = b""
+    if message_id_line:
+        out = f"Message-ID: {message_id(domain, seed)}\r\n".encode()
+    if date_line:
+        out += _date_line(int(time.time()))
+    return out
+
+
 def identity_headers(
     domain: str, *, seed: bytes | None = None, now: float | None = None
 ) -> list[tuple[str, str]]:

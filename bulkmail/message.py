@@ -17,7 +17,7 @@ from email.policy import SMTP
 from typing import Protocol, runtime_checkable
 
 from .headers import split_message
-from .protocol.data import PreparedMessage
+from .protocol.data import PreparedMessage, normalize_newlines
 from .reencode import prepare
 
 _FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\x00]")
@@ -80,6 +80,9 @@ class TemplateContent:
 
     def __init__(self, template: bytes | str) -> None:
         text = template.decode("utf-8") if isinstance(template, bytes) else template
+        # CRLF once here: values cannot hold line breaks, so every rendering is
+        # already normalised and skips the per-message rewrite
+        text = normalize_newlines(text.encode("utf-8")).decode("utf-8")
         self.template = string.Template(text)
         if not self.template.is_valid():
             raise ValueError("message template has an invalid $placeholder")

@@ -16,7 +16,8 @@ from .headers import (
     ensure_identity,
     has_header,
     header_line,
-    identity_headers,
+    identity_lines,
+    message_id,
     unsubscribe_headers,
 )
 from .message import Content, Recipient, TemplateContent, TemplateValueError
@@ -61,6 +62,7 @@ class DecoratedContent:
             self._identity_only = tuple(
                 name for name in ("Message-ID", "Date") if not has_header(head, name)
             )
+            header_line("Message-ID", message_id(decorations.identity_domain))  # no CR/LF
 
     def render(self, recipient: Recipient) -> PreparedMessage:
         if not self.personalised:
@@ -73,12 +75,12 @@ class DecoratedContent:
         d = self.decorations
         message = self.inner.raw(recipient)
         if self._identity_only is not None and d.identity_domain:
-            seed = message + recipient.address.encode()
             missing = self._identity_only
-            prefix = b"".join(
-                header_line(name, value)
-                for name, value in identity_headers(d.identity_domain, seed=seed)
-                if name in missing
+            prefix = identity_lines(
+                d.identity_domain,
+                message + recipient.address.encode(),
+                message_id_line="Message-ID" in missing,
+                date_line="Date" in missing,
             )
             return prepare(prefix + message)
         if d.identity_domain:
