@@ -97,7 +97,7 @@ class Job:
         sender = self.sender
         if self.verp and sender:
             sender = verp_sender(sender, recipients[0])
-        return Envelope(sender, recipients, message)
+        return Envelope(sender, recipients, message, validated=True)  # checked in add()
 
     def finish(self, item: Item, status: Status, reply: Reply | None) -> None:
         result = Result(

@@ -56,6 +56,9 @@ class Envelope:
     sender: str
     recipients: Sequence[str]
     message: PreparedMessage
+    #: every recipient already passed ``commands.validate_address`` (the
+    #: engine checks them on intake), so ASCII ones need no second look
+    validated: bool = False
 
 
 @dataclass(slots=True)
@@ -450,9 +453,14 @@ class SMTPSession:
             commands.needs_smtputf8(r) for r in envelope.recipients
         )
         smtputf8 = needs_utf8 and ext.smtputf8
+        trusted = envelope.validated
         for i, rcpt in enumerate(envelope.recipients):
             try:
-                txn.rcpts.append(commands.rcpt_to(rcpt, smtputf8=smtputf8))
+                if trusted and rcpt.isascii():
+                    # an ASCII address's wire form is itself (validate_address)
+                    txn.rcpts.append(b"RCPT TO:<" + rcpt.encode("ascii") + b">\r\n")
+                else:
+                    txn.rcpts.append(commands.rcpt_to(rcpt, smtputf8=smtputf8))
                 txn.sendable.append(i)
             except InvalidAddress as exc:
                 # RFC 6531 §3.5: 553 5.6.7 for an address that needs SMTPUTF8
