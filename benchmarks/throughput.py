@@ -196,6 +196,8 @@ def scenario_rows(name: str, sink_kind: str, args: argparse.Namespace, work: Pat
         for peer in peers:
             sink = SinkProcess(sink_kind, latency_ms=latency, chunking=chunking)
             try:
+                if latency and peer == "bulkmail" and not chunking:
+                    args.rtt = probe_rtt(sink.port)  # before the run, on an idle sink
                 if peer == "bulkmail":
                     count = messages
                     result = run_bulkmail(work, sink, conn, per_msg, personalised)
@@ -240,6 +242,62 @@ def scenario_d(args: argparse.Namespace, work: Path) -> list[Row]:
               f" peak RSS {rows[-1].rss_mb:.0f} MB {'ok' if verified else 'COUNT MISMATCH'}",
               flush=True)
     return rows
+
+
+def probe_rtt(port: int, n: int = 50) -> float:
+    """The sink's real round trip (median of ``n`` lock-step NOOPs): a simulated
+    latency is slept by the sink's event loop, which overshoots a little."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        f = sock.makefile("rb")
+        f.readline()  # greeting
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            sock.sendall(b"NOOP\r\n")
+            f.readline()
+            times.append(time.perf_counter() - start)
+        sock.sendall(b"QUIT\r\n")
+    return sorted(times)[n // 2]
+
+
+def find(rows: list[Row], scenario: str, sink: str, peer: str) -> Row | None:
+    return next((r for r in rows if (r.scenario, r.sink, r.peer) == (scenario, sink, peer)), None)
+
+
+def targets(rows: list[Row], rtt: float | None, connections: int, latency: float) -> list[str]:
+    """Issue 7's targets, each a ratio from this run."""
+    out = []
+    for scenario, unit in (("a", "msg_rate"), ("b", "rcpt_rate")):
+        ours = find(rows, scenario, "postfix", "bulkmail")
+        theirs = find(rows, scenario, "postfix", "smtp-source")
+        aio = find(rows, scenario, "postfix", "aiosmtplib")
+        if ours and theirs:
+            mine, other = getattr(ours, unit), getattr(theirs, unit)
+            extra = f", {mine / getattr(aio, unit):.1f}x aiosmtplib" if aio else ""
+            out.append(f"{scenario}: bulkmail {mine:,.0f} vs smtp-source {other:,.0f}"
+                       f" {unit.split('_')[0]}/s on smtp-sink = {mine / other:.2f}x{extra}")
+    plain = find(rows, "c no chunking", "bulkmail", "bulkmail")
+    if plain:
+        nominal = connections / latency
+        line = (f"c: no CHUNKING {plain.msg_rate:,.0f} msg/s = {plain.msg_rate / nominal:.0%} of"
+                f" {nominal:,.0f} (one {latency * 1000:g} ms round trip per message)")
+        if rtt:
+            line += (f"; {plain.msg_rate * rtt / connections:.0%} of the {connections / rtt:,.0f}"
+                     f" the sink's measured {rtt * 1000:.1f} ms round trip allows")
+        out.append(line)
+    chunked = find(rows, "c chunking", "bulkmail", "bulkmail")
+    aio = find(rows, "c chunking", "bulkmail", "aiosmtplib")
+    if chunked and aio:
+        ratio = chunked.msg_rate / aio.msg_rate
+        out.append(f"c: CHUNKING {chunked.msg_rate:,.0f} msg/s = {ratio:.0f}x"
+                   f" aiosmtplib ({aio.msg_rate:,.0f})")
+    with_j = find(rows, "d journal", "bulkmail", "bulkmail")
+    without = find(rows, "d no journal", "bulkmail", "bulkmail")
+    if with_j and without:
+        out.append(f"d: {with_j.recipients:,} recipients in {with_j.seconds:.1f} s with the"
+                   f" journal ({with_j.rss_mb:.0f} MB peak RSS), {without.seconds:.1f} s without:"
+                   f" the journal costs {with_j.seconds / without.seconds - 1:.0%}")
+    return out
 
 
 def table(rows: list[Row]) -> str:
@@ -287,6 +345,9 @@ def main() -> None:
     print(f"{platform.node()} · {os.cpu_count()} cores · Python {platform.python_version()} · "
           f"{time.strftime('%Y-%m-%d')} · connections {args.connections} · scale {args.scale}")
     print(table(rows))
+    print()
+    for line in targets(rows, getattr(args, "rtt", None), args.connections, 0.020):
+        print(f"* {line}")
     Path(args.json).write_text(json.dumps(
         [asdict(r) | {"msg_rate": r.msg_rate, "rcpt_rate": r.rcpt_rate} for r in rows], indent=2))
 
