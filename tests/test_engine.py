@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+import pytest
 import trio
 
 from bulkmail import Mailer, MailerConfig, Recipient, Relay, Status, TemplateContent
@@ -498,3 +499,30 @@ async def test_pipelined_data_keeps_one_round_trip_per_message_across_windows() 
     assert summary.delivered == 40 and sink.stats.sessions == 1
     # EHLO, the first MAIL/RCPT/DATA, one per message, QUIT (5 windows without refill: 47)
     assert sink.stats.reply_batches == 1 + 1 + 40 + 1
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+async def test_dropped_and_refused_transactions_mid_pipeline_lose_nobody(seed: int) -> None:
+    # Refilled, pipelined DATA sessions die mid-stream (the sink drops 5% of
+    # transactions after their end of data, without a reply) and refuse 5% of
+    # recipients: everybody still gets exactly one result, and only those the
+    # sink really accepted are reported delivered.
+    template = TemplateContent("Subject: ${name}\r\n\r\nx\r\n")
+    recipients = [Recipient(f"u{i}@example.test", {"name": str(i)}) for i in range(300)]
+    results: list[Result] = []
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, chunking=False, drop_rate=0.05, reject_rate=0.05,
+                                seed=seed)
+        config = relay_config(sink, limits=PoolLimits(connections=3), window=8, retry_for=0.0)
+        async with Mailer(config) as mailer:
+            summary = await mailer.send("news@sender.test", template, recipients,
+                                        on_result=results.append)
+        nursery.cancel_scope.cancel()
+    assert sorted(r.recipient for r in results) == sorted(r.address for r in recipients)
+    by_status = Counter(r.status for r in results)
+    assert by_status[Status.DELIVERED] == sink.stats.messages == summary.delivered
+    assert by_status[Status.BOUNCED] == sink.stats.rejected > 0
+    assert sink.stats.dropped > 0
+    assert by_status[Status.DEFERRED] >= sink.stats.dropped  # in doubt, resumable
+    assert all(r.possible_duplicate for r in results
+               if r.status is Status.DEFERRED and r.code == 451 and "in doubt" in (r.text or ""))
