@@ -286,6 +286,17 @@ class Engine:
             return
         pool.add(item, front=True)
 
+    def delivered(self, items: Sequence[Item], reply: Reply, host: str) -> None:
+        """``attempted`` for a transaction whose one reply accepted everyone."""
+        now = trio.current_time()
+        for item in items:
+            item.attempts += 1
+            if item.first_attempt is None:
+                item.first_attempt = now
+            item.last_reply = reply
+            item.last_host = host
+            item.job.finish(item, Status.DELIVERED, reply)
+
     def attempted(
         self,
         item: Item,

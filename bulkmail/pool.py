@@ -314,9 +314,16 @@ class Pool:
             for item in reversed(group):
                 engine.unattempted(item, result.replies[0], self)
             return
-        accepted = any(r.code < 300 for r in result.replies)
+        replies = result.replies
+        first = replies[0]
         in_doubt = result.in_doubt
-        for index, (item, reply) in enumerate(zip(group, result.replies, strict=True)):
+        if first.code < 300 and not in_doubt and all(r is first for r in replies):
+            # the common case: one end-of-data reply accepts the whole transaction
+            engine.delivered(group, first, host)
+            self.health.success()
+            return
+        accepted = any(r.code < 300 for r in replies)
+        for index, (item, reply) in enumerate(zip(group, replies, strict=True)):
             engine.attempted(
                 item,
                 reply,
