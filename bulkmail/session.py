@@ -603,6 +603,8 @@ class SMTPSession:
 
     def _more(self) -> list[_Txn]:
         """Transactions ``refill`` supplies, planned; only the sendable ones."""
+        if self.pipelining_broken or self.error is not None:
+            return []  # this batch ends; the pool decides what comes next
         while self._refill is not None:
             envelopes = self._refill()
             if not envelopes:
