@@ -314,3 +314,19 @@ async def test_unanswerable_sasl_challenge_cancels_the_exchange(tls: TLS) -> Non
         )
     assert isinstance(error, SMTPAuthError)
     assert server.log[-1] == b"*"  # RFC 4954: the client cancels, no half-finished exchange
+
+
+async def test_a_silent_server_mid_batch_times_out_naming_what_it_waited_for(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async def handler(conn: Conn) -> None:
+        await conn.greet(*EHLO)
+        for _ in range(4):  # MAIL, 2 RCPT, DATA
+            await conn.readline()
+        await conn.send(b"250 ok\r\n250 ok\r\n")  # MAIL and the first RCPT only
+        await trio.sleep_forever()
+
+    session, results, _ = await run_session(handler, timeouts=Timeouts(rcpt=300))
+    assert isinstance(session.error, SMTPTimeout)
+    assert session.error.reply.text.endswith("no reply to RCPT within 300s")
+    assert all(r.code == 451 for r in results[0].replies) and not results[0].in_doubt
