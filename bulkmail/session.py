@@ -10,6 +10,7 @@ that was handed to the session can be lost on the way out.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ from .protocol.replies import Reply
 from .trace import Trace
 
 RECEIVE_SIZE = 65536
+#: seconds between a batch's watchdog checks: deadline precision
+WATCHDOG_PERIOD = 1.0
 #: finished transactions handed to ``on_done`` together
 REPORT_EVERY = 32
 #: what a recipient without any answer (and no session error) is told
@@ -141,6 +144,11 @@ class SMTPSession:
         self.pipelining_broken = False
         # the batch being sent (see send_batch)
         self._refill: Refill | None = None
+        # inside send_batch: its cancel scope, the deadline of the read or write
+        # in flight and what it waits for (None: a write), for the watchdog
+        self._watched: trio.CancelScope | None = None
+        self._io_deadline = math.inf
+        self._waiting: tuple[Stage | None, float] = (None, 0.0)
         self._unreported: deque[_Txn] = deque()
         self._on_data_end: DataEndHook | None = None
         self._on_done: Callable[[TransactionResult], None] | None = None
@@ -322,6 +330,18 @@ class SMTPSession:
     async def _send(self, data: bytes, timeout: float) -> None:
         if self.error is not None:
             raise self.error
+        if self._watched is not None:
+            # inside send_batch: the watchdog enforces the deadline (no scope per I/O)
+            self._waiting = (None, timeout)
+            self._io_deadline = trio.current_time() + timeout
+            try:
+                await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                reply = synthetic_reply(451, "4.4.2", f"connection lost while sending: {exc}")
+                raise self._fail(SMTPConnectionLost(reply, host=self.peer)) from exc
+            finally:
+                self._io_deadline = math.inf
+            return
         # a bare scope, not fail_after(): that one is a generator context
         # manager, and this runs once per message (measured: 14% of the run)
         deadline = trio.CancelScope(deadline=trio.current_time() + timeout)
@@ -352,37 +372,63 @@ class SMTPSession:
         return self._accept(item, expected)
 
     async def _receive_reply(self, expected: Stage, timeout: float) -> tuple[Stage, Reply]:
-        protocol = self._protocol
-        deadline = trio.CancelScope(deadline=trio.current_time() + timeout)
-        item = None
         try:
-            with deadline:
-                while True:
-                    item = protocol.next_reply()
-                    if item is not None:
-                        break
-                    try:
-                        data = await self._stream.receive_some(RECEIVE_SIZE)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                        reply = synthetic_reply(451, "4.4.2", f"connection lost: {exc}")
-                        raise self._fail(SMTPConnectionLost(reply, host=self.peer)) from exc
-                    if not data:
-                        protocol.receive_data(b"")
-                        item = protocol.next_reply()  # raises if EOF cut a reply
-                        reply = synthetic_reply(
-                            451, "4.4.2", f"server closed the connection awaiting {expected.value}"
-                        )
-                        raise self._fail(SMTPConnectionLost(reply, host=self.peer))
-                    protocol.receive_data(data)
+            if self._watched is not None:
+                # inside send_batch: the watchdog enforces the deadline (no scope per I/O)
+                self._waiting = (expected, timeout)
+                self._io_deadline = trio.current_time() + timeout
+                try:
+                    return await self._receive_until_reply(expected)
+                finally:
+                    self._io_deadline = math.inf
+            with trio.CancelScope(deadline=trio.current_time() + timeout):
+                return await self._receive_until_reply(expected)
         except RemoteProtocolError as exc:
             reply = synthetic_reply(451, "4.5.0", f"protocol error from server: {exc}")
             raise self._fail(SMTPProtocolViolation(reply, host=self.peer)) from exc
-        if item is None:  # the deadline passed
-            reply = synthetic_reply(
-                451, "4.4.2", f"no reply to {expected.value.upper()} within {timeout:g}s"
-            )
-            raise self._fail(SMTPTimeout(reply, host=self.peer))
-        return item
+        # the scope's deadline passed
+        raise self._fail(self._timeout_error(expected, timeout))
+
+    async def _receive_until_reply(self, expected: Stage) -> tuple[Stage, Reply]:
+        protocol = self._protocol
+        while True:
+            item = protocol.next_reply()
+            if item is not None:
+                return item
+            try:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                reply = synthetic_reply(451, "4.4.2", f"connection lost: {exc}")
+                raise self._fail(SMTPConnectionLost(reply, host=self.peer)) from exc
+            if not data:
+                protocol.receive_data(b"")
+                protocol.next_reply()  # raises if EOF cut a reply
+                reply = synthetic_reply(
+                    451, "4.4.2", f"server closed the connection awaiting {expected.value}"
+                )
+                raise self._fail(SMTPConnectionLost(reply, host=self.peer))
+            protocol.receive_data(data)
+
+    def _timeout_error(self, expected: Stage | None, timeout: float) -> SMTPError:
+        if expected is None:
+            text = "timed out sending to the server"
+        else:
+            text = f"no reply to {expected.value.upper()} within {timeout:g}s"
+        return SMTPTimeout(synthetic_reply(451, "4.4.2", text), host=self.peer)
+
+    async def _watchdog(self, batch: trio.CancelScope, done: trio.CancelScope) -> None:
+        """Cancel ``batch`` when a read or write in it outlives its stage timeout.
+
+        A cancel scope per I/O costs ~8 us in trio; this task wakes at most
+        once a second per session, so deadlines hold to within a second
+        (RFC 5321's are minutes)."""
+        with done:
+            while True:
+                now = trio.current_time()
+                if now >= self._io_deadline:
+                    batch.cancel()
+                    return
+                await trio.sleep_until(min(self._io_deadline, now + WATCHDOG_PERIOD))
 
     def _accept(self, item: tuple[Stage, Reply], expected: Stage) -> tuple[Stage, Reply]:
         stage, reply = item
@@ -510,26 +556,35 @@ class SMTPSession:
         self._on_done = on_done
         self._reported_attempts = 0
         live = [t for t in txns if t.sendable]
+        batch = self._watched = trio.CancelScope()
+        watchdog = trio.CancelScope()
+        trio.lowlevel.spawn_system_task(self._watchdog, batch, watchdog)
         try:
             if live and on_data_end is not None:
                 # One durable journal commit for the whole window, before the
                 # first byte of it is written: an end of data never leaves the
                 # process before its recipients are recorded as in doubt.
                 await on_data_end([t.envelope for t in live])
-            if not live:
-                pass
-            elif not (self.config.use_pipelining and self.extensions.pipelining):
-                for txn in live:
-                    await self._lockstep(txn)
-            elif self.config.use_chunking and self.extensions.chunking:
-                window = max(1, self.config.chunking_window)
-                for start in range(0, len(live), window):
-                    await self._bdat_window(live[start : start + window])
-            else:
-                await self._pipelined(live)
+            with batch:
+                if not live:
+                    pass
+                elif not (self.config.use_pipelining and self.extensions.pipelining):
+                    for txn in live:
+                        await self._lockstep(txn)
+                elif self.config.use_chunking and self.extensions.chunking:
+                    window = max(1, self.config.chunking_window)
+                    for start in range(0, len(live), window):
+                        await self._bdat_window(live[start : start + window])
+                else:
+                    await self._pipelined(live)
+            if batch.cancelled_caught:
+                self._fail(self._timeout_error(*self._waiting))
         except SMTPError as exc:
             self._fail(exc)
         finally:
+            watchdog.cancel()
+            self._watched = None
+            self._io_deadline = math.inf
             self._refill = None
             self._on_data_end = None
             self._on_done = None

@@ -7,6 +7,7 @@ import os
 
 import pytest
 import trio
+import trio.testing
 
 from bulkmail.config import SessionConfig
 from bulkmail.protocol.data import PreparedMessage
@@ -89,3 +90,21 @@ async def test_sink_counts_exactly_what_postfix_smtp_source_sent() -> None:
     assert sink.stats.messages == 20000
     assert sink.stats.recipients == 100000
 
+
+
+async def test_each_batch_s_deadline_watchdog_ends_with_the_batch() -> None:
+    async with trio.open_nursery() as nursery:
+        sink = Sink(SinkConfig(chunking=False))
+        await nursery.start(sink.serve)
+        config = SessionConfig(host="127.0.0.1", port=sink.port, secure="none")
+        session = await SMTPSession.connect(config, "127.0.0.1")
+        message = PreparedMessage.from_bytes(b"Subject: x\r\n\r\nhi\r\n")
+        await trio.testing.wait_all_tasks_blocked()
+        living = trio.lowlevel.current_statistics().tasks_living
+        for _ in range(5):
+            results = await session.send_batch([Envelope("s@x.test", ["a@x.test"], message)])
+            assert results[0].replies[0].code == 250
+        await trio.testing.wait_all_tasks_blocked()
+        assert trio.lowlevel.current_statistics().tasks_living == living  # none left behind
+        await session.quit()
+        nursery.cancel_scope.cancel()
