@@ -115,6 +115,24 @@ class Job:
         self.engine.release()
         self._check_done()
 
+    def finish_all(self, items: Sequence[Item], status: Status, reply: Reply | None) -> None:
+        """``finish`` for many items of this job sharing one outcome, in one pass."""
+        results = [
+            Result(
+                item.recipient.address, status, reply, item.attempts, item.last_host,
+                item.possible_duplicate,
+            )
+            for item in items
+        ]
+        self.summary.add_all(results, status, reply)
+        on_result = self.on_result
+        if on_result is not None:
+            for result in results:
+                on_result(result)
+        self.outstanding -= len(results)
+        self.engine.release(len(results))
+        self._check_done()
+
     def _check_done(self) -> None:
         if self.input_done and self.outstanding == 0:
             self.summary.elapsed = trio.current_time() - self.started
@@ -173,8 +191,8 @@ class Engine:
     def connection_waiters(self) -> bool:
         return self._limiter.statistics().tasks_waiting > 0
 
-    def release(self) -> None:
-        self._in_memory -= 1
+    def release(self, n: int = 1) -> None:
+        self._in_memory -= n
         if self._room and self._in_memory <= self._resume_at:
             self._room.unpark_all()
 
@@ -295,7 +313,7 @@ class Engine:
                 item.first_attempt = now
             item.last_reply = reply
             item.last_host = host
-            item.job.finish(item, Status.DELIVERED, reply)
+        items[0].job.finish_all(items, Status.DELIVERED, reply)
 
     def attempted(
         self,

@@ -108,6 +108,22 @@ class Summary:
             self.codes[key] += 1
         self.domains[result.recipient.rpartition("@")[2].lower()] += 1
 
+    def add_all(self, results: list[Result], status: Status, reply: Reply | None) -> None:
+        """``add`` for results that share a status and a reply (one transaction's)."""
+        n = len(results)
+        if status is Status.DELIVERED:
+            self.delivered += n
+        elif status is Status.BOUNCED:
+            self.bounced += n
+        elif status is Status.DEFERRED:
+            self.deferred += n
+        else:
+            self.suppressed += n
+        self.possible_duplicates += sum(1 for r in results if r.possible_duplicate)
+        if reply is not None:
+            self.codes[f"{reply.code} {reply.enhanced}" if reply.enhanced else str(reply.code)] += n
+        self.domains.update(r.recipient.rpartition("@")[2].lower() for r in results)
+
     def as_dict(self) -> dict[str, object]:
         return {
             "delivered": self.delivered,

@@ -8,6 +8,7 @@ pay for the engine's imports and vice versa.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 from collections.abc import Sequence
@@ -35,8 +36,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             module.add_arguments(sub_parser)
     args = parser.parse_args(args_list)
     assert module is not None
+    tune_gc()
     result: int = module.run(args)
     return result
+
+
+def tune_gc() -> None:
+    """Fewer, cheaper cyclic collections for a process that allocates per recipient.
+
+    Nearly everything a run allocates is freed by reference counting; with the
+    default thresholds the cyclic collector still ran often enough to cost ~10%
+    of a batched newsletter run.  What is imported by now is frozen out of its
+    scans.  (A command-line process owns its interpreter; the library never
+    touches these settings.)
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 if __name__ == "__main__":
