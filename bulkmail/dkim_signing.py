@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import dkim
-
 #: what large mailbox providers expect to be covered, when present
 DEFAULT_HEADERS: tuple[str, ...] = (
     "From",
@@ -62,6 +60,8 @@ class DKIMSigner:
 
     def sign(self, message: bytes) -> bytes:
         """The message with a ``DKIM-Signature`` header prepended."""
+        import dkim  # dkimpy (and dnspython with it) only for runs that sign
+
         present = [h for h in self.headers if _has(message, h)]
         if "From" not in present:
             raise DKIMError("DKIM needs a From header to sign (RFC 6376 §5.4)")

