@@ -143,6 +143,22 @@ def test_a_shared_outcome_is_one_appended_row_until_a_reader_folds_it(
     assert journal._db.execute("SELECT count(*) FROM events").fetchone() == (0,)
 
 
+@pytest.mark.parametrize("addresses", [
+    ["a@x.test", "b@x.test"],
+    ['"quoted \\"inner\\" local"@x.test', "plain@x.test"],
+    ['a","b@x.test'],  # the array separator inside an address
+    ["back\\slash@x.test", "tab\tin@x.test", "nul\x00@x.test"],
+    ["Ünïcode@bücher.test", "日本@例え.テスト"],
+])
+def test_any_address_survives_the_events_log(
+    journal: SQLiteJournal, addresses: list[str]
+) -> None:
+    journal.record_outcomes([(addresses, Outcome(Status.BOUNCED, 550, "5.1.1", "no"))])
+    found = journal.lookup(addresses)
+    assert set(found) == set(addresses)
+    assert all(r.status is Status.BOUNCED and r.code == 550 for r in found.values())
+
+
 def test_the_domain_is_what_follows_the_last_at_sign(journal: SQLiteJournal) -> None:
     journal.record([delivered('"a@b"@Example.TEST'), delivered("no-at-sign"),
                     delivered("Ünïcode@Bücher.TEST")])

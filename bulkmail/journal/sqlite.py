@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -70,6 +71,20 @@ CREATE TABLE IF NOT EXISTS events (
 # The merge rules documented on Journal.record, applied to events in the order
 # they were appended (and within one event, in its array's order); the domain
 # is what follows the last "@" (rtrim strips every character but "@").
+#: the merge rules of Journal.record, for a change meeting a stored record
+_MERGE = """
+ON CONFLICT(address) DO UPDATE SET
+    status = excluded.status,
+    code = COALESCE(excluded.code, recipients.code),
+    enhanced = CASE WHEN excluded.code IS NULL THEN recipients.enhanced ELSE excluded.enhanced END,
+    reply = CASE WHEN excluded.code IS NULL THEN recipients.reply ELSE excluded.reply END,
+    attempts = MAX(excluded.attempts, recipients.attempts),
+    host = COALESCE(excluded.host, recipients.host),
+    next_attempt = excluded.next_attempt,
+    possible_duplicate = MAX(excluded.possible_duplicate, recipients.possible_duplicate),
+    updated_at = excluded.updated_at
+"""
+
 _FOLD = """
 INSERT INTO recipients (address, domain, status, code, enhanced, reply, attempts, host,
                         next_attempt, possible_duplicate, updated_at)
@@ -82,17 +97,15 @@ SELECT a.value,
 FROM events AS e, json_each(e.addresses) AS a
 WHERE e.rowid <= ?
 ORDER BY e.rowid, a.key
-ON CONFLICT(address) DO UPDATE SET
-    status = excluded.status,
-    code = COALESCE(excluded.code, recipients.code),
-    enhanced = CASE WHEN excluded.code IS NULL THEN recipients.enhanced ELSE excluded.enhanced END,
-    reply = CASE WHEN excluded.code IS NULL THEN recipients.reply ELSE excluded.reply END,
-    attempts = MAX(excluded.attempts, recipients.attempts),
-    host = COALESCE(excluded.host, recipients.host),
-    next_attempt = excluded.next_attempt,
-    possible_duplicate = MAX(excluded.possible_duplicate, recipients.possible_duplicate),
-    updated_at = excluded.updated_at
-"""
+""" + _MERGE
+
+# The rare address the events log cannot carry (a NUL does not survive
+# SQLite's JSON functions) is merged into ``recipients`` at once, per address.
+_UPSERT = """
+INSERT INTO recipients (address, domain, status, code, enhanced, reply, attempts, host,
+                        next_attempt, possible_duplicate, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+""" + _MERGE
 
 _APPEND = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
@@ -108,6 +121,28 @@ def _record(row: Any) -> RecipientRecord:
         address, Status(status), code, enhanced, reply, attempts, host, next_attempt,
         bool(dup), updated,
     )
+
+
+#: what a JSON string cannot hold verbatim, besides a double quote
+_NEEDS_ESCAPE = re.compile(r"[\\\x00-\x1f]")
+
+
+def _json_array(addresses: Sequence[str]) -> str | None:
+    """``json.dumps(list(addresses))``, built directly when nothing needs escaping
+    (the common case: only quoted local parts hold quotes or backslashes);
+    ``None`` if an address holds a NUL, which SQLite's JSON would cut short."""
+    joined = '","'.join(addresses)
+    if joined.count('"') != 2 * (len(addresses) - 1) or _NEEDS_ESCAPE.search(joined):
+        if "\x00" in joined:
+            return None
+        return json.dumps(list(addresses), ensure_ascii=False)
+    return f'["{joined}"]'
+
+
+def _domain(address: str) -> str:
+    """As the fold computes it: lower-case, after the last "@" ("" without one)."""
+    _, at, domain = address.rpartition("@")
+    return domain.lower() if at else ""
 
 
 def _outcome(change: StateChange) -> Outcome:
@@ -211,18 +246,30 @@ class SQLiteJournal:
 
     def record_outcomes(self, groups: Sequence[tuple[Sequence[str], Outcome]]) -> None:
         now = time.time()
-        rows = [
-            (
-                json.dumps(list(addresses)), o.status.value, o.code, o.enhanced, o.reply,
-                o.attempts, o.host, o.next_attempt, int(o.possible_duplicate), now,
+        rows: list[tuple[object, ...]] = []
+        direct: list[tuple[object, ...]] = []
+        for addresses, o in groups:
+            if not addresses:
+                continue
+            array = _json_array(addresses)
+            if array is not None:
+                rows.append((
+                    array, o.status.value, o.code, o.enhanced, o.reply, o.attempts, o.host,
+                    o.next_attempt, int(o.possible_duplicate), now,
+                ))
+                continue
+            direct.extend(
+                (
+                    a, _domain(a), o.status.value, o.code, o.enhanced, o.reply, o.attempts,
+                    o.host, o.next_attempt, int(o.possible_duplicate), now,
+                )
+                for a in addresses
             )
-            for addresses, o in groups
-            if addresses
-        ]
-        if not rows:
+        if not rows and not direct:
             return
         with self._using() as db, self._transaction(db):
             db.executemany(_APPEND, rows)
+            db.executemany(_UPSERT, direct)
 
     @staticmethod
     @contextlib.contextmanager
