@@ -107,12 +107,17 @@ async def send_durably(
             return known.status, reply_of(known), known.attempts
         return None
 
-    engine.presettle = decide
+    fresh = writer is None or await trio.to_thread.run_sync(writer.journal.is_empty)
+    # a new journal knows nobody: no lookups, and recipients go straight in
+    # (a fresh run pays only for the writes)
+    engine.presettle = decide if suppressed or not fresh else None
     try:
         if writer is None:
             return await mailer.send(sender, message, recipients, on_result=on_result, verp=verp)
         engine.on_in_doubt = _in_doubt_marker(writer)
-        stream = _resumed(writer, recipients, settled)
+        stream: Iterable[Recipient] | AsyncIterator[Recipient] = (
+            recipients if fresh else _resumed(writer, recipients, settled)
+        )
 
         outcome = OutcomeCache()
 
@@ -140,15 +145,8 @@ async def _resumed(
     """The recipients, as the journal knows them: final ones noted in ``settled``
     (reported, not sent), in-doubt ones flagged as possible duplicates."""
     journal = writer.journal
-    fresh = await trio.to_thread.run_sync(journal.is_empty)
     source = iter(recipients)
     while chunk := list(islice(source, LOOKUP_CHUNK)):
-        if fresh:
-            # a new journal knows nobody: no lookups (a fresh run pays only for writes)
-            await trio.lowlevel.checkpoint()
-            for recipient in chunk:
-                yield recipient
-            continue
         known = await trio.to_thread.run_sync(
             journal.lookup, [r.address.strip() for r in chunk]
         )

@@ -200,14 +200,27 @@ class Engine:
 
     async def submit(self, job: Job, recipients: Iterable[Recipient | str]) -> None:
         """Feed recipients (blocking while ``max_pending`` are in memory)."""
+        admit = self._admit
         for n, recipient in enumerate(recipients):
             if self.stopping:
                 break
-            await self.add(job, recipient)
+            if self._in_memory >= self.config.max_pending:
+                await self._wait_for_room()
+            admit(job, recipient)  # no coroutine per recipient on the fast path
             if n % 256 == 255:
                 await trio.lowlevel.checkpoint()
 
     async def add(self, job: Job, recipient: Recipient | str) -> None:
+        if self._in_memory >= self.config.max_pending:
+            await self._wait_for_room()
+        self._admit(job, recipient)
+
+    async def _wait_for_room(self) -> None:
+        while self._in_memory > self._resume_at:
+            await self._room.park()
+
+    def _admit(self, job: Job, recipient: Recipient | str) -> None:
+        """Take one recipient in: dedupe, presettle, validate, route (never waits)."""
         if isinstance(recipient, str):
             recipient = Recipient(recipient)
         address = recipient.address.strip()
@@ -215,9 +228,6 @@ class Engine:
             recipient = Recipient(address, recipient.variables, recipient.possible_duplicate)
         if not job.first_sighting(address):
             return
-        if self._in_memory >= self.config.max_pending:
-            while self._in_memory > self._resume_at:
-                await self._room.park()
         self._in_memory += 1
         job.outstanding += 1
         item = Item(recipient, job, possible_duplicate=recipient.possible_duplicate)
