@@ -358,19 +358,24 @@ class SMTPSession:
 
     async def _read(self, expected: Stage, timeout: float) -> tuple[Stage, Reply]:
         """The next reply, which must answer a command of stage ``expected``."""
+        reply = self._buffered(expected)
+        if reply is not None:
+            return expected, reply
+        return self._accept(await self._receive_reply(expected, timeout), expected)
+
+    def _buffered(self, expected: Stage) -> Reply | None:
+        """The next reply if it has already arrived (pipelined replies usually
+        come together): no await, no deadline, no scheduler pass."""
         if self.error is not None:
             raise self.error
-        protocol = self._protocol
         try:
-            # fast path: pipelined replies usually arrive together and are
-            # already buffered -- no deadline scope, no scheduler pass
-            item = protocol.next_reply()
+            item = self._protocol.next_reply()
         except RemoteProtocolError as exc:
             reply = synthetic_reply(451, "4.5.0", f"protocol error from server: {exc}")
             raise self._fail(SMTPProtocolViolation(reply, host=self.peer)) from exc
         if item is None:
-            item = await self._receive_reply(expected, timeout)
-        return self._accept(item, expected)
+            return None
+        return self._accept(item, expected)[1]
 
     async def _receive_reply(self, expected: Stage, timeout: float) -> tuple[Stage, Reply]:
         try:
@@ -695,7 +700,9 @@ class SMTPSession:
         if mail.code == 250:
             self._dirty = True
         for i in txn.sendable:
-            _, reply = await self._read(Stage.RCPT, self.config.timeouts.rcpt)
+            reply = self._buffered(Stage.RCPT)  # fifty RCPTs: no coroutine each
+            if reply is None:
+                _, reply = await self._read(Stage.RCPT, self.config.timeouts.rcpt)
             if mail.code == 503:
                 continue
             if mail.code != 250:

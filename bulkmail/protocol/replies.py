@@ -91,7 +91,8 @@ class ReplyParser:
     """
 
     __slots__ = (
-        "_buf", "_code", "_eof", "_known", "_lines", "_pos", "max_line_length", "max_lines",
+        "_buf", "_code", "_eof", "_known", "_last_raw", "_last_reply", "_lines", "_pos",
+        "max_line_length", "max_lines",
     )
 
     def __init__(
@@ -111,6 +112,9 @@ class ReplyParser:
         #: single-line replies seen before, parsed once: a server says "250 2.1.0
         #: Ok" thousands of times, and a shared (immutable) Reply costs nothing
         self._known: dict[bytes, Reply] = {}
+        #: the last known reply and its raw line (line ending included)
+        self._last_raw = b""
+        self._last_reply: Reply | None = None
 
     @property
     def buffered(self) -> int:
@@ -135,6 +139,11 @@ class ReplyParser:
     def next_reply(self) -> Reply | None:
         """The next complete reply, or ``None`` if more data is needed."""
         buf = self._buf
+        last = self._last_raw
+        if last and buf.startswith(last, self._pos) and not self._lines:
+            # the same line as the reply before (50 RCPTs: fifty "250 2.1.5 Ok")
+            self._pos += len(last)
+            return self._last_reply
         while True:
             nl = buf.find(b"\n", self._pos)
             if nl < 0:
@@ -160,16 +169,19 @@ class ReplyParser:
                     f"reply line longer than {self.max_line_length} octets",
                     bytes(buf[self._pos : self._pos + 256]),
                 )
-            line = bytes(buf[self._pos : end])
+            start = self._pos
+            line = bytes(buf[start:end])
             self._pos = nl + 1
             if not self._lines:
                 known = self._known.get(line)
                 if known is not None:
+                    self._last_raw, self._last_reply = bytes(buf[start : nl + 1]), known
                     return known
             reply = self._take_line(line)
             if reply is not None:
                 if len(reply.lines) == 1 and len(self._known) < MAX_KNOWN_REPLIES:
                     self._known[line] = reply
+                    self._last_raw, self._last_reply = bytes(buf[start : nl + 1]), reply
                 return reply
 
     def _take_line(self, line: bytes) -> Reply | None:
