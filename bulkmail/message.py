@@ -11,10 +11,9 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from .headers import split_message
 from .protocol.data import PreparedMessage, normalize_newlines
@@ -27,9 +26,10 @@ class TemplateValueError(ValueError):
     """A variable value would have added a line or header to the message."""
 
 
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    """One recipient and the variables its template rendering may use."""
+class Recipient(NamedTuple):
+    """One recipient and the variables its template rendering may use.
+
+    Immutable; a named tuple because one is made per input line."""
 
     address: str
     variables: Mapping[str, str] | None = None
