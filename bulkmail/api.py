@@ -19,7 +19,7 @@ from typing import Any
 import trio
 
 from .config import Security, SessionConfig, Timeouts
-from .engine import Engine, EngineConfig, Job, ResultCallback
+from .engine import Engine, EngineConfig, Job, ResultCallback, ResultsCallback
 from .message import Content, Recipient, as_content
 from .policy import RetryPolicy
 from .protocol import commands
@@ -150,10 +150,14 @@ class Mailer:
         recipients: Recipients,
         *,
         on_result: ResultCallback | None = None,
+        on_results: ResultsCallback | None = None,
         verp: bool = False,
     ) -> Summary:
         """Deliver ``message`` to every recipient; returns when each has a final result.
 
+        ``on_result`` hears of each result; ``on_results`` (instead, or as
+        well) of results in the groups they finished in -- a transaction's
+        recipients at once, cheaper for a consumer that batches (a journal).
         ``verp``: each recipient gets its own envelope sender
         (``bounces+alice=example.com@sender.org``) so bounces map back to them.
         """
@@ -164,6 +168,7 @@ class Mailer:
                 raise ValueError(f"sender {sender!r}: {exc.reason}") from exc
         engine = self.engine
         job = Job(engine, sender, as_content(message), on_result)
+        job.on_results = on_results
         job.verp = verp
         try:
             if isinstance(recipients, AsyncIterable):

@@ -121,12 +121,23 @@ async def send_durably(
 
         outcome = OutcomeCache()
 
-        def record(result: Result) -> None:
-            writer.submit_outcome(result.recipient, outcome(result))
-            if on_result is not None:
-                on_result(result)
+        def record(results: Sequence[Result]) -> None:
+            # a transaction's recipients usually share one outcome: one group
+            run: list[str] = []
+            current: Outcome | None = None
+            for result in results:
+                shared = outcome(result)
+                if shared is not current:
+                    if current is not None:
+                        writer.submit_outcomes(run, current)
+                    run, current = [], shared
+                run.append(result.recipient)
+            if current is not None:
+                writer.submit_outcomes(run, current)
 
-        return await mailer.send(sender, message, stream, on_result=record, verp=verp)
+        return await mailer.send(
+            sender, message, stream, on_result=on_result, on_results=record, verp=verp
+        )
     finally:
         engine.presettle = None
         engine.on_in_doubt = None

@@ -32,6 +32,7 @@ from .shaping import Shaping
 from .verp import verp_sender
 
 ResultCallback = Callable[[Result], None]
+ResultsCallback = Callable[[Sequence[Result]], None]
 InDoubtHook = Callable[[Sequence[str]], Awaitable[None]]
 Presettle = Callable[[Recipient], "tuple[Status, Reply | None, int] | None"]
 
@@ -77,6 +78,8 @@ class Job:
         self.sender = sender
         self.content = content
         self.on_result = on_result
+        #: results in the groups they finished in (see ``Mailer.send``)
+        self.on_results: ResultsCallback | None = None
         self.summary = Summary()
         self.outstanding = 0
         self.input_done = False
@@ -111,6 +114,8 @@ class Job:
         self.summary.add(result)
         if self.on_result is not None:
             self.on_result(result)
+        if self.on_results is not None:
+            self.on_results((result,))
         self.outstanding -= 1
         self.engine.release()
         self._check_done()
@@ -129,6 +134,8 @@ class Job:
         if on_result is not None:
             for result in results:
                 on_result(result)
+        if self.on_results is not None:
+            self.on_results(results)
         self.outstanding -= len(results)
         self.engine.release(len(results))
         self._check_done()

@@ -526,3 +526,21 @@ async def test_dropped_and_refused_transactions_mid_pipeline_lose_nobody(seed: i
     assert by_status[Status.DEFERRED] >= sink.stats.dropped  # in doubt, resumable
     assert all(r.possible_duplicate for r in results
                if r.status is Status.DEFERRED and r.code == 451 and "in doubt" in (r.text or ""))
+
+
+async def test_on_results_hears_each_transaction_s_recipients_together() -> None:
+    recipients = [f"u{i}@example.test" for i in range(50)]
+    singles: list[Result] = []
+    groups: list[list[Result]] = []
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        config = relay_config(sink, limits=PoolLimits(connections=2, max_rcpts=10))
+        async with Mailer(config) as mailer:
+            await mailer.send("news@sender.test", MESSAGE, recipients,
+                              on_result=singles.append,
+                              on_results=lambda rs: groups.append(list(rs)))
+        nursery.cancel_scope.cancel()
+    assert sorted(r.recipient for g in groups for r in g) == sorted(recipients)
+    assert sorted(singles) == sorted(r for g in groups for r in g)  # both hear everyone once
+    assert len(groups) == sink.stats.transactions == 5  # one group per transaction
+    assert all(len({r.reply for r in g}) == 1 for g in groups)

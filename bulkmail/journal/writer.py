@@ -96,6 +96,20 @@ class JournalWriter:
         if self._queued == 1 or self._queued >= self.max_batch:
             self._wakeup.set()
 
+    def submit_outcomes(self, addresses: list[str], outcome: Outcome) -> None:
+        """``submit_outcome`` for many addresses at once (the list is kept, not copied)."""
+        self._check()
+        queue = self._queue
+        if queue and queue[-1][1] is outcome:
+            queue[-1][0].extend(addresses)
+        else:
+            queue.append((addresses, outcome))
+        n = len(addresses)
+        self._queued += n
+        self._submitted += n
+        if self._queued == n or self._queued >= self.max_batch:
+            self._wakeup.set()
+
     async def submit_async(self, change: StateChange) -> None:
         """Like ``submit``, but first waits while ``max_pending`` changes are uncommitted."""
         await trio.lowlevel.checkpoint()
