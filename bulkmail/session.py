@@ -501,8 +501,10 @@ class SMTPSession:
             code, enhanced = (552, "5.3.4") if "SIZE" in str(exc) else (554, "5.6.0")
             txn.finish(synthetic_reply(code, enhanced, str(exc)), range(n))
             return txn
-        needs_utf8 = commands.needs_smtputf8(envelope.sender) or any(
-            commands.needs_smtputf8(r) for r in envelope.recipients
+        all_ascii = envelope.sender.isascii() and "".join(envelope.recipients).isascii()
+        needs_utf8 = not all_ascii and (
+            commands.needs_smtputf8(envelope.sender)
+            or any(commands.needs_smtputf8(r) for r in envelope.recipients)
         )
         smtputf8 = needs_utf8 and ext.smtputf8
         trusted = envelope.validated
@@ -641,8 +643,15 @@ class SMTPSession:
             txn.rset_first = True
             self._dirty = False
         self._queue(txn.mail, Stage.MAIL, out)
-        for line in txn.rcpts:
-            self._queue(line, Stage.RCPT, out)
+        try:
+            self._protocol.expect_many(Stage.RCPT, len(txn.rcpts))
+        except RemoteProtocolError as exc:
+            reply = synthetic_reply(451, "4.5.0", f"protocol error from server: {exc}")
+            raise self._fail(SMTPProtocolViolation(reply, host=self.peer)) from exc
+        out.extend(txn.rcpts)
+        if self.trace is not None:
+            for line in txn.rcpts:
+                self.trace.client(line)
         if data:
             self._queue(commands.DATA, Stage.DATA, out)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from enum import Enum
+from itertools import repeat
 
 from .errors import RemoteProtocolError
 from .replies import DEFAULT_MAX_LINE_LENGTH, DEFAULT_MAX_LINES, Reply, ReplyParser
@@ -91,6 +92,12 @@ class ClientProtocol:
         if self.has_unsolicited_data:
             raise RemoteProtocolError("server sent data before the command it would answer")
         self._pending.append(stage)
+
+    def expect_many(self, stage: Stage, count: int) -> None:
+        """``expect(stage)`` ``count`` times (a transaction's RCPTs)."""
+        if self.has_unsolicited_data:
+            raise RemoteProtocolError("server sent data before the command it would answer")
+        self._pending.extend(repeat(stage, count))
 
     def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes from the server; ``b""`` means it closed the connection."""
