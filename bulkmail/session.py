@@ -708,7 +708,11 @@ class SMTPSession:
             txn.got_reply = True
         if mail.code == 250:
             self._dirty = True
-        for i in txn.sendable:
+        sendable = txn.sendable
+        k = 0
+        while k < len(sendable):
+            i = sendable[k]
+            k += 1
             reply = self._buffered(Stage.RCPT)  # fifty RCPTs: no coroutine each
             if reply is None:
                 _, reply = await self._read(Stage.RCPT, self.config.timeouts.rcpt)
@@ -718,6 +722,14 @@ class SMTPSession:
                 txn.replies[i] = mail  # MAIL's refusal is every recipient's answer
             elif reply.code in (250, 251, 252):
                 txn.accepted.append(i)
+                # the same acceptance for the next recipients, already buffered
+                same = self._protocol.take_repeats(Stage.RCPT, len(sendable) - k)
+                if same:
+                    txn.accepted.extend(sendable[k : k + same])
+                    k += same
+                    if self.trace is not None:
+                        for _ in range(same):
+                            self.trace.server(reply)
             elif reply.code == 503:
                 # "need MAIL" after a 250 to MAIL: the server advertised
                 # PIPELINING but cannot do it.  Not the recipient's fault.

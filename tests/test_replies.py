@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bulkmail.protocol.client import ClientProtocol, Stage
 from bulkmail.protocol.errors import RemoteProtocolError
 from bulkmail.protocol.replies import (
     DEFAULT_MAX_LINE_LENGTH,
@@ -280,3 +281,31 @@ def test_a_repeated_single_line_reply_is_parsed_once_and_shared() -> None:
         parser.feed(b"250 queued as %d\r\n" % n)
         assert parser.next_reply() == Reply(250, (f"queued as {n}",))
     assert len(parser._known) == MAX_KNOWN_REPLIES
+
+
+def test_repeats_of_the_last_reply_are_consumed_up_to_the_commands_owed() -> None:
+    protocol = ClientProtocol()
+    protocol.receive_data(b"220 hi\r\n")
+    assert protocol.next_reply() is not None  # the greeting
+    protocol.expect(Stage.MAIL)
+    protocol.expect_many(Stage.RCPT, 4)
+    protocol.expect(Stage.DATA)
+    protocol.receive_data(b"250 2.1.0 Ok\r\n" + b"250 2.1.5 Ok\r\n" * 5 + b"354 go\r\n")
+    assert protocol.next_reply() == (Stage.MAIL, Reply(250, ("2.1.0 Ok",), "2.1.0"))
+    assert protocol.take_repeats(Stage.RCPT, 10) == 0  # MAIL's reply is not an RCPT's
+    stage, first = protocol.next_reply()  # type: ignore[misc]
+    assert stage is Stage.RCPT and first.code == 250
+    # three more RCPTs are owed: the fifth "250" must not be taken as theirs
+    assert protocol.take_repeats(Stage.RCPT, 10) == 3
+    assert protocol.next_reply() == (Stage.DATA, first)  # the fifth is DATA's to judge
+
+
+def test_take_repeats_stops_at_a_different_or_partial_line() -> None:
+    parser = ReplyParser()
+    parser.feed(b"250 ok\r\n250 ok\r\n250 ok\r\n251 moved\r\n250 o")
+    assert parser.next_reply() == Reply(250, ("ok",))
+    assert parser.take_repeats(10) == 2
+    assert parser.next_reply() == Reply(251, ("moved",))
+    assert parser.take_repeats(10) == 0 and parser.next_reply() is None
+    parser.feed(b"k\r\n")
+    assert parser.next_reply() == Reply(250, ("ok",))

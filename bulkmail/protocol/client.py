@@ -117,6 +117,20 @@ class ClientProtocol:
         self._pending.popleft()
         return stage, reply
 
+    def take_repeats(self, stage: Stage, limit: int) -> int:
+        """After ``next_reply``: consume up to ``limit`` buffered copies of that
+        same reply, each answering the next owed command if it is of ``stage``."""
+        pending = self._pending
+        owed = 0
+        for owed_stage in pending:
+            if owed_stage is not stage or owed == limit:
+                break
+            owed += 1
+        n = self._parser.take_repeats(owed)
+        for _ in range(n):
+            pending.popleft()
+        return n
+
     def clear_pending(self) -> None:
         """Forget owed replies (after a 421 the server owes nothing more)."""
         self._pending.clear()

@@ -136,6 +136,19 @@ class ReplyParser:
             self._pos = 0
         self._buf += data
 
+    def take_repeats(self, limit: int) -> int:
+        """Consume up to ``limit`` buffered copies of the reply just returned
+        (fifty "250 2.1.5 Ok" to fifty RCPTs); how many there were."""
+        last = self._last_raw
+        if not last or self._lines:
+            return 0
+        buf, pos, size, n = self._buf, self._pos, len(last), 0
+        while n < limit and buf.startswith(last, pos):
+            pos += size
+            n += 1
+        self._pos = pos
+        return n
+
     def next_reply(self) -> Reply | None:
         """The next complete reply, or ``None`` if more data is needed."""
         buf = self._buf
