@@ -150,11 +150,9 @@ class Job:
         self._check_done()
         self.engine.wake_pools()
 
-    def first_sighting(self, address: str) -> bool:
-        """True once per address: the same address twice is sent once."""
-        local, at, domain = address.rpartition("@")
-        lowered = domain.lower()
-        key = address if at and lowered == domain else f"{local}@{lowered}"
+    def first_sighting(self, key: str) -> bool:
+        """True once per address (``key``: its domain lower-cased): the same
+        address twice is sent once."""
         if key in self._seen:
             return False
         self._seen.add(key)
@@ -233,7 +231,11 @@ class Engine:
         address = recipient.address.strip()
         if address != recipient.address:
             recipient = Recipient(address, recipient.variables, recipient.possible_duplicate)
-        if not job.first_sighting(address):
+        local, at, domain_part = address.rpartition("@")
+        lowered = domain_part.lower()
+        if not job.first_sighting(
+            address if at and lowered == domain_part else f"{local}@{lowered}"
+        ):
             return
         self._in_memory += 1
         job.outstanding += 1
@@ -244,13 +246,16 @@ class Engine:
                 status, reply, item.attempts = decided
                 job.finish(item, status, reply)
                 return
-        try:
-            commands.validate_address(address, smtputf8=True)
-            domain = domain_of(address)
-        except (InvalidAddress, ValueError) as exc:
-            reason = exc.reason if isinstance(exc, InvalidAddress) else str(exc)
-            self.invalid(item, reason)
-            return
+        if commands.plain_domain(address) is not None:
+            domain = lowered.rstrip(".")  # domain_of() for a plain ASCII domain
+        else:
+            try:
+                commands.validate_address(address, smtputf8=True)
+                domain = domain_of(address)
+            except (InvalidAddress, ValueError) as exc:
+                reason = exc.reason if isinstance(exc, InvalidAddress) else str(exc)
+                self.invalid(item, reason)
+                return
         self.dispatch(item, domain)
 
     def dispatch(self, item: Item, domain: str | None = None) -> None:

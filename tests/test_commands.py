@@ -413,3 +413,25 @@ def test_any_text_argument_is_one_line_or_invalid_argument(text: str) -> None:
             continue
         one_line(wire)
         assert wire.isascii()
+
+
+@settings(max_examples=500)
+@given(st.text(alphabet=st.sampled_from("aZ09.-_+@\"\\ ü[]:"), min_size=1, max_size=40))
+def test_the_engines_fast_path_agrees_with_validate_address(address: str) -> None:
+    domain = commands.plain_domain(address)
+    if domain is None:
+        return  # validate_address gives the verdict (and the reason)
+    assert commands.validate_address(address, smtputf8=True) == address
+    assert commands.validate_address(address) == address
+    assert domain == address.rpartition("@")[2]
+
+
+@pytest.mark.parametrize("address", [
+    "a@b", "a@b.", "a@.b", "a@b..c", "@b.c", "a@", "a@-b.c", "a@b-.c", "x" * 65 + "@b.c",
+    "a@" + "b" * 64 + ".c", "a@" + ".".join(["b" * 60] * 5), '"q"@b.c', "ü@b.c", "a@[1.2.3.4]",
+])
+def test_the_fast_path_never_accepts_what_validation_refuses(address: str) -> None:
+    try:
+        commands.validate_address(address)
+    except InvalidAddress:
+        assert commands.plain_domain(address) is None
