@@ -100,13 +100,15 @@ class TemplateContent:
 
     def raw(self, recipient: Recipient) -> bytes:
         values: dict[str, str] = {"email": recipient.address, "recipient": recipient.address}
-        if recipient.variables:
-            for key, value in recipient.variables.items():
-                if _FORBIDDEN_IN_VALUE.search(value):
-                    raise TemplateValueError(
-                        f"variable {key!r} contains a line break or NUL (header injection refused)"
-                    )
-                values[key] = value
+        variables = recipient.variables
+        if variables:
+            # one scan over all values; which one it was only matters when refused
+            if _FORBIDDEN_IN_VALUE.search("".join(variables.values())):
+                key = next(k for k, v in variables.items() if _FORBIDDEN_IN_VALUE.search(v))
+                raise TemplateValueError(
+                    f"variable {key!r} contains a line break or NUL (header injection refused)"
+                )
+            values.update(variables)
         try:
             text = self.template.substitute(values)
         except KeyError as exc:

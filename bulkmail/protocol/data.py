@@ -9,7 +9,7 @@ dot-stuffing and exactly one terminator.  Identical content is prepared once
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import MessageError
 
@@ -82,9 +82,10 @@ def bdat_chunks(normalized: bytes, chunk_size: int = 1 << 20) -> list[bytes]:
     return [normalized[i : i + chunk_size] for i in range(0, len(normalized), chunk_size)]
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedMessage:
-    """A message ready for the wire, computed once and reused by every transaction."""
+class PreparedMessage(NamedTuple):
+    """A message ready for the wire, computed once and reused by every transaction.
+
+    A named tuple: a personalised run makes one per message."""
 
     normalized: bytes
     data_payload: bytes
