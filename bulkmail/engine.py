@@ -246,7 +246,7 @@ class Engine:
                 status, reply, item.attempts = decided
                 job.finish(item, status, reply)
                 return
-        if commands.plain_domain(address) is not None:
+        if at and commands.is_plain(address, domain_part):
             domain = lowered.rstrip(".")  # domain_of() for a plain ASCII domain
         else:
             try:

@@ -58,16 +58,17 @@ def validate_address(address: str, *, smtputf8: bool = False) -> str:
     return _validate_slow(address, smtputf8)
 
 
-def plain_domain(address: str) -> str | None:
-    """The domain part of an everyday address -- ASCII, unquoted, its domain
-    checked -- that ``validate_address`` accepts unchanged; else ``None``, and
-    ``validate_address`` gives the verdict.  One regex and a cached domain
-    check: the engine's per-recipient fast path."""
-    if len(address) <= 254 and _FAST.fullmatch(address):
-        domain = address.rpartition("@")[2]
-        if _domain_wire(domain, False)[0] is not None:
-            return domain
-    return None
+def is_plain(address: str, domain: str) -> bool:
+    """Whether ``address`` (whose part after the last "@" is ``domain``) is an
+    everyday one -- ASCII, unquoted, its domain checked -- that
+    ``validate_address`` accepts unchanged; if not, ``validate_address`` gives
+    the verdict.  One regex and a cached domain check: the engine's
+    per-recipient fast path."""
+    return (
+        len(address) <= 254
+        and _FAST.fullmatch(address) is not None
+        and _domain_wire(domain, False)[0] is not None
+    )
 
 
 def _validate_slow(address: str, smtputf8: bool) -> str:
