@@ -15,7 +15,7 @@ from itertools import islice
 import trio
 
 from .api import Mailer, MessageLike
-from .engine import InDoubtHook, ResultCallback
+from .engine import InDoubtHook, ResultCallback, ResultsCallback
 from .errors import synthetic_reply
 from .journal import JournalWriter, Outcome, RecipientRecord
 from .message import Recipient
@@ -84,6 +84,7 @@ async def send_durably(
     *,
     suppressed: frozenset[str] = frozenset(),
     on_result: ResultCallback | None = None,
+    on_results: ResultsCallback | None = None,
     verp: bool = False,
 ) -> Summary:
     """Like ``Mailer.send``, resuming from and recording to the journal.
@@ -113,7 +114,10 @@ async def send_durably(
     engine.presettle = decide if suppressed or not fresh else None
     try:
         if writer is None:
-            return await mailer.send(sender, message, recipients, on_result=on_result, verp=verp)
+            return await mailer.send(
+                sender, message, recipients, on_result=on_result, on_results=on_results,
+                verp=verp,
+            )
         engine.on_in_doubt = _in_doubt_marker(writer)
         stream: Iterable[Recipient] | AsyncIterator[Recipient] = (
             recipients if fresh else _resumed(writer, recipients, settled)
@@ -134,6 +138,8 @@ async def send_durably(
                 run.append(result.recipient)
             if current is not None:
                 writer.submit_outcomes(run, current)
+            if on_results is not None:
+                on_results(results)
 
         return await mailer.send(
             sender, message, stream, on_result=on_result, on_results=record, verp=verp

@@ -239,7 +239,7 @@ class Engine:
             return
         self._in_memory += 1
         job.outstanding += 1
-        item = Item(recipient, job, possible_duplicate=recipient.possible_duplicate)
+        item = Item(recipient, job, 0, 0, None, recipient.possible_duplicate)  # positional: faster
         if self.presettle is not None:
             decided = self.presettle(recipient)
             if decided is not None:

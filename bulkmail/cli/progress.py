@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from typing import TextIO
 
 from trio_util import periodic
@@ -27,6 +28,12 @@ class Progress:
     def add(self, result: Result) -> None:
         self.counts[result.status] += 1
         self.done += 1
+
+    def add_all(self, results: Sequence[Result]) -> None:
+        counts = self.counts
+        for result in results:
+            counts[result.status] += 1
+        self.done += len(results)
 
     def message(self, text: str) -> None:
         if self.enabled:

@@ -14,7 +14,7 @@ import os
 import signal
 import ssl
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -256,14 +256,18 @@ async def _send(
     journal_path: Path | None,
     report: IO[str] | None,
 ) -> tuple[bool, Summary]:
-    progress = Progress(enabled=not args.quiet, total=_count_lines(args.recipients))
+    progress = Progress(
+        enabled=not args.quiet, total=None if args.quiet else _count_lines(args.recipients)
+    )
     stopped = False
     summary = Summary()  # what a second signal leaves us with: the journal has the rest
 
-    def on_result(result: Result) -> None:
-        progress.add(result)
+    def on_results(results: Sequence[Result]) -> None:
+        progress.add_all(results)
         if report is not None:
-            report.write(json.dumps(result.as_dict(), ensure_ascii=False) + "\n")
+            report.writelines(
+                json.dumps(r.as_dict(), ensure_ascii=False) + "\n" for r in results
+            )
 
     try:
         async with trio.open_nursery() as nursery, Mailer(config) as mailer:
@@ -286,7 +290,7 @@ async def _send(
             async with _journal_writer(journal_path, args.journal_sync) as writer:
                 summary = await send_durably(
                     mailer, writer, args.sender, content, read_recipients(args.recipients),
-                    suppressed=suppressed, on_result=on_result, verp=args.verp,
+                    suppressed=suppressed, on_results=on_results, verp=args.verp,
                 )
             nursery.cancel_scope.cancel()
     finally:
