@@ -39,9 +39,9 @@ class StateChange:
     next_attempt: float | None = None  #: unix time of the next retry (deferred)
     possible_duplicate: bool = False
 
-
     @property
     def outcome(self) -> Outcome:
+        """The change without its address."""
         return Outcome(
             self.status, self.code, self.enhanced, self.reply, self.attempts, self.host,
             self.next_attempt, self.possible_duplicate,

@@ -9,9 +9,9 @@ dropped whole); damage beyond that is reported, never "fixed" by deleting data.
 Writes are appends: each group commit adds a few rows to ``events``, one per
 outcome shared by many addresses (a JSON array), instead of a keyed upsert per
 recipient -- a run pays about half a microsecond per recipient instead of
-twelve.  Readers first *fold* the events into ``recipients`` (per address
-state, one set-based SQL statement), so lookups, reports and direct SQL on
-``recipients`` see every committed change.
+twelve.  This class's readers first *fold* the events into ``recipients``
+(per address state, one set-based SQL statement), so lookups and reports see
+every committed change; SQL of one's own sees them after such a read.
 """
 
 from __future__ import annotations
@@ -68,9 +68,6 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 
-# The merge rules documented on Journal.record, applied to events in the order
-# they were appended (and within one event, in its array's order); the domain
-# is what follows the last "@" (rtrim strips every character but "@").
 #: the merge rules of Journal.record, for a change meeting a stored record
 _MERGE = """
 ON CONFLICT(address) DO UPDATE SET
@@ -85,6 +82,9 @@ ON CONFLICT(address) DO UPDATE SET
     updated_at = excluded.updated_at
 """
 
+# The events, applied in the order they were appended (and within one event,
+# in its array's order); the domain is what follows the last "@" (rtrim strips
+# every character but "@").
 _FOLD = """
 INSERT INTO recipients (address, domain, status, code, enhanced, reply, attempts, host,
                         next_attempt, possible_duplicate, updated_at)
@@ -143,13 +143,6 @@ def _domain(address: str) -> str:
     """As the fold computes it: lower-case, after the last "@" ("" without one)."""
     _, at, domain = address.rpartition("@")
     return domain.lower() if at else ""
-
-
-def _outcome(change: StateChange) -> Outcome:
-    return Outcome(
-        change.status, change.code, change.enhanced, change.reply, change.attempts,
-        change.host, change.next_attempt, change.possible_duplicate,
-    )
 
 
 class SQLiteJournal:
@@ -237,7 +230,7 @@ class SQLiteJournal:
     def record(self, changes: Sequence[StateChange]) -> None:
         groups: list[tuple[list[str], Outcome]] = []
         for change in changes:
-            outcome = _outcome(change)
+            outcome = change.outcome
             if groups and groups[-1][1] == outcome:
                 groups[-1][0].append(change.address)
             else:

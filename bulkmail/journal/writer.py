@@ -80,35 +80,29 @@ class JournalWriter:
         self.submit_outcome(change.address, change.outcome)
 
     def submit_outcome(self, address: str, outcome: Outcome) -> None:
-        """Queue ``address`` moving to ``outcome``; fire and forget.
+        """Queue ``address`` moving to ``outcome``; fire and forget."""
+        self.submit_outcomes([address], outcome)
+
+    def submit_outcomes(self, addresses: list[str], outcome: Outcome) -> None:
+        """Queue ``addresses`` moving to ``outcome``; fire and forget.
 
         Consecutive submits of the *same* outcome object (a transaction's
         recipients) share one group, which the journal stores as one row.
+        The list is kept, not copied.
         """
         self._check()
-        queue = self._queue
-        if queue and queue[-1][1] is outcome:
-            queue[-1][0].append(address)
-        else:
-            queue.append(([address], outcome))
-        self._queued += 1
-        self._submitted += 1
-        if self._queued == 1 or self._queued >= self.max_batch:
+        self._enqueue(addresses, outcome)
+        if self._queued == len(addresses) or self._queued >= self.max_batch:
             self._wakeup.set()
 
-    def submit_outcomes(self, addresses: list[str], outcome: Outcome) -> None:
-        """``submit_outcome`` for many addresses at once (the list is kept, not copied)."""
-        self._check()
+    def _enqueue(self, addresses: list[str], outcome: Outcome) -> None:
         queue = self._queue
         if queue and queue[-1][1] is outcome:
             queue[-1][0].extend(addresses)
         else:
             queue.append((addresses, outcome))
-        n = len(addresses)
-        self._queued += n
-        self._submitted += n
-        if self._queued == n or self._queued >= self.max_batch:
-            self._wakeup.set()
+        self._queued += len(addresses)
+        self._submitted += len(addresses)
 
     async def submit_async(self, change: StateChange) -> None:
         """Like ``submit``, but first waits while ``max_pending`` changes are uncommitted."""
@@ -121,17 +115,13 @@ class JournalWriter:
         """Queue ``changes`` and return once the group commit holding them is done."""
         self._check()
         for change in changes:
-            self._queue.append(([change.address], change.outcome))
-        self._queued += len(changes)
-        self._submitted += len(changes)
+            self._enqueue([change.address], change.outcome)
         await self._wait_for(self._submitted)
 
     async def submit_durable_outcome(self, addresses: Sequence[str], outcome: Outcome) -> None:
         """Queue ``addresses`` moving to ``outcome``; return once that is committed."""
         self._check()
-        self._queue.append((list(addresses), outcome))
-        self._queued += len(addresses)
-        self._submitted += len(addresses)
+        self._enqueue(list(addresses), outcome)
         await self._wait_for(self._submitted)
 
     async def flush(self) -> None:
