@@ -67,6 +67,15 @@ class Item:
     last_reply: Reply | None = None
     last_host: str | None = None
 
+    def attempt(self, reply: Reply, host: str | None, now: float) -> None:
+        """Count one attempt that got ``reply`` (from ``host``, when known)."""
+        self.attempts += 1
+        if self.first_attempt is None:
+            self.first_attempt = now
+        self.last_reply = reply
+        if host is not None:
+            self.last_host = host
+
 
 class Job:
     """One send: a sender, a content, a stream of recipients."""
@@ -103,25 +112,11 @@ class Job:
         return Envelope(sender, recipients, message, validated=True)  # checked in add()
 
     def finish(self, item: Item, status: Status, reply: Reply | None) -> None:
-        result = Result(
-            item.recipient.address,
-            status,
-            reply,
-            item.attempts,
-            item.last_host,
-            item.possible_duplicate,
-        )
-        self.summary.add(result)
-        if self.on_result is not None:
-            self.on_result(result)
-        if self.on_results is not None:
-            self.on_results((result,))
-        self.outstanding -= 1
-        self.engine.release()
-        self._check_done()
+        self.finish_all((item,), status, reply)
 
     def finish_all(self, items: Sequence[Item], status: Status, reply: Reply | None) -> None:
-        """``finish`` for many items of this job sharing one outcome, in one pass."""
+        """The final results of items of this job that share a status and a reply
+        (a transaction's), counted and reported in one pass."""
         results = [
             Result(
                 item.recipient.address, status, reply, item.attempts, item.last_host,
@@ -330,11 +325,7 @@ class Engine:
         """``attempted`` for a transaction whose one reply accepted everyone."""
         now = trio.current_time()
         for item in items:
-            item.attempts += 1
-            if item.first_attempt is None:
-                item.first_attempt = now
-            item.last_reply = reply
-            item.last_host = host
+            item.attempt(reply, host, now)
         items[0].job.finish_all(items, Status.DELIVERED, reply)
 
     def attempted(
@@ -349,12 +340,7 @@ class Engine:
     ) -> None:
         """Apply the reply policy to one recipient's attempt."""
         now = trio.current_time()
-        item.attempts += 1
-        if item.first_attempt is None:
-            item.first_attempt = now
-        item.last_reply = reply
-        if host is not None:
-            item.last_host = host
+        item.attempt(reply, host, now)
         job = item.job
         if in_doubt:
             item.possible_duplicate = True

@@ -83,36 +83,16 @@ class Summary:
     elapsed: float = 0.0
     codes: Counter[str] = field(default_factory=Counter)
     domains: Counter[str] = field(default_factory=Counter)
-    #: the last reply counted and its key: a transaction's recipients share one
-    _last: tuple[Reply | None, str] = field(default=(None, ""), repr=False, compare=False)
 
     @property
     def total(self) -> int:
         return self.delivered + self.bounced + self.deferred + self.suppressed
 
     def add(self, result: Result) -> None:
-        status = result.status
-        if status is Status.DELIVERED:
-            self.delivered += 1
-        elif status is Status.BOUNCED:
-            self.bounced += 1
-        elif status is Status.DEFERRED:
-            self.deferred += 1
-        else:
-            self.suppressed += 1
-        if result.possible_duplicate:
-            self.possible_duplicates += 1
-        reply = result.reply
-        if reply is not None:
-            last, key = self._last
-            if reply is not last:
-                key = f"{reply.code} {reply.enhanced}" if reply.enhanced else str(reply.code)
-                self._last = (reply, key)
-            self.codes[key] += 1
-        self.domains[result.recipient.rpartition("@")[2].lower()] += 1
+        self.add_all([result], result.status, result.reply)
 
     def add_all(self, results: list[Result], status: Status, reply: Reply | None) -> None:
-        """``add`` for results that share a status and a reply (one transaction's)."""
+        """Count results that share a status and a reply (one transaction's)."""
         n = len(results)
         if status is Status.DELIVERED:
             self.delivered += n

@@ -26,8 +26,7 @@ class Progress:
         self._last_line = ""
 
     def add(self, result: Result) -> None:
-        self.counts[result.status] += 1
-        self.done += 1
+        self.add_all((result,))
 
     def add_all(self, results: Sequence[Result]) -> None:
         counts = self.counts
