@@ -19,10 +19,15 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import trio
 
 __all__ = ["LeanSocketStream"]
+
+_T = TypeVar("_T")
+_Arg = TypeVar("_Arg")
 
 #: calls in a row that found the socket ready before one forced scheduler pass
 _YIELD_EVERY = 64
@@ -55,15 +60,8 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
         await self._pass()
         with memoryview(data) as view:
             sent = 0
-            total = len(view)
-            while sent < total:
-                try:
-                    sent += raw.send(view[sent:])
-                except BlockingIOError:
-                    self._ready_streak = 0
-                    await trio.lowlevel.wait_writable(raw)
-                except OSError as exc:
-                    raise trio.BrokenResourceError(f"socket send failed: {exc}") from exc
+            while sent < len(view):
+                sent += await self._until_ready(raw.send, view[sent:], trio.lowlevel.wait_writable)
 
     async def wait_send_all_might_not_block(self) -> None:
         await trio.lowlevel.wait_writable(self._socket())
@@ -72,14 +70,24 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
         raw = self._socket()
         await self._pass()
         size = max_bytes if max_bytes is not None else 65536
+        return await self._until_ready(raw.recv, size, trio.lowlevel.wait_readable)
+
+    async def _until_ready(
+        self,
+        call: Callable[[_Arg], _T],
+        arg: _Arg,
+        wait: Callable[[socket.socket], Awaitable[None]],
+    ) -> _T:
+        """``call(arg)`` on the non-blocking socket, waiting with ``wait`` only
+        while it would block; a socket error is a broken stream."""
         while True:
             try:
-                return raw.recv(size)
+                return call(arg)
             except BlockingIOError:
                 self._ready_streak = 0
-                await trio.lowlevel.wait_readable(raw)
+                await wait(self._socket())
             except OSError as exc:
-                raise trio.BrokenResourceError(f"socket receive failed: {exc}") from exc
+                raise trio.BrokenResourceError(f"socket I/O failed: {exc}") from exc
 
     async def send_eof(self) -> None:
         await self.inner.send_eof()

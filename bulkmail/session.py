@@ -109,6 +109,11 @@ class _Txn:
     #: its final reply came (every recipient has its answer for this attempt)
     done: bool = False
 
+    @property
+    def reached_server(self) -> bool:
+        """Sent, and the server answered or had its end of data: an attempt."""
+        return bool(self.sendable) and (self.got_reply or self.data_sent)
+
     def finish(self, reply: Reply, indices: Sequence[int]) -> None:
         for i in indices:
             if self.replies[i] is None:
@@ -153,7 +158,6 @@ class SMTPSession:
         self._finished = 0
         self._on_data_end: DataEndHook | None = None
         self._on_done: Callable[[TransactionResult], None] | None = None
-        self._reported_attempts = 0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -331,30 +335,25 @@ class SMTPSession:
     async def _send(self, data: bytes, timeout: float) -> None:
         if self.error is not None:
             raise self.error
-        if self._watched is not None:
-            # inside send_batch: the watchdog enforces the deadline (no scope per I/O)
-            self._waiting = (None, timeout)
-            self._io_deadline = trio.current_time() + timeout
-            try:
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                reply = synthetic_reply(451, "4.4.2", f"connection lost while sending: {exc}")
-                raise self._fail(SMTPConnectionLost(reply, host=self.peer)) from exc
-            finally:
-                self._io_deadline = math.inf
-            return
-        # a bare scope, not fail_after(): that one is a generator context
-        # manager, and this runs once per message (measured: 14% of the run)
-        deadline = trio.CancelScope(deadline=trio.current_time() + timeout)
         try:
-            with deadline:
+            if self._watched is not None:
+                # inside send_batch: the watchdog enforces the deadline (no scope per I/O)
+                self._waiting = (None, timeout)
+                self._io_deadline = trio.current_time() + timeout
+                try:
+                    await self._stream.send_all(data)
+                finally:
+                    self._io_deadline = math.inf
+                return
+            # a bare scope, not fail_after(): that one is a generator context manager
+            with trio.CancelScope(deadline=trio.current_time() + timeout):
                 await self._stream.send_all(data)
+                return
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             reply = synthetic_reply(451, "4.4.2", f"connection lost while sending: {exc}")
             raise self._fail(SMTPConnectionLost(reply, host=self.peer)) from exc
-        if deadline.cancelled_caught:
-            reply = synthetic_reply(451, "4.4.2", "timed out sending to the server")
-            raise self._fail(SMTPTimeout(reply, host=self.peer))
+        # the scope's deadline passed
+        raise self._fail(self._timeout_error(None, timeout))
 
     async def _read(self, expected: Stage, timeout: float) -> tuple[Stage, Reply]:
         """The next reply, which must answer a command of stage ``expected``."""
@@ -548,10 +547,10 @@ class SMTPSession:
         """Run transactions back to back on this session.
 
         Every envelope -- the given ones, then any that ``refill`` supplied --
-        gets one result, in order: passed to ``on_done`` as soon as its final
-        reply is in (DATA with PIPELINING), the rest returned at the end.
-        ``refill`` is asked for more when the last
-        end of data is about to be written (DATA with PIPELINING), so the next
+        gets one result, in order: passed to ``on_done`` once its final reply
+        is in (DATA with PIPELINING, ``REPORT_EVERY`` at a time), the rest
+        returned at the end.  ``refill`` is asked for more when the last end
+        of data is about to be written (DATA with PIPELINING), so the next
         transaction's commands ride in the same write instead of costing a
         round trip of their own.  If the session dies midway, the rest get
         the error's reply (``attempted=False`` where nothing of theirs reached
@@ -563,7 +562,6 @@ class SMTPSession:
         self._finished = 0  # sendable transactions done but not yet reported
         self._on_data_end = on_data_end
         self._on_done = on_done
-        self._reported_attempts = 0
         live = [t for t in txns if t.sendable]
         batch = self._watched = trio.CancelScope()
         watchdog = trio.CancelScope()
@@ -602,9 +600,7 @@ class SMTPSession:
             else NO_REPLY
         )
         rest = self._unreported
-        self.transactions += self._reported_attempts + sum(
-            1 for t in rest if t.sendable and (t.got_reply or t.data_sent)
-        )
+        self.transactions += sum(1 for t in rest if t.reached_server)
         self._unreported = deque()
         return [txn.result(fallback) for txn in rest]
 
@@ -632,8 +628,8 @@ class SMTPSession:
             txn = txns.popleft()
             if txn.sendable:
                 self._finished -= 1
-            if txn.sendable and (txn.got_reply or txn.data_sent):
-                self._reported_attempts += 1
+            if txn.reached_server:
+                self.transactions += 1
             on_done(txn.result(NO_REPLY))
 
     def _write_envelope(self, txn: _Txn, out: list[bytes], *, data: bool = False) -> None:

@@ -151,12 +151,10 @@ class ReplyParser:
 
     def next_reply(self) -> Reply | None:
         """The next complete reply, or ``None`` if more data is needed."""
-        buf = self._buf
-        last = self._last_raw
-        if last and buf.startswith(last, self._pos) and not self._lines:
+        if self.take_repeats(1):
             # the same line as the reply before (50 RCPTs: fifty "250 2.1.5 Ok")
-            self._pos += len(last)
             return self._last_reply
+        buf = self._buf
         while True:
             nl = buf.find(b"\n", self._pos)
             if nl < 0:
