@@ -3,8 +3,8 @@ sans-IO :class:`~.protocol.SinkConnection`.
 
 Built for pipelining clients: each read is handled completely and every
 reply it produced goes out in one write, so a pipelined group costs one
-round trip -- and ``latency`` (a simulated round trip) is paid once per
-group, not per reply.  A session's failure, whatever it is, ends that
+round trip -- and ``latency`` (a simulated round trip, counted from the
+read as a network's would be) is paid once per group, not per reply.  A session's failure, whatever it is, ends that
 session only: hostile clients cannot take the listener down.
 """
 
@@ -105,10 +105,13 @@ class Sink:
                 data = await stream.receive_some(READ_SIZE)
                 if not data:
                     return
+                # the simulated round trip runs from the read, so the time the
+                # sink spends on the batch is inside it, not added to it
+                arrived = trio.current_time()
                 batch = conn.receive_data(data)
                 if batch:
                     if latency:
-                        await trio.sleep(latency)
+                        await trio.sleep_until(arrived + latency)
                     await self._send(stream, batch, conn.take_accepted())
                 if conn.closing:
                     return
