@@ -4,8 +4,9 @@ sans-IO :class:`~.protocol.SinkConnection`.
 Built for pipelining clients: each read is handled completely and every
 reply it produced goes out in one write, so a pipelined group costs one
 round trip -- and ``latency`` (a simulated round trip, counted from the
-read as a network's would be) is paid once per group, not per reply.  A session's failure, whatever it is, ends that
-session only: hostile clients cannot take the listener down.
+read as a network's would be) is paid once per group, not per reply.  A
+session's failure, whatever it is, ends that session only: hostile clients
+cannot take the listener down.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 
 import trio
 
+from ..lean_stream import LeanSocketStream
 from . import replies
 from .config import SinkConfig
 from .faults import FaultPolicy
@@ -75,14 +77,19 @@ class Sink:
             await trio.aclose_forcefully(stream)
             return
         self.stats.session_started(peer)
+        # plaintext runs on the lean stream (a busy sink's per-read cost is
+        # mostly trio's stream machinery); TLS goes back to trio's stream
+        lean = None if self.config.implicit_tls else LeanSocketStream(stream)
         try:
-            await self._session(stream, peer)
+            await self._session(lean or stream, peer)
         except _BROKEN:
             pass
         except Exception:
             _log.exception("sink session with %s failed", peer)
         finally:
             self.stats.session_ended()
+            if lean is not None:
+                lean.detach()
             await trio.aclose_forcefully(stream)
 
     async def _session(self, stream: trio.abc.Stream, peer: str) -> None:
@@ -124,6 +131,8 @@ class Sink:
 
     async def _start_tls(self, stream: trio.abc.Stream) -> trio.SSLStream[trio.abc.Stream]:
         assert self._ssl is not None
+        if isinstance(stream, LeanSocketStream):
+            stream = stream.detach()
         tls = trio.SSLStream(stream, self._ssl, server_side=True)
         await tls.do_handshake()
         return tls
