@@ -12,9 +12,11 @@ Scenarios (sizes times --scale):
   d  1,000,000 recipients streamed from a file through the CLI: time and peak RSS
 
 bulkmail always runs through its CLI (``bulkmail send``) with the journal on.
-Peers: aiosmtplib (asyncio), smtplib in a thread pool, and Postfix's smtp-source
-when /usr/sbin/smtp-source exists; all use the same connection count.  Slow
-peers run a share of the work (--peer-share); rates are what is compared.
+Peers: aiosmtplib (asyncio), smtplib in a thread pool, Postfix's smtp-source
+when /usr/sbin/smtp-source exists, and the floor (peers/floor_peer.py: a bare
+pipelining loop with no results or journal -- the limit a sink allows); all
+use the same connection count.  Slow peers run a share of the work
+(--peer-share); rates are what is compared.
 Every run's count is checked against the sink's own counters.
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import platform
@@ -39,6 +42,8 @@ HERE = Path(__file__).resolve().parent
 PEERS = HERE / "peers"
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 SMTP_SINK = "/usr/sbin/smtp-sink"
+#: peers fast enough to run the whole of a scenario
+FULL_SHARE = ("smtp-source", "floor")
 RSS_WRAPPER = (
     "import resource, subprocess, sys, time, json\n"
     "t = time.perf_counter()\n"
@@ -193,6 +198,8 @@ def scenario_rows(name: str, sink_kind: str, args: argparse.Namespace, work: Pat
         peers = ["bulkmail", "aiosmtplib", "smtplib"]
         if os.path.exists(SMTP_SOURCE) and latency == 0:
             peers.append("smtp-source")
+        if not (latency and chunking):  # the floor pipelines DATA, never BDAT
+            peers.append("floor")
         for peer in peers:
             sink = SinkProcess(sink_kind, latency_ms=latency, chunking=chunking)
             try:
@@ -202,9 +209,9 @@ def scenario_rows(name: str, sink_kind: str, args: argparse.Namespace, work: Pat
                     count = messages
                     result = run_bulkmail(work, sink, conn, per_msg, personalised)
                 else:
-                    share = 1.0 if peer == "smtp-source" else args.peer_share
+                    share = 1.0 if peer in FULL_SHARE else args.peer_share
                     count = max(conn, int(messages * share))
-                    if latency:
+                    if latency and peer not in FULL_SHARE:
                         count = max(conn, int(messages * min(1.0, args.peer_share * 2)))
                     result = run_peer(peer, sink, count, per_msg, conn, domains)
                 counters = sink.counters()
@@ -244,6 +251,15 @@ def scenario_d(args: argparse.Namespace, work: Path) -> list[Row]:
     return rows
 
 
+def compile_bytecode() -> None:
+    """Compile bulkmail's modules once, as installing a wheel does: an editable
+    install under PYTHONDONTWRITEBYTECODE would compile them at every CLI start."""
+    spec = importlib.util.find_spec("bulkmail")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            subprocess.run([sys.executable, "-m", "compileall", "-q", location], check=True)
+
+
 def probe_rtt(port: int, n: int = 50) -> float:
     """The sink's real round trip (median of ``n`` lock-step NOOPs): a simulated
     latency is slept by the sink's event loop, which overshoots a little."""
@@ -276,6 +292,10 @@ def targets(rows: list[Row], rtt: float | None, connections: int, latency: float
             extra = f", {mine / getattr(aio, unit):.1f}x aiosmtplib" if aio else ""
             out.append(f"{scenario}: bulkmail {mine:,.0f} vs smtp-source {other:,.0f}"
                        f" {unit.split('_')[0]}/s on smtp-sink = {mine / other:.2f}x{extra}")
+        floor = find(rows, scenario, "postfix", "floor")
+        if ours and floor:
+            out.append(f"{scenario}: bulkmail is {getattr(ours, unit) / getattr(floor, unit):.0%}"
+                       f" of the bare pipelining loop ({getattr(floor, unit):,.0f} {unit[:-5]}/s)")
     plain = find(rows, "c no chunking", "bulkmail", "bulkmail")
     if plain:
         nominal = connections / latency
@@ -283,7 +303,11 @@ def targets(rows: list[Row], rtt: float | None, connections: int, latency: float
                 f" {nominal:,.0f} (one {latency * 1000:g} ms round trip per message)")
         if rtt:
             line += (f"; {plain.msg_rate * rtt / connections:.0%} of the {connections / rtt:,.0f}"
-                     f" the sink's measured {rtt * 1000:.1f} ms round trip allows")
+                     f" the sink's idle {rtt * 1000:.1f} ms round trip allows")
+        floor = find(rows, "c no chunking", "bulkmail", "floor")
+        if floor:
+            line += (f"; {plain.msg_rate / floor.msg_rate:.0%} of the bare pipelining loop's"
+                     f" {floor.msg_rate:,.0f} on the same sink")
         out.append(line)
     chunked = find(rows, "c chunking", "bulkmail", "bulkmail")
     aio = find(rows, "c chunking", "bulkmail", "aiosmtplib")
@@ -331,6 +355,7 @@ def main() -> None:
     args = p.parse_args()
     if shutil.which("bulkmail") is None:
         sys.exit("bulkmail is not installed in this environment (pip install -e .)")
+    compile_bytecode()
     sinks = [s for s in args.sinks.split(",") if s != "postfix" or os.path.exists(SMTP_SINK)]
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
