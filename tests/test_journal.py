@@ -411,7 +411,7 @@ async def test_a_lone_submit_is_committed_after_max_delay_without_flush(tmp_path
     class Signalling(SQLiteJournal):
         def record_outcomes(self, groups: Sequence[tuple[Sequence[str], Outcome]]) -> None:
             super().record_outcomes(groups)
-            committed.set()  # commits run in the event loop
+            trio.from_thread.run_sync(committed.set)  # commits run in a worker thread
 
     journal = Signalling(path)
     writer = JournalWriter(journal, max_delay=0.02)

@@ -180,22 +180,15 @@ class JournalWriter:
     async def _commit_batch(self) -> None:
         async with self._commit_lock:
             self._check()
-            batch: list[Group] = []
-            size = 0
-            for group in self._queue:  # whole groups, about max_batch addresses
-                if size >= self.max_batch:
-                    break
-                batch.append(group)
-                size += len(group[0])
+            batch = self._take_batch()
             if not batch:
                 return
             try:
-                # In the event loop, not a worker thread: a WAL commit without
-                # fsync takes a millisecond or two, and a thread would fight
-                # the senders for the GIL (measured: ~10% slower end to end).
-                # Synchronous, so a started commit always completes and counts
-                # (and no submit can join a group while it is being written).
-                self.journal.record_outcomes(batch)
+                # In a worker thread: SQLite lets go of the GIL while it
+                # writes, so the commit overlaps the senders (measured: the
+                # 200,000-recipient newsletter 4% faster).  Not abandoned on
+                # cancel: a started commit always completes and counts.
+                await trio.to_thread.run_sync(self.journal.record_outcomes, batch)
             except Exception as exc:
                 self._error = exc
                 self._signal()
@@ -204,13 +197,24 @@ class JournalWriter:
                 with trio.CancelScope(shield=True):
                     await trio.lowlevel.checkpoint()
                 raise
-            for _ in batch:
-                self._queue.popleft()
-            self._queued -= size
-            self._committed += size
+            self._committed += sum(len(addresses) for addresses, _ in batch)
             self.commits += 1
             self._signal()
         await trio.lowlevel.checkpoint()
+
+    def _take_batch(self) -> list[Group]:
+        """Whole groups off the queue, about ``max_batch`` addresses: taken before
+        the commit starts, so a submit meanwhile opens a new group rather than
+        joining one that is being written."""
+        queue = self._queue
+        batch: list[Group] = []
+        size = 0
+        while queue and size < self.max_batch:
+            group = queue.popleft()
+            batch.append(group)
+            size += len(group[0])
+        self._queued -= size
+        return batch
 
     def _signal(self) -> None:
         self._progress.set()
