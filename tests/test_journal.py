@@ -149,6 +149,7 @@ def test_a_shared_outcome_is_one_appended_row_until_a_reader_folds_it(
     ['a","b@x.test'],  # the array separator inside an address
     ["back\\slash@x.test", "tab\tin@x.test", "nul\x00@x.test"],
     ["Ünïcode@bücher.test", "日本@例え.テスト"],
+    ["del\x7f@x.test", "line\u2028sep@x.test", "nb\u00a0sp@x.test"],  # not printable
 ])
 def test_any_address_survives_the_events_log(
     journal: SQLiteJournal, addresses: list[str]

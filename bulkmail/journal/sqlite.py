@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -123,16 +122,18 @@ def _record(row: Any) -> RecipientRecord:
     )
 
 
-#: what a JSON string cannot hold verbatim, besides a double quote
-_NEEDS_ESCAPE = re.compile(r"[\\\x00-\x1f]")
-
-
 def _json_array(addresses: Sequence[str]) -> str | None:
     """``json.dumps(list(addresses))``, built directly when nothing needs escaping
     (the common case: only quoted local parts hold quotes or backslashes);
     ``None`` if an address holds a NUL, which SQLite's JSON would cut short."""
     joined = '","'.join(addresses)
-    if joined.count('"') != 2 * (len(addresses) - 1) or _NEEDS_ESCAPE.search(joined):
+    # besides quotes and backslashes, JSON escapes control characters, which
+    # are not printable (isprintable is a third of a regex search's cost)
+    if (
+        joined.count('"') != 2 * (len(addresses) - 1)
+        or "\\" in joined
+        or not joined.isprintable()
+    ):
         if "\x00" in joined:
             return None
         return json.dumps(list(addresses), ensure_ascii=False)
