@@ -22,6 +22,7 @@ from .message import Content, Recipient
 from .policy import DestinationHealth, RetryPolicy, Verdict, classify
 from .pool import Pool
 from .protocol import commands
+from .protocol.commands import is_plain_local
 from .protocol.data import PreparedMessage
 from .protocol.errors import InvalidAddress
 from .protocol.replies import Reply
@@ -38,6 +39,9 @@ Presettle = Callable[[Recipient], "tuple[Status, Reply | None, int] | None"]
 
 #: a dead pooled session may be replaced this many times per recipient for free
 MAX_FREE_RETRIES = 3
+#: domains whose intake facts are remembered; a list of mostly unique domains
+#: starts over instead of growing without bound
+MAX_INTAKE_DOMAINS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,10 +152,10 @@ class Job:
     def first_sighting(self, key: str) -> bool:
         """True once per address (``key``: its domain lower-cased): the same
         address twice is sent once."""
-        if key in self._seen:
-            return False
-        self._seen.add(key)
-        return True
+        seen = self._seen
+        before = len(seen)
+        seen.add(key)  # one hash lookup, not a test and then an add
+        return len(seen) != before
 
 
 class Engine:
@@ -174,6 +178,7 @@ class Engine:
         self._in_memory = 0
         self._resume_at = config.max_pending - max(1, config.max_pending // 8)
         self._room = trio.lowlevel.ParkingLot()
+        self._intake_domains: dict[str, tuple[str, str | None]] = {}
         self._health: dict[str, DestinationHealth] = {}
         self._resolving: dict[str, list[Item]] = {}
         self._retries: list[tuple[float, int, Item]] = []
@@ -227,7 +232,8 @@ class Engine:
         if address != recipient.address:
             recipient = Recipient(address, recipient.variables, recipient.possible_duplicate)
         local, at, domain_part = address.rpartition("@")
-        lowered = domain_part.lower()
+        facts = self._intake_domains.get(domain_part) or self._learn_domain(domain_part)
+        lowered, plain_domain = facts
         if not job.first_sighting(
             address if at and lowered == domain_part else f"{local}@{lowered}"
         ):
@@ -241,8 +247,8 @@ class Engine:
                 status, reply, item.attempts = decided
                 job.finish(item, status, reply)
                 return
-        if at and commands.is_plain(address, domain_part):
-            domain = lowered.rstrip(".")  # domain_of() for a plain ASCII domain
+        if at and plain_domain is not None and len(address) <= 254 and is_plain_local(local):
+            domain = plain_domain
         else:
             try:
                 commands.validate_address(address, smtputf8=True)
@@ -251,7 +257,24 @@ class Engine:
                 reason = exc.reason if isinstance(exc, InvalidAddress) else str(exc)
                 self.invalid(item, reason)
                 return
+        if not self.stopping:  # dispatch()'s common case, inline
+            destination = self.router.peek(domain)
+            if destination is not None and (pool := self.pools.get(destination.key)):
+                pool.add(item)
+                return
         self.dispatch(item, domain)
+
+    def _learn_domain(self, domain_part: str) -> tuple[str, str | None]:
+        """What intake needs of a domain, computed once per domain: its lower
+        case, and its routing key if it is a plain ASCII one (else ``None``:
+        every address there takes the full validation)."""
+        known = self._intake_domains
+        if len(known) >= MAX_INTAKE_DOMAINS:
+            known.clear()
+        lowered = domain_part.lower()
+        plain = lowered.rstrip(".") if commands.is_plain_domain(domain_part) else None
+        known[domain_part] = facts = (lowered, plain)  # domain_of() for a plain domain
+        return facts
 
     def dispatch(self, item: Item, domain: str | None = None) -> None:
         if self.stopping:

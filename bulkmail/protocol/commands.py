@@ -24,6 +24,8 @@ STARTTLS = b"STARTTLS\r\n"
 _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
 #: The shape of nearly every real address: one regex call decides the local part.
 _FAST = re.compile(rf"[{_ATEXT}.]{{1,64}}@[A-Za-z0-9.-]{{1,253}}")
+_PLAIN_LOCAL = re.compile(rf"[{_ATEXT}.]{{1,64}}")
+_PLAIN_DOMAIN = re.compile(r"[A-Za-z0-9.-]{1,253}")
 _UNQUOTED_ASCII = re.compile(rf"[{_ATEXT}.]+")
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 #: C0 controls, DEL and C1 controls: never allowed anywhere.
@@ -62,11 +64,23 @@ def is_plain(address: str, domain: str) -> bool:
     """Whether ``address`` (whose part after the last "@" is ``domain``) is an
     everyday one -- ASCII, unquoted, its domain checked -- that
     ``validate_address`` accepts unchanged; if not, ``validate_address`` gives
-    the verdict.  One regex and a cached domain check: the engine's
-    per-recipient fast path."""
+    the verdict.  The engine's per-recipient fast path makes these same three
+    checks, with :func:`is_plain_domain` done once per domain."""
+    local, at, _ = address.rpartition("@")
     return (
-        len(address) <= 254
-        and _FAST.fullmatch(address) is not None
+        bool(at) and len(address) <= 254 and is_plain_local(local) and is_plain_domain(domain)
+    )
+
+
+def is_plain_local(local: str) -> bool:
+    """Whether a local part is dot-atom text, ASCII, unquoted (see :func:`is_plain`)."""
+    return _PLAIN_LOCAL.fullmatch(local) is not None
+
+
+def is_plain_domain(domain: str) -> bool:
+    """Whether a domain is a well-formed ASCII host name (see :func:`is_plain`)."""
+    return (
+        _PLAIN_DOMAIN.fullmatch(domain) is not None
         and _domain_wire(domain, False)[0] is not None
     )
 
