@@ -109,8 +109,9 @@ class ReplyParser:
         self._lines: list[str] = []
         self._code = 0
         self._eof = False
-        #: single-line replies seen before, parsed once: a server says "250 2.1.0
-        #: Ok" thousands of times, and a shared (immutable) Reply costs nothing
+        #: single-line replies seen before, by raw line (line ending included),
+        #: parsed once: a server says "250 2.1.0 Ok" thousands of times, and a
+        #: shared (immutable) Reply costs nothing
         self._known: dict[bytes, Reply] = {}
         #: the last known reply and its raw line (line ending included)
         self._last_raw = b""
@@ -151,48 +152,51 @@ class ReplyParser:
 
     def next_reply(self) -> Reply | None:
         """The next complete reply, or ``None`` if more data is needed."""
-        if self.take_repeats(1):
+        buf, pos = self._buf, self._pos
+        last = self._last_raw
+        if last and not self._lines and buf.startswith(last, pos):
             # the same line as the reply before (50 RCPTs: fifty "250 2.1.5 Ok")
+            self._pos = pos + len(last)
             return self._last_reply
-        buf = self._buf
         while True:
-            nl = buf.find(b"\n", self._pos)
+            start = self._pos
+            nl = buf.find(b"\n", start)
             if nl < 0:
-                pending = len(buf) - self._pos
+                pending = len(buf) - start
                 if buf.endswith(b"\r"):
                     pending -= 1  # the CR of a CRLF split across reads is not content
                 if pending > self.max_line_length:
                     raise RemoteProtocolError(
                         f"reply line longer than {self.max_line_length} octets",
-                        bytes(buf[self._pos : self._pos + 256]),
+                        bytes(buf[start : start + 256]),
                     )
                 if self._eof and (pending or self._lines):
                     raise RemoteProtocolError(
                         "connection closed in the middle of a reply",
-                        bytes(buf[self._pos :]),
+                        bytes(buf[start:]),
                     )
                 return None
             end = nl
-            if end > self._pos and buf[end - 1] == 0x0D:
+            if end > start and buf[end - 1] == 0x0D:
                 end -= 1
-            if end - self._pos > self.max_line_length:
+            if end - start > self.max_line_length:
                 raise RemoteProtocolError(
                     f"reply line longer than {self.max_line_length} octets",
-                    bytes(buf[self._pos : self._pos + 256]),
+                    bytes(buf[start : start + 256]),
                 )
-            start = self._pos
-            line = bytes(buf[start:end])
+            # one copy, line ending included: the key of a known reply
+            raw = bytes(buf[start : nl + 1])
             self._pos = nl + 1
             if not self._lines:
-                known = self._known.get(line)
+                known = self._known.get(raw)
                 if known is not None:
-                    self._last_raw, self._last_reply = bytes(buf[start : nl + 1]), known
+                    self._last_raw, self._last_reply = raw, known
                     return known
-            reply = self._take_line(line)
+            reply = self._take_line(raw[: end - start])
             if reply is not None:
                 if len(reply.lines) == 1 and len(self._known) < MAX_KNOWN_REPLIES:
-                    self._known[line] = reply
-                    self._last_raw, self._last_reply = bytes(buf[start : nl + 1]), reply
+                    self._known[raw] = reply
+                    self._last_raw, self._last_reply = raw, reply
                 return reply
 
     def _take_line(self, line: bytes) -> Reply | None:
