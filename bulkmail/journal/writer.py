@@ -186,10 +186,9 @@ class JournalWriter:
     async def _commit_batch(self) -> None:
         async with self._commit_lock:
             self._check()
-            batch = self._take_batch()
+            batch, size = self._take_batch()
             if not batch:
                 return
-            size = sum(len(addresses) for addresses, _ in batch)
             try:
                 if size >= THREAD_MIN:
                     # SQLite lets go of the GIL while it writes, so a big
@@ -213,10 +212,10 @@ class JournalWriter:
             self._signal()
         await trio.lowlevel.checkpoint()
 
-    def _take_batch(self) -> list[Group]:
-        """Whole groups off the queue, about ``max_batch`` addresses: taken before
-        the commit starts, so a submit meanwhile opens a new group rather than
-        joining one that is being written."""
+    def _take_batch(self) -> tuple[list[Group], int]:
+        """Whole groups off the queue, about ``max_batch`` addresses, and their
+        count: taken before the commit starts, so a submit meanwhile opens a
+        new group rather than joining one that is being written."""
         queue = self._queue
         batch: list[Group] = []
         size = 0
@@ -225,7 +224,7 @@ class JournalWriter:
             batch.append(group)
             size += len(group[0])
         self._queued -= size
-        return batch
+        return batch, size
 
     def _signal(self) -> None:
         self._progress.set()
