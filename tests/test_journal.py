@@ -408,12 +408,11 @@ async def test_a_transactions_recipients_share_one_group(tmp_path: Path) -> None
 async def test_a_lone_submit_is_committed_after_max_delay_without_flush(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
     committed = trio.Event()
-    token = trio.lowlevel.current_trio_token()
 
     class Signalling(SQLiteJournal):
         def record_outcomes(self, groups: Sequence[tuple[Sequence[str], Outcome]]) -> None:
             super().record_outcomes(groups)
-            token.run_sync_soon(committed.set)  # from the loop or a worker thread
+            committed.set()  # commits run in the event loop
 
     journal = Signalling(path)
     writer = JournalWriter(journal, max_delay=0.02)
