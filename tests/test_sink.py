@@ -538,3 +538,47 @@ async def test_implicit_tls_from_pem_files(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
     assert greeting[0].startswith(b"220 sink.bulkmail.test")
     assert after == [250, 503]
+
+
+@pytest.mark.parametrize("limit", [30, 31])  # either parity: accept or dup takes the last one
+def test_running_out_of_descriptors_never_takes_the_listener_down(limit: int) -> None:
+    """Each plaintext session holds a second descriptor for the lean stream;
+    at the process's limit the session falls back to trio's stream (or trio
+    retries the accept) -- the sink keeps serving once descriptors free up."""
+    import resource
+
+    def low_fd_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bulkmail", "sink", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=low_fd_limit,
+    )
+    clients: list[socket.socket] = []
+    try:
+        assert proc.stderr is not None
+        port = int(proc.stderr.readline().rsplit(":", 1)[1])
+        for _ in range(40):  # more sessions than the sink has descriptors for
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        greeted = 0
+        for client in clients:  # until the first session the sink could not take
+            client.settimeout(2)
+            try:
+                if not client.recv(100).startswith(b"220"):
+                    break
+            except TimeoutError:
+                break
+            greeted += 1
+        assert 0 < greeted < 40
+        for client in clients:
+            client.close()
+        clients.clear()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as late:
+            late.settimeout(10)
+            assert late.recv(100).startswith(b"220")  # the listener is still there
+        assert proc.poll() is None
+    finally:
+        for client in clients:
+            client.close()
+        proc.kill()
+        proc.wait()

@@ -30,6 +30,16 @@ _log = logging.getLogger(__name__)
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
+def _lean(stream: trio.SocketStream) -> LeanSocketStream | None:
+    """Plaintext runs on the lean stream (a busy sink's per-read cost is mostly
+    trio's stream machinery).  It holds a second descriptor; when none is left
+    (EMFILE) the session keeps trio's stream rather than failing the listener."""
+    try:
+        return LeanSocketStream(stream)
+    except OSError:
+        return None
+
+
 class Sink:
     """A local SMTP server that counts what it accepts; see :class:`SinkConfig`.
 
@@ -77,9 +87,7 @@ class Sink:
             await trio.aclose_forcefully(stream)
             return
         self.stats.session_started(peer)
-        # plaintext runs on the lean stream (a busy sink's per-read cost is
-        # mostly trio's stream machinery); TLS goes back to trio's stream
-        lean = None if self.config.implicit_tls else LeanSocketStream(stream)
+        lean = None if self.config.implicit_tls else _lean(stream)
         try:
             await self._session(lean or stream, peer)
         except _BROKEN:
