@@ -16,9 +16,10 @@ Scenarios (sizes times --scale):
 bulkmail always runs through its CLI (``bulkmail send``) with the journal on.
 Peers: aiosmtplib (asyncio), smtplib in a thread pool, Postfix's smtp-source
 when /usr/sbin/smtp-source exists, and the floor (peers/floor_peer.py: a bare
-pipelining loop with no results or journal -- the limit a sink allows); all
-use the same connection count.  Slow peers run a share of the work
-(--peer-share); rates are what is compared.
+pipelining loop with no results or journal -- the limit a sink allows; it
+sends DATA, so on the project's sink, which offers CHUNKING, bulkmail's BDAT
+is compared with it); all use the same connection count.  Slow peers run a
+share of the work (--peer-share); rates are what is compared.
 Every run's count is checked against the sink's own counters.
 """
 
@@ -256,10 +257,11 @@ def scenario_d(args: argparse.Namespace, work: Path) -> list[Row]:
 def compile_bytecode() -> None:
     """Compile bulkmail's modules once, as installing a wheel does: an editable
     install under PYTHONDONTWRITEBYTECODE would compile them at every CLI start."""
-    spec = importlib.util.find_spec("bulkmail")
+    spec = importlib.util.find_spec("bulkmail")  # the venv the CLI runs from
     if spec is not None and spec.submodule_search_locations:
         for location in spec.submodule_search_locations:
-            subprocess.run([sys.executable, "-m", "compileall", "-q", location], check=True)
+            # best effort: a read-only install was compiled when it was installed
+            subprocess.run([sys.executable, "-m", "compileall", "-q", location], check=False)
 
 
 def probe_rtt(port: int, n: int = 50) -> float:
@@ -297,7 +299,8 @@ def targets(rows: list[Row], rtt: float | None, connections: int, latency: float
         floor = find(rows, scenario, "postfix", "floor")
         if ours and floor:
             out.append(f"{scenario}: bulkmail is {getattr(ours, unit) / getattr(floor, unit):.0%}"
-                       f" of the bare pipelining loop ({getattr(floor, unit):,.0f} {unit[:-5]}/s)")
+                       f" of the bare pipelining loop ({getattr(floor, unit):,.0f}"
+                       f" {unit.split('_')[0]}/s)")
     plain = find(rows, "c no chunking", "bulkmail", "bulkmail")
     if plain:
         nominal = connections / latency

@@ -22,7 +22,6 @@ from .message import Content, Recipient
 from .policy import DestinationHealth, RetryPolicy, Verdict, classify
 from .pool import Pool
 from .protocol import commands
-from .protocol.commands import is_plain_local
 from .protocol.data import PreparedMessage
 from .protocol.errors import InvalidAddress
 from .protocol.replies import Reply
@@ -232,8 +231,11 @@ class Engine:
         if address != recipient.address:
             recipient = Recipient(address, recipient.variables, recipient.possible_duplicate)
         local, at, domain_part = address.rpartition("@")
-        facts = self._intake_domains.get(domain_part) or self._learn_domain(domain_part)
-        lowered, plain_domain = facts
+        if at:
+            facts = self._intake_domains.get(domain_part) or self._learn_domain(domain_part)
+            lowered, plain_domain = facts
+        else:  # no domain at all: validation below refuses it
+            lowered, plain_domain = domain_part.lower(), None
         if not job.first_sighting(
             address if at and lowered == domain_part else f"{local}@{lowered}"
         ):
@@ -247,8 +249,8 @@ class Engine:
                 status, reply, item.attempts = decided
                 job.finish(item, status, reply)
                 return
-        if at and plain_domain is not None and len(address) <= 254 and is_plain_local(local):
-            domain = plain_domain
+        if plain_domain is not None and commands.is_plain_local(address, local):
+            domain = plain_domain  # commands.is_plain(), its domain half learnt once
         else:
             try:
                 commands.validate_address(address, smtputf8=True)
@@ -257,7 +259,7 @@ class Engine:
                 reason = exc.reason if isinstance(exc, InvalidAddress) else str(exc)
                 self.invalid(item, reason)
                 return
-        if not self.stopping:  # dispatch()'s common case, inline
+        if not self.stopping:  # dispatch()'s common case, inline (keep the two in step)
             destination = self.router.peek(domain)
             if destination is not None and (pool := self.pools.get(destination.key)):
                 pool.add(item)
@@ -272,11 +274,14 @@ class Engine:
         if len(known) >= MAX_INTAKE_DOMAINS:
             known.clear()
         lowered = domain_part.lower()
+        if lowered == domain_part:
+            lowered = domain_part  # one string, not an equal copy, per domain
         plain = lowered.rstrip(".") if commands.is_plain_domain(domain_part) else None
         known[domain_part] = facts = (lowered, plain)  # domain_of() for a plain domain
         return facts
 
     def dispatch(self, item: Item, domain: str | None = None) -> None:
+        # _admit() inlines the start of this for a known destination with a pool
         if self.stopping:
             self.abandon(item)
             return

@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from bulkmail import Mailer, MailerConfig, Recipient, Relay, Status, TemplateContent
+from bulkmail import engine as engine_module
 from bulkmail.api import send
 from bulkmail.results import Result
 from bulkmail.routing import DNSConfig
@@ -83,6 +84,31 @@ async def test_results_async_iterator_and_duplicates_sent_once() -> None:
     assert invalid.status is Status.BOUNCED and invalid.code == 553
     assert "@" in (invalid.text or "")
     assert sink.stats.recipients == 2
+
+
+async def test_intake_domain_memory_starting_over_loses_no_verdict(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The per-domain intake facts are bounded: with room for two domains among
+    five, dedupe (domain case-insensitive), validation and routing still hold."""
+    monkeypatch.setattr(engine_module, "MAX_INTAKE_DOMAINS", 2)
+    recipients = [
+        "a@d1.test", "a@D1.TEST", "b@d2.test", "c@d3.test", "a@d1.test.", "c@D3.test",
+        "d@d4.test", "dotted..local@d4.test", "e@-d5.test", "f@d5.test", "no-at-all", "b@d2.test",
+    ]
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        got: list[Result] = []
+        summary = await send(
+            "news@sender.test", MESSAGE, recipients, config=relay_config(sink),
+            on_result=got.append,
+        )
+        nursery.cancel_scope.cancel()
+    statuses = {r.recipient: r.status for r in got}
+    assert len(got) == len(statuses) == 9  # a@D1.TEST, c@D3.test, b@d2.test: duplicates
+    bounced = {a for a, s in statuses.items() if s is Status.BOUNCED}
+    assert bounced == {"a@d1.test.", "e@-d5.test", "no-at-all"}  # what validation refuses
+    assert summary.delivered == sink.stats.recipients == 6
 
 
 async def test_async_iterable_of_recipients_streams_through() -> None:

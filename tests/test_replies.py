@@ -309,3 +309,16 @@ def test_take_repeats_stops_at_a_different_or_partial_line() -> None:
     assert parser.take_repeats(10) == 0 and parser.next_reply() is None
     parser.feed(b"k\r\n")
     assert parser.next_reply() == Reply(250, ("ok",))
+
+
+def test_a_known_reply_is_recognised_whatever_its_line_ending_and_however_split() -> None:
+    parser = ReplyParser()
+    ok = Reply(250, ("2.1.5 Ok",), "2.1.5")
+    parser.feed(b"250 2.1.5 Ok\r\n250 2.1.5 Ok\n250 2.1.5 Ok\r")
+    assert parser.next_reply() == ok and parser.next_reply() == ok
+    assert parser.next_reply() is None  # the CR alone does not end the line
+    parser.feed(b"\n250 2.1.5 Ok\r\n")  # the repeat's CRLF split across reads
+    assert parser.next_reply() == ok and parser.next_reply() == ok
+    assert parser.next_reply() is None and not parser.in_progress
+    parser.feed(b"250 2.1.5 Ok, and more\r\n")  # the known line as a prefix of another
+    assert parser.next_reply() == Reply(250, ("2.1.5 Ok, and more",), "2.1.5")

@@ -64,17 +64,16 @@ def is_plain(address: str, domain: str) -> bool:
     """Whether ``address`` (whose part after the last "@" is ``domain``) is an
     everyday one -- ASCII, unquoted, its domain checked -- that
     ``validate_address`` accepts unchanged; if not, ``validate_address`` gives
-    the verdict.  The engine's per-recipient fast path makes these same three
+    the verdict.  The engine's per-recipient fast path composes the same two
     checks, with :func:`is_plain_domain` done once per domain."""
     local, at, _ = address.rpartition("@")
-    return (
-        bool(at) and len(address) <= 254 and is_plain_local(local) and is_plain_domain(domain)
-    )
+    return bool(at) and is_plain_local(address, local) and is_plain_domain(domain)
 
 
-def is_plain_local(local: str) -> bool:
-    """Whether a local part is dot-atom text, ASCII, unquoted (see :func:`is_plain`)."""
-    return _PLAIN_LOCAL.fullmatch(local) is not None
+def is_plain_local(address: str, local: str) -> bool:
+    """Whether ``address`` fits in 254 octets and its ``local`` part is
+    dot-atom text, ASCII, unquoted (see :func:`is_plain`)."""
+    return len(address) <= 254 and _PLAIN_LOCAL.fullmatch(local) is not None
 
 
 def is_plain_domain(domain: str) -> bool:

@@ -155,7 +155,8 @@ class ReplyParser:
         buf, pos = self._buf, self._pos
         last = self._last_raw
         if last and not self._lines and buf.startswith(last, pos):
-            # the same line as the reply before (50 RCPTs: fifty "250 2.1.5 Ok")
+            # the same line as the reply before (50 RCPTs: fifty "250 2.1.5 Ok");
+            # take_repeats(1), inline: this runs once per reply
             self._pos = pos + len(last)
             return self._last_reply
         while True:
