@@ -24,7 +24,7 @@ from typing import TypeVar
 
 import trio
 
-__all__ = ["LeanSocketStream"]
+__all__ = ["LeanSocketStream", "lean", "tls_transport"]
 
 _T = TypeVar("_T")
 _Arg = TypeVar("_Arg")
@@ -102,3 +102,18 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
 
     async def aclose(self) -> None:
         await self.detach().aclose()
+
+
+def lean(stream: trio.SocketStream) -> LeanSocketStream | None:
+    """A lean stream over ``stream``, or ``None`` when the process has no
+    descriptor left for the duplicate (EMFILE): the caller keeps trio's
+    stream, slower but working, instead of failing the connection."""
+    try:
+        return LeanSocketStream(stream)
+    except OSError:
+        return None
+
+
+def tls_transport(stream: trio.abc.Stream) -> trio.abc.Stream:
+    """What TLS should wrap: trio's own stream, a lean one retired first."""
+    return stream.detach() if isinstance(stream, LeanSocketStream) else stream

@@ -30,7 +30,7 @@ from .errors import (
     SMTPTLSError,
     synthetic_reply,
 )
-from .lean_stream import LeanSocketStream
+from .lean_stream import lean, tls_transport
 from .protocol import commands
 from .protocol.auth import SASLClient, choose_mechanism
 from .protocol.client import ClientProtocol, Stage
@@ -180,7 +180,7 @@ class SMTPSession:
             reply = synthetic_reply(451, "4.4.1", f"cannot connect to {where}: {exc}")
             raise SMTPConnectError(reply, host=target) from exc
         if config.secure != "tls" and isinstance(stream, trio.SocketStream):
-            stream = LeanSocketStream(stream)  # plaintext until STARTTLS, if ever
+            stream = lean(stream) or stream  # plaintext until STARTTLS, if ever
         session = cls(stream, config, peer=target)
         try:
             if config.secure == "tls":
@@ -246,11 +246,9 @@ class SMTPSession:
     async def _start_tls(self, *, handshake_timeout: float) -> None:
         context = self.config.tls_context()
         server_hostname = self.config.host if context.check_hostname else None
-        transport = self._stream
-        if isinstance(transport, LeanSocketStream):
-            transport = transport.detach()  # TLS runs on trio's own socket stream
         ssl_stream = trio.SSLStream(
-            transport, context, server_hostname=server_hostname, https_compatible=True
+            tls_transport(self._stream), context, server_hostname=server_hostname,
+            https_compatible=True,
         )
         try:
             with trio.fail_after(handshake_timeout):

@@ -16,7 +16,7 @@ import logging
 
 import trio
 
-from ..lean_stream import LeanSocketStream
+from ..lean_stream import lean, tls_transport
 from . import replies
 from .config import SinkConfig
 from .faults import FaultPolicy
@@ -28,16 +28,6 @@ READ_SIZE = 256 * 1024
 
 _log = logging.getLogger(__name__)
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
-
-
-def _lean(stream: trio.SocketStream) -> LeanSocketStream | None:
-    """Plaintext runs on the lean stream (a busy sink's per-read cost is mostly
-    trio's stream machinery).  It holds a second descriptor; when none is left
-    (EMFILE) the session keeps trio's stream rather than failing the listener."""
-    try:
-        return LeanSocketStream(stream)
-    except OSError:
-        return None
 
 
 class Sink:
@@ -87,17 +77,19 @@ class Sink:
             await trio.aclose_forcefully(stream)
             return
         self.stats.session_started(peer)
-        lean = None if self.config.implicit_tls else _lean(stream)
+        # plaintext on the lean stream: a busy sink's per-read cost is mostly
+        # trio's stream machinery
+        lean_stream = None if self.config.implicit_tls else lean(stream)
         try:
-            await self._session(lean or stream, peer)
+            await self._session(lean_stream or stream, peer)
         except _BROKEN:
             pass
         except Exception:
             _log.exception("sink session with %s failed", peer)
         finally:
             self.stats.session_ended()
-            if lean is not None:
-                lean.detach()
+            if lean_stream is not None:
+                lean_stream.detach()
             await trio.aclose_forcefully(stream)
 
     async def _session(self, stream: trio.abc.Stream, peer: str) -> None:
@@ -139,9 +131,7 @@ class Sink:
 
     async def _start_tls(self, stream: trio.abc.Stream) -> trio.SSLStream[trio.abc.Stream]:
         assert self._ssl is not None
-        if isinstance(stream, LeanSocketStream):
-            stream = stream.detach()
-        tls = trio.SSLStream(stream, self._ssl, server_side=True)
+        tls = trio.SSLStream(tls_transport(stream), self._ssl, server_side=True)
         await tls.do_handshake()
         return tls
 
