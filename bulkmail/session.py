@@ -14,6 +14,7 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import trio
 
@@ -41,6 +42,8 @@ from .protocol.replies import Reply
 from .trace import Trace
 
 RECEIVE_SIZE = 65536
+_T = TypeVar("_T")
+_Arg = TypeVar("_Arg")
 #: seconds between a batch's watchdog checks: deadline precision
 WATCHDOG_PERIOD = 1.0
 #: finished transactions handed to ``on_done`` together
@@ -334,24 +337,33 @@ class SMTPSession:
         if self.error is not None:
             raise self.error
         try:
-            if self._watched is not None:
-                # inside send_batch: the watchdog enforces the deadline (no scope per I/O)
-                self._waiting = (None, timeout)
-                self._io_deadline = trio.current_time() + timeout
-                try:
-                    await self._stream.send_all(data)
-                finally:
-                    self._io_deadline = math.inf
-                return
-            # a bare scope, not fail_after(): that one is a generator context manager
-            with trio.CancelScope(deadline=trio.current_time() + timeout):
-                await self._stream.send_all(data)
-                return
+            await self._within(None, timeout, self._stream.send_all, data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             reply = synthetic_reply(451, "4.4.2", f"connection lost while sending: {exc}")
             raise self._fail(SMTPConnectionLost(reply, host=self.peer)) from exc
+
+    async def _within(
+        self,
+        expected: Stage | None,
+        timeout: float,
+        io: Callable[[_Arg], Awaitable[_T]],
+        arg: _Arg,
+    ) -> _T:
+        """``await io(arg)`` -- a write (``expected`` None) or a wait for a reply
+        to ``expected`` -- failing the session after ``timeout`` seconds."""
+        if self._watched is not None:
+            # inside send_batch: the watchdog enforces the deadline (no scope per I/O)
+            self._waiting = (expected, timeout)
+            self._io_deadline = trio.current_time() + timeout
+            try:
+                return await io(arg)
+            finally:
+                self._io_deadline = math.inf
+        # a bare scope, not fail_after(): that one is a generator context manager
+        with trio.CancelScope(deadline=trio.current_time() + timeout):
+            return await io(arg)
         # the scope's deadline passed
-        raise self._fail(self._timeout_error(None, timeout))
+        raise self._fail(self._timeout_error(expected, timeout))
 
     async def _read(self, expected: Stage, timeout: float) -> tuple[Stage, Reply]:
         """The next reply, which must answer a command of stage ``expected``."""
@@ -368,29 +380,16 @@ class SMTPSession:
         try:
             item = self._protocol.next_reply()
         except RemoteProtocolError as exc:
-            reply = synthetic_reply(451, "4.5.0", f"protocol error from server: {exc}")
-            raise self._fail(SMTPProtocolViolation(reply, host=self.peer)) from exc
+            raise self._fail(self._protocol_violation(exc)) from exc
         if item is None:
             return None
         return self._accept(item, expected)[1]
 
     async def _receive_reply(self, expected: Stage, timeout: float) -> tuple[Stage, Reply]:
         try:
-            if self._watched is not None:
-                # inside send_batch: the watchdog enforces the deadline (no scope per I/O)
-                self._waiting = (expected, timeout)
-                self._io_deadline = trio.current_time() + timeout
-                try:
-                    return await self._receive_until_reply(expected)
-                finally:
-                    self._io_deadline = math.inf
-            with trio.CancelScope(deadline=trio.current_time() + timeout):
-                return await self._receive_until_reply(expected)
+            return await self._within(expected, timeout, self._receive_until_reply, expected)
         except RemoteProtocolError as exc:
-            reply = synthetic_reply(451, "4.5.0", f"protocol error from server: {exc}")
-            raise self._fail(SMTPProtocolViolation(reply, host=self.peer)) from exc
-        # the scope's deadline passed
-        raise self._fail(self._timeout_error(expected, timeout))
+            raise self._fail(self._protocol_violation(exc)) from exc
 
     async def _receive_until_reply(self, expected: Stage) -> tuple[Stage, Reply]:
         protocol = self._protocol
@@ -444,12 +443,16 @@ class SMTPSession:
             self._fail(SMTPServerUnavailable(reply, host=self.peer))
         return stage, reply
 
-    def _expect(self, stage: Stage) -> None:
+    def _expect(self, stage: Stage, count: int = 1) -> None:
+        """``count`` replies of ``stage`` are now owed (a transaction's RCPTs: many)."""
         try:
-            self._protocol.expect(stage)
+            self._protocol.expect(stage, count)
         except RemoteProtocolError as exc:
-            reply = synthetic_reply(451, "4.5.0", f"protocol error from server: {exc}")
-            raise self._fail(SMTPProtocolViolation(reply, host=self.peer)) from exc
+            raise self._fail(self._protocol_violation(exc)) from exc
+
+    def _protocol_violation(self, exc: RemoteProtocolError) -> SMTPError:
+        reply = synthetic_reply(451, "4.5.0", f"protocol error from server: {exc}")
+        return SMTPProtocolViolation(reply, host=self.peer)
 
     def _timeout_for(self, stage: Stage) -> float:
         t = self.config.timeouts
@@ -637,11 +640,7 @@ class SMTPSession:
             txn.rset_first = True
             self._dirty = False
         self._queue(txn.mail, Stage.MAIL, out)
-        try:
-            self._protocol.expect_many(Stage.RCPT, len(txn.rcpts))
-        except RemoteProtocolError as exc:
-            reply = synthetic_reply(451, "4.5.0", f"protocol error from server: {exc}")
-            raise self._fail(SMTPProtocolViolation(reply, host=self.peer)) from exc
+        self._expect(Stage.RCPT, len(txn.rcpts))
         out.extend(txn.rcpts)
         if self.trace is not None:
             for line in txn.rcpts:

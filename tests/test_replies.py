@@ -288,7 +288,7 @@ def test_repeats_of_the_last_reply_are_consumed_up_to_the_commands_owed() -> Non
     protocol.receive_data(b"220 hi\r\n")
     assert protocol.next_reply() is not None  # the greeting
     protocol.expect(Stage.MAIL)
-    protocol.expect_many(Stage.RCPT, 4)
+    protocol.expect(Stage.RCPT, 4)
     protocol.expect(Stage.DATA)
     protocol.receive_data(b"250 2.1.0 Ok\r\n" + b"250 2.1.5 Ok\r\n" * 5 + b"354 go\r\n")
     assert protocol.next_reply() == (Stage.MAIL, Reply(250, ("2.1.0 Ok",), "2.1.0"))

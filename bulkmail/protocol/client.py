@@ -83,21 +83,19 @@ class ClientProtocol:
         """Bytes arrived while no reply was owed (e.g. after ``220`` to STARTTLS)."""
         return not self._pending and self._parser.in_progress
 
-    def expect(self, stage: Stage) -> None:
-        """Register that a command of ``stage`` is being sent.
+    def expect(self, stage: Stage, count: int = 1) -> None:
+        """Register that ``count`` commands of ``stage`` are being sent (a
+        transaction's RCPTs: many at once).
 
         Data that arrived while nothing was owed is a server speaking out of
         turn -- the STARTTLS injection family of bugs -- and aborts.
         """
         if self.has_unsolicited_data:
             raise RemoteProtocolError("server sent data before the command it would answer")
-        self._pending.append(stage)
-
-    def expect_many(self, stage: Stage, count: int) -> None:
-        """``expect(stage)`` ``count`` times (a transaction's RCPTs)."""
-        if self.has_unsolicited_data:
-            raise RemoteProtocolError("server sent data before the command it would answer")
-        self._pending.extend(repeat(stage, count))
+        if count == 1:
+            self._pending.append(stage)
+        else:
+            self._pending.extend(repeat(stage, count))
 
     def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes from the server; ``b""`` means it closed the connection."""
