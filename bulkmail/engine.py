@@ -259,11 +259,6 @@ class Engine:
                 reason = exc.reason if isinstance(exc, InvalidAddress) else str(exc)
                 self.invalid(item, reason)
                 return
-        if not self.stopping:  # dispatch()'s common case, inline (keep the two in step)
-            destination = self.router.peek(domain)
-            if destination is not None and (pool := self.pools.get(destination.key)):
-                pool.add(item)
-                return
         self.dispatch(item, domain)
 
     def _learn_domain(self, domain_part: str) -> tuple[str, str | None]:
@@ -281,7 +276,6 @@ class Engine:
         return facts
 
     def dispatch(self, item: Item, domain: str | None = None) -> None:
-        # _admit() inlines the start of this for a known destination with a pool
         if self.stopping:
             self.abandon(item)
             return
