@@ -62,7 +62,9 @@ class DecoratedContent:
             self._identity_only = tuple(
                 name for name in ("Message-ID", "Date") if not has_header(head, name)
             )
-            header_line("Message-ID", message_id(decorations.identity_domain))  # no CR/LF
+            # identity_lines() writes the Message-ID line without header_line()'s
+            # check; the domain is its only outside part, so it is checked here, once
+            header_line("Message-ID", message_id(decorations.identity_domain))
 
     def render(self, recipient: Recipient) -> PreparedMessage:
         if not self.personalised:
