@@ -3,8 +3,16 @@
 The ordering rule (DESIGN.md): recipients are recorded *in doubt* -- in a
 group commit that has reached the database -- before the end of data of their
 message leaves the process.  Everything else (delivered, bounced, deferred) is
-recorded asynchronously in group commits: losing those on a kill only means
-the recipient is still "in doubt" on resume and is resent once, flagged.
+recorded asynchronously in group commits (within ``JournalWriter.max_delay``,
+5 ms, or 500 addresses): losing those on a kill only means the recipient is
+still "in doubt" on resume and is resent once, flagged.
+
+Resent at most once: the in-doubt mark of a recipient that is already a
+possible duplicate carries the flag, so a resume that finds a recipient in
+doubt *and* flagged knows it was in doubt twice and ends it with the final
+status ``in_doubt`` (flagged) instead of sending a third copy.  The flag of a
+recipient, once raised, is reported by every later run that settles it from
+the journal.
 """
 
 from __future__ import annotations
@@ -16,14 +24,21 @@ import trio
 
 from .api import Mailer, MessageLike
 from .engine import InDoubtHook, ResultCallback, ResultsCallback
-from .errors import synthetic_reply
-from .journal import JournalWriter, Outcome, RecipientRecord
+from .errors import SMTPError, synthetic_reply
+from .journal import JournalError, JournalWriter, Outcome, RecipientRecord
 from .message import Recipient
 from .protocol.replies import Reply
 from .results import FINAL, Result, Status, Summary
 
 LOOKUP_CHUNK = 500
 IN_DOUBT = Outcome(Status.IN_DOUBT)
+#: the in-doubt mark of a recipient already resent once after being in doubt
+IN_DOUBT_AGAIN = Outcome(Status.IN_DOUBT, possible_duplicate=True)
+#: the result of a recipient found in doubt twice: never sent a third time
+TWICE_IN_DOUBT = synthetic_reply(
+    451, "4.4.2",
+    "in doubt twice (end of data sent, no reply): not resent; the server may hold copies",
+)
 
 
 def outcome_of(result: Result) -> Outcome:
@@ -75,6 +90,16 @@ def reply_of(record: RecipientRecord) -> Reply | None:
     return Reply(record.code, (text,))
 
 
+class ResumeCounts:
+    """What a resumed run found in its journal: ``already_final`` recipients
+    were reported from it instead of being sent."""
+
+    __slots__ = ("already_final",)
+
+    def __init__(self) -> None:
+        self.already_final = 0
+
+
 async def send_durably(
     mailer: Mailer,
     writer: JournalWriter | None,
@@ -86,16 +111,20 @@ async def send_durably(
     on_result: ResultCallback | None = None,
     on_results: ResultsCallback | None = None,
     verp: bool = False,
+    resume: ResumeCounts | None = None,
 ) -> Summary:
     """Like ``Mailer.send``, resuming from and recording to the journal.
 
     Recipients already delivered, bounced or suppressed in the journal are
-    reported from it and not sent; those left in doubt by a killed run are
-    resent once with ``possible_duplicate`` set.  Without a writer, only
+    reported from it and not sent (flagged if they ever were possible
+    duplicates); those left in doubt by a killed run are resent once with
+    ``possible_duplicate`` set, and those left in doubt by a run that was
+    itself resending them end ``in_doubt``.  Without a writer, only
     suppression applies.
     """
     engine = mailer.engine
     settled: dict[str, RecipientRecord] = {}
+    resent: set[str] = set()  # flagged by the journal: their in-doubt marks say so
 
     def decide(recipient: Recipient) -> tuple[Status, Reply | None, int] | None:
         address = recipient.address
@@ -105,6 +134,10 @@ async def send_durably(
             return None
         known = settled.pop(address, None)
         if known is not None:
+            if resume is not None:
+                resume.already_final += 1
+            if known.status is Status.IN_DOUBT:
+                return Status.IN_DOUBT, TWICE_IN_DOUBT, known.attempts
             return known.status, reply_of(known), known.attempts
         return None
 
@@ -118,9 +151,9 @@ async def send_durably(
                 sender, message, recipients, on_result=on_result, on_results=on_results,
                 verp=verp,
             )
-        engine.on_in_doubt = _in_doubt_marker(writer)
+        engine.on_in_doubt = _in_doubt_marker(writer, resent)
         stream: Iterable[Recipient] | AsyncIterator[Recipient] = (
-            recipients if fresh else _resumed(writer, recipients, settled)
+            recipients if fresh else _resumed(writer, recipients, settled, resent)
         )
 
         outcome = OutcomeCache()
@@ -129,6 +162,12 @@ async def send_durably(
             # a transaction's recipients usually share one outcome: one group
             run: list[str] = []
             current: Outcome | None = None
+            if writer.failed:
+                # the run is being stopped (see JournalWriter.failed); what is
+                # not recorded stays in doubt and is resent once, flagged
+                if on_results is not None:
+                    on_results(results)
+                return
             for result in results:
                 shared = outcome(result)
                 if shared is not current:
@@ -149,18 +188,45 @@ async def send_durably(
         engine.on_in_doubt = None
 
 
-def _in_doubt_marker(writer: JournalWriter) -> InDoubtHook:
+class JournalUnwritable(SMTPError):
+    """The in-doubt mark could not be recorded, so the end of data must not
+    leave: raised from the in-doubt hook, it ends the session like a lost
+    connection would (nothing of the transaction reached the server's end of
+    data), and the transactions' recipients are retried or deferred."""
+
+
+def _in_doubt_marker(writer: JournalWriter, resent: set[str]) -> InDoubtHook:
     async def in_doubt(addresses: Sequence[str]) -> None:
+        try:
+            await _mark(addresses)
+        except JournalError as exc:
+            raise JournalUnwritable(
+                synthetic_reply(451, "4.3.0", f"not sent: the journal cannot be written ({exc})")
+            ) from exc
+
+    async def _mark(addresses: Sequence[str]) -> None:
+        if resent and not resent.isdisjoint(addresses):
+            again = [a for a in addresses if a in resent]
+            first = [a for a in addresses if a not in resent]
+            if first:
+                writer.submit_outcomes(first, IN_DOUBT)
+            await writer.submit_durable_outcome(again, IN_DOUBT_AGAIN)
+            return
         await writer.submit_durable_outcome(addresses, IN_DOUBT)
 
     return in_doubt
 
 
 async def _resumed(
-    writer: JournalWriter, recipients: Iterable[Recipient], settled: dict[str, RecipientRecord]
+    writer: JournalWriter,
+    recipients: Iterable[Recipient],
+    settled: dict[str, RecipientRecord],
+    resent: set[str],
 ) -> AsyncIterator[Recipient]:
     """The recipients, as the journal knows them: final ones noted in ``settled``
-    (reported, not sent), in-doubt ones flagged as possible duplicates."""
+    (reported, not sent, their flag kept), in-doubt ones flagged as possible
+    duplicates and noted in ``resent``; in doubt *and* flagged is in doubt
+    twice: settled too."""
     journal = writer.journal
     source = iter(recipients)
     while chunk := list(islice(source, LOOKUP_CHUNK)):
@@ -170,10 +236,15 @@ async def _resumed(
         for recipient in chunk:
             address = recipient.address.strip()
             record = known.get(address)
-            if record is not None and record.status in FINAL:
-                settled[address] = record
-            elif record is not None and (
-                record.status is Status.IN_DOUBT or record.possible_duplicate
+            if record is None:
+                yield recipient
+                continue
+            if record.status in FINAL or (
+                record.status is Status.IN_DOUBT and record.possible_duplicate
             ):
+                settled[address] = record
+            elif record.status is Status.IN_DOUBT or record.possible_duplicate:
+                resent.add(address)
+            if record.possible_duplicate or address in resent:
                 recipient = Recipient(recipient.address, recipient.variables, True)
             yield recipient

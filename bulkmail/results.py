@@ -11,7 +11,12 @@ from .protocol.replies import Reply
 
 
 class Status(StrEnum):
-    """A recipient's state.  Results only ever carry the last four."""
+    """A recipient's state.
+
+    Results carry delivered, bounced, deferred, suppressed -- or ``in_doubt``
+    for a recipient in doubt twice (its end of data sent twice without a
+    reply): final, flagged ``possible_duplicate``, never sent a third time.
+    """
 
     PENDING = "pending"
     IN_FLIGHT = "in_flight"
@@ -79,14 +84,19 @@ class Summary:
     bounced: int = 0
     deferred: int = 0
     suppressed: int = 0
+    #: in doubt twice: final, not resent (see :class:`Status`)
+    in_doubt: int = 0
     possible_duplicates: int = 0
     elapsed: float = 0.0
     codes: Counter[str] = field(default_factory=Counter)
     domains: Counter[str] = field(default_factory=Counter)
+    #: why the run stopped early (an authentication failure, a journal that
+    #: cannot be written); every recipient not final is deferred
+    aborted: Reply | None = None
 
     @property
     def total(self) -> int:
-        return self.delivered + self.bounced + self.deferred + self.suppressed
+        return self.delivered + self.bounced + self.deferred + self.suppressed + self.in_doubt
 
     def add(self, result: Result) -> None:
         self.add_all([result], result.status, result.reply)
@@ -100,6 +110,8 @@ class Summary:
             self.bounced += n
         elif status is Status.DEFERRED:
             self.deferred += n
+        elif status is Status.IN_DOUBT:
+            self.in_doubt += n
         else:
             self.suppressed += n
         self.possible_duplicates += sum(1 for r in results if r.possible_duplicate)
@@ -107,12 +119,24 @@ class Summary:
             self.codes[f"{reply.code} {reply.enhanced}" if reply.enhanced else str(reply.code)] += n
         self.domains.update(r.recipient.rpartition("@")[2].lower() for r in results)
 
+    def merge(self, other: Summary) -> None:
+        """Add ``other``'s counts (results settled outside the engine) to these."""
+        self.delivered += other.delivered
+        self.bounced += other.bounced
+        self.deferred += other.deferred
+        self.suppressed += other.suppressed
+        self.in_doubt += other.in_doubt
+        self.possible_duplicates += other.possible_duplicates
+        self.codes.update(other.codes)
+        self.domains.update(other.domains)
+
     def as_dict(self) -> dict[str, object]:
         return {
             "delivered": self.delivered,
             "bounced": self.bounced,
             "deferred": self.deferred,
             "suppressed": self.suppressed,
+            "in_doubt": self.in_doubt,
             "total": self.total,
             "possible_duplicates": self.possible_duplicates,
             "elapsed": round(self.elapsed, 3),

@@ -510,6 +510,8 @@ async def test_submit_async_waits_while_too_much_is_uncommitted(tmp_path: Path) 
 
 async def test_a_failing_commit_propagates_out_of_run() -> None:
     class Broken:
+        commits_inline = True
+
         def record_outcomes(self, groups: Sequence[tuple[Sequence[str], Outcome]]) -> None:
             raise OSError("disk full")
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..dsn import parse_dsn
-from ..journal import SQLiteJournal, StateChange
+from ..journal import JournalError, StateChange, open_journal
 from ..results import Status
 
 
@@ -40,11 +40,15 @@ def run(args: argparse.Namespace) -> int:
                     reply=f"asynchronous bounce: {report.diagnostic or report.status}",
                 )
             )
-    journal = SQLiteJournal(args.journal)
     try:
-        journal.record(changes)
-    finally:
-        journal.close()
+        journal = open_journal(args.journal)
+        try:
+            journal.record(changes)
+        finally:
+            journal.close()
+    except JournalError as exc:
+        print(f"bulkmail bounces: {exc}", file=sys.stderr)
+        return 2
     if args.suppress and changes:
         with open(args.suppress, "a", encoding="utf-8") as f:
             f.writelines(f"{c.address}\n" for c in changes)

@@ -8,35 +8,36 @@ resume; 2 for usage errors or unreadable input.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
+import contextlib
 import os
-import signal
 import ssl
 import sys
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import trio
 
-from ..api import Mailer, MailerConfig, Relay
+from ..api import MailerConfig, Relay
 from ..config import Security
 from ..dkim_signing import DEFAULT_HEADERS, DKIMSigner
-from ..durable import send_durably
-from ..journal import JournalError, JournalWriter, SQLiteJournal
+from ..journal import JobLocked, Journal, JournalError
 from ..message import Content, StaticContent, TemplateContent, has_placeholders
 from ..newsletter import DecoratedContent, Decorations
 from ..policy import RetryPolicy
 from ..protocol.auth import Credentials
 from ..protocol.commands import validate_address
 from ..protocol.errors import InvalidAddress
-from ..results import Result, Summary
 from ..routing import DNSConfig
 from ..shaping import PoolLimits, Shaping
-from .inputs import InputError, read_message, read_recipients, read_suppressions
-from .progress import Progress
+from .inputs import InputError, columns_of, read_message, read_recipients, read_suppressions
+from .send_job import (
+    check_placeholders,
+    default_journal,
+    job_identity,
+    open_job_journal,
+    stable_date,
+)
+from .send_run import RunOutcome, send_job
 from .summary import render_summary
 
 EX_OK, EX_USAGE, EX_TEMPFAIL = 0, 2, 75
@@ -140,15 +141,6 @@ def decorations(args: argparse.Namespace) -> Decorations:
     )
 
 
-def default_journal(args: argparse.Namespace, message: bytes) -> Path:
-    """Same sender, recipients file and message -> same journal: rerunning resumes."""
-    digest = hashlib.sha256()
-    digest.update(args.sender.encode())
-    source = args.recipients if args.recipients == "-" else str(Path(args.recipients).resolve())
-    digest.update(b"\0" + source.encode() + b"\0" + message)
-    return Path(".bulkmail") / f"job-{digest.hexdigest()[:16]}.sqlite"
-
-
 def build_config(args: argparse.Namespace) -> MailerConfig:
     limits = PoolLimits(
         connections=args.connections,
@@ -197,127 +189,102 @@ def run(args: argparse.Namespace) -> int:
         message = read_message(args.message)
         config = build_config(args)
         suppressed = read_suppressions(args.suppress) if args.suppress else frozenset()
-        content: Content = (
-            TemplateContent(message)
-            if has_placeholders(message.decode("utf-8", "replace"))
-            else StaticContent(message)
-        )
-        content = DecoratedContent(content, decorations(args))
         if args.sender:
             try:
                 validate_address(args.sender, smtputf8=True)
             except InvalidAddress as exc:
                 raise InputError(f"--sender {args.sender!r}: {exc.reason}") from exc
-        report: IO[str] | None = None
-        if args.report:
-            report = open(args.report, "w", encoding="utf-8")  # noqa: SIM115 - closed by _send
         if args.recipients != "-":
             if not Path(args.recipients).is_file():
                 raise InputError(f"cannot read {args.recipients}: no such file")
             next(iter(read_recipients(args.recipients)), None)  # header problems, now
-    except (InputError, ValueError, OSError, UnicodeDecodeError) as exc:
-        print(f"bulkmail send: {exc}", file=sys.stderr)
-        return EX_USAGE
-    journal_path = None if args.no_journal else Path(args.journal or default_journal(args, message))
-    if journal_path is not None:
-        try:
-            journal_path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            print(f"bulkmail send: cannot create {journal_path.parent}: {exc.strerror}",
-                  file=sys.stderr)
-            return EX_USAGE
+        check_placeholders(message, args.list_unsubscribe, columns_of(args.recipients))
+        decorated = decorations(args)
+        identity = job_identity(args, message)
+        if args.report:
+            _check_writable(args.report)
+    except (InputError, ValueError, OSError) as exc:
+        return _usage_error(exc)
+    journal_path = None if args.no_journal else Path(args.journal or default_journal(identity))
+    journal: Journal | None = None
     try:
-        stopped, summary = trio.run(
-            _send, args, config, content, suppressed, journal_path, report
+        if journal_path is not None:
+            try:
+                journal_path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise InputError(f"cannot create {journal_path.parent}: {exc.strerror}") from exc
+            journal = open_job_journal(journal_path, identity, args.journal_sync)
+        message = stable_date(journal, message)
+        content: Content = (
+            TemplateContent(message)
+            if has_placeholders(message.decode("utf-8", "replace"))
+            else StaticContent(message)
         )
-    except JournalError as exc:
+        content = DecoratedContent(content, decorated)
+    except JobLocked as exc:
+        _close(journal)
         print(f"bulkmail send: {exc}", file=sys.stderr)
-        return EX_USAGE
+        return EX_TEMPFAIL
+    except (InputError, JournalError, ValueError) as exc:
+        _close(journal)
+        return _usage_error(exc)
+    total = None if args.quiet else _count_lines(args.recipients)
+    try:
+        outcome = trio.run(send_job, args, config, content, suppressed, journal, total)
     except BaseExceptionGroup as group:
-        matched, rest = group.split((InputError, JournalError))
+        matched, rest = group.split(InputError)
         if matched is None or rest is not None:
             raise
-        print(f"bulkmail send: {_first(matched)}", file=sys.stderr)
-        return EX_USAGE
+        return _usage_error(_first(matched))
+    finally:
+        _close(journal)
+    return _finish(args, outcome, journal_path)
+
+
+def _finish(args: argparse.Namespace, outcome: RunOutcome, journal_path: Path | None) -> int:
+    """Print how the run ended; the exit status: 75 while anything is left to send."""
+    summary = outcome.summary
+    if outcome.failure is not None:
+        print(f"bulkmail send: {outcome.failure}", file=sys.stderr)
+    elif summary.aborted is not None:
+        print(f"bulkmail send: stopped early: {summary.aborted}; nothing was bounced for it:"
+              " fix the cause and run the same command again to resume", file=sys.stderr)
+    already = outcome.resume.already_final
+    to_send = summary.total - already - outcome.refused
     if not args.quiet:
-        print(render_summary(summary), file=sys.stderr)
+        if already and not to_send and not outcome.cancelled:
+            print(f"resumed: {already:,} already final, 0 to send", file=sys.stderr)
+        else:
+            if already:
+                print(f"resumed: {already:,} already final, {to_send:,} sent this run",
+                      file=sys.stderr)
+            print(render_summary(summary), file=sys.stderr)
         if journal_path is not None:
             print(f"journal: {journal_path}", file=sys.stderr)
-    if stopped or summary.deferred:
+    left = outcome.cancelled or (outcome.stopped and outcome.input_left)
+    if summary.deferred or left or outcome.failure is not None or summary.aborted is not None:
         return EX_TEMPFAIL
     return EX_OK
 
 
-async def _send(
-    args: argparse.Namespace,
-    config: MailerConfig,
-    content: Content,
-    suppressed: frozenset[str],
-    journal_path: Path | None,
-    report: IO[str] | None,
-) -> tuple[bool, Summary]:
-    progress = Progress(
-        enabled=not args.quiet, total=None if args.quiet else _count_lines(args.recipients)
-    )
-    stopped = False
-    summary = Summary()  # what a second signal leaves us with: the journal has the rest
-
-    def on_results(results: Sequence[Result]) -> None:
-        progress.add_all(results)
-        if report is not None:
-            report.writelines(
-                json.dumps(r.as_dict(), ensure_ascii=False) + "\n" for r in results
-            )
-
-    try:
-        async with trio.open_nursery() as nursery, Mailer(config) as mailer:
-
-            async def watch_signals() -> None:
-                nonlocal stopped
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for _ in signals:
-                        if stopped:
-                            # second signal: leave now; the journal already
-                            # holds every in-doubt mark, so nothing is lost
-                            nursery.cancel_scope.cancel()
-                            return
-                        stopped = True
-                        progress.message("stopping: finishing in-flight transactions")
-                        mailer.stop()
-
-            nursery.start_soon(watch_signals)
-            nursery.start_soon(progress.run)
-            async with _journal_writer(journal_path, args.journal_sync) as writer:
-                summary = await send_durably(
-                    mailer, writer, args.sender, content, read_recipients(args.recipients),
-                    suppressed=suppressed, on_results=on_results, verp=args.verp,
-                )
-            nursery.cancel_scope.cancel()
-    finally:
-        progress.close()
-        if report is not None:
-            report.close()
-    return stopped, summary
+def _usage_error(exc: BaseException) -> int:
+    print(f"bulkmail send: {exc}", file=sys.stderr)
+    return EX_USAGE
 
 
-@asynccontextmanager
-async def _journal_writer(path: Path | None, sync: str) -> AsyncIterator[JournalWriter | None]:
-    """A running group-commit writer on the journal at ``path`` (``None``: no journal)."""
-    if path is None:
-        yield None
-        return
-    journal = SQLiteJournal(path, synchronous="FULL" if sync == "full" else "NORMAL")
-    writer = JournalWriter(journal)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(writer.run)
-            try:
-                yield writer
-            finally:
-                with trio.CancelScope(shield=True):
-                    await writer.aclose()
-    finally:
-        journal.close()
+def _check_writable(path: str) -> None:
+    """Refuse an unwritable ``--report`` now, without emptying an existing one."""
+    target = Path(path)
+    if target.is_dir():
+        raise InputError(f"--report {path}: is a directory")
+    if not os.access(target if target.exists() else (target.parent or Path(".")), os.W_OK):
+        raise InputError(f"--report {path}: not writable")
+
+
+def _close(journal: Journal | None) -> None:
+    if journal is not None:
+        with contextlib.suppress(JournalError):
+            journal.close()
 
 
 def _first(group: BaseExceptionGroup[Exception]) -> BaseException:

@@ -13,11 +13,16 @@ def render_summary(summary: Summary) -> str:
         ("deferred", summary.deferred),
         ("suppressed", summary.suppressed),
     ]
+    if summary.in_doubt:
+        rows.append(("in doubt", summary.in_doubt))  # twice in doubt: final, not resent
     lines = ["", f"{'status':<12}{'recipients':>12}{'share':>9}"]
     lines += [f"{name:<12}{count:>12,}{count / total:>9.1%}" for name, count in rows]
     lines.append(f"{'total':<12}{summary.total:>12,}")
     if summary.possible_duplicates:
-        lines.append(f"possible duplicates (in doubt, resent): {summary.possible_duplicates}")
+        lines.append(
+            f"possible duplicates (flagged: the server may hold two copies):"
+            f" {summary.possible_duplicates}"
+        )
     if summary.domains:
         top = summary.domains.most_common(5)
         lines.append("top domains: " + ", ".join(f"{d} {n}" for d, n in top))

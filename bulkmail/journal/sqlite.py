@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 from .base import JournalError, Outcome, RecipientRecord, StateChange, Status
+from .lock import JobLock
 
 __all__ = ["LOOKUP_CHUNK", "SCHEMA_VERSION", "SQLiteJournal"]
 
@@ -152,26 +153,45 @@ class SQLiteJournal:
     The connection is shared by whichever worker threads the caller uses
     (``trio.to_thread``); a lock makes every call exclusive, so the group
     commit and a resume's lookups never interleave inside one transaction.
+
+    ``lock=True`` (a sending run) first takes the job lock on ``PATH.lock``
+    (:class:`~bulkmail.journal.lock.JobLock`), released by :meth:`close`, so
+    two runs of one job cannot both send.
     """
+
+    #: a WAL commit without fsync is a fraction of a millisecond: the writer
+    #: runs it in the event loop (see ``JournalWriter._commit_batch``)
+    commits_inline = True
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         *,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        lock: bool = False,
     ) -> None:
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r}")
         self.path = os.fspath(path)
         self._lock = threading.Lock()
+        self._job_lock = JobLock(self.path) if lock else None
+        if self._job_lock is not None:
+            self._job_lock.acquire()
         try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
-        try:
-            self._prepare(synchronous)
+            try:
+                self._db = sqlite3.connect(
+                    self.path, check_same_thread=False, isolation_level=None
+                )
+            except sqlite3.Error as exc:
+                raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+            try:
+                self._prepare(synchronous)
+            except BaseException:
+                self._db.close()
+                raise
         except BaseException:
-            self._db.close()
+            if self._job_lock is not None:
+                self._job_lock.release()
             raise
 
     def _prepare(self, synchronous: str) -> None:
@@ -333,6 +353,15 @@ class SQLiteJournal:
             rows = db.execute("SELECT status, count(*) FROM recipients GROUP BY status").fetchall()
         return {Status(status): n for status, n in rows}
 
+    def flagged(self) -> dict[Status, int]:
+        with self._using() as db:
+            self._fold(db)
+            rows = db.execute(
+                "SELECT status, count(*) FROM recipients WHERE possible_duplicate"
+                " GROUP BY status"
+            ).fetchall()
+        return {Status(status): n for status, n in rows}
+
     def top_domains(self, n: int = 10) -> list[tuple[str, int]]:
         with self._using() as db:
             self._fold(db)
@@ -357,6 +386,8 @@ class SQLiteJournal:
         """Close the connection (idempotent); SQLite checkpoints and removes the WAL."""
         with self._lock:
             self._db.close()
+        if self._job_lock is not None:
+            self._job_lock.release()
 
     def __enter__(self) -> SQLiteJournal:
         return self

@@ -67,6 +67,12 @@ class JournalWriter:
         self._commit_lock = trio.Lock()  # one committer at a time, run() or a flush
 
     @property
+    def failed(self) -> bool:
+        """A commit failed: every later call raises; callbacks that cannot
+        raise (result recorders) check this instead and stop recording."""
+        return self._error is not None
+
+    @property
     def pending(self) -> int:
         """Changes submitted but not yet committed (backpressure information)."""
         return self._submitted - self._committed
@@ -189,15 +195,26 @@ class JournalWriter:
                 size += len(group[0])
             if not batch:
                 return
+            # Sealed before writing: a submit during a threaded commit starts
+            # a new group instead of growing a list that is being written.
+            for _ in batch:
+                self._queue.popleft()
+            self._queued -= size
             try:
-                # In the event loop, not a worker thread: a WAL commit without
-                # fsync takes a fraction of a millisecond.  A thread pays off
-                # only with a core to spare (the newsletter against Postfix's
-                # sink: 5% faster); with none (a million recipients against
-                # the project's own sink on 2 cores) it was 18% slower.
-                # Synchronous, so a started commit always completes and counts
-                # (and no submit can join a group while it is being written).
-                self.journal.record_outcomes(batch)
+                if self.journal.commits_inline:
+                    # In the event loop, not a worker thread: a WAL commit
+                    # without fsync takes a fraction of a millisecond.  A thread
+                    # pays off only with a core to spare (the newsletter against
+                    # Postfix's sink: 5% faster); with none (a million recipients
+                    # against the project's own sink on 2 cores) it was 18%
+                    # slower.  Synchronous, so a started commit always completes
+                    # and counts.
+                    self.journal.record_outcomes(batch)
+                else:
+                    # a backend that waits on the network (a database server)
+                    # must not stall the event loop; not abandoned on cancel,
+                    # so a started commit still completes and counts
+                    await trio.to_thread.run_sync(self.journal.record_outcomes, batch)
             except Exception as exc:
                 self._error = exc
                 self._signal()
@@ -206,9 +223,6 @@ class JournalWriter:
                 with trio.CancelScope(shield=True):
                     await trio.lowlevel.checkpoint()
                 raise
-            for _ in batch:
-                self._queue.popleft()
-            self._queued -= size
             self._committed += size
             self.commits += 1
             self._signal()
