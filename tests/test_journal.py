@@ -589,3 +589,113 @@ async def test_lookups_run_alongside_group_commits(tmp_path: Path) -> None:
     assert seen == [3000] * 20
     assert journal.counts() == {Status.DEFERRED: 3000, Status.DELIVERED: 3000}
     journal.close()
+
+
+# -- opening by URL, the job lock, threaded commits --------------------------------
+
+
+def test_open_journal_takes_a_path_or_a_sqlite_url(tmp_path: Path) -> None:
+    from bulkmail.journal import open_journal
+
+    path = tmp_path / "j.sqlite"
+    with SQLiteJournal(path) as journal:
+        journal.record([delivered("a@x.test")])
+    for location in (str(path), f"sqlite:{path}", f"sqlite://{path}"):
+        journal = open_journal(location)
+        try:
+            assert journal.commits_inline is True  # SQLite commits in the event loop
+            assert journal.lookup(["a@x.test"])["a@x.test"].status is Status.DELIVERED
+        finally:
+            journal.close()
+
+
+def test_a_postgresql_url_is_refused_clearly_until_its_backend_exists() -> None:
+    from bulkmail.journal import open_journal
+
+    with pytest.raises(JournalError, match="PostgreSQL journals are not available yet"):
+        open_journal("postgresql://mail@db.example/bulk")
+
+
+def test_report_and_bounces_open_journals_by_url(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    with SQLiteJournal(path) as journal:
+        journal.record([delivered("a@x.test", possible_duplicate=True)])
+    report = subprocess.run(
+        [sys.executable, "-m", "bulkmail", "report", f"sqlite:{path}"],
+        capture_output=True, check=False,
+    )
+    assert report.returncode == 0, report.stderr
+    assert b"possible duplicates" in report.stdout
+    for command in (["report", "postgresql://db/bulk"],
+                    ["bounces", "--journal", "postgresql://db/bulk", str(path)]):
+        proc = subprocess.run([sys.executable, "-m", "bulkmail", *command],
+                              capture_output=True, check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert b"not available yet" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+def test_the_job_lock_refuses_a_second_holder_and_names_the_first(tmp_path: Path) -> None:
+    from bulkmail.journal import JobLocked
+
+    path = tmp_path / "j.sqlite"
+    first = SQLiteJournal(path, lock=True)
+    try:
+        with pytest.raises(JobLocked, match=f"pid {os.getpid()}"):
+            SQLiteJournal(path, lock=True)
+        with SQLiteJournal(path) as reader:  # readers (bulkmail report) need no lock
+            assert reader.is_empty()
+    finally:
+        first.close()
+    SQLiteJournal(path, lock=True).close()  # released with close()
+
+
+def test_the_job_lock_of_a_killed_process_is_taken_over(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from bulkmail.journal import SQLiteJournal
+            SQLiteJournal({str(path)!r}, lock=True)
+            print("locked", flush=True)
+            time.sleep(60)
+        """)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        from bulkmail.journal import JobLocked
+
+        with pytest.raises(JobLocked, match=f"pid {holder.pid}"):
+            SQLiteJournal(path, lock=True)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (tmp_path / "j.sqlite.lock").exists()  # the stale file stays; its lock died
+    SQLiteJournal(path, lock=True).close()
+
+
+async def test_a_backend_that_does_not_commit_inline_commits_in_a_worker_thread(
+    tmp_path: Path,
+) -> None:
+    class Remote(CountingJournal):
+        commits_inline = False
+
+        def __init__(self, path: Path) -> None:
+            super().__init__(path)
+            self.threads: set[int] = set()
+
+        def record_outcomes(self, groups: Sequence[tuple[Sequence[str], Outcome]]) -> None:
+            self.threads.add(threading.get_ident())
+            super().record_outcomes(groups)
+
+    journal = Remote(tmp_path / "j.sqlite")
+    writer = JournalWriter(journal)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        await writer.submit_durable([StateChange("a@x.test", Status.IN_DOUBT)])
+        for i in range(20):
+            writer.submit(delivered(f"u{i}@x.test"))
+        await writer.aclose()
+    assert journal.threads and threading.get_ident() not in journal.threads
+    assert journal.counts() == {Status.IN_DOUBT: 1, Status.DELIVERED: 20}
+    journal.close()
