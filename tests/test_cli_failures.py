@@ -64,6 +64,43 @@ async def test_a_journal_that_cannot_be_written_stops_the_run_and_resume_works(
     assert {a for a, c in copies.items() if c > 1} <= flagged
 
 
+async def test_a_journal_that_cannot_even_be_created_is_a_temporary_failure(
+    tmp_path: Path,
+) -> None:
+    rcpts = tmp_path / "list.txt"
+    rcpts.write_text("a@example.test\n")
+    message = tmp_path / "msg.eml"
+    message.write_bytes(b"Subject: x\n\ny\n")
+    (tmp_path / "report.jsonl").write_text("last run\n")
+    args = send_args(tmp_path, 1, rcpts, message)
+    proc = await run(limited(args, 1024), tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 75, err  # a full disk passes: not a usage error
+    assert len(err.splitlines()) == 1 and "journal.sqlite" in err and "Traceback" not in err
+    assert (tmp_path / "report.jsonl").read_text() == "last run\n"
+
+
+async def test_a_report_that_cannot_be_written_stops_the_run_with_one_line(
+    tmp_path: Path,
+) -> None:
+    n = 400
+    rcpts = tmp_path / "list.txt"
+    rcpts.write_text("".join(f"u{i}@example.test\n" for i in range(n)))
+    message = tmp_path / "msg.eml"
+    message.write_bytes(b"Subject: x\n\ny\n")
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        args = send_args(tmp_path, sink.port, rcpts, message, "--no-journal", "--max-rcpts", "2")
+        proc = await run(limited(args, 8192), tmp_path)
+        nursery.cancel_scope.cancel()
+    err = proc.stderr.decode()
+    assert proc.returncode == 75, err
+    assert "Traceback" not in err and "Nursery" not in err
+    error_lines = [line for line in err.splitlines() if line.startswith("bulkmail send:")]
+    assert len(error_lines) == 1 and "report" in error_lines[0]
+    assert sink.stats.recipients < n
+
+
 async def test_an_authentication_failure_defers_everyone_and_exits_75(tmp_path: Path) -> None:
     """Needs the engine's part (WP-B): a 535 stops the run with ``Summary.aborted``."""
     n = 20

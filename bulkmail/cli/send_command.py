@@ -20,7 +20,7 @@ import trio
 from ..api import MailerConfig, Relay
 from ..config import Security
 from ..dkim_signing import DEFAULT_HEADERS, DKIMSigner
-from ..journal import JobLocked, Journal, JournalError
+from ..journal import JobLocked, Journal, JournalError, JournalWriteError
 from ..message import Content, StaticContent, TemplateContent, has_placeholders
 from ..newsletter import DecoratedContent, Decorations
 from ..policy import RetryPolicy
@@ -221,7 +221,8 @@ def run(args: argparse.Namespace) -> int:
             else StaticContent(message)
         )
         content = DecoratedContent(content, decorated)
-    except JobLocked as exc:
+    except (JobLocked, JournalWriteError) as exc:
+        # another run holds the job, or the disk is full: both pass; rerun later
         _close(journal)
         print(f"bulkmail send: {exc}", file=sys.stderr)
         return EX_TEMPFAIL

@@ -10,7 +10,16 @@ of throughput.
 
 from __future__ import annotations
 
-from .base import FINAL, Journal, JournalError, Outcome, RecipientRecord, StateChange, Status
+from .base import (
+    FINAL,
+    Journal,
+    JournalError,
+    JournalWriteError,
+    Outcome,
+    RecipientRecord,
+    StateChange,
+    Status,
+)
 from .identity import JobIdentity, JobMismatch, bind_identity
 from .lock import JobLock, JobLocked
 from .opening import open_journal, sqlite_path
@@ -25,6 +34,7 @@ __all__ = [
     "JobMismatch",
     "Journal",
     "JournalError",
+    "JournalWriteError",
     "JournalWriter",
     "Outcome",
     "RecipientRecord",

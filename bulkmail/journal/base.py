@@ -17,12 +17,18 @@ from typing import Protocol
 from ..results import FINAL, Status
 
 __all__ = [
-    "FINAL", "Journal", "JournalError", "Outcome", "RecipientRecord", "StateChange", "Status",
+    "FINAL", "Journal", "JournalError", "JournalWriteError", "Outcome", "RecipientRecord",
+    "StateChange", "Status",
 ]
 
 
 class JournalError(Exception):
     """The journal cannot be used: corrupt or unreadable file, failed or closed writer."""
+
+
+class JournalWriteError(JournalError):
+    """A write failed (disk full, file size limit, I/O error).  The journal is
+    intact up to its last commit: once the cause is fixed, a rerun resumes."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
-from .base import JournalError, Outcome, RecipientRecord, StateChange, Status
+from .base import JournalError, JournalWriteError, Outcome, RecipientRecord, StateChange, Status
 from .lock import JobLock
 
 __all__ = ["LOOKUP_CHUNK", "SCHEMA_VERSION", "SQLiteJournal"]
@@ -222,16 +222,18 @@ class SQLiteJournal:
         try:
             db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
         except sqlite3.Error as exc:
-            raise JournalError(f"cannot initialise journal {self.path}: {exc}") from exc
+            raise JournalWriteError(f"cannot initialise journal {self.path}: {exc}") from exc
 
     @contextlib.contextmanager
-    def _using(self) -> Iterator[sqlite3.Connection]:
-        """The connection, exclusively, with SQLite errors turned into JournalError."""
+    def _using(self, *, writing: bool = False) -> Iterator[sqlite3.Connection]:
+        """The connection, exclusively, with SQLite errors turned into JournalError
+        (JournalWriteError for a failed write: the file is fine, the disk is not)."""
         with self._lock:
             try:
                 yield self._db
             except sqlite3.Error as exc:
-                raise JournalError(f"journal {self.path}: {exc}") from exc
+                error = JournalWriteError if writing else JournalError
+                raise error(f"journal {self.path}: {exc}") from exc
 
     def lookup(self, addresses: Sequence[str]) -> dict[str, RecipientRecord]:
         found: dict[str, RecipientRecord] = {}
@@ -281,7 +283,7 @@ class SQLiteJournal:
             )
         if not rows and not direct:
             return
-        with self._using() as db, self._transaction(db):
+        with self._using(writing=True) as db, self._transaction(db):
             db.executemany(_APPEND, rows)
             db.executemany(_UPSERT, direct)
 
@@ -308,7 +310,7 @@ class SQLiteJournal:
             db.execute("DELETE FROM events WHERE rowid <= ?", (top,))
 
     def set_meta(self, key: str, value: str) -> None:
-        with self._using() as db:
+        with self._using(writing=True) as db:
             db.execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?)"
                 " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
