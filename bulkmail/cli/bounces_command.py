@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..dsn import parse_dsn
-from ..journal import JournalError, StateChange, open_journal
+from ..journal import SQLiteJournal, StateChange
 from ..results import Status
 
 
@@ -21,38 +21,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        journal = open_journal(args.journal)  # first: a wrong location fails before parsing
-    except JournalError as exc:
-        print(f"bulkmail bounces: {exc}", file=sys.stderr)
-        return 2
-    try:
-        changes = _changes(args)
-        if changes is None:
-            return 2
-        journal.record(changes)
-    except JournalError as exc:
-        print(f"bulkmail bounces: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        journal.close()
-    if args.suppress and changes:
-        with open(args.suppress, "a", encoding="utf-8") as f:
-            f.writelines(f"{c.address}\n" for c in changes)
-    for change in changes:
-        print(f"{change.address}: bounced {change.code} {change.enhanced or ''}".rstrip())
-    return 0
-
-
-def _changes(args: argparse.Namespace) -> list[StateChange] | None:
-    """The hard bounces the DSN files report (``None``: one was unreadable, said why)."""
     changes: list[StateChange] = []
     for path in args.dsn:
         try:
             reports = parse_dsn(Path(path).read_bytes(), verp_sender=args.verp_sender)
         except (OSError, ValueError) as exc:
             print(f"bulkmail bounces: {path}: {exc}", file=sys.stderr)
-            return None
+            return 2
         for report in reports:
             if not report.failed:
                 continue
@@ -65,4 +40,14 @@ def _changes(args: argparse.Namespace) -> list[StateChange] | None:
                     reply=f"asynchronous bounce: {report.diagnostic or report.status}",
                 )
             )
-    return changes
+    journal = SQLiteJournal(args.journal)
+    try:
+        journal.record(changes)
+    finally:
+        journal.close()
+    if args.suppress and changes:
+        with open(args.suppress, "a", encoding="utf-8") as f:
+            f.writelines(f"{c.address}\n" for c in changes)
+    for change in changes:
+        print(f"{change.address}: bounced {change.code} {change.enhanced or ''}".rstrip())
+    return 0
