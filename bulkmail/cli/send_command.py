@@ -35,6 +35,7 @@ from ..protocol.errors import InvalidAddress
 from ..results import Result, Summary
 from ..routing import DNSConfig
 from ..shaping import PoolLimits, Shaping
+from ..verp import verp_fits
 from .inputs import InputError, read_message, read_recipients, read_suppressions
 from .progress import Progress
 from .summary import render_summary
@@ -266,8 +267,23 @@ async def _send(
     stopped = False
     summary = Summary()  # what a second signal leaves us with: the journal has the rest
 
+    verp_noted = False
+
     def on_results(results: Sequence[Result]) -> None:
+        nonlocal verp_noted
         progress.add_all(results)
+        if args.verp and not verp_noted:
+            plain = next((r.recipient for r in results if not verp_fits(args.sender, r.recipient)),
+                         None)
+            if plain is not None:
+                verp_noted = True
+                note = (f"--verp: {plain} (and any like it) was sent from the plain sender: "
+                        "its VERP local part would exceed 64 octets (RFC 5321), so its "
+                        "bounces map back only by the DSN's Final-Recipient")
+                if progress.enabled:
+                    progress.message(note)
+                else:
+                    print(note, file=sys.stderr)
         if report is not None:
             report.writelines(
                 json.dumps(r.as_dict(), ensure_ascii=False) + "\n" for r in results
