@@ -144,6 +144,6 @@ async def test_a_malformed_unsubscribe_url_is_refused_at_start(url: str, tmp_pat
 
 async def test_verp_too_long_for_64_octets_is_said(tmp_path: Path) -> None:
     long = "a" * 60 + "@example.test"
-    code, err, messages = await send(tmp_path, "--verp", csv=f"email,name\n{long},A\n")
+    code, err, _ = await send(tmp_path, "--verp", csv=f"email,name\n{long},A\n")
     assert code == 0, err
     assert f"--verp: {long}" in err and "64 octets" in err

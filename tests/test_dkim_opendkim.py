@@ -89,7 +89,7 @@ async def test_opendkim_verifies_every_message_and_rejects_an_altered_header(
     assert all(max(map(len, m.split(b"\r\n"))) <= 998 for m in messages)
     altered = messages[0].replace(b"\r\nSubject: ", b"\r\nSubject: Re: ", 1)
     assert altered != messages[0]
-    results = await opendkim_verify(messages + [altered], {SELECTOR: record}, tmp_path)
+    results = await opendkim_verify([*messages, altered], {SELECTOR: record}, tmp_path)
     assert results[:-1] == [(0, "")] * len(messages)
     status, said = results[-1]
     assert status != 0 and "signature" in said.lower()  # the negative control fails

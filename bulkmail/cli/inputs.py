@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from ..message import Recipient
+from ..message import Recipient, message_problem
 
 
 class InputError(Exception):
@@ -82,7 +82,12 @@ def read_suppressions(path: str) -> frozenset[str]:
 
 
 def read_message(path: str) -> bytes:
+    """The message file's bytes, refused (exit 2) when they cannot be mail as they are."""
     try:
-        return Path(path).read_bytes() if path != "-" else sys.stdin.buffer.read()
+        message = Path(path).read_bytes() if path != "-" else sys.stdin.buffer.read()
     except OSError as exc:
         raise InputError(f"cannot read message {path}: {exc.strerror}") from exc
+    problem = message_problem(message)
+    if problem is not None:
+        raise InputError(f"message {path} {problem}")
+    return message
