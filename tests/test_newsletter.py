@@ -255,3 +255,12 @@ def test_identity_on_a_template_equals_adding_it_to_each_rendering(template: byt
     assert strip_date == [line for line in want if not line.startswith(b"Date:")]
     assert got.count(b"\r\nDate: ") + got.startswith(b"Date: ") == 1
     assert got.count(b"Message-ID: <") == 1
+
+
+def test_signing_content_without_from_is_refused_when_built_not_per_recipient() -> None:
+    private, _ = ed25519_key()
+    signer = DKIMSigner("sel", "sender.test", private, "ed25519-sha256")
+    with pytest.raises(DKIMError, match="From header"):
+        DecoratedContent(TemplateContent("Subject: hi ${name}\n\nx\n"), Decorations(dkim=signer))
+    with pytest.raises(DKIMError, match="From header"):
+        DecoratedContent(StaticContent(b"Subject: hi\r\n\r\nx\r\n"), Decorations(dkim=signer))
