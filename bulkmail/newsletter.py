@@ -62,6 +62,7 @@ class DecoratedContent:
             )
         self._dkim = decorations.dkim
         if self._dkim is not None:
+            self._dkim.check()  # a key dkimpy refuses fails now, not per recipient
             if self._unsubscribe:
                 # RFC 8058 §4: the signature must cover both unsubscribe headers
                 self._dkim = self._dkim.covering(("List-Unsubscribe", "List-Unsubscribe-Post"))

@@ -264,3 +264,10 @@ def test_signing_content_without_from_is_refused_when_built_not_per_recipient() 
         DecoratedContent(TemplateContent("Subject: hi ${name}\n\nx\n"), Decorations(dkim=signer))
     with pytest.raises(DKIMError, match="From header"):
         DecoratedContent(StaticContent(b"Subject: hi\r\n\r\nx\r\n"), Decorations(dkim=signer))
+
+
+def test_a_hand_built_signer_with_a_bad_key_fails_when_the_content_is_built() -> None:
+    broken = DKIMSigner("sel", "sender.test", b"bm90IGEga2V5", "ed25519-sha256")
+    with pytest.raises(DKIMError, match="does not sign"):
+        DecoratedContent(StaticContent(b"From: a@sender.test\r\n\r\nx\r\n"),
+                         Decorations(dkim=broken))
