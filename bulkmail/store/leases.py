@@ -27,8 +27,10 @@ from .connection import Database
 from .errors import StoreError
 from .outcomes import apply_fenced
 
-__all__ = ["Claim", "ClaimedRecipient", "claim", "complete", "heartbeat", "mark_in_doubt",
-           "release"]
+__all__ = [
+    "IN_DOUBT", "Claim", "ClaimedRecipient", "Write", "claim", "commit_writes", "complete",
+    "heartbeat", "mark_in_doubt", "release",
+]
 
 #: how often a claim whose destination was emptied under it tries another
 _CLAIM_TRIES = 4
@@ -182,6 +184,20 @@ def complete(
     with db.using() as conn, conn.transaction():
         applied = apply_fenced(conn, job, owner, groups, release=True)
     return {a for addresses, _ in groups for a in addresses} - applied
+
+
+#: one queued write of the group commit: job, addresses, outcome, release the leases?
+Write = tuple[int, Sequence[str], Outcome, bool]
+
+
+def commit_writes(db: Database, owner: str, writes: Sequence[Write]) -> list[set[str]]:
+    """Apply ``writes`` in order in one transaction (the async writer's group
+    commit); per write, the addresses ``owner`` still leased and so wrote."""
+    with db.using() as conn, conn.transaction():
+        return [
+            apply_fenced(conn, job, owner, [(addresses, outcome)], release=release_)
+            for job, addresses, outcome, release_ in writes
+        ]
 
 
 def release(db: Database, owner: str, job: int | None = None,

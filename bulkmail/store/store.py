@@ -105,6 +105,9 @@ class PgStore:
                  groups: Sequence[tuple[Sequence[str], Outcome]]) -> set[str]:
         return leases.complete(self.db, owner, job, groups)
 
+    def commit_writes(self, owner: str, writes: Sequence[leases.Write]) -> list[set[str]]:
+        return leases.commit_writes(self.db, owner, writes)
+
     def release(self, owner: str, job: int | None = None,
                 addresses: Sequence[str] | None = None) -> int:
         return leases.release(self.db, owner, job, addresses)
