@@ -46,9 +46,8 @@ def test_opening_twice_migrates_once(store_url: str) -> None:
     with PgStore(store_url) as first:
         assert schema_version(first.db) == SCHEMA_VERSION
         assert migrate(first.db) == SCHEMA_VERSION  # found current: nothing applied
-    with PgStore(store_url) as second:
-        with second.db.using() as conn:
-            rows = conn.execute("SELECT version FROM schema_version").fetchall()
+    with PgStore(store_url) as second, second.db.using() as conn:
+        rows = conn.execute("SELECT version FROM schema_version").fetchall()
     assert rows == [(SCHEMA_VERSION,)]
 
 
