@@ -9,7 +9,7 @@ import trio
 
 from bulkmail.journal import Outcome, Status
 from bulkmail.store import PgStore, StoreError
-from bulkmail.store.aio import AsyncStore, StoreWriter
+from bulkmail.store.aio import AsyncStore, StoreWriter, keep_leases
 from tests.pgutil import pg_url, store_url, travel
 
 __all__ = ["pg_url", "store_url"]  # fixtures, imported for pytest
@@ -136,3 +136,17 @@ async def test_a_lost_connection_fails_the_writer_loudly(pg_url: str, store_url:
         writer.submit_outcomes(job, ["u0@d0.example"], DELIVERED)
     with PgStore(store_url) as s:  # nothing was recorded as done: the leases will expire
         assert s.counts(job) == {Status.PENDING: 5}
+
+
+async def test_keep_leases_heartbeats_before_it_starts(store_url: str) -> None:
+    job = make_job(store_url, 3, domains=1)
+    store = await AsyncStore.open(store_url, connections=1)
+    assert await store.claim("w1", 10, 30, job=job) is not None
+    travel(store_url, "UPDATE recipients SET lease_expires = now() - interval '1 second'")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(keep_leases, store, "w1", 30)
+        assert await store.claim("w2", 10, 30, job=job) is None  # w1's again
+        nursery.cancel_scope.cancel()
+    with pytest.raises(ValueError, match="shorter than the lease"):
+        await keep_leases(store, "w1", 30, interval=30)
+    await store.aclose()

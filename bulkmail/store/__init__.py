@@ -12,7 +12,7 @@ from __future__ import annotations
 from .errors import ConnectionLost, StoreError
 from .jobs import JobInfo
 from .journal import PgJournal
-from .leases import Claim, ClaimedRecipient
+from .leases import Claim, ClaimedRecipient, new_owner_id
 from .limits import Pause, TokenGrant
 from .store import PgStore, is_store_url, open_pg_journal, split_store_url
 
@@ -27,6 +27,7 @@ __all__ = [
     "StoreError",
     "TokenGrant",
     "is_store_url",
+    "new_owner_id",
     "open_pg_journal",
     "split_store_url",
 ]

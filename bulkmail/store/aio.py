@@ -22,7 +22,7 @@ from .leases import IN_DOUBT, Claim, Write
 from .limits import Pause, TokenGrant
 from .store import PgStore
 
-__all__ = ["AsyncStore", "StoreWriter"]
+__all__ = ["AsyncStore", "StoreWriter", "keep_leases"]
 
 T = TypeVar("T")
 
@@ -107,6 +107,31 @@ class AsyncStore:
             pass
         for store in self._all:
             await trio.to_thread.run_sync(store.close)
+
+
+async def keep_leases(
+    store: AsyncStore,
+    owner: str,
+    lease_seconds: float,
+    *,
+    interval: float | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Heartbeat ``owner``'s leases every ``interval`` (a third of the lease by
+    default) until cancelled; the first one before ``started()``.
+
+    A failed heartbeat raises out of here (StoreError): the worker must stop
+    taking work -- its leases run out and other workers take its recipients
+    over, so stopping loses nothing, while going on could send twice.
+    """
+    period = lease_seconds / 3 if interval is None else interval
+    if not 0 < period < lease_seconds:
+        raise ValueError("the heartbeat interval must be positive and shorter than the lease")
+    await store.heartbeat(owner, lease_seconds)
+    task_status.started()
+    while True:
+        await trio.sleep(period)
+        await store.heartbeat(owner, lease_seconds)
 
 
 class StoreWriter:

@@ -10,9 +10,9 @@ fenced calls of :mod:`bulkmail.store.leases` instead.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..journal.base import Outcome, RecipientRecord, StateChange, Status
+from ..journal.base import Journal, Outcome, RecipientRecord, StateChange, Status
 from .connection import Database
 from .errors import StoreError
 from .outcomes import apply_upsert
@@ -151,3 +151,7 @@ class PgJournal:
 
     def __repr__(self) -> str:
         return f"<PgJournal job {self.job} {self.db!r}>"
+
+
+if TYPE_CHECKING:
+    _conforms: type[Journal] = PgJournal  # mypy checks the protocol here

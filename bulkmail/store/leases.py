@@ -16,6 +16,9 @@ result, and learns which ones it lost.
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +32,7 @@ from .outcomes import apply_fenced
 
 __all__ = [
     "IN_DOUBT", "Claim", "ClaimedRecipient", "Write", "claim", "commit_writes", "complete",
-    "heartbeat", "mark_in_doubt", "release",
+    "heartbeat", "mark_in_doubt", "new_owner_id", "release",
 ]
 
 #: how often a claim whose destination was emptied under it tries another
@@ -57,13 +60,16 @@ WITH dest AS (
       AND EXISTS (SELECT 1 FROM recipients AS r
                   WHERE r.job = jd.job AND r.destination = jd.destination AND """ + _READY.format(
     r="r") + """)
-    ORDER BY jd.claimed_at NULLS FIRST, jd.job, jd.destination
+    ORDER BY jd.claimed_at NULLS FIRST  -- nothing more: the index's order, read lazily
     LIMIT 1
     FOR UPDATE OF jd {skip}
 ),
 picked AS (
-    SELECT r.id FROM recipients AS r, dest
-    WHERE r.job = dest.job AND r.destination = dest.destination AND """ + _READY.format(
+    -- scalar subqueries, not a join: constants to the planner, so the index
+    -- hands out rows already in order instead of sorting the destination's all
+    SELECT r.id FROM recipients AS r
+    WHERE r.job = (SELECT job FROM dest) AND r.destination = (SELECT destination FROM dest)
+      AND """ + _READY.format(
     r="r") + """
     ORDER BY r.next_attempt NULLS FIRST, r.id
     LIMIT %(limit)s
@@ -71,7 +77,7 @@ picked AS (
 ),
 rotated AS (
     UPDATE job_destinations AS jd SET claimed_at = clock_timestamp()
-    FROM dest WHERE jd.job = dest.job AND jd.destination = dest.destination
+    WHERE jd.job = (SELECT job FROM dest) AND jd.destination = (SELECT destination FROM dest)
 )
 UPDATE recipients AS r
 SET lease_owner = %(owner)s,
@@ -81,6 +87,12 @@ FROM picked WHERE r.id = picked.id
 RETURNING r.job, r.destination, r.address, r.variables, r.state, r.attempts,
           r.possible_duplicate
 """
+
+
+def new_owner_id() -> str:
+    """A lease owner name for this worker: readable in the database (host and
+    pid), unique even when a pid is reused."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(frozen=True, slots=True)

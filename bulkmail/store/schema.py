@@ -71,8 +71,9 @@ CREATE TABLE recipients (
     updated_at timestamptz NOT NULL DEFAULT now(),
     UNIQUE (job, address)
 );
--- what a claim scans: open recipients of one destination, soonest first
-CREATE INDEX recipients_open ON recipients (job, destination, next_attempt)
+-- what a claim scans: open recipients of one destination, in the claim's own
+-- order (so it reads the first rows instead of sorting the destination's all)
+CREATE INDEX recipients_open ON recipients (job, destination, next_attempt NULLS FIRST, id)
     WHERE state IN ('pending', 'in_flight', 'in_doubt', 'deferred');
 -- what a heartbeat updates
 CREATE INDEX recipients_leases ON recipients (lease_owner) WHERE lease_owner IS NOT NULL;
