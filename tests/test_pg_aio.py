@@ -150,3 +150,22 @@ async def test_keep_leases_heartbeats_before_it_starts(store_url: str) -> None:
     with pytest.raises(ValueError, match="shorter than the lease"):
         await keep_leases(store, "w1", 30, interval=30)
     await store.aclose()
+
+
+async def test_a_flush_after_cancellation_still_saves(store_url: str) -> None:
+    job = make_job(store_url, 4, domains=1)
+    store = await AsyncStore.open(store_url, connections=1)
+    writer = StoreWriter(store, "w", max_delay=10)
+    claim = await store.claim("w", 10, 30, job=job)
+    assert claim is not None
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        writer.submit_outcomes(job, [r.address for r in claim.recipients], DELIVERED)
+        nursery.cancel_scope.cancel()  # run() stops while the group is gathering
+    assert writer.pending == 4
+    with trio.CancelScope(shield=True):
+        await writer.flush()
+    assert writer.pending == 0
+    with PgStore(store_url) as s:
+        assert s.counts(job) == {Status.DELIVERED: 4}
+    await store.aclose()

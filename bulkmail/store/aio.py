@@ -171,8 +171,9 @@ class StoreWriter:
         self._urgent = 0
         self._closing = False
         self._running = False
-        self._error: BaseException | None = None
-        self._wakeup = trio.Event()
+        self._error: Exception | None = None
+        self._wakeup = trio.Event()  # set: run() should look at the queue now
+        self._progress = trio.Event()  # set (and replaced) after each commit, and when run() stops
         self._commit_lock = trio.Lock()
 
     @property
@@ -210,7 +211,7 @@ class StoreWriter:
         while not waiter.done.is_set():
             self._check()
             if self._running:
-                await waiter.done.wait()
+                await self._progress.wait()
             else:
                 await self._commit_batch()
         self._check()
@@ -240,9 +241,7 @@ class StoreWriter:
                 await self._commit_batch()
         finally:
             self._running = False
-            for _, waiter in self._queue:  # nobody will commit these now: let them see why
-                if waiter is not None and self._error is not None:
-                    waiter.done.set()
+            self._signal()  # waiters re-check: commit themselves, or raise
 
     def _enqueue(self, write: Write, waiter: _Waiter | None) -> None:
         self._queue.append((write, waiter))
@@ -267,11 +266,9 @@ class StoreWriter:
                 applied = await self.store.call(
                     lambda s: s.commit_writes(self.owner, writes)
                 ) if writes else []
-            except BaseException as exc:
+            except Exception as exc:  # a cancellation before the thread started is no failure
                 self._error = exc
-                for _, waiter in self._queue:
-                    if waiter is not None:
-                        waiter.done.set()
+                self._signal()
                 raise
             del self._queue[: len(batch)]
             self._queued -= size
@@ -291,6 +288,11 @@ class StoreWriter:
                     self.lost += len(lost)
                     if self.on_lost is not None:
                         self.on_lost(job, lost)
+            self._signal()
+
+    def _signal(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
 
     def _check(self) -> None:
         if self._error is not None:
