@@ -226,11 +226,16 @@ def test_deferred_recipients_wait_for_their_next_attempt(
     store.complete("w", job, [(["a@x.example"], later), (["b@x.example"], never)])
     assert store.claim("w", 10, 30, job=job) is None
     assert not store.finish_if_done(job)  # a still has a retry coming
-    travel(store_url, "UPDATE recipients SET next_attempt = now() WHERE next_attempt IS NOT NULL")
+    known = store.journal(job).lookup(["a@x.example", "b@x.example"])
+    assert [known[a].next_attempt for a in ("a@x.example", "b@x.example")] == [4e9, None]
+    travel(store_url, "UPDATE recipients SET next_attempt = now() WHERE isfinite(next_attempt)")
     again = store.claim("w", 10, 30, job=job)
     assert again is not None
     assert [(r.address, r.status, r.attempts) for r in again.recipients] == [
         ("a@x.example", Status.DEFERRED, 1)]
+    store.complete("w", job, [(["a@x.example"], Outcome(Status.DELIVERED, 250, attempts=2))])
+    assert store.finish_if_done(job)  # b is deferred for good: nothing more to send
+    assert store.get_job(job).state == "done"
 
 
 def test_a_cancelled_job_hands_out_nothing(store: PgStore) -> None:

@@ -85,7 +85,7 @@ def finish_if_done(db: Database, job: int) -> bool:
             "UPDATE jobs SET state = 'done' WHERE id = %s AND state = 'active'"
             " AND NOT EXISTS (SELECT 1 FROM recipients WHERE job = %s"
             "   AND (state IN ('pending', 'in_flight', 'in_doubt')"
-            "        OR (state = 'deferred' AND next_attempt IS NOT NULL)))"
+            "        OR (state = 'deferred' AND next_attempt <> 'infinity')))"
             " RETURNING id",
             (job, job),
         ).fetchone()

@@ -23,7 +23,8 @@ _FETCH = 1000
 
 _COLUMNS = (
     "address, state, code, enhanced, reply, attempts, host,"
-    " extract(epoch FROM next_attempt)::float8, possible_duplicate,"
+    " CASE WHEN isfinite(next_attempt) THEN extract(epoch FROM next_attempt)::float8 END,"
+    " possible_duplicate,"
     " extract(epoch FROM updated_at)::float8"
 )
 

@@ -40,7 +40,7 @@ _CLAIM_TRIES = 4
 
 _READY = """
     {r}.state IN ('pending', 'in_flight', 'in_doubt', 'deferred')
-    AND ({r}.next_attempt <= now() OR ({r}.next_attempt IS NULL AND {r}.state <> 'deferred'))
+    AND {r}.next_attempt <= now()
     AND ({r}.lease_expires IS NULL OR {r}.lease_expires < now())
 """
 
@@ -71,7 +71,7 @@ picked AS (
     WHERE r.job = (SELECT job FROM dest) AND r.destination = (SELECT destination FROM dest)
       AND """ + _READY.format(
     r="r") + """
-    ORDER BY r.next_attempt NULLS FIRST, r.id
+    ORDER BY r.next_attempt, r.id
     LIMIT %(limit)s
     FOR UPDATE OF r SKIP LOCKED
 ),

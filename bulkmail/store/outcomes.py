@@ -19,6 +19,15 @@ from .jobs import by_domain
 
 __all__ = ["apply_fenced", "apply_upsert"]
 
+# A retry time, or -infinity (ready now: pending, in doubt) or infinity (deferred
+# with no retry left, or final): never NULL, so "ready" is one range condition
+# the open-recipients index answers without reading the rows that wait.
+_NEXT = (
+    "CASE WHEN %(next_attempt)s::float8 IS NOT NULL THEN to_timestamp(%(next_attempt)s)"
+    " WHEN %(status)s IN ('pending', 'in_flight', 'in_doubt') THEN '-infinity'::timestamptz"
+    " ELSE 'infinity'::timestamptz END"
+)
+
 _MERGE = """
     state = %(status)s,
     code = coalesce(%(code)s, r.code),
@@ -26,7 +35,7 @@ _MERGE = """
     reply = CASE WHEN %(code)s::integer IS NULL THEN r.reply ELSE %(reply)s END,
     attempts = greatest(%(attempts)s, r.attempts),
     host = coalesce(%(host)s, r.host),
-    next_attempt = to_timestamp(%(next_attempt)s),
+    next_attempt = """ + _NEXT + """,
     possible_duplicate = r.possible_duplicate OR %(dup)s,
     updated_at = now()
 """
@@ -45,7 +54,7 @@ _UPSERT = (
     "INSERT INTO recipients AS r (job, address, destination, state, code, enhanced, reply,"
     " attempts, host, next_attempt, possible_duplicate)\n"
     "SELECT %(job)s, a.address, a.destination, %(status)s, %(code)s, %(enhanced)s, %(reply)s,"
-    " %(attempts)s, %(host)s, to_timestamp(%(next_attempt)s), %(dup)s\n"
+    " %(attempts)s, %(host)s, " + _NEXT + ", %(dup)s\n"
     "FROM unnest(%(addresses)s::text[], %(destinations)s::text[]) WITH ORDINALITY"
     " AS a(address, destination, n)\n"
     "ORDER BY a.n\n"

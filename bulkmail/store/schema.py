@@ -60,7 +60,9 @@ CREATE TABLE recipients (
     state text NOT NULL DEFAULT 'pending' CHECK (state IN
         ('pending', 'in_flight', 'in_doubt', 'delivered', 'bounced', 'deferred', 'suppressed')),
     attempts integer NOT NULL DEFAULT 0,
-    next_attempt timestamptz,  -- NULL: now (pending) or never again (deferred for good)
+    -- -infinity: ready now (pending, in doubt); infinity: never again (deferred for
+    -- good, final); never NULL, so readiness is one range in the index below
+    next_attempt timestamptz NOT NULL DEFAULT '-infinity',
     code integer,
     enhanced text,
     reply text,
@@ -73,7 +75,7 @@ CREATE TABLE recipients (
 );
 -- what a claim scans: open recipients of one destination, in the claim's own
 -- order (so it reads the first rows instead of sorting the destination's all)
-CREATE INDEX recipients_open ON recipients (job, destination, next_attempt NULLS FIRST, id)
+CREATE INDEX recipients_open ON recipients (job, destination, next_attempt, id)
     WHERE state IN ('pending', 'in_flight', 'in_doubt', 'deferred');
 -- what a heartbeat updates
 CREATE INDEX recipients_leases ON recipients (lease_owner) WHERE lease_owner IS NOT NULL;
