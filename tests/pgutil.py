@@ -8,9 +8,11 @@ Import the fixtures into a test module: ``from tests.pgutil import pg_url, store
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -56,12 +58,24 @@ def store_url(pg_url: str) -> Iterator[str]:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
-def travel(store_url: str, statement: str, params: tuple[object, ...] = ()) -> int:
-    """Run ``statement`` in the test's schema -- how tests let time pass for
-    leases, seats and pauses without sleeping; returns the rows it touched."""
+@contextlib.contextmanager
+def _in_schema(store_url: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
     from bulkmail.store.store import split_store_url
 
     conninfo, schema, _ = split_store_url(store_url)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        yield conn
+
+
+def travel(store_url: str, statement: str, params: tuple[object, ...] = ()) -> int:
+    """Run ``statement`` in the test's schema -- how tests let time pass for
+    leases, seats and pauses without sleeping; returns the rows it touched."""
+    with _in_schema(store_url) as conn:
         return conn.execute(statement.encode(), params).rowcount
+
+
+def column(store_url: str, query: str) -> list[Any]:
+    """The first column of ``query``'s rows, in the test's schema."""
+    with _in_schema(store_url) as conn:
+        return [row[0] for row in conn.execute(query.encode()).fetchall()]
