@@ -112,12 +112,41 @@ def identity_headers(
     return [("Message-ID", message_id(domain, seed)), ("Date", date)]
 
 
-def unsubscribe_headers(url: str, mailto: str | None = None) -> list[tuple[str, str]]:
-    """RFC 2369 List-Unsubscribe with RFC 8058 one-click; the URL must be https."""
-    if not url.startswith("https://"):
-        raise ValueError("one-click unsubscribe (RFC 8058) needs an https:// URL")
-    targets = [f"<{url}>"] + ([f"<mailto:{mailto}>"] if mailto else [])
-    return [
-        ("List-Unsubscribe", ", ".join(targets)),
-        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
-    ]
+# what may stand in a URI (RFC 3986 reserved + unreserved + "%"), except ","
+# (RFC 2369 §2: a literal comma in a List-* URL must be encoded)
+_URI_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+;=%]*")
+
+
+def _check_uri(uri: str, what: str) -> None:
+    if not _URI_CHARS.fullmatch(uri):
+        raise ValueError(
+            f"{what} {uri!r} has characters a URL must percent-encode"
+            " (spaces, <, >, commas, quotes, non-ASCII)"
+        )
+
+
+def unsubscribe_headers(url: str | None, mailto: str | None = None) -> list[tuple[str, str]]:
+    """RFC 2369 List-Unsubscribe; with an https URL also RFC 8058 one-click.
+
+    ``mailto`` alone gives the RFC 2369 mailto form alone (no one-click: RFC 8058
+    needs an HTTPS URI).  Every target is checked to be one URI, so nothing in it
+    can close the ``<...>`` and add a second target.
+    """
+    if url is None and mailto is None:
+        raise ValueError("List-Unsubscribe needs an https URL or a mailto address")
+    targets: list[str] = []
+    if url is not None:
+        if not url.startswith("https://"):
+            raise ValueError("one-click unsubscribe (RFC 8058) needs an https:// URL")
+        _check_uri(url, "unsubscribe URL")
+        targets.append(f"<{url}>")
+    if mailto is not None:
+        mailto = mailto.removeprefix("mailto:")
+        _check_uri(mailto, "unsubscribe mailto")
+        if "@" not in mailto:
+            raise ValueError(f"unsubscribe mailto {mailto!r} is not an address")
+        targets.append(f"<mailto:{mailto}>")
+    headers = [("List-Unsubscribe", ", ".join(targets))]
+    if url is not None:
+        headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+    return headers

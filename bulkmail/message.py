@@ -4,22 +4,31 @@ Identical content is prepared (normalised, dot-stuffed) once and shared by
 every transaction; a template is compiled once and rendered lazily, just
 before its transaction, so a million queued recipients cost a million small
 variable dicts rather than a million message bodies.
+
+``identity=True`` adds ``Message-ID`` and ``Date`` where the message lacks
+them (RFC 5322 §3.6 requires a Date; receivers score mail without a
+Message-ID as spam), the Message-ID in the From header's domain and stable
+per message and recipient.  :func:`as_content` -- what ``Mailer.send`` uses
+for bytes, text, ``EmailMessage`` and callables -- turns it on; a
+:class:`Content` built by hand states its choice (default off).
 """
 
 from __future__ import annotations
 
 import re
+import socket
 import string
 from collections.abc import Callable, Mapping
 from email.message import EmailMessage
 from email.policy import SMTP
 from typing import NamedTuple, Protocol, runtime_checkable
 
-from .headers import split_message
+from .headers import ensure_identity, has_header, identity_lines, split_message
 from .protocol.data import PreparedMessage, normalize_newlines
 from .reencode import prepare
 
 _FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\x00]")
+_FROM_DOMAIN = re.compile(rb"^From:[^\r\n]*@([A-Za-z0-9.-]+)", re.I | re.M)
 
 
 class TemplateValueError(ValueError):
@@ -58,8 +67,11 @@ class StaticContent:
 
     personalised = False
 
-    def __init__(self, message: bytes | str | EmailMessage) -> None:
-        self.prepared = prepare(to_bytes(message))
+    def __init__(self, message: bytes | str | EmailMessage, *, identity: bool = False) -> None:
+        raw = to_bytes(message)
+        if identity:
+            raw = ensure_identity(raw, identity_domain(raw), seed=raw)
+        self.prepared = prepare(raw)
 
     def raw(self, recipient: Recipient) -> bytes:
         return self.prepared.normalized
@@ -78,7 +90,7 @@ class TemplateContent:
 
     personalised = True
 
-    def __init__(self, template: bytes | str) -> None:
+    def __init__(self, template: bytes | str, *, identity: bool = False) -> None:
         text = template.decode("utf-8") if isinstance(template, bytes) else template
         # CRLF once here: values cannot hold line breaks, so every rendering is
         # already normalised and skips the per-message rewrite
@@ -86,6 +98,15 @@ class TemplateContent:
         self.template = string.Template(text)
         if not self.template.is_valid():
             raise ValueError("message template has an invalid $placeholder")
+        self._identity: _Identity | None = None
+        if identity:
+            head = self.fixed_header_block()
+            domain = identity_domain(text.encode("utf-8"))
+            # which headers are missing is known before rendering when no header
+            # line comes from a value: then each rendering just gets those lines
+            missing = None if head is None else tuple(
+                name for name in ("Message-ID", "Date") if not has_header(head, name))
+            self._identity = _Identity(domain, missing)
 
     def render(self, recipient: Recipient) -> PreparedMessage:
         return prepare(self.raw(recipient))
@@ -99,6 +120,12 @@ class TemplateContent:
         return head
 
     def raw(self, recipient: Recipient) -> bytes:
+        text = self._substitute(recipient)
+        if self._identity is None:
+            return text
+        return self._identity.add(text, recipient.address)
+
+    def _substitute(self, recipient: Recipient) -> bytes:
         values: dict[str, str] = {"email": recipient.address, "recipient": recipient.address}
         variables = recipient.variables
         if variables:
@@ -121,11 +148,17 @@ class CallableContent:
 
     personalised = True
 
-    def __init__(self, render: Callable[[Recipient], bytes | str | EmailMessage]) -> None:
+    def __init__(
+        self, render: Callable[[Recipient], bytes | str | EmailMessage], *, identity: bool = False
+    ) -> None:
         self._render = render
+        self._identity = identity
 
     def raw(self, recipient: Recipient) -> bytes:
-        return to_bytes(self._render(recipient))
+        raw = to_bytes(self._render(recipient))
+        if not self._identity:
+            return raw
+        return ensure_identity(raw, identity_domain(raw), seed=raw + recipient.address.encode())
 
     def render(self, recipient: Recipient) -> PreparedMessage:
         return prepare(self.raw(recipient))
@@ -146,10 +179,69 @@ def has_placeholders(text: str) -> bool:
 
 def as_content(
     message: bytes | str | EmailMessage | Content | Callable[[Recipient], bytes],
+    *,
+    identity: bool = True,
 ) -> Content:
-    """Accept what library users naturally have."""
+    """Accept what library users naturally have; add Message-ID/Date to it unless
+    ``identity=False`` (a :class:`Content` is taken as it is)."""
     if isinstance(message, (bytes, str, EmailMessage)):
-        return StaticContent(message)
+        return StaticContent(message, identity=identity)
     if isinstance(message, Content):
         return message
-    return CallableContent(message)
+    return CallableContent(message, identity=identity)
+
+
+def identity_domain(message: bytes) -> str:
+    """The domain for a Message-ID: the From address's, else this host's name."""
+    head, _ = split_message(message)
+    m = _FROM_DOMAIN.search(head)
+    if m:
+        return m.group(1).decode("ascii").lower().strip(".")
+    host = socket.gethostname()
+    return host if re.fullmatch(r"[A-Za-z0-9.-]+", host) else "localhost"
+
+
+class _Identity(NamedTuple):
+    """Adds Message-ID/Date to a template's renderings (see TemplateContent)."""
+
+    domain: str
+    #: the headers every rendering lacks, or None when only a rendering can tell
+    missing: tuple[str, ...] | None
+
+    def add(self, message: bytes, address: str) -> bytes:
+        seed = message + address.encode()
+        if self.missing is None:
+            return ensure_identity(message, self.domain, seed=seed)
+        if not self.missing:
+            return message
+        return identity_lines(
+            self.domain, seed,
+            message_id_line="Message-ID" in self.missing, date_line="Date" in self.missing,
+        ) + message
+
+
+_HEADER_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")  # RFC 5322 §3.6.8 field name, then ":"
+MESSAGE_SHAPE = (
+    "a message file is RFC 5322: header lines such as 'From: news@example.org' and "
+    "'Subject: Hello', then one empty line, then the body"
+)
+
+
+def message_problem(message: bytes) -> str | None:
+    """Why ``message`` cannot be sent as it is, or ``None``.
+
+    NUL is forbidden in SMTP data (RFC 5321 §4.5.2 and RFC 5322 §2.3); a file
+    without a header block would go out with its text read as header lines.
+    """
+    if b"\0" in message:
+        where = message[: message.index(b"\0")].count(b"\n") + 1
+        return (f"contains a NUL byte (line {where}), which mail cannot carry; "
+                "attach binary content as a base64 MIME part")
+    head, _ = split_message(message)
+    lines = head.splitlines()
+    if not lines or not _HEADER_FIELD.match(lines[0]):
+        return f"does not start with a header line; {MESSAGE_SHAPE}"
+    for number, line in enumerate(lines, 1):
+        if not (_HEADER_FIELD.match(line) or line[:1] in (b" ", b"\t")):
+            return f"line {number} is neither a header nor a continuation; {MESSAGE_SHAPE}"
+    return None

@@ -2,15 +2,18 @@
 unsubscribe, DKIM -- applied after rendering, signing last.
 
 Identical content is decorated and signed once; personalised content (or a
-per-recipient unsubscribe URL) once per recipient.
+per-recipient unsubscribe URL) once per recipient -- by the same code path,
+which signs the bytes that go on the wire: the message is normalised and its
+long lines re-encoded *before* the signature is computed.
 """
 
 from __future__ import annotations
 
 import string
 from dataclasses import dataclass
+from urllib.parse import quote
 
-from .dkim_signing import DKIMSigner
+from .dkim_signing import DKIMError, DKIMSigner
 from .headers import (
     add_headers,
     ensure_identity,
@@ -18,9 +21,10 @@ from .headers import (
     header_line,
     identity_lines,
     message_id,
+    split_message,
     unsubscribe_headers,
 )
-from .message import Content, Recipient, TemplateContent, TemplateValueError
+from .message import Content, Recipient, StaticContent, TemplateContent, TemplateValueError
 from .protocol.data import PreparedMessage
 from .reencode import prepare
 
@@ -31,8 +35,10 @@ class Decorations:
 
     #: add Message-ID / Date when missing, Message-ID in this domain
     identity_domain: str | None = None
-    #: ``https://.../unsubscribe?u=${email}``: per-recipient when it has placeholders
+    #: ``https://.../unsubscribe?u=${email}``: per-recipient when it has placeholders;
+    #: each substituted value is percent-encoded (RFC 3986)
     unsubscribe_url: str | None = None
+    #: alone, the RFC 2369 mailto form alone (one-click needs the https URL)
     unsubscribe_mailto: str | None = None
     dkim: DKIMSigner | None = None
 
@@ -45,7 +51,24 @@ class DecoratedContent:
         self.decorations = decorations
         url = decorations.unsubscribe_url
         self._url = string.Template(url) if url else None
+        self._unsubscribe = bool(url or decorations.unsubscribe_mailto)
         per_recipient_url = bool(self._url and self._url.get_identifiers())
+        if self._unsubscribe:
+            # the URL's fixed parts are checked now, with stand-in values
+            sample = {name: "x" for name in self._url.get_identifiers()} if self._url else {}
+            unsubscribe_headers(
+                self._url.safe_substitute(sample) if self._url else None,
+                decorations.unsubscribe_mailto,
+            )
+        self._dkim = decorations.dkim
+        if self._dkim is not None:
+            self._dkim.check()  # a key dkimpy refuses fails now, not per recipient
+            if self._unsubscribe:
+                # RFC 8058 §4: the signature must cover both unsubscribe headers
+                self._dkim = self._dkim.covering(("List-Unsubscribe", "List-Unsubscribe-Post"))
+            head = _fixed_head(inner)
+            if head is not None and not has_header(head, "From"):
+                raise DKIMError("DKIM needs a From header to sign (RFC 6376 §5.4)")
         self.personalised = inner.personalised or per_recipient_url
         self._shared: PreparedMessage | None = None
         # A template that only needs Message-ID/Date: which of them it lacks is
@@ -54,7 +77,7 @@ class DecoratedContent:
         self._identity_only: tuple[str, ...] | None = None
         if (
             decorations.identity_domain
-            and self._url is None
+            and not self._unsubscribe
             and decorations.dkim is None
             and isinstance(inner, TemplateContent)
             and (head := inner.fixed_header_block()) is not None
@@ -88,17 +111,35 @@ class DecoratedContent:
         if d.identity_domain:
             seed = message if not self.personalised else message + recipient.address.encode()
             message = ensure_identity(message, d.identity_domain, seed=seed)
-        if self._url is not None:
-            values = {"email": recipient.address, **(recipient.variables or {})}
-            try:
-                url = self._url.substitute(values)
-            except KeyError as exc:
-                missing = exc.args[0]
-                raise TemplateValueError(f"unsubscribe URL variable {missing!r} missing") from exc
+        if self._unsubscribe:
+            url = self._unsubscribe_url(recipient)
             message = add_headers(message, unsubscribe_headers(url, d.unsubscribe_mailto))
-        if d.dkim is not None:
-            message = d.dkim.sign(message)
+        if self._dkim is not None:
+            # sign what goes on the wire: CRLF, long lines already re-encoded
+            wire = prepare(message).normalized
+            return PreparedMessage.from_bytes(self._dkim.sign(wire))
         return prepare(message)
+
+    def _unsubscribe_url(self, recipient: Recipient) -> str | None:
+        """The URL with every value percent-encoded: a value is data, never URL syntax."""
+        if self._url is None:
+            return None
+        values = {"email": recipient.address, **(recipient.variables or {})}
+        try:
+            # "@" is a pchar (RFC 3986 §3.3): addresses stay readable in the URL
+            return self._url.substitute({k: quote(v, safe="@") for k, v in values.items()})
+        except KeyError as exc:
+            missing = exc.args[0]
+            raise TemplateValueError(f"unsubscribe URL variable {missing!r} missing") from exc
 
     def raw(self, recipient: Recipient) -> bytes:
         return self.render(recipient).normalized
+
+
+def _fixed_head(content: Content) -> bytes | None:
+    """The header block every rendering of ``content`` has, when that is known."""
+    if isinstance(content, StaticContent):
+        return split_message(content.prepared.normalized)[0]
+    if isinstance(content, TemplateContent):
+        return content.fixed_header_block()
+    return None

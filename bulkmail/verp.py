@@ -7,18 +7,31 @@ address names its recipient even when the DSN itself is vague.
 
 from __future__ import annotations
 
+#: RFC 5321 §4.5.3.1.1: a local part has at most 64 octets
 MAX_LOCAL = 64
 
 
 def verp_sender(sender: str, recipient: str) -> str:
-    """The per-recipient envelope sender (the plain sender if VERP would be too long)."""
+    """The per-recipient envelope sender, or the plain sender when the tagged local
+    part would exceed 64 octets (or the recipient's is quoted): see :func:`verp_fits`."""
+    tagged = _tagged(sender, recipient)
+    return sender if tagged is None else tagged
+
+
+def verp_fits(sender: str, recipient: str) -> bool:
+    """Whether ``recipient`` gets its own VERP sender.  When it does not, its bounces
+    can only be matched by the DSN's own Final-Recipient (``bulkmail bounces``)."""
+    return _tagged(sender, recipient) is not None
+
+
+def _tagged(sender: str, recipient: str) -> str | None:
     local, at, domain = sender.rpartition("@")
     rlocal, rat, rdomain = recipient.rpartition("@")
     if not at or not rat:
-        return sender
+        return None
     tagged = f"{local}+{rlocal}={rdomain}"
     if len(tagged.encode()) > MAX_LOCAL or '"' in rlocal:
-        return sender
+        return None
     return f"{tagged}@{domain}"
 
 

@@ -121,20 +121,28 @@ class DNSServer:
 
     # -- transports --------------------------------------------------------------
 
-    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve UDP and TCP on 127.0.0.1 and one free port; ``started`` gets the port."""
+    async def serve(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve UDP and TCP on ``host`` and ``port`` (0: a free one); ``started`` gets
+        the port.  A fixed port is for clients that can only ask port 53 (libresolv)."""
         for attempt in range(5):
             udp = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
-            await udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
+            await udp.bind((host, port))
+            bound = udp.getsockname()[1]
             try:
-                listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+                listeners = await trio.open_tcp_listeners(bound, host=host)
             except OSError:
                 udp.close()  # the TCP side of this port is taken: pick another
-                if attempt == 4:
+                if attempt == 4 or port:
                     raise
                 continue
             break
+        port = bound
         self.port = port
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._serve_udp, udp)

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bulkmail.protocol import sasl
 from bulkmail.protocol.auth import Credentials, NoCommonMechanism, SASLClient, choose_mechanism
 from bulkmail.protocol.errors import LocalProtocolError, RemoteProtocolError
 
@@ -514,3 +515,32 @@ def test_aiosmtpd_accepts_plain_and_login() -> None:
         ]
     assert codes == [235, 235]
     assert auth.attempts == [("PLAIN", True), ("LOGIN", True)]
+
+
+# -- the registry: one table, no fall-through -----------------------------------------
+
+
+@pytest.mark.parametrize("name", ["SCRAM-SHA-256", "GSSAPI", "NTLM", "xoauth", "PLAIN2", ""])
+def test_an_unregistered_name_raises_instead_of_sending_another_mechanisms_blob(
+    name: str,
+) -> None:
+    both = Credentials("alice", "wonder", oauth_token="tok")
+    with pytest.raises(LocalProtocolError, match="unsupported SASL mechanism"):
+        SASLClient(name, both)
+    with pytest.raises(LocalProtocolError, match="unsupported SASL mechanism"):
+        sasl.mechanism(name)
+
+
+def test_every_registered_mechanism_runs_its_own_exchange() -> None:
+    both = Credentials("alice", "wonder", oauth_token="tok")
+    assert list(sasl.MECHANISMS) == ["XOAUTH2", "CRAM-MD5", "PLAIN", "LOGIN", "DIGEST-MD5"]
+    for name, mechanism in sasl.MECHANISMS.items():
+        assert mechanism.name == name
+        line = SASLClient(name.lower(), both).start()
+        command = b"AUTH " + name.encode()
+        assert line == command + b"\r\n" or line.startswith(command + b" ")
+    # the preference lists are read from the table, not kept beside it
+    from bulkmail.protocol import auth
+
+    assert auth.TOKEN_MECHANISMS == ("XOAUTH2",)
+    assert auth.PASSWORD_MECHANISMS == ("CRAM-MD5", "PLAIN", "LOGIN", "DIGEST-MD5")

@@ -1,14 +1,27 @@
 """Message content: templates refuse header injection; over-long lines are
-re-encoded rather than sent raw or refused."""
+re-encoded rather than sent raw or refused; Message-ID/Date added by default;
+message files that cannot be mail refused at start."""
 
 from __future__ import annotations
 
-from email import policy
+import re
+import subprocess
+import sys
+from email import message_from_bytes, policy
 from email.parser import BytesParser
+from email.utils import parsedate_to_datetime
+from pathlib import Path
 
 import pytest
+import trio
 
-from bulkmail.message import Recipient, StaticContent, TemplateContent, TemplateValueError
+from bulkmail.message import (
+    Recipient,
+    StaticContent,
+    TemplateContent,
+    TemplateValueError,
+    as_content,
+)
 from bulkmail.protocol.errors import MessageError
 from bulkmail.reencode import prepare
 
@@ -66,3 +79,60 @@ def test_unfixable_long_header_is_a_clear_error() -> None:
     raw = b"X-Token: " + b"z" * 2000 + b"\r\n\r\nbody\r\n"
     with pytest.raises(MessageError, match="998"):
         prepare(raw)
+
+
+# -- Message-ID and Date from the library (issue 16 item 14) ------------------------
+
+
+async def test_the_library_adds_message_id_and_date_by_default() -> None:
+    from bulkmail import Mailer, MailerConfig, Relay
+    from bulkmail.sink import Sink, SinkConfig
+
+    raw = b"From: News <news@Sender.Test>\r\nSubject: hi\r\n\r\nbody\r\n"
+    async with trio.open_nursery() as nursery:
+        sink = Sink(SinkConfig(record_messages=True))
+        port = await nursery.start(sink.serve)
+        async with Mailer(MailerConfig(relay=Relay("127.0.0.1", port), secure="none")) as m:
+            await m.send("b@sender.test", raw, ["a@example.test"])
+            await m.send("b@sender.test", StaticContent(raw), ["c@example.test"])  # opt out
+        nursery.cancel_scope.cancel()
+    added, plain = (message_from_bytes(x.content) for x in sink.messages)
+    assert re.fullmatch(r"<[0-9a-f]{32}@sender\.test>", added["Message-ID"])
+    assert parsedate_to_datetime(added["Date"]).tzinfo is not None
+    assert plain["Message-ID"] is None and plain["Date"] is None
+
+
+def test_identity_keeps_what_the_message_has_and_is_stable_per_recipient() -> None:
+    dated = b"From: a@s.test\r\nDate: Mon, 2 Nov 2026 10:00:00 +0000\r\nSubject: x\r\n\r\nb\r\n"
+    assert as_content(dated).render(Recipient("r@x.test")).normalized.count(b"Date:") == 1
+    template = TemplateContent("From: a@s.test\nSubject: hi ${name}\n\nb\n", identity=True)
+    ann, bob = Recipient("ann@x.test", {"name": "A"}), Recipient("bob@x.test", {"name": "A"})
+    ids = [message_from_bytes(template.raw(r))["Message-ID"] for r in (ann, ann, bob)]
+    assert ids[0] == ids[1] != ids[2]  # a resend carries the same id; another reader not
+    assert as_content(lambda r: b"From: a@s.test\r\n\r\nx\r\n").raw(ann).startswith(
+        b"Message-ID: <")
+    assert as_content(dated, identity=False).raw(ann) == dated
+
+
+# -- message files the CLI refuses (issue 16 item 5) --------------------------------
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    (b"From: a@s.test\nSubject: x\n\nbinary \x00 here\n", "NUL byte (line 4)"),
+    (b"Hello,\nthis is just text without headers.\n", "does not start with a header line"),
+    (b"From: a@s.test\nthis line is body text\n\nbody\n", "line 2 is neither a header"),
+])
+def test_a_message_file_that_cannot_be_mail_is_exit_2(
+    content: bytes, said: str, tmp_path: Path
+) -> None:
+    (tmp_path / "msg.eml").write_bytes(content)
+    (tmp_path / "list.txt").write_text("a@example.test\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "bulkmail", "send", "--sender", "b@s.test", "--recipients",
+         str(tmp_path / "list.txt"), "--message", str(tmp_path / "msg.eml"),
+         "--relay", "127.0.0.1:9", "--tls", "none", "--no-journal", "--quiet"],
+        capture_output=True, text=True, check=False, timeout=60)
+    assert result.returncode == 2
+    assert said in result.stderr and "Traceback" not in result.stderr
+    if "header" in said:
+        assert "then one empty line, then the body" in result.stderr  # what it must look like

@@ -232,8 +232,10 @@ def test_header_values_cannot_carry_line_breaks() -> None:
     assert content.personalised  # a per-recipient URL makes every message its own
     ok = content.render(Recipient("a@x.test", {"token": "abc"}))
     assert b"List-Unsubscribe: <https://sender.test/u?t=abc>\r\n" in ok.normalized
-    with pytest.raises(ValueError, match="line break"):
-        content.render(Recipient("b@x.test", {"token": "abc\r\nBcc: victim@x.test"}))
+    # a value is percent-encoded data: its line break cannot start a header
+    evil = content.render(Recipient("b@x.test", {"token": "abc\r\nBcc: victim@x.test"}))
+    assert b"<https://sender.test/u?t=abc%0D%0ABcc%3A%20victim@x.test>\r\n" in evil.normalized
+    assert b"\r\nBcc:" not in evil.normalized
 
 
 @pytest.mark.parametrize("template", [
@@ -253,3 +255,19 @@ def test_identity_on_a_template_equals_adding_it_to_each_rendering(template: byt
     assert strip_date == [line for line in want if not line.startswith(b"Date:")]
     assert got.count(b"\r\nDate: ") + got.startswith(b"Date: ") == 1
     assert got.count(b"Message-ID: <") == 1
+
+
+def test_signing_content_without_from_is_refused_when_built_not_per_recipient() -> None:
+    private, _ = ed25519_key()
+    signer = DKIMSigner("sel", "sender.test", private, "ed25519-sha256")
+    with pytest.raises(DKIMError, match="From header"):
+        DecoratedContent(TemplateContent("Subject: hi ${name}\n\nx\n"), Decorations(dkim=signer))
+    with pytest.raises(DKIMError, match="From header"):
+        DecoratedContent(StaticContent(b"Subject: hi\r\n\r\nx\r\n"), Decorations(dkim=signer))
+
+
+def test_a_hand_built_signer_with_a_bad_key_fails_when_the_content_is_built() -> None:
+    broken = DKIMSigner("sel", "sender.test", b"bm90IGEga2V5", "ed25519-sha256")
+    with pytest.raises(DKIMError, match="does not sign"):
+        DecoratedContent(StaticContent(b"From: a@sender.test\r\n\r\nx\r\n"),
+                         Decorations(dkim=broken))

@@ -1,5 +1,11 @@
 """``bulkmail bounces``: read DSNs (RFC 3464) that came back after a run, mark
-their recipients bounced in the journal and add them to the suppression list."""
+their recipients bounced in the journal and add them to the suppression list.
+
+Every file is read; one that is not a usable DSN (an autoreply, a truncated
+report) is listed with the reason and the others are still recorded.  Exit
+status: 0 when every file was understood, 1 when some were skipped or only
+partly read, 2 for usage errors (no journal).
+"""
 
 from __future__ import annotations
 
@@ -7,47 +13,108 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..dsn import parse_dsn
-from ..journal import SQLiteJournal, StateChange
+from ..dsn import BounceReport, read_dsn
+from ..journal import JournalError, SQLiteJournal, StateChange, open_journal, sqlite_path
 from ..results import Status
+
+EX_OK, EX_SKIPPED, EX_USAGE = 0, 1, 2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dsn", nargs="+", metavar="FILE", help="bounce messages (RFC 5322 files)")
     p.add_argument("--journal", required=True, help="the run's journal")
-    p.add_argument("--suppress", metavar="FILE", help="append hard-bounced addresses here")
+    p.add_argument("--suppress", metavar="FILE",
+                   help="append hard-bounced addresses here (each once)")
     p.add_argument("--verp-sender", metavar="ADDR",
                    help="the run's sender, to map VERP bounce addresses back to recipients")
 
 
 def run(args: argparse.Namespace) -> int:
-    changes: list[StateChange] = []
+    try:
+        journal_file = sqlite_path(args.journal)
+        if journal_file is None:
+            open_journal(args.journal)  # says which backend is not available yet
+    except JournalError as exc:
+        print(f"bulkmail bounces: {exc}", file=sys.stderr)
+        return EX_USAGE
+    assert journal_file is not None
+    args.journal = journal_file
+    if not Path(args.journal).is_file():
+        print(f"bulkmail bounces: no journal at {args.journal}", file=sys.stderr)
+        return EX_USAGE
+    failed: list[BounceReport] = []
+    skipped: list[str] = []
     for path in args.dsn:
         try:
-            reports = parse_dsn(Path(path).read_bytes(), verp_sender=args.verp_sender)
-        except (OSError, ValueError) as exc:
-            print(f"bulkmail bounces: {path}: {exc}", file=sys.stderr)
-            return 2
-        for report in reports:
-            if not report.failed:
-                continue
-            changes.append(
-                StateChange(
-                    address=report.recipient,
+            dsn = read_dsn(Path(path).read_bytes(), verp_sender=args.verp_sender)
+        except OSError as exc:
+            skipped.append(f"{path}: cannot read: {exc.strerror}")
+            continue
+        except ValueError as exc:  # NotADSN, DSNError
+            skipped.append(f"{path}: {exc}")
+            continue
+        if dsn.truncated:
+            read = len(dsn.reports)
+            skipped.append(f"{path}: truncated; read {read} complete recipient group(s)")
+        skipped.extend(f"{path}: {problem}" for problem in dsn.problems)
+        for report in dsn.reports:
+            if report.failed:
+                failed.append(report)
+            else:
+                print(f"{report.recipient}: {report.action} {report.status or ''}".rstrip())
+    try:
+        changes, unknown = _record(args.journal, failed)
+    except JournalError as exc:
+        print(f"bulkmail bounces: {exc}", file=sys.stderr)
+        return EX_USAGE
+    if args.suppress and changes:
+        _append_suppressions(Path(args.suppress), [c.address for c in changes])
+    for change in changes:
+        print(f"{change.address}: bounced {change.code} {change.enhanced or ''}".rstrip())
+    for address in unknown:
+        print(f"{address}: not in this journal, not recorded", file=sys.stderr)
+    for line in skipped:
+        print(f"bulkmail bounces: skipped {line}", file=sys.stderr)
+    return EX_SKIPPED if skipped else EX_OK
+
+
+def _record(journal_path: str, failed: list[BounceReport]) -> tuple[list[StateChange], list[str]]:
+    """Record the bounces of recipients the journal knows (as it stores them)."""
+    journal = SQLiteJournal(journal_path)
+    try:
+        stored = journal.stored_addresses(sorted({r.recipient for r in failed}))
+        changes: dict[str, StateChange] = {}
+        for report in failed:
+            address = stored.get(report.recipient)
+            if address is not None:
+                changes[address] = StateChange(
+                    address=address,
                     status=Status.BOUNCED,
                     code=report.code,
                     enhanced=report.status,
                     reply=f"asynchronous bounce: {report.diagnostic or report.status}",
                 )
-            )
-    journal = SQLiteJournal(args.journal)
-    try:
-        journal.record(changes)
+        journal.record(list(changes.values()))
     finally:
         journal.close()
-    if args.suppress and changes:
-        with open(args.suppress, "a", encoding="utf-8") as f:
-            f.writelines(f"{c.address}\n" for c in changes)
-    for change in changes:
-        print(f"{change.address}: bounced {change.code} {change.enhanced or ''}".rstrip())
-    return 0
+    unknown = sorted({r.recipient for r in failed if r.recipient not in stored})
+    return list(changes.values()), unknown
+
+
+def _append_suppressions(path: Path, addresses: list[str]) -> None:
+    """Append the addresses not already listed (compared as the send command reads them)."""
+    try:
+        listed = {
+            line.strip().lower()
+            for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+        }
+    except FileNotFoundError:
+        listed = set()
+    new = []
+    for address in addresses:
+        if address.lower() not in listed:
+            listed.add(address.lower())
+            new.append(address)
+    if new:
+        with open(path, "a", encoding="utf-8") as f:
+            f.writelines(f"{a}\n" for a in new)

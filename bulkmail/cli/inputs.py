@@ -19,7 +19,7 @@ from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import TextIO
 
-from ..message import Recipient
+from ..message import Recipient, message_problem
 
 #: told of a recipient line that cannot be used: (the line's text, why)
 RefusedLine = Callable[[str, str], None]
@@ -197,7 +197,12 @@ def read_suppressions(path: str) -> frozenset[str]:
 
 
 def read_message(path: str) -> bytes:
+    """The message file's bytes, refused (exit 2) when they cannot be mail as they are."""
     try:
-        return Path(path).read_bytes() if path != "-" else sys.stdin.buffer.read()
+        message = Path(path).read_bytes() if path != "-" else sys.stdin.buffer.read()
     except OSError as exc:
         raise InputError(f"cannot read message {path}: {exc.strerror}") from exc
+    problem = message_problem(message)
+    if problem is not None:
+        raise InputError(f"message {path} {problem}")
+    return message

@@ -109,13 +109,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dkim-selector")
     g.add_argument("--dkim-domain", help="d= of the signature (default: the sender's domain)")
     g.add_argument("--dkim-key", metavar="FILE",
-                   help="PEM RSA private key, or base64 ed25519 seed for ed25519-sha256")
+                   help="PEM PKCS#8 (rsa or ed25519) or PKCS#1 RSA private key, or a base64 "
+                        "Ed25519 seed; loaded and test-signed before anything is sent")
     g.add_argument("--dkim-algorithm", choices=("rsa-sha256", "ed25519-sha256"),
-                   default="rsa-sha256")
-    g.add_argument("--dkim-headers", metavar="H1,H2,...", help="headers to sign")
+                   default=None, help="default: the key's type")
+    g.add_argument("--dkim-headers", metavar="H1,H2,...",
+                   help="headers to sign (the List-Unsubscribe pair is always added)")
     g.add_argument("--list-unsubscribe", metavar="URL",
-                   help="https URL, may use ${email} and CSV columns; adds RFC 8058 one-click")
-    g.add_argument("--list-unsubscribe-mailto", metavar="ADDR")
+                   help="https URL, may use ${email} and CSV columns (percent-encoded); "
+                        "adds RFC 8058 one-click")
+    g.add_argument("--list-unsubscribe-mailto", metavar="ADDR",
+                   help="mailto target; alone, an RFC 2369 mailto-only List-Unsubscribe")
     g.add_argument("--verp", action="store_true",
                    help="per-recipient envelope sender (bounces+alice=example.com@...)")
     p.add_argument("--quiet", action="store_true")

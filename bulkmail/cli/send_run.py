@@ -19,6 +19,7 @@ import contextlib
 import inspect
 import json
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from ..journal import Journal, JournalError, JournalWriter
 from ..message import Content
 from ..protocol.replies import Reply
 from ..results import Result, Status, Summary
+from ..verp import verp_fits
 from .inputs import InputError, read_recipients
 from .progress import Progress
 
@@ -96,9 +98,23 @@ async def send_job(
             if mailer is not None:
                 _stop(mailer, reason)
 
+    verp_noted = False
+
     def on_results(results: Sequence[Result]) -> None:
-        nonlocal report
+        nonlocal report, verp_noted
         progress.add_all(results)
+        if args.verp and not verp_noted:
+            plain = next((r.recipient for r in results if not verp_fits(args.sender, r.recipient)),
+                         None)
+            if plain is not None:
+                verp_noted = True
+                note = (f"--verp: {plain} (and any like it) was sent from the plain sender: "
+                        "its VERP local part would exceed 64 octets (RFC 5321), so its "
+                        "bounces map back only by the DSN's Final-Recipient")
+                if progress.enabled:
+                    progress.message(note)
+                else:
+                    print(note, file=sys.stderr)
         if report is not None:
             try:
                 report.writelines(

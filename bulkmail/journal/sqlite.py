@@ -250,6 +250,34 @@ class SQLiteJournal:
                 found[row[0]] = _record(row)
         return found
 
+    def stored_addresses(self, addresses: Sequence[str]) -> dict[str, str]:
+        """Each of ``addresses`` this journal knows, mapped to the form it stores.
+
+        An address matches exactly; else by its domain compared case-insensitively
+        with the same local part; else case-insensitively throughout, if only one
+        stored address does.  Unknown addresses are left out -- so a caller that
+        records only what this returns never adds a row (``bulkmail bounces``).
+        """
+        found = {a: a for a in self.lookup(addresses)}
+        missing = [a for a in addresses if a not in found]
+        domains = sorted({_domain(a) for a in missing})
+        candidates: dict[str, list[str]] = {}
+        for start in range(0, len(domains), LOOKUP_CHUNK):
+            chunk = domains[start : start + LOOKUP_CHUNK]
+            query = f"SELECT address FROM recipients WHERE domain IN ({','.join('?' * len(chunk))})"
+            with self._using() as db:
+                rows = db.execute(query, chunk).fetchall()
+            for (stored,) in rows:
+                candidates.setdefault(stored.lower(), []).append(stored)
+        for address in missing:
+            matches = candidates.get(address.lower(), [])
+            local = address.rpartition("@")[0]
+            same_local = [m for m in matches if m.rpartition("@")[0] == local]
+            pick = same_local or matches
+            if len(pick) == 1:
+                found[address] = pick[0]
+        return found
+
     def record(self, changes: Sequence[StateChange]) -> None:
         groups: list[tuple[list[str], Outcome]] = []
         for change in changes:

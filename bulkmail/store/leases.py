@@ -1,0 +1,241 @@
+"""Workers lease recipients, a destination's worth at a time.
+
+A claim takes up to ``max_items`` ready recipients of *one* destination
+(so they can share SMTP transactions) with ``FOR UPDATE SKIP LOCKED``:
+concurrent claimers never wait for each other and never get the same row.
+Each leased row carries its owner and an expiry that the owner's heartbeat
+pushes forward; once it passes, any worker may claim the row again.
+
+The in-doubt rule across workers: a worker marks recipients in doubt (a
+committed state, still leased) before their end of data leaves.  A worker
+that later claims an expired in-doubt recipient resends it once, flagged
+``possible_duplicate``.  Every write is fenced by the lease owner, so a
+worker whose recipients were taken over cannot overwrite the new owner's
+result, and learns which ones it lost.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..journal.base import Outcome
+from ..message import Recipient
+from ..results import Status
+from .connection import Database
+from .errors import StoreError
+from .outcomes import apply_fenced
+
+__all__ = [
+    "IN_DOUBT", "Claim", "ClaimedRecipient", "Write", "claim", "commit_writes", "complete",
+    "heartbeat", "mark_in_doubt", "new_owner_id", "release",
+]
+
+#: how often a claim whose destination was emptied under it tries another
+_CLAIM_TRIES = 4
+
+_READY = """
+    {r}.state IN ('pending', 'in_flight', 'in_doubt', 'deferred')
+    AND {r}.next_attempt <= now()
+    AND ({r}.lease_expires IS NULL OR {r}.lease_expires < now())
+"""
+
+# 1. the least recently claimed destination of an active job that is not
+#    paused and has ready recipients (SKIP LOCKED: concurrent claimers spread
+#    over destinations; the second try waits instead, for a job with one);
+# 2. its ready recipients, soonest first, skipping rows other claims hold;
+# 3. lease them, and flag the in-doubt ones: they are about to be resent.
+_CLAIM = """
+WITH dest AS (
+    SELECT jd.job, jd.destination
+    FROM job_destinations AS jd
+    JOIN jobs AS j ON j.id = jd.job AND j.state = 'active'
+    WHERE (%(job)s::bigint IS NULL OR jd.job = %(job)s)
+      AND NOT EXISTS (SELECT 1 FROM destinations AS d
+                      WHERE d.name = jd.destination AND d.paused_until > now())
+      AND EXISTS (SELECT 1 FROM recipients AS r
+                  WHERE r.job = jd.job AND r.destination = jd.destination AND """ + _READY.format(
+    r="r") + """)
+    ORDER BY jd.claimed_at NULLS FIRST  -- nothing more: the index's order, read lazily
+    LIMIT 1
+    FOR UPDATE OF jd {skip}
+),
+picked AS (
+    -- scalar subqueries, not a join: constants to the planner, so the index
+    -- hands out rows already in order instead of sorting the destination's all
+    SELECT r.id FROM recipients AS r
+    WHERE r.job = (SELECT job FROM dest) AND r.destination = (SELECT destination FROM dest)
+      AND """ + _READY.format(
+    r="r") + """
+    ORDER BY r.next_attempt, r.id
+    LIMIT %(limit)s
+    FOR UPDATE OF r SKIP LOCKED
+),
+rotated AS (
+    UPDATE job_destinations AS jd SET claimed_at = clock_timestamp()
+    WHERE jd.job = (SELECT job FROM dest) AND jd.destination = (SELECT destination FROM dest)
+)
+UPDATE recipients AS r
+SET lease_owner = %(owner)s,
+    lease_expires = now() + make_interval(secs => %(ttl)s),
+    possible_duplicate = r.possible_duplicate OR r.state = 'in_doubt'
+FROM picked WHERE r.id = picked.id
+RETURNING r.job, r.destination, r.address, r.variables, r.state, r.attempts,
+          r.possible_duplicate
+"""
+
+
+def new_owner_id() -> str:
+    """A lease owner name for this worker: readable in the database (host and
+    pid), unique even when a pid is reused."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRecipient:
+    address: str
+    variables: dict[str, str] | None
+    status: Status  #: as it was when claimed: pending, deferred, in doubt (a takeover)
+    attempts: int
+    possible_duplicate: bool  #: resend of an in-doubt recipient, or one already flagged
+
+    def recipient(self) -> Recipient:
+        """As the engine takes it."""
+        return Recipient(self.address, self.variables, self.possible_duplicate)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Recipients of one job and one destination, leased to one worker."""
+
+    job: int
+    destination: str
+    recipients: tuple[ClaimedRecipient, ...]
+
+    def __len__(self) -> int:
+        return len(self.recipients)
+
+
+def claim(
+    db: Database, owner: str, max_items: int, lease_seconds: float, *, job: int | None = None,
+) -> Claim | None:
+    """Lease up to ``max_items`` ready recipients of one destination to ``owner``.
+
+    ``job=None`` takes from any active job.  ``None`` means nothing is ready
+    *now* (all leased, paused, waiting for a retry, or the job ended): it is
+    not "the job is done" (see ``finish_if_done``).
+    """
+    if max_items < 1 or lease_seconds <= 0:
+        raise ValueError("max_items and lease_seconds must be positive")
+    params: dict[str, Any] = {"job": job, "limit": max_items, "owner": owner,
+                              "ttl": float(lease_seconds)}
+    for attempt in range(_CLAIM_TRIES):
+        query = _CLAIM.format(skip="SKIP LOCKED" if attempt < _CLAIM_TRIES - 1 else "")
+        with db.using() as conn:
+            rows = conn.execute(query.encode(), params).fetchall()
+        if rows:
+            first = rows[0]
+            return Claim(
+                int(first[0]), str(first[1]),
+                tuple(
+                    ClaimedRecipient(
+                        str(address), variables, Status(state), int(attempts), bool(dup),
+                    )
+                    for _, _, address, variables, state, attempts, dup in rows
+                ),
+            )
+    return None
+
+
+def heartbeat(db: Database, owner: str, lease_seconds: float) -> int:
+    """Push the expiry of ``owner``'s leases (recipients and seats) forward.
+
+    Returns how many recipients it still leases.  Leases that already expired
+    are extended too unless another worker took them over meanwhile, which
+    is then visible in the fenced writes.
+    """
+    with db.using() as conn, conn.transaction():
+        cur = conn.execute(
+            "UPDATE recipients SET lease_expires = now() + make_interval(secs => %s)"
+            " WHERE lease_owner = %s",
+            (float(lease_seconds), owner),
+        )
+        leased = cur.rowcount
+        conn.execute(
+            "UPDATE seats SET expires = now() + make_interval(secs => %s) WHERE holder = %s",
+            (float(lease_seconds), owner),
+        )
+    return leased
+
+
+IN_DOUBT = Outcome(Status.IN_DOUBT)
+
+
+def mark_in_doubt(db: Database, owner: str, job: int, addresses: Sequence[str]) -> set[str]:
+    """Commit ``addresses`` as in doubt, keeping the lease; the addresses marked.
+
+    Send the end of data only to those returned: any other was taken over by
+    another worker, who will send it.
+    """
+    with db.using() as conn, conn.transaction():
+        return apply_fenced(conn, job, owner, [(addresses, IN_DOUBT)], release=False)
+
+
+def complete(
+    db: Database, owner: str, job: int, groups: Sequence[tuple[Sequence[str], Outcome]],
+) -> set[str]:
+    """Record results and give their leases back, in one transaction.
+
+    Returns the addresses *not* written because ``owner`` no longer leases
+    them (taken over after its lease expired): the new owner's result counts.
+    """
+    with db.using() as conn, conn.transaction():
+        applied = apply_fenced(conn, job, owner, groups, release=True)
+    return {a for addresses, _ in groups for a in addresses} - applied
+
+
+#: one queued write of the group commit: job, addresses, outcome, release the leases?
+Write = tuple[int, Sequence[str], Outcome, bool]
+
+
+def commit_writes(db: Database, owner: str, writes: Sequence[Write]) -> list[set[str]]:
+    """Apply ``writes`` in order in one transaction (the async writer's group
+    commit); per write, the addresses ``owner`` still leased and so wrote."""
+    with db.using() as conn, conn.transaction():
+        return [
+            apply_fenced(conn, job, owner, [(addresses, outcome)], release=release_)
+            for job, addresses, outcome, release_ in writes
+        ]
+
+
+def release(db: Database, owner: str, job: int | None = None,
+            addresses: Sequence[str] | None = None) -> int:
+    """Give leases back without a result (a clean stop); returns how many.
+
+    All of ``owner``'s leases, or those of one job, or only ``addresses``.
+    Seats are released too when everything is released.
+    """
+    if addresses is not None and job is None:
+        raise StoreError("releasing addresses needs their job")
+    with db.using() as conn, conn.transaction():
+        if addresses is not None:
+            cur = conn.execute(
+                "UPDATE recipients SET lease_owner = NULL, lease_expires = NULL"
+                " WHERE job = %s AND address = ANY(%s) AND lease_owner = %s",
+                (job, list(addresses), owner),
+            )
+            return cur.rowcount
+        cur = conn.execute(
+            "UPDATE recipients SET lease_owner = NULL, lease_expires = NULL"
+            " WHERE lease_owner = %s AND (%s::bigint IS NULL OR job = %s)",
+            (owner, job, job),
+        )
+        if job is None:
+            conn.execute(
+                "UPDATE seats SET holder = NULL, expires = NULL WHERE holder = %s", (owner,)
+            )
+        return cur.rowcount
