@@ -69,10 +69,13 @@ def _check_text(path: str, head: bytes) -> None:
         raise InputError(f"{name} is not a text file (it holds NUL bytes); expected UTF-8 text")
 
 
-def columns_of(path: str) -> list[str]:
-    """The CSV columns a recipients file offers its template ([] for a plain list)."""
+def columns_of(path: str) -> list[str] | None:
+    """The CSV columns a recipients file offers its template ([] for a plain
+    list; ``None`` when stdin has not delivered its first line yet)."""
     head = head_bytes(path)
     _check_text(path, head)
+    if path == "-" and b"\n" not in head:
+        return None  # a slow producer: the header is not known without consuming stdin
     text = head.decode("utf-8-sig", "surrogateescape")
     first = next((line for line in text.splitlines() if line.strip()), "")
     columns, is_csv = _header(first)

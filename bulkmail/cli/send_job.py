@@ -64,8 +64,13 @@ def default_journal(identity: JobIdentity) -> Path:
     return Path(".bulkmail") / f"job-{identity.digest()}.sqlite"
 
 
-def check_placeholders(message: bytes, unsubscribe_url: str | None, columns: list[str]) -> None:
-    """Refuse, before anything is sent, a ``${name}`` that no CSV column fills."""
+def check_placeholders(
+    message: bytes, unsubscribe_url: str | None, columns: list[str] | None
+) -> None:
+    """Refuse, before anything is sent, a ``${name}`` that no CSV column fills
+    (``columns`` unknown: such a recipient bounces ``553 5.1.3`` instead)."""
+    if columns is None:
+        return
     available = set(columns)
     problems = []
     text = message.decode("utf-8", "replace")
