@@ -83,14 +83,15 @@ async def test_a_journal_that_cannot_even_be_created_is_a_temporary_failure(
 async def test_a_report_that_cannot_be_written_stops_the_run_with_one_line(
     tmp_path: Path,
 ) -> None:
-    n = 400
+    n = 2000
     rcpts = tmp_path / "list.txt"
     rcpts.write_text("".join(f"u{i}@example.test\n" for i in range(n)))
     message = tmp_path / "msg.eml"
     message.write_bytes(b"Subject: x\n\ny\n")
     async with trio.open_nursery() as nursery:
-        sink = await start_sink(nursery)
-        args = send_args(tmp_path, sink.port, rcpts, message, "--no-journal", "--max-rcpts", "2")
+        sink = await start_sink(nursery, latency=0.005)
+        args = send_args(tmp_path, sink.port, rcpts, message, "--no-journal", "--max-rcpts", "2",
+                         "--connections", "2")
         proc = await run(limited(args, 8192), tmp_path)
         nursery.cancel_scope.cancel()
     err = proc.stderr.decode()

@@ -308,3 +308,23 @@ async def test_a_second_signal_prints_the_true_counts(tmp_path: Path) -> None:
     err = (tmp_path / "stderr").read_text()
     delivered_line = next(line for line in err.splitlines() if line.startswith("delivered "))
     assert int(delivered_line.split()[1].replace(",", "")) >= 10
+
+
+async def test_the_journal_is_opened_by_location(tmp_path: Path) -> None:
+    rcpts = plain_list(tmp_path / "list.txt", 2)
+    message = tmp_path / "msg.eml"
+    message.write_bytes(b"Subject: x\n\ny\n")
+    journal = tmp_path / "jobs" / "week1.sqlite"
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        base = send_args(tmp_path, sink.port, rcpts, message)
+        base = base[: base.index("--journal")]
+        by_url = await run([*base, "--journal", f"sqlite:{journal}"], tmp_path)
+        by_path = await run([*base, "--journal", str(journal)], tmp_path)
+        server = await run([*base, "--journal", "postgresql://mail@db.test/bulk"], tmp_path)
+        nursery.cancel_scope.cancel()
+    assert by_url.returncode == 0, by_url.stderr
+    assert journal.is_file() and not (tmp_path / "sqlite:").exists()
+    assert by_path.returncode == 0 and b"2 already final, 0 to send" in by_path.stderr
+    assert server.returncode == 2 and b"not available yet" in server.stderr
+    assert len(server.stderr.splitlines()) == 1

@@ -20,7 +20,7 @@ import trio
 from ..api import MailerConfig, Relay
 from ..config import Security
 from ..dkim_signing import DEFAULT_HEADERS, DKIMSigner
-from ..journal import JobLocked, Journal, JournalError, JournalWriteError
+from ..journal import JobLocked, Journal, JournalError, JournalWriteError, sqlite_path
 from ..message import Content, StaticContent, TemplateContent, has_placeholders
 from ..newsletter import DecoratedContent, Decorations
 from ..policy import RetryPolicy
@@ -209,14 +209,17 @@ def run(args: argparse.Namespace) -> int:
             _check_writable(args.report)
     except (InputError, ValueError, OSError) as exc:
         return _usage_error(exc)
-    journal_path = None if args.no_journal else Path(args.journal or default_journal(identity))
+    journal_path = None if args.no_journal else str(args.journal or default_journal(identity))
     journal: Journal | None = None
     try:
         if journal_path is not None:
-            try:
-                journal_path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise InputError(f"cannot create {journal_path.parent}: {exc.strerror}") from exc
+            journal_file = sqlite_path(journal_path)  # None: a database server
+            if journal_file is not None:
+                parent = Path(journal_file).parent
+                try:
+                    parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise InputError(f"cannot create {parent}: {exc.strerror}") from exc
             journal = open_job_journal(journal_path, identity, args.journal_sync)
         message = stable_date(journal, message)
         content: Content = (
@@ -246,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
     return _finish(args, outcome, journal_path)
 
 
-def _finish(args: argparse.Namespace, outcome: RunOutcome, journal_path: Path | None) -> int:
+def _finish(args: argparse.Namespace, outcome: RunOutcome, journal_path: str | None) -> int:
     """Print how the run ended; the exit status: 75 while anything is left to send."""
     summary = outcome.summary
     if outcome.failure is not None:

@@ -97,15 +97,17 @@ def _names(names: list[str]) -> str:
     return ", ".join("${" + n + "}" for n in names)
 
 
-def open_job_journal(path: Path, identity: JobIdentity, sync: str) -> Journal:
+def open_job_journal(location: str, identity: JobIdentity, sync: str) -> Journal:
     """The job's journal, locked for this run and bound to ``identity``.
 
     Raises ``JobLocked`` (another run holds it), ``JobMismatch`` (another
     job's journal) or ``JournalError``.
     """
-    journal = open_journal(path, synchronous="FULL" if sync == "full" else "NORMAL", lock=True)
+    journal = open_journal(
+        location, synchronous="FULL" if sync == "full" else "NORMAL", lock=True
+    )
     try:
-        bind_identity(journal, identity, str(path))
+        bind_identity(journal, identity, location)
     except BaseException:
         journal.close()
         raise

@@ -121,9 +121,11 @@ async def send_job(
                     json.dumps(r.as_dict(), ensure_ascii=False) + "\n" for r in results
                 )
             except OSError as exc:
+                with contextlib.suppress(OSError):
+                    report.close()
                 report = None
-                fail(f"report {args.report}: cannot write ({exc.strerror or exc});"
-                     " the journal has every result",
+                kept = "the journal has every result" if journal is not None else "stopped"
+                fail(f"report {args.report}: cannot write ({exc.strerror or exc}); {kept}",
                      synthetic_reply(451, "4.3.0", f"report unwritable: {exc}"))
 
     try:
