@@ -122,6 +122,8 @@ class ClientConnection:
 
     def next_event(self) -> Event:
         """Process every reply already received, then say what must happen next."""
+        if self._batch and self._pipeline.postmarks and not self._out:
+            return Event.MARK  # before any reply that could let their end of data go
         if self.failure is None:
             try:
                 self._take_replies()
