@@ -186,7 +186,7 @@ def test_421_mid_pipeline_ends_the_session_and_nobody_is_in_doubt() -> None:
         [(250, "end")] * 2, [(421, "rcpt"), (421, None)], [(421, None)] * 2,
     ]
     for pair in pairs.values():
-        first, second, third = pair.results
+        _, second, third = pair.results
         assert pair.client.failure is not None
         assert pair.client.failure[0] is Failure.UNAVAILABLE
         assert second.attempted and not second.in_doubt
