@@ -101,7 +101,7 @@ class Pair:
                 return event
 
     def send(self, envelopes: Sequence[Envelope], **kwargs: object) -> list[TransactionResult]:
-        self.client.start_batch(envelopes, mode=self.mode, window=4, mark=True)
+        self.client.start_in_mode(envelopes, self.mode, window=4, mark=True)
         assert self.drive(**kwargs) is Event.BATCH_DONE  # type: ignore[arg-type]
         return self.results
 

@@ -270,11 +270,32 @@ class ClientConnection:
     # -- transactions (the rules are in .pipeline) ------------------------------
 
     def start_batch(
-        self, envelopes: Sequence[Envelope], *, mode: Mode, window: int = 1, mark: bool = False
+        self,
+        envelopes: Sequence[Envelope],
+        *,
+        pipelining: bool = True,
+        chunking: bool = True,
+        window: int = 1,
+        mark: bool = False,
     ) -> None:
-        """Transactions to run back to back.  ``mark``: hand out ``MARK`` events."""
+        """Transactions to run back to back, in the mode the server's offer and
+        the caller's wishes allow; ``mark``: hand out ``MARK`` events."""
+        ext = self.extensions
+        if not (pipelining and ext.pipelining):
+            mode = Mode.LOCKSTEP
+        elif chunking and ext.chunking:
+            mode = Mode.CHUNKING
+        else:
+            mode = Mode.PIPELINED
+        self.start_in_mode(envelopes, mode, window=window, mark=mark)
+
+    def start_in_mode(
+        self, envelopes: Sequence[Envelope], mode: Mode, *, window: int = 1, mark: bool = False
+    ) -> None:
         self._batch = True
         self._pipeline.start(envelopes, self.extensions, mode=mode, window=window, mark=mark)
+        if self.failure is not None:  # a dead session: everything back, unsent
+            self._pipeline.finish_all(self.failure[1], said_by_server=True)
 
     def extend(self, envelopes: Sequence[Envelope]) -> None:
         """More transactions for the batch (after ``WANT_MORE``; none is fine)."""
