@@ -164,10 +164,11 @@ class ClientConnection:
         while self._event is None:
             item = protocol.next_reply()
             if item is None:
-                stage = protocol.expected
-                if self._eof and self.failure is None and stage is not None:
+                if self._eof and self.failure is None:
+                    stage = protocol.expected
+                    awaiting = f" awaiting {stage.value}" if stage is not None else ""
                     self._close(Failure.LOST, synthetic_reply(
-                        451, "4.4.2", f"server closed the connection awaiting {stage.value}"
+                        451, "4.4.2", f"server closed the connection{awaiting}"
                     ))
                 return
             stage, reply = item
