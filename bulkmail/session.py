@@ -29,9 +29,7 @@ from .protocol.replies import Reply
 from .protocol.transaction import Envelope, TransactionResult
 from .trace import Trace
 
-__all__ = [
-    "DataEndHook", "Envelope", "Refill", "SMTPSession", "Stage", "TransactionResult",
-]
+__all__ = ["DataEndHook", "Envelope", "Refill", "SMTPSession", "Stage", "TransactionResult"]
 
 RECEIVE_SIZE = 65536
 #: how late a stage deadline may fire (RFC 5321's are minutes): a batch's
@@ -51,6 +49,11 @@ _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 DataEndHook = Callable[[Sequence[Envelope]], Awaitable[None]]
 #: more envelopes for the batch in progress, or none (never waits)
 Refill = Callable[[], Sequence[Envelope]]
+
+
+def _lost(text: str) -> Reply:
+    """The reply for a session that failed on the network: deferral, never a bounce."""
+    return synthetic_reply(451, "4.4.2", text)
 
 
 def _arm(scope: trio.CancelScope, timeout: float) -> None:
@@ -255,7 +258,7 @@ class SMTPSession:
                 return await self._loop(scope, batch)
         except BaseException as exc:
             # cancelled from outside (or a hook raised) mid-dialogue: never reuse it
-            self._fail(Failure.LOST, synthetic_reply(451, "4.4.2", "session interrupted"))
+            self._fail(Failure.LOST, _lost("session interrupted"))
             if isinstance(exc, trio.Cancelled):
                 self._drain(batch)  # every transaction still gets its one result
             raise
@@ -265,7 +268,7 @@ class SMTPSession:
             "timed out sending to the server" if stage is None
             else f"no reply to {stage.value.upper()} within {timeout:g}s"
         )
-        self._fail(Failure.TIMEOUT, synthetic_reply(451, "4.4.2", text))
+        self._fail(Failure.TIMEOUT, _lost(text))
         return self._drain(batch)
 
     async def _loop(self, scope: trio.CancelScope, batch: _Batch | None) -> Event:
@@ -286,12 +289,9 @@ class SMTPSession:
                     self._waiting = (stage, timeout)
                     _arm(scope, timeout)
                 try:
-                    data = await stream.receive_some(RECEIVE_SIZE)
+                    conn.receive_data(await stream.receive_some(RECEIVE_SIZE))
                 except _BROKEN as exc:
-                    reply = synthetic_reply(451, "4.4.2", f"connection lost: {exc}")
-                    self._fail(Failure.LOST, reply)
-                    continue
-                conn.receive_data(data)
+                    self._fail(Failure.LOST, _lost(f"connection lost: {exc}"))
             elif event is Event.SEND:
                 timeout = self.config.timeouts.data_block
                 self._waiting = (None, timeout)
@@ -300,13 +300,11 @@ class SMTPSession:
                 try:
                     await stream.send_all(conn.data_to_send())
                 except _BROKEN as exc:
-                    reply = synthetic_reply(451, "4.4.2", f"connection lost while sending: {exc}")
-                    self._fail(Failure.LOST, reply)
+                    self._fail(Failure.LOST, _lost(f"connection lost while sending: {exc}"))
             elif event is Event.FINISHED:
                 assert batch is not None
-                report = batch.report
                 for result in conn.take_finished():
-                    report(result)
+                    batch.report(result)
             elif event is Event.MARK:
                 assert batch is not None
                 envelopes = conn.take_marks()

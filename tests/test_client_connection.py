@@ -8,11 +8,16 @@ DATA's ``.`` in two modes and BDAT LAST in the third: compared as "end").
 
 from __future__ import annotations
 
+import ast
 from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import bulkmail.protocol
 from bulkmail.protocol.client import Stage
 from bulkmail.protocol.connection import ClientConnection, Event, Failure, Mode
 from bulkmail.protocol.data import PreparedMessage
@@ -300,3 +305,72 @@ def test_a_transaction_written_behind_a_refused_bdat_is_reported_as_the_server_t
     more = pair.send(envelopes(["a2@x.test"]))
     assert pair.server.seen[b"RSET"] == 1 and outcome(more[2:]) == [[(250, "end")]]
     assert sink_replies.NESTED_MAIL.startswith(b"503")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    mode=st.sampled_from(MODES),
+    replies=st.lists(
+        st.sampled_from([
+            b"250 2.1.0 Ok\r\n", b"250 2.1.5 Ok\r\n", b"354 go\r\n", b"550 5.1.1 no\r\n",
+            b"452 4.5.3 too many\r\n", b"421 4.7.0 bye\r\n", b"503 5.5.1 sequence\r\n",
+            b"250-multi\r\n", b"221 bye\r\n", b"garbage\r\n", b"25", b"\r\n",
+        ]),
+        max_size=30,
+    ),
+    cut=st.integers(min_value=1, max_value=7),
+)
+def test_any_server_bytes_end_with_one_result_per_recipient(
+    mode: Mode, replies: list[bytes], cut: int
+) -> None:
+    # h11's invariant for the whole client: whatever the server sends, in
+    # whatever pieces, then closing, nothing raises and every recipient of
+    # every transaction gets exactly one result
+    client = ClientConnection(client_hostname="client.test", host="sink.test")
+    client.receive_data(b"220 hi\r\n")
+    assert client.next_event() is Event.SEND
+    client.data_to_send()
+    assert client.next_event() is Event.NEED_DATA
+    client.receive_data(b"250-sink\r\n250-PIPELINING\r\n250 CHUNKING\r\n")
+    assert client.next_event() is Event.READY
+    batch = envelopes(["a@x.test", "b@x.test"], ["c@x.test"])
+    client.start_in_mode(batch, mode, window=4, mark=True)
+    stream = b"".join(replies)
+    pieces = [stream[i : i + cut] for i in range(0, len(stream), cut)] + [b""]
+    results: list[TransactionResult] = []
+    for _ in range(1000):
+        event = client.next_event()
+        if event is Event.NEED_DATA:
+            client.receive_data(pieces.pop(0))
+        elif event is Event.SEND:
+            client.data_to_send()
+        elif event is Event.MARK:
+            client.take_marks()
+            client.marked()
+        elif event is Event.FINISHED:
+            results.extend(client.take_finished())
+        elif event is Event.WANT_MORE:
+            client.extend(())
+        else:
+            assert event is Event.BATCH_DONE
+            break
+    else:
+        raise AssertionError("no end")
+    assert [len(r.replies) for r in results] == [2, 1]
+    assert all(len(r.stages) == len(r.replies) for r in results)
+
+
+def test_the_protocol_package_does_no_io() -> None:
+    # sans-IO by construction: no module of bulkmail.protocol imports an I/O
+    # library or the clock (an import is the first step to using one)
+    forbidden = {"trio", "socket", "ssl", "asyncio", "time", "selectors"}
+    package = Path(bulkmail.protocol.__file__).parent
+    for module in package.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            assert not {n.split(".")[0] for n in names} & forbidden, (module.name, names)
