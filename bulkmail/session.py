@@ -94,7 +94,7 @@ class SMTPSession:
         self.error: SMTPError | None = None
         self._closed = False
         t = config.timeouts
-        self._timeouts = {
+        self._timeouts: dict[Stage | None, float] = {
             Stage.GREETING: t.greeting, Stage.EHLO: t.ehlo, Stage.HELO: t.ehlo,
             Stage.MAIL: t.mail, Stage.RCPT: t.rcpt, Stage.DATA: t.data_init,
             Stage.DATA_END: t.data_done, Stage.BDAT: t.data_done, Stage.QUIT: t.quit,
@@ -284,8 +284,7 @@ class SMTPSession:
                 if conn.replies != replies:  # a new wait: the last one was answered
                     replies = conn.replies
                     stage = conn.awaiting
-                    assert stage is not None
-                    timeout = self._timeouts.get(stage, self.config.timeouts.command)
+                    timeout = self._timeout(stage)
                     self._waiting = (stage, timeout)
                     _arm(scope, timeout)
                 try:
@@ -293,7 +292,9 @@ class SMTPSession:
                 except _BROKEN as exc:
                     self._fail(Failure.LOST, _lost(f"connection lost: {exc}"))
             elif event is Event.SEND:
-                timeout = self.config.timeouts.data_block
+                # at least RFC 5321's data block time, and no less than the
+                # reply after it gets: that read then keeps this deadline
+                timeout = max(self.config.timeouts.data_block, self._timeout(conn.awaiting))
                 self._waiting = (None, timeout)
                 _arm(scope, timeout)
                 replies = -1  # the next read waits for a reply to this
@@ -309,8 +310,7 @@ class SMTPSession:
                 assert batch is not None
                 envelopes = conn.take_marks()
                 if batch.on_data_end is not None:
-                    scope.deadline = math.inf  # the journal's time is not the server's
-                    replies = -1
+                    # (the journal's commit runs under the last write's deadline: minutes)
                     await batch.on_data_end(envelopes)
                     if stopping is not None and stopping():
                         conn.stop()
@@ -327,6 +327,10 @@ class SMTPSession:
             else:  # READY, REPLY, BATCH_DONE, CLOSED
                 self._fail_as_connection()
                 return event
+
+    def _timeout(self, stage: Stage | None) -> float:
+        """RFC 5321 §4.5.3.2: how long the reply to ``stage`` is waited for."""
+        return self._timeouts.get(stage, self.config.timeouts.command)
 
     def _drain(self, batch: _Batch | None) -> Event:
         """After a timeout: the closed connection's last results, without I/O."""
