@@ -157,33 +157,39 @@ class ClientConnection:
             return Event.BATCH_DONE
         return Event.NEED_DATA
 
-    def _take_replies(self) -> None:
+    def next_reply(self) -> tuple[Stage, Reply, int] | None:
+        """The next reply received, the stage it answers, and how many commands
+        it answers: the same reply to the next RCPTs, already buffered (fifty
+        "250 2.1.5 Ok"), is taken in one step.  ``None`` when more bytes are needed."""
         protocol = self._protocol
-        trace = self._trace
-        pipeline = self._pipeline
+        item = protocol.next_reply()
+        if item is None:
+            return None
+        stage, reply = item
+        count = 1
+        if stage is Stage.RCPT:
+            txn = self._pipeline.head
+            left = len(txn.sendable) - txn.rcpt_at - 1
+            if left:
+                count += protocol.take_repeats(Stage.RCPT, left)
+        self.replies += count
+        if self._trace is not None:
+            for _ in range(count):
+                self._trace.server(reply)
+        return stage, reply, count
+
+    def _take_replies(self) -> None:
         while self._event is None:
-            item = protocol.next_reply()
+            item = self.next_reply()
             if item is None:
                 if self._eof and self.failure is None:
-                    stage = protocol.expected
+                    stage = self._protocol.expected
                     awaiting = f" awaiting {stage.value}" if stage is not None else ""
                     self._close(Failure.LOST, synthetic_reply(
                         451, "4.4.2", f"server closed the connection{awaiting}"
                     ))
                 return
-            stage, reply = item
-            count = 1
-            if stage is Stage.RCPT:
-                # the same reply to the next RCPTs, already buffered: one step
-                txn = pipeline.head
-                left = len(txn.sendable) - txn.rcpt_at - 1
-                if left:
-                    count += protocol.take_repeats(Stage.RCPT, left)
-            self.replies += count
-            if trace is not None:
-                for _ in range(count):
-                    trace.server(reply)
-            self._dispatch(stage, reply, count)
+            self._dispatch(*item)
             if self.failure is not None:
                 return
 
