@@ -71,7 +71,7 @@ NO_REPLY = synthetic_reply(451, "4.3.0", "no reply")
 PIPELINING_BROKEN = synthetic_reply(
     451, "4.5.0", "server mishandled pipelined commands (503); retrying without PIPELINING"
 )
-NOT_STARTED = synthetic_reply(451, "4.3.0", "not sent: the session is stopping")
+NOT_STARTED = synthetic_reply(451, "4.3.0", "not started on this session")
 
 # a transaction's phases
 PLANNED, ENVELOPE, CONTENT, DONE = range(4)
