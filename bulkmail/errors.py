@@ -9,12 +9,13 @@ deferred has one input type.  Classes also subclass the matching builtins
 
 from __future__ import annotations
 
-from .protocol.replies import Reply
+from .protocol.replies import Reply, synthetic_reply
 
-
-def synthetic_reply(code: int, enhanced: str, text: str) -> Reply:
-    """A reply bulkmail made up to describe a local or network condition."""
-    return Reply(code, (f"{enhanced} {text}",), enhanced)
+__all__ = [
+    "SMTPAuthError", "SMTPCommandError", "SMTPConnectError", "SMTPConnectionLost", "SMTPError",
+    "SMTPProtocolViolation", "SMTPServerUnavailable", "SMTPTLSError", "SMTPTimeout",
+    "synthetic_reply",
+]
 
 
 class SMTPError(Exception):

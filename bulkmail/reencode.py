@@ -12,10 +12,9 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 
+from .protocol.data import MAX_LINE_LENGTH as MAX_LINE
 from .protocol.data import PreparedMessage, longest_line, normalize_newlines
 from .protocol.errors import MessageError
-
-MAX_LINE = 998
 
 
 def _part_too_long(part: EmailMessage) -> bool:

@@ -79,6 +79,11 @@ class ClientProtocol:
         return len(self._pending)
 
     @property
+    def expected(self) -> Stage | None:
+        """What the next reply must answer, or None when nothing is owed."""
+        return self._pending[0] if self._pending else None
+
+    @property
     def has_unsolicited_data(self) -> bool:
         """Bytes arrived while no reply was owed (e.g. after ``220`` to STARTTLS)."""
         return not self._pending and self._parser.in_progress

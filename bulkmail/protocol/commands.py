@@ -95,7 +95,7 @@ def _validate_slow(address: str, smtputf8: bool) -> str:
     _check_characters(address, local, quoted=local.startswith('"'))
     _check_characters(address, domain, quoted=False)
     if not local.isascii() and not smtputf8:
-        raise InvalidAddress(address, "non-ASCII local part needs SMTPUTF8")
+        raise InvalidAddress(address, "non-ASCII local part needs SMTPUTF8", needs_smtputf8=True)
     if local.startswith('"'):
         _check_quoted(address, local)
     else:

@@ -116,4 +116,7 @@ class PreparedMessage(NamedTuple):
         if self.eightbit and not eightbitmime:
             raise MessageError("8-bit content but server lacks 8BITMIME")
         if max_size and self.size > max_size:
-            raise MessageError(f"message of {self.size} octets exceeds server SIZE {max_size}")
+            raise MessageError(
+                f"message of {self.size} octets exceeds server SIZE {max_size}",
+                code=552, enhanced="5.3.4",
+            )

@@ -19,10 +19,12 @@ class LocalProtocolError(SMTPProtocolError, ValueError):
 class InvalidAddress(LocalProtocolError):
     """An envelope address that must not reach the wire, with the reason."""
 
-    def __init__(self, address: str, reason: str) -> None:
+    def __init__(self, address: str, reason: str, *, needs_smtputf8: bool = False) -> None:
         super().__init__(f"invalid address {address!r}: {reason}")
         self.address = address
         self.reason = reason
+        #: refused only because the server lacks SMTPUTF8 (RFC 6531 §3.5: 553 5.6.7)
+        self.needs_smtputf8 = needs_smtputf8
 
 
 class InvalidArgument(LocalProtocolError):
@@ -30,7 +32,16 @@ class InvalidArgument(LocalProtocolError):
 
 
 class MessageError(LocalProtocolError):
-    """Message content that cannot be sent to this server as it is."""
+    """Message content that cannot be sent to this server as it is.
+
+    ``code`` and ``enhanced`` are the reply every recipient is given for it
+    (552 5.3.4 for SIZE, else 554 5.6.0), chosen where the error is raised.
+    """
+
+    def __init__(self, message: str, *, code: int = 554, enhanced: str = "5.6.0") -> None:
+        super().__init__(message)
+        self.code = code
+        self.enhanced = enhanced
 
 
 class RemoteProtocolError(SMTPProtocolError):

@@ -67,6 +67,11 @@ class Reply:
         return f"{self.code} {self.text}".rstrip()
 
 
+def synthetic_reply(code: int, enhanced: str, text: str) -> Reply:
+    """A reply bulkmail made up to describe a local or network condition."""
+    return Reply(code, (f"{enhanced} {text}",), enhanced)
+
+
 def parse_enhanced(code: int, text: str) -> str | None:
     """The enhanced status code at the start of ``text``, if its class matches ``code``.
 
