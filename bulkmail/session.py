@@ -308,8 +308,11 @@ class SMTPSession:
                 assert batch is not None
                 envelopes = conn.take_marks()
                 if batch.on_data_end is not None:
-                    # (the journal's commit runs under the last write's deadline: minutes)
-                    await batch.on_data_end(envelopes)
+                    try:  # (the commit runs under the last write's deadline: minutes)
+                        await batch.on_data_end(envelopes)
+                    except SMTPError as exc:  # not marked: their end of data must not leave
+                        self._fail(Failure.LOST, exc.reply)
+                        return self._drain(batch)
                     if stopping is not None and stopping():
                         conn.stop()
                         stopping = None
@@ -327,7 +330,7 @@ class SMTPSession:
                 return event
 
     def _drain(self, batch: _Batch | None) -> Event:
-        """After a timeout: the closed connection's last results, without I/O."""
+        """After a timeout or a failed mark: the closed connection's last results, no I/O."""
         while True:
             event = self._conn.next_event()
             if event is Event.FINISHED and batch is not None:

@@ -1,0 +1,100 @@
+"""Before/after: bulkmail from two checkouts, alternating, against the same sinks.
+
+    python benchmarks/ab.py --before ../old-checkout --after . [--scenarios a,b,c,d]
+                            [--rounds 3] [--scale 1.0] [--connections 10]
+
+A change that claims "no slower" shows this: each checkout runs its own CLI
+(``<checkout>/.venv/bin/bulkmail``), in alternating order every round so drift
+in the machine's state (page cache, thermal, a neighbour) falls on both sides
+alike.  The sinks are fixed for both sides: Postfix's smtp-sink for a and b
+when installed (else the project's sink), and the *before* checkout's own sink
+for c (20 ms round trip) and d, so the measuring stick does not move with the
+change under test.  Prints every run and the mean ratio after/before per
+scenario (below 1.00 is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import SMTP_SINK, SinkProcess, write_inputs  # noqa: E402
+
+#: scenario -> (messages, recipients per message, domains, personalised, latency ms, chunking)
+SPECS: dict[str, tuple[int, int, int, bool, float, bool]] = {
+    "a": (100_000, 1, 1, True, 0.0, True),
+    "b": (4_000, 50, 200, False, 0.0, True),
+    "c": (5_000, 1, 1, True, 20.0, False),
+    "d": (20_000, 50, 200, False, 0.0, True),
+}
+
+
+def run_side(checkout: Path, work: Path, port: int, args: argparse.Namespace,
+             per_msg: int, personalised: bool) -> tuple[float, float]:
+    """One ``bulkmail send`` from ``checkout``: (wall seconds, peak RSS MB)."""
+    journal = work / "journal.sqlite"
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        Path(f"{journal}{suffix}").unlink(missing_ok=True)
+    cmd = [str(checkout / ".venv" / "bin" / "bulkmail"), "send",
+           "--sender", "news@sender.test",
+           "--recipients", str(work / ("rcpts.csv" if personalised else "rcpts.txt")),
+           "--message", str(work / "msg.eml"), "--relay", f"127.0.0.1:{port}",
+           "--tls", "none", "--connections", str(args.connections),
+           "--max-rcpts", str(per_msg if per_msg > 1 else 50), "--quiet",
+           "--journal", str(journal)]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        assert proc.stderr is not None
+        raise RuntimeError(f"{checkout}: {proc.stderr.read().decode()[-500:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--before", type=Path, required=True)
+    p.add_argument("--after", type=Path, required=True)
+    p.add_argument("--scenarios", default="a,b,c,d")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--connections", type=int, default=10)
+    args = p.parse_args()
+    sides = {"before": args.before.resolve(), "after": args.after.resolve()}
+    postfix = os.path.exists(SMTP_SINK)
+    for name in args.scenarios.split(","):
+        messages, per_msg, domains, personalised, latency, chunking = SPECS[name]
+        messages = max(args.connections, int(messages * args.scale))
+        walls: dict[str, list[float]] = {"before": [], "after": []}
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            write_inputs(work, messages, per_msg, domains, personalised)
+            for rnd in range(args.rounds):
+                order = ["before", "after"] if rnd % 2 == 0 else ["after", "before"]
+                for side in order:
+                    kind = "postfix" if postfix and name in ("a", "b") else "bulkmail"
+                    sink = SinkProcess(kind, latency_ms=latency, chunking=chunking)
+                    try:
+                        wall, rss = run_side(sides[side], work, sink.port, args,
+                                             per_msg, personalised)
+                    finally:
+                        sink.stop()
+                    walls[side].append(wall)
+                    print(f"{name} round {rnd + 1} {side:<6} {wall:7.2f} s "
+                          f"{messages * per_msg / wall:>10,.0f} rcpt/s  {rss:5.0f} MB",
+                          flush=True)
+        before, after = statistics.mean(walls["before"]), statistics.mean(walls["after"])
+        print(f"{name}: before {before:.2f} s, after {after:.2f} s, "
+              f"after/before = {after / before:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
