@@ -4,8 +4,7 @@ Every protocol rule lives in :mod:`bulkmail.protocol.connection`; this module
 only moves bytes between the stream and the connection, applies the RFC 5321
 §4.5.3.2 stage deadlines, starts TLS, and awaits the caller's in-doubt hook
 before an end of data may leave.  Transactions never raise for what a server
-says: each recipient gets a reply (the server's, or a synthesised one when the
-connection failed), so nothing handed to the session can be lost on the way.
+says: each recipient gets a reply (the server's, or a synthesised one), always.
 """
 
 from __future__ import annotations
