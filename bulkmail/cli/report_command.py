@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..journal import SQLiteJournal
+from ..journal import JournalError, SQLiteJournal
 from ..results import Status, Summary
 from .summary import render_summary
 
@@ -16,6 +16,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _report(args)
+    except JournalError as exc:  # not a journal, damaged, or from a newer bulkmail
+        print(f"bulkmail report: {exc}", file=sys.stderr)
+        return 2
+
+
+def _report(args: argparse.Namespace) -> int:
     path = Path(args.journal)
     if not path.is_file():
         print(f"bulkmail report: no journal at {path}", file=sys.stderr)
