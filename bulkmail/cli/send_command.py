@@ -45,7 +45,7 @@ from .options import (
     positive_duration,
     server_address,
 )
-from .progress import Progress
+from .progress import Progress, count_recipients
 from .summary import render_summary
 
 EX_OK, EX_USAGE, EX_TEMPFAIL = 0, 2, 75
@@ -268,7 +268,7 @@ async def _send(
     report: IO[str] | None,
 ) -> tuple[bool, Summary]:
     progress = Progress(
-        enabled=not args.quiet, total=None if args.quiet else _count_lines(args.recipients)
+        enabled=not args.quiet, total=None if args.quiet else count_recipients(args.recipients)
     )
     stopped = False
     summary = Summary()  # what a second signal leaves us with: the journal has the rest
@@ -337,13 +337,3 @@ def _first(group: BaseExceptionGroup[Exception]) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
-
-
-def _count_lines(path: str) -> int | None:
-    if path == "-":
-        return None
-    try:
-        with open(path, "rb") as f:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
-    except OSError:
-        return None
