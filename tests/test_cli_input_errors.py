@@ -70,7 +70,7 @@ def test_well_formed_addresses_pass() -> None:
 @pytest.mark.parametrize(
     ("option", "value"),
     [("--connections", "0"), ("--connections", "-3"), ("--connections", "many"),
-     ("--total-connections", "0"), ("--max-rcpts", "0"), ("--max-rcpts", "2.5"),
+     ("--total-connections", "-1"), ("--max-rcpts", "0"), ("--max-rcpts", "2.5"),
      ("--mx-port", "0"), ("--mx-port", "65536"), ("--retry-first", "0"),
      ("--retry-first", "-1s"), ("--retry-first", "nan"), ("--retry-for", "-5"),
      ("--retry-for", "inf"), ("--retry-for", "5 parsecs"), ("--timeout", "greeting=0"),
