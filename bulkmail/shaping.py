@@ -65,7 +65,8 @@ class PoolLimits:
             raise ValueError(f"idle_timeout must be positive, not {self.idle_timeout!r}")
         if self.rate is not None and not self.rate > 0:
             raise ValueError(f"rate must be positive, not {self.rate!r}")
-        Timeouts().updated(dict(self.timeouts))  # a stage that does not exist fails here
+        if self.timeouts:  # a stage that does not exist, or a bad value, fails here
+            Timeouts().updated(dict(self.timeouts))
 
     def session_timeouts(self, base: Timeouts) -> Timeouts:
         """The stage deadlines for this destination's sessions: ``base`` (the
