@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import SMTP_SINK, SinkProcess, write_inputs  # noqa: E402
+from throughput import SMTP_SINK, SinkProcess, write_inputs
 
 #: scenario -> (messages, recipients per message, domains, personalised, latency ms, chunking)
 SPECS: dict[str, tuple[int, int, int, bool, float, bool]] = {

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import re
 import socket
 import ssl
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from typing import Literal
 
@@ -30,6 +33,52 @@ class Timeouts:
     data_done: float = 600.0
     command: float = 300.0
     quit: float = 10.0
+
+    def __post_init__(self) -> None:
+        for stage in fields(self):
+            value = getattr(self, stage.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0 < value < math.inf:
+                raise ValueError(f"timeout {stage.name} must be a positive number of seconds,"
+                                 f" not {value!r}")
+
+    @classmethod
+    def stages(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def updated(self, changes: Mapping[str, str | float]) -> Timeouts:
+        """A copy with some stages changed; ``changes`` maps a stage (``data_done``
+        or ``data-done``) to seconds or a duration (``"2m"``).  ValueError names
+        a stage that does not exist or a value that is not a positive duration."""
+        checked: dict[str, float] = {}
+        for name, value in changes.items():
+            stage = name.strip().replace("-", "_")
+            if stage not in self.stages():
+                raise ValueError(f"no timeout stage {name!r} (stages: {', '.join(self.stages())})")
+            checked[stage] = parse_duration(value)
+        return replace(self, **checked)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|min|h|d)?\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str | float) -> float:
+    """``90``, ``"90"``, ``"30s"``, ``"500ms"``, ``"5m"``, ``"2h"``, ``"1d"`` -> seconds.
+
+    One parser for the command line and the shaping file, so both accept
+    the same spellings; negative, infinite and NaN values are refused.
+    """
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"not a duration: {value!r} (e.g. 30s, 5m, 2h)")
+    if isinstance(value, (int, float)):
+        if not 0 <= value < math.inf:
+            raise ValueError(f"not a duration: {value!r} (must be >= 0 and finite)")
+        return float(value)
+    m = _DURATION.match(value)
+    if m is None:
+        raise ValueError(f"not a duration: {value!r} (e.g. 30s, 5m, 2h)")
+    return float(m.group(1)) * _UNIT_SECONDS[(m.group(2) or "s").lower()]
 
 
 @dataclass(frozen=True, slots=True)

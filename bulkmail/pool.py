@@ -184,6 +184,7 @@ class Pool:
                 port=host.port,
                 source_address=source,
                 use_pipelining=self.health.pipelining,
+                timeouts=self.limits.session_timeouts(engine.config.session.timeouts),
             )
             for address in host.addresses or (host.name,):
                 try:

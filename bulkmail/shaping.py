@@ -13,22 +13,35 @@ A TOML file maps destination patterns to limits::
     [domains."*.outlook.com"]
     rate = "20/s"
     source_addresses = ["192.0.2.10"]
+    timeouts = { greeting = "60s", data_done = "20m" }
 
 A pattern matches a recipient domain or one of its MX host names (so
 ``*.google.com`` shapes every domain hosted by Google); ``*.x`` also matches
 ``x`` itself.  The first matching rule wins; unspecified keys fall back to the
-default.
+default.  ``timeouts`` changes some of the session's stage deadlines
+(:class:`~bulkmail.config.Timeouts`) for the matching destinations only.
+
+Anything wrong in the file -- TOML syntax, an unknown key, a value of the
+wrong type or out of range -- is a :class:`ShapingError` naming the file and
+where, never a half-applied limit.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from .config import Timeouts, parse_duration
+
+
+class ShapingError(ValueError):
+    """A shaping file or mapping that cannot be used; the message says where."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +55,23 @@ class PoolLimits:
     #: messages per second; None for as fast as the server takes them
     rate: float | None = None
     source_addresses: tuple[str, ...] = ()
+    #: (stage, seconds) pairs overriding the session's :class:`Timeouts` here
+    timeouts: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.connections < 1 or self.max_rcpts < 1 or self.messages_per_connection < 1:
             raise ValueError("connections, max_rcpts and messages_per_connection must be >= 1")
+        if not self.idle_timeout > 0:
+            raise ValueError(f"idle_timeout must be positive, not {self.idle_timeout!r}")
+        if self.rate is not None and not self.rate > 0:
+            raise ValueError(f"rate must be positive, not {self.rate!r}")
+        if self.timeouts:  # a stage that does not exist, or a bad value, fails here
+            Timeouts().updated(dict(self.timeouts))
+
+    def session_timeouts(self, base: Timeouts) -> Timeouts:
+        """The stage deadlines for this destination's sessions: ``base`` (the
+        run's) with this destination's overrides."""
+        return base.updated(dict(self.timeouts)) if self.timeouts else base
 
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
@@ -54,12 +80,19 @@ _PER = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 36
 
 def parse_rate(value: str | float | int) -> float:
     """``"600/min"`` -> 10.0 messages per second; a bare number is per second."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"rate {value!r}: expected N/s, N/min or N/hour")
     if isinstance(value, (int, float)):
+        if not 0 < value < math.inf:
+            raise ValueError(f"rate {value!r}: must be positive")
         return float(value)
     m = _RATE.match(value)
     if m is None:
         raise ValueError(f"rate {value!r}: expected N/s, N/min or N/hour")
-    return float(m.group(1)) / _PER[m.group(2)]
+    rate = float(m.group(1)) / _PER[m.group(2)]
+    if not rate > 0:
+        raise ValueError(f"rate {value!r}: must be positive")
+    return rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,30 +130,88 @@ class Shaping:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], base: PoolLimits | None = None) -> Shaping:
-        default = _limits(data.get("default", {}), base or PoolLimits(), "default")
-        rules = tuple(
-            Rule(pattern, _limits(values, default, pattern))
-            for pattern, values in data.get("domains", {}).items()
-        )
+        """ShapingError (a ValueError) for anything it cannot use, naming the section."""
         unknown = set(data) - {"default", "domains"}
         if unknown:
-            raise ValueError(f"shaping: unknown section(s) {sorted(unknown)}")
+            raise ShapingError(f"unknown section(s) {sorted(unknown)}")
+        default = _limits(_table(data.get("default", {}), "[default]"), base or PoolLimits(),
+                          "[default]")
+        domains = _table(data.get("domains", {}), "[domains]")
+        rules = tuple(
+            Rule(pattern, _limits(_table(values, f"[domains.{pattern!r}]"), default,
+                                  f"[domains.{pattern!r}]"))
+            for pattern, values in domains.items()
+        )
         return cls(default, rules)
 
     @classmethod
     def load(cls, path: str | Path, base: PoolLimits | None = None) -> Shaping:
+        """The shaping file at ``path``; ShapingError names the file (and the
+        line, for a TOML syntax error); OSError if it cannot be read."""
         with open(path, "rb") as f:
-            return cls.from_mapping(tomllib.load(f), base)
+            try:
+                data = tomllib.load(f)
+            except tomllib.TOMLDecodeError as exc:  # its message ends "(at line L, column C)"
+                raise ShapingError(f"shaping file {path}: {exc}") from None
+            except UnicodeDecodeError as exc:
+                raise ShapingError(f"shaping file {path}: not UTF-8 text ({exc.reason})") from None
+        try:
+            return cls.from_mapping(data, base)
+        except ShapingError as exc:
+            raise ShapingError(f"shaping file {path}: {exc}") from None
+
+
+#: keys whose values must be whole numbers >= 1 (TOML's 2.5 or true are refused)
+_INTEGER_KEYS = ("connections", "max_rcpts", "messages_per_connection")
+
+
+def _table(value: object, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ShapingError(f"{where} must be a table, not {_kind(value)} {value!r}")
+    return value
+
+
+def _kind(value: object) -> str:
+    return {str: "a string", int: "a number", float: "a number", bool: "a boolean",
+            list: "an array"}.get(type(value), type(value).__name__)
 
 
 def _limits(values: Mapping[str, Any], base: PoolLimits, where: str) -> PoolLimits:
     known = {f.name for f in fields(PoolLimits)}
     unknown = set(values) - known
     if unknown:
-        raise ValueError(f"shaping [{where}]: unknown key(s) {sorted(unknown)}")
+        raise ShapingError(f"{where}: unknown key(s) {sorted(unknown)}")
     changes: dict[str, Any] = dict(values)
-    if "rate" in changes:
-        changes["rate"] = parse_rate(changes["rate"])
-    if "source_addresses" in changes:
-        changes["source_addresses"] = tuple(changes["source_addresses"])
-    return replace(base, **changes)
+    for key in _INTEGER_KEYS:
+        if key in changes:
+            value = changes[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ShapingError(f"{where}: {key} must be a whole number >= 1, not {value!r}")
+    try:
+        if "rate" in changes:
+            changes["rate"] = parse_rate(changes["rate"])
+        if "idle_timeout" in changes:
+            changes["idle_timeout"] = parse_duration(changes["idle_timeout"])
+            if not changes["idle_timeout"] > 0:
+                raise ValueError("idle_timeout must be positive")
+        if "source_addresses" in changes:
+            addresses = changes["source_addresses"]
+            if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
+                raise ValueError(f"source_addresses must be an array of strings,"
+                                 f" not {addresses!r}")
+            changes["source_addresses"] = tuple(addresses)
+        if "timeouts" in changes:
+            stages = _table(changes["timeouts"], "timeouts")
+            merged = dict(base.timeouts)  # the default's stages stay unless changed here
+            merged.update(_stage_seconds(stages))
+            changes["timeouts"] = tuple(merged.items())
+        return replace(base, **changes)
+    except ValueError as exc:
+        raise ShapingError(f"{where}: {exc}") from None
+
+
+def _stage_seconds(stages: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """(stage, seconds) for a ``timeouts`` table, checked against :class:`Timeouts`."""
+    checked = Timeouts().updated(stages)
+    names = [name.strip().replace("-", "_") for name in stages]
+    return [(name, getattr(checked, name)) for name in names]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import trio
 
-from bulkmail.cli.progress import Progress
+from bulkmail.cli.progress import Progress, count_recipients
 from bulkmail.results import Result, Status
 
 
@@ -54,4 +55,56 @@ async def test_quiet_prints_nothing(autojump_clock: trio.abc.Clock) -> None:
     with trio.move_on_after(30):
         await progress.run()
     progress.message("stopping")
+    assert out.getvalue() == ""
+
+
+def test_the_total_counts_recipients_not_lines(tmp_path: Path) -> None:
+    csv_file = tmp_path / "list.csv"
+    csv_file.write_text(
+        "email,name\n"
+        + "".join(f"u{i}@example.test,U{i}\n" for i in range(10))
+        + "\n,Nobody\nu3@EXAMPLE.test,again\n"  # a blank row, no email, a duplicate
+    )
+    text_file = tmp_path / "list.txt"
+    text_file.write_text("# readers\n\na@x.test\nb@x.test\nnot an address\na@x.test\n")
+    assert count_recipients(str(csv_file)) == 11  # 10 + the empty row, bounced as missing
+    assert count_recipients(str(text_file)) == 3
+    assert count_recipients("-") is None
+    assert count_recipients(str(tmp_path / "missing.csv")) is None
+
+
+async def test_the_last_line_is_the_final_state(autojump_clock: trio.abc.Clock) -> None:
+    """Results that arrive after the last tick (a stopped run's deferrals)
+    still reach the screen: the last line agrees with the summary."""
+    out = io.StringIO()
+    progress = Progress(enabled=True, total=10, stream=out)
+    feed(progress)
+    with trio.move_on_after(6):
+        await progress.run()
+    for _ in range(5):
+        progress.add(Result("b@x.test", Status.DEFERRED))
+    progress.close()
+    lines = out.getvalue().splitlines()
+    assert "50.0% 5/10" in lines[0]
+    assert "100.0% 10/10" in lines[-1]
+    assert "delivered 3  bounced 1  deferred 6  suppressed 0" in lines[-1]
+
+
+async def test_the_bar_ends_at_n_of_n_on_a_terminal(autojump_clock: trio.abc.Clock) -> None:
+    out = FakeTTY()
+    progress = Progress(enabled=True, total=5, stream=out)
+    with trio.move_on_after(0.3):
+        await progress.run()
+    feed(progress)
+    progress.close()
+    last = out.getvalue().rsplit("\r", 1)[1]
+    assert last.startswith("[########################] 100.0% 5/5")
+    assert last.endswith("\n")
+
+
+async def test_a_run_too_short_for_a_line_prints_none(autojump_clock: trio.abc.Clock) -> None:
+    out = io.StringIO()
+    progress = Progress(enabled=True, total=5, stream=out)
+    feed(progress)
+    progress.close()
     assert out.getvalue() == ""

@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from ..api import MailerConfig, Relay
-from ..config import Security
+from ..config import Security, Timeouts
 from ..dkim_signing import DEFAULT_HEADERS, DKIMSigner
 from ..journal import JobLocked, Journal, JournalError, JournalWriteError, sqlite_path
 from ..message import Content, StaticContent, TemplateContent, has_placeholders
@@ -30,6 +30,16 @@ from ..protocol.errors import InvalidAddress
 from ..routing import DNSConfig
 from ..shaping import PoolLimits, Shaping
 from .inputs import InputError, columns_of, read_message, read_recipients, read_suppressions
+from .options import (
+    TimeoutsAction,
+    at_least,
+    duration,
+    host_port,
+    port,
+    positive_duration,
+    server_address,
+)
+from .progress import count_recipients
 from .send_job import (
     check_placeholders,
     default_journal,
@@ -41,33 +51,14 @@ from .send_run import RunOutcome, send_job
 from .summary import render_summary
 
 EX_OK, EX_USAGE, EX_TEMPFAIL = 0, 2, 75
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
-
-def duration(text: str) -> float:
-    """``90``, ``30s``, ``5m``, ``2h``, ``1d`` -> seconds."""
-    text = text.strip().lower()
-    for unit in sorted(_UNITS, key=len, reverse=True):
-        if text.endswith(unit) and text[: -len(unit)].replace(".", "", 1).isdigit():
-            return float(text[: -len(unit)]) * _UNITS[unit]
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30s, 5m, 2h)") from None
-
-
-def host_port(text: str, default_port: int) -> tuple[str, int]:
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest.lstrip(":")
-    elif text.count(":") == 1:
-        host, _, port = text.partition(":")
-    else:
-        host, port = text, ""
-    try:
-        return host, int(port) if port else default_port
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad port in {text!r}") from None
+EXAMPLE = """\
+example:
+  bulkmail send --sender news@example.org --recipients list.csv \\
+      --message issue42.eml --relay smtp.example.org:587 --tls starttls \\
+      --auth-user news --auth-password-env SMTP_PASSWORD
+  (run it again after a stop or exit 75: the journal resumes where it stopped)
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,18 +67,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="one address per line, or CSV with an 'email' column; - for stdin")
     p.add_argument("--message", required=True, metavar="FILE",
                    help="RFC 5322 message; ${name} placeholders make it per-recipient")
-    p.add_argument("--relay", metavar="HOST[:PORT]", help="smarthost; without it, direct to MX")
+    p.add_argument("--relay", metavar="HOST[:PORT]", type=server_address(25),
+                   help="send everything through this smarthost (port 25 unless given);"
+                        " without --relay, each domain's MX hosts are looked up in DNS")
     p.add_argument("--tls", choices=("none", "may", "starttls", "tls"), default=None,
-                   help="none | starttls (required, verified) | tls (implicit); default: "
-                        "opportunistic STARTTLS")
+                   help="none | may (STARTTLS when offered, unverified: the default) |"
+                        " starttls (required, verified) | tls (implicit TLS, port 465)")
     p.add_argument("--tls-ca", metavar="FILE", help="CA bundle to verify servers against")
     p.add_argument("--tls-no-verify", action="store_true", help="do not verify certificates")
-    p.add_argument("--auth-user")
+    p.add_argument("--auth-user", metavar="USER",
+                   help="log in to the relay as USER (AUTH PLAIN/LOGIN/CRAM-MD5);"
+                        " needs --auth-password-env")
     p.add_argument("--auth-password-env", metavar="VAR",
                    help="environment variable holding the password")
-    p.add_argument("--allow-plaintext-auth", action="store_true")
-    p.add_argument("--dns-server", metavar="HOST[:PORT]")
-    p.add_argument("--mx-port", type=int, default=25)
+    p.add_argument("--allow-plaintext-auth", action="store_true",
+                   help="allow sending the password without TLS (refused by default)")
+    p.add_argument("--dns-server", metavar="HOST[:PORT]", type=server_address(53),
+                   help="resolve MX records with this name server instead of the system's")
+    p.add_argument("--mx-port", type=port, default=25, metavar="PORT",
+                   help="port to connect to on MX hosts (default 25)")
     p.add_argument("--journal", metavar="PATH",
                    help="SQLite journal (default: .bulkmail/<job>.sqlite, resumed automatically)")
     p.add_argument("--no-journal", action="store_true", help="run without a journal")
@@ -95,18 +93,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="full: survive power loss, at some cost")
     p.add_argument("--report", metavar="PATH", help="JSON Lines, one object per recipient")
     p.add_argument("--suppress", metavar="FILE", help="addresses never to send to")
-    p.add_argument("--connections", type=int, default=20, help="per destination (default 20)")
-    p.add_argument("--total-connections", type=int, default=200)
-    p.add_argument("--max-rcpts", type=int, default=50, help="recipients per transaction")
-    p.add_argument("--shaping", metavar="FILE.toml", help="per-destination limits")
+    p.add_argument("--connections", type=at_least(1), default=20, metavar="N",
+                   help="connections per destination (default 20)")
+    p.add_argument("--total-connections", type=at_least(1), default=200, metavar="N",
+                   help="connections across all destinations (default 200)")
+    p.add_argument("--max-rcpts", type=at_least(1), default=50, metavar="N",
+                   help="recipients per transaction (default 50)")
+    p.add_argument("--shaping", metavar="FILE.toml",
+                   help="per-destination limits and timeouts (see README)")
     p.add_argument("--source-address", action="append", default=[], metavar="ADDR",
                    help="local address to send from (repeat for round robin)")
-    p.add_argument("--retry-first", type=duration, default=60.0, metavar="DURATION")
+    p.add_argument("--retry-first", type=positive_duration, default=60.0, metavar="DURATION",
+                   help="wait before the first retry of a deferred recipient; later waits"
+                        " grow from it (default 60s)")
     p.add_argument("--retry-for", type=duration, default=600.0, metavar="DURATION",
                    help="how long this run keeps retrying deferred recipients (default 10m)")
+    p.add_argument("--timeout", dest="timeouts", action=TimeoutsAction, default=Timeouts(),
+                   metavar="STAGE=DURATION[,...]",
+                   help="change SMTP stage deadlines (repeatable); stages: "
+                        + ", ".join(Timeouts.stages())
+                        + ". Defaults are RFC 5321's (greeting 5m, data_done 10m, ...)")
     p.add_argument("--helo", default=None, help="name to send in EHLO")
     g = p.add_argument_group("newsletter headers and signing")
-    g.add_argument("--dkim-selector")
+    g.add_argument("--dkim-selector", help="selector (s=) of the DKIM key; needs --dkim-key")
     g.add_argument("--dkim-domain", help="d= of the signature (default: the sender's domain)")
     g.add_argument("--dkim-key", metavar="FILE",
                    help="PEM PKCS#8 (rsa or ed25519) or PKCS#1 RSA private key, or a base64 "
@@ -122,7 +131,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="mailto target; alone, an RFC 2369 mailto-only List-Unsubscribe")
     g.add_argument("--verp", action="store_true",
                    help="per-recipient envelope sender (bounces+alice=example.com@...)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress line and no summary (the exit status still tells)")
 
 
 def decorations(args: argparse.Namespace) -> Decorations:
@@ -184,6 +194,7 @@ def build_config(args: argparse.Namespace) -> MailerConfig:
         total_connections=args.total_connections,
         retry=RetryPolicy(first_delay=args.retry_first),
         retry_for=args.retry_for,
+        timeouts=args.timeouts,
         **extra,
     )
 
@@ -236,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
     except (InputError, JournalError, ValueError) as exc:
         _close(journal)
         return _usage_error(exc)
-    total = None if args.quiet else _count_lines(args.recipients)
+    total = None if args.quiet else count_recipients(args.recipients)
     try:
         outcome = trio.run(send_job, args, config, content, suppressed, journal, total)
     except BaseExceptionGroup as group:
@@ -301,13 +312,3 @@ def _first(group: BaseExceptionGroup[Exception]) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
-
-
-def _count_lines(path: str) -> int | None:
-    if path == "-":
-        return None
-    try:
-        with open(path, "rb") as f:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
-    except OSError:
-        return None

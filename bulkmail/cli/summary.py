@@ -25,7 +25,9 @@ def render_summary(summary: Summary) -> str:
         )
     if summary.domains:
         top = summary.domains.most_common(5)
-        lines.append("top domains: " + ", ".join(f"{d} {n}" for d, n in top))
+        lines.append("largest domains: " + ", ".join(
+            f"{d} {n:,} ({n / total:.0%})" for d, n in top
+        ))
     if summary.codes:
         codes = summary.codes.most_common(5)
         lines.append("top replies: " + ", ".join(f"{c} x{n}" for c, n in codes))

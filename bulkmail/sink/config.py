@@ -46,6 +46,9 @@ class SinkConfig:
     record_messages: bool = False
     #: :func:`~bulkmail.sink.run_sink` rewrites this JSON file every second and at exit
     stats_file: str | None = None
+    #: concurrent sessions served; a client beyond them gets 421 at once and is
+    #: closed (instead of waiting out its greeting timeout once descriptors run out)
+    max_connections: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("defer_rate", "reject_rate", "drop_rate"):
@@ -54,6 +57,8 @@ class SinkConfig:
                 raise ValueError(f"{name} must be between 0 and 1, not {rate}")
         if self.max_rcpts is not None and self.max_rcpts < 1:
             raise ValueError("max_rcpts must be at least 1")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         if self.latency < 0 or self.idle_timeout <= 0 or self.max_message_size < 1:
             raise ValueError("latency, idle_timeout and max_message_size must be positive")
         if (self.tls_cert is None) != (self.tls_key is None):

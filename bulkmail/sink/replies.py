@@ -19,6 +19,7 @@ HELP = b"214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY QUIT S
 AUTH_OK = b"235 2.7.0 Authentication successful\r\n"
 
 IDLE_TIMEOUT = b"421 4.4.2 Idle timeout, closing connection\r\n"
+TOO_MANY_CONNECTIONS = b"421 4.7.0 Too many connections, try again later\r\n"
 
 UNRECOGNIZED = b"500 5.5.2 Error: command not recognized\r\n"
 LINE_TOO_LONG = b"500 5.5.2 Error: line too long\r\n"

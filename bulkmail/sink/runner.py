@@ -3,6 +3,7 @@ stats file fresh so a benchmark can read the counters while it runs."""
 
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import Callable
 
@@ -15,6 +16,8 @@ from .stats import SinkStats
 
 #: seconds between rewrites of ``SinkConfig.stats_file``
 STATS_INTERVAL = 1.0
+
+_log = logging.getLogger(__name__)
 
 
 async def run_sink(
@@ -38,10 +41,19 @@ async def run_sink(
                 nursery.cancel_scope.cancel()
                 break
     if config.stats_file is not None:
-        sink.stats.write(config.stats_file)
+        _try_write(sink.stats, config.stats_file)
     return sink.stats
 
 
 async def _write_stats(stats: SinkStats, path: str) -> None:
     async for _ in periodic(STATS_INTERVAL):
+        _try_write(stats, path)
+
+
+def _try_write(stats: SinkStats, path: str) -> None:
+    """Rewrite the stats file if the process can; a sink that ran out of
+    descriptors (or disk) keeps serving, and the next tick tries again."""
+    try:
         stats.write(path)
+    except OSError as exc:
+        _log.warning("sink: cannot write %s: %s", path, exc.strerror or exc)

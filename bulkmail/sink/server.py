@@ -25,6 +25,8 @@ from .stats import ReceivedMessage, SinkStats
 
 #: bytes asked of the kernel per read: big, so a pipelined burst is one batch
 READ_SIZE = 256 * 1024
+#: seconds a refused client gets to take its 421 (a TLS handshake first, if implicit)
+REFUSAL_TIMEOUT = 10.0
 
 _log = logging.getLogger(__name__)
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -73,10 +75,15 @@ class Sink:
     async def _handle(self, stream: trio.SocketStream) -> None:
         try:
             peer = str(stream.socket.getpeername()[0])
+            local = str(stream.socket.getsockname()[0])
         except OSError:  # already gone
             await trio.aclose_forcefully(stream)
             return
-        self.stats.session_started(peer)
+        cap = self.config.max_connections
+        if cap is not None and self.stats.active_sessions >= cap:
+            await self._refuse(stream)
+            return
+        self.stats.session_started(peer, local)
         # plaintext on the lean stream: a busy sink's per-read cost is mostly
         # trio's stream machinery
         lean_stream = None if self.config.implicit_tls else lean(stream)
@@ -87,9 +94,24 @@ class Sink:
         except Exception:
             _log.exception("sink session with %s failed", peer)
         finally:
-            self.stats.session_ended()
+            self.stats.session_ended(local)
             if lean_stream is not None:
                 lean_stream.detach()
+            await trio.aclose_forcefully(stream)
+
+    async def _refuse(self, stream: trio.SocketStream) -> None:
+        """421 to a client beyond ``max_connections``, then close: it learns at
+        once to come back later, and its descriptor is free again."""
+        self.stats.refused_connections += 1
+        try:
+            with trio.move_on_after(min(self.config.idle_timeout, REFUSAL_TIMEOUT)):
+                reply_stream: trio.abc.Stream = stream
+                if self.config.implicit_tls:
+                    reply_stream = await self._start_tls(stream)
+                await reply_stream.send_all(replies.TOO_MANY_CONNECTIONS)
+        except _BROKEN:
+            pass
+        finally:
             await trio.aclose_forcefully(stream)
 
     async def _session(self, stream: trio.abc.Stream, peer: str) -> None:

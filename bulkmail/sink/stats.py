@@ -48,16 +48,28 @@ class SinkStats:
     reply_batches: int = 0
     #: connections per client IP (which source addresses a client used)
     peers: Counter[str] = field(default_factory=Counter)
+    #: connections answered 421 because ``max_connections`` sessions were running
+    refused_connections: int = 0
+    #: the most sessions open at once, per local address the clients connected
+    #: to (a sink listening on 0.0.0.0 stands in for several MX hosts: this
+    #: shows the connection cap a client kept towards each)
+    max_sessions_by_address: dict[str, int] = field(default_factory=dict)
+    _active_by_address: Counter[str] = field(default_factory=Counter, repr=False)
 
-    def session_started(self, peer: str) -> None:
+    def session_started(self, peer: str, local: str) -> None:
         self.sessions += 1
         self.active_sessions += 1
         if self.active_sessions > self.max_active_sessions:
             self.max_active_sessions = self.active_sessions
         self.peers[peer] += 1
+        active = self._active_by_address
+        active[local] += 1
+        if active[local] > self.max_sessions_by_address.get(local, 0):
+            self.max_sessions_by_address[local] = active[local]
 
-    def session_ended(self) -> None:
+    def session_ended(self, local: str) -> None:
         self.active_sessions -= 1
+        self._active_by_address[local] -= 1
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -73,6 +85,8 @@ class SinkStats:
             "dropped": self.dropped,
             "reply_batches": self.reply_batches,
             "peers": dict(self.peers),
+            "refused_connections": self.refused_connections,
+            "max_sessions_by_address": dict(self.max_sessions_by_address),
         }
 
     def to_json(self) -> str:
@@ -80,7 +94,11 @@ class SinkStats:
         return json.dumps(self.as_dict(), sort_keys=True)
 
     def write(self, path: str | os.PathLike[str]) -> None:
-        """Replace ``path`` atomically, so a reader never sees half a file."""
+        """Replace ``path`` atomically, so a reader never sees half a file.
+
+        OSError when it cannot (no descriptor left, disk full): the caller
+        decides whether that matters.
+        """
         target = Path(path)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         tmp.write_text(self.to_json() + "\n")
