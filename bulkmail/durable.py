@@ -15,7 +15,7 @@ from itertools import islice
 import trio
 
 from .api import Mailer, MessageLike
-from .engine import InDoubtHook, ResultCallback, ResultsCallback
+from .delivery.job import InDoubtHook, ResultCallback, ResultsCallback
 from .errors import synthetic_reply
 from .journal import JournalWriter, Outcome, RecipientRecord
 from .message import Recipient
@@ -94,7 +94,6 @@ async def send_durably(
     resent once with ``possible_duplicate`` set.  Without a writer, only
     suppression applies.
     """
-    engine = mailer.engine
     settled: dict[str, RecipientRecord] = {}
 
     def decide(recipient: Recipient) -> tuple[Status, Reply | None, int] | None:
@@ -111,14 +110,13 @@ async def send_durably(
     fresh = writer is None or await trio.to_thread.run_sync(writer.journal.is_empty)
     # a new journal knows nobody: no lookups, and recipients go straight in
     # (a fresh run pays only for the writes)
-    engine.presettle = decide if suppressed or not fresh else None
+    presettle = decide if suppressed or not fresh else None
     try:
         if writer is None:
             return await mailer.send(
                 sender, message, recipients, on_result=on_result, on_results=on_results,
-                verp=verp,
+                verp=verp, presettle=presettle,
             )
-        engine.on_in_doubt = _in_doubt_marker(writer)
         stream: Iterable[Recipient] | AsyncIterator[Recipient] = (
             recipients if fresh else _resumed(writer, recipients, settled)
         )
@@ -142,11 +140,11 @@ async def send_durably(
                 on_results(results)
 
         return await mailer.send(
-            sender, message, stream, on_result=on_result, on_results=record, verp=verp
+            sender, message, stream, on_result=on_result, on_results=record, verp=verp,
+            presettle=presettle, on_in_doubt=_in_doubt_marker(writer),
         )
     finally:
-        engine.presettle = None
-        engine.on_in_doubt = None
+        pass  # per-job settings travel in JobOptions: nothing shared to undo
 
 
 def _in_doubt_marker(writer: JournalWriter) -> InDoubtHook:

@@ -11,7 +11,14 @@ from .protocol.replies import Reply
 
 
 class Status(StrEnum):
-    """A recipient's state.  Results only ever carry the last four."""
+    """A recipient's state.
+
+    Results carry DELIVERED, BOUNCED, DEFERRED, SUPPRESSED, or IN_DOUBT: its end
+    of data was sent twice without a reply (RFC 1047), so it is not sent again
+    in this run; it is flagged ``possible_duplicate`` and counted as deferred.
+    PENDING and IN_FLIGHT are never results: they are states a journal may
+    store (``bulkmail report`` counts them as not yet final).
+    """
 
     PENDING = "pending"
     IN_FLIGHT = "in_flight"
@@ -73,7 +80,10 @@ class Result(NamedTuple):
 
 @dataclass(slots=True)
 class Summary:
-    """Counts by final state, plus the commonest domains and reply codes."""
+    """Counts by final state, plus the commonest domains and reply codes.
+
+    ``deferred`` counts every recipient that is not final: deferred ones and
+    those that ended in doubt (:attr:`Status.IN_DOUBT`)."""
 
     delivered: int = 0
     bounced: int = 0
@@ -83,6 +93,9 @@ class Summary:
     elapsed: float = 0.0
     codes: Counter[str] = field(default_factory=Counter)
     domains: Counter[str] = field(default_factory=Counter)
+    #: why the run stopped early (an authentication failure, a journal that
+    #: cannot be written); every recipient not final is deferred
+    aborted: Reply | None = None
 
     @property
     def total(self) -> int:
@@ -98,7 +111,7 @@ class Summary:
             self.delivered += n
         elif status is Status.BOUNCED:
             self.bounced += n
-        elif status is Status.DEFERRED:
+        elif status is Status.DEFERRED or status is Status.IN_DOUBT:
             self.deferred += n
         else:
             self.suppressed += n

@@ -82,6 +82,9 @@ class TransactionResult:
     replies: list[Reply]
     in_doubt: frozenset[int] = frozenset()
     attempted: bool = True
+    #: parallel to ``replies``: the command each answered (None: made up
+    #: locally); empty when unknown
+    stages: Sequence[Stage | None] = ()
 
     @property
     def delivered(self) -> list[int]:

@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from bulkmail import Mailer, MailerConfig, Recipient, Relay, Status, TemplateContent
-from bulkmail import engine as engine_module
 from bulkmail.api import send
+from bulkmail.delivery import intake as intake_module
 from bulkmail.results import Result
 from bulkmail.routing import DNSConfig
 from bulkmail.shaping import PoolLimits, Shaping
@@ -91,7 +91,7 @@ async def test_intake_domain_memory_starting_over_loses_no_verdict(
 ) -> None:
     """The per-domain intake facts are bounded: with room for two domains among
     five, dedupe (domain case-insensitive), validation and routing still hold."""
-    monkeypatch.setattr(engine_module, "MAX_INTAKE_DOMAINS", 2)
+    monkeypatch.setattr(intake_module, "MAX_INTAKE_DOMAINS", 2)
     recipients = [
         "a@d1.test", "a@D1.TEST", "b@d2.test", "c@d3.test", "a@d1.test.", "c@D3.test",
         "d@d4.test", "dotted..local@d4.test", "e@-d5.test", "f@d5.test", "no-at-all", "b@d2.test",
