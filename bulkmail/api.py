@@ -150,17 +150,25 @@ class Mailer:
     async def _run(self) -> AsyncIterator[Engine]:
         """The nursery the pools live in, entered and left as one ``async with``
         (never driven by hand), so nothing can unwind between the two."""
+        failure: Exception | None = None
         async with trio.open_nursery() as nursery:
             engine = Engine(self.config.engine_config(), self.config.router(), nursery)
             try:
                 yield engine
-            except BaseException:
+            except BaseException as exc:
                 # the block raised or was cancelled: queued work ends deferred
                 # now, and the workers settle their transactions as they unwind
                 engine.stop()
                 nursery.cancel_scope.cancel()
-                raise
-            engine.stop()  # idle sessions say QUIT now instead of after their idle timeout
+                if not isinstance(exc, Exception):
+                    raise  # Cancelled, KeyboardInterrupt: trio's to route
+                # the caller's own error, raised as itself once the pools are
+                # down (not wrapped in the nursery's exception group)
+                failure = exc
+            else:
+                engine.stop()  # idle sessions say QUIT now, not after their idle timeout
+        if failure is not None:
+            raise failure
 
     def stop(self) -> None:
         """Graceful stop: no new transaction starts; in-flight transactions
