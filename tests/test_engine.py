@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 import trio
@@ -13,7 +14,7 @@ import trio
 from bulkmail import Mailer, MailerConfig, Recipient, Relay, Status, TemplateContent
 from bulkmail.api import send
 from bulkmail.delivery import intake as intake_module
-from bulkmail.results import Result
+from bulkmail.results import Result, Summary
 from bulkmail.routing import DNSConfig
 from bulkmail.shaping import PoolLimits, Shaping
 from bulkmail.sink import Sink, SinkConfig
@@ -570,3 +571,47 @@ async def test_on_results_hears_each_transaction_s_recipients_together() -> None
     assert sorted(singles) == sorted(r for g in groups for r in g)  # both hear everyone once
     assert len(groups) == sink.stats.transactions == 5  # one group per transaction
     assert all(len({r.reply for r in g}) == 1 for g in groups)
+
+
+async def test_concurrent_jobs_keep_their_own_in_doubt_hook_and_presettle() -> None:
+    """Per-job settings live on the job: a second job running beside the first
+    gets neither its suppressions nor its in-doubt marks, and the first job
+    finishing early does not switch the second one's marks off."""
+    marked: dict[str, list[str]] = {"a": [], "b": []}
+
+    def marker(name: str) -> Callable[[Sequence[str]], Awaitable[None]]:
+        async def on_in_doubt(addresses: Sequence[str]) -> None:
+            marked[name].extend(addresses)
+
+        return on_in_doubt
+
+    def suppress_first_ten(recipient: Recipient) -> tuple[Status, None, int] | None:
+        number = int(recipient.address[1:].partition("@")[0])
+        return (Status.SUPPRESSED, None, 0) if number < 10 else None
+
+    template = TemplateContent("Subject: ${n}\r\n\r\nx\r\n")
+    a = [Recipient(f"a{i}@example.test", {"n": str(i)}) for i in range(20)]
+    b = [Recipient(f"b{i}@example.test", {"n": str(i)}) for i in range(300)]
+    summaries: dict[str, Summary] = {}
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, latency=0.002)
+        async with Mailer(relay_config(sink)) as mailer, trio.open_nursery() as jobs:
+
+            async def run_b() -> None:
+                summaries["b"] = await mailer.send(
+                    "news@sender.test", template, b, on_in_doubt=marker("b")
+                )
+
+            async def run_a() -> None:
+                summaries["a"] = await mailer.send(
+                    "news@sender.test", template, a, on_in_doubt=marker("a"),
+                    presettle=suppress_first_ten,
+                )
+
+            jobs.start_soon(run_b)
+            jobs.start_soon(run_a)
+        nursery.cancel_scope.cancel()
+    assert summaries["a"].suppressed == 10 and summaries["a"].delivered == 10
+    assert summaries["b"].suppressed == 0 and summaries["b"].delivered == 300
+    assert sorted(marked["a"]) == sorted(r.address for r in a[10:])
+    assert sorted(marked["b"]) == sorted(r.address for r in b)
