@@ -284,3 +284,25 @@ async def test_a_failing_in_doubt_hook_keeps_the_end_of_data_from_leaving() -> N
         nursery.cancel_scope.cancel()
     assert summary.delivered == 1
     assert sink.stats.messages == 1  # only b: a's end of data never left
+
+
+async def test_cancelled_while_the_in_doubt_mark_is_written_flags_nobody() -> None:
+    """The end of data waits for its in-doubt mark: cancelled during the mark,
+    nothing left the process, so the recipients end deferred and unflagged."""
+
+    async def slow_mark(addresses: Sequence[str]) -> None:
+        await trio.sleep_forever()
+
+    results: list[Result] = []
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        async with Mailer(relay(sink.port)) as mailer:
+            with trio.move_on_after(0.2) as scope:
+                await mailer.send("news@sender.test", MESSAGE, ["a@example.test", "b@example.test"],
+                                  on_result=results.append, on_in_doubt=slow_mark)
+        nursery.cancel_scope.cancel()
+    assert scope.cancelled_caught
+    assert sorted((r.recipient, r.status, r.possible_duplicate) for r in results) == [
+        ("a@example.test", Status.DEFERRED, False), ("b@example.test", Status.DEFERRED, False)
+    ]
+    assert sink.stats.messages == 0

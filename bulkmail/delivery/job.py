@@ -165,9 +165,11 @@ class Job:
             self.fail(exc)
 
     def fail(self, exc: BaseException) -> None:
-        """A callback or the in-doubt hook raised: stop reporting, wake the sender."""
+        """A callback or the in-doubt hook raised: stop reporting, take and send
+        nothing more, wake the sender (which cancels the rest of the job)."""
         if self.failure is None:
             self.failure = exc
+        self.closed = True
         self._on_result = self._on_results = None
         self.settled.set()
 

@@ -367,11 +367,11 @@ class Pool:
         return refill
 
     async def _data_end(self, batch: _Batch, envelopes: Sequence[Envelope]) -> None:
-        """The session's ``on_data_end``: these ends of data are about to leave.
-        Noted first (so a cut-short batch knows who is in doubt), then each
-        job's in-doubt hook (the journal's durable mark) is awaited."""
+        """The session's ``on_data_end``: these ends of data are about to leave,
+        once each job's in-doubt hook (the journal's durable mark) has
+        returned.  Only then are they noted as possibly sent: a batch cut short
+        while a hook runs (or by a hook that raised) sent none of them."""
         ids = {id(envelope) for envelope in envelopes}
-        batch.sent |= ids
         marks: dict[Job, list[str]] = {}
         for envelope, group in batch.pending:
             job = group[0].job
@@ -386,6 +386,7 @@ class Pool:
                 # the mark is not durable: this end of data must not leave
                 job.fail(exc)
                 raise _HookFailed from exc
+        batch.sent |= ids
 
     async def _pace(self) -> None:
         now = trio.current_time()
