@@ -172,7 +172,8 @@ class Mailer:
 
     def stop(self) -> None:
         """Graceful stop: no new transaction starts; in-flight transactions
-        finish; everything else ends deferred (resumable)."""
+        finish; everything taken in ends deferred (resumable).  Recipients a
+        source has not yielded yet are left in it, without a result."""
         self.engine.stop()
 
     def abort(self, reason: Reply | BaseException) -> None:

@@ -306,3 +306,22 @@ async def test_cancelled_while_the_in_doubt_mark_is_written_flags_nobody() -> No
         ("a@example.test", Status.DEFERRED, False), ("b@example.test", Status.DEFERRED, False)
     ]
     assert sink.stats.messages == 0
+
+
+async def test_abort_names_an_exception_or_takes_an_smtp_error_s_reply() -> None:
+    from bulkmail.errors import SMTPAuthError
+
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        async with Mailer(relay(sink.port)) as mailer:
+            mailer.abort(OSError(28, "No space left on device"))
+            mailer.abort(SMTPAuthError(synthetic_reply(535, "5.7.8", "bad credentials")))
+            results: list[Result] = []
+            summary = await mailer.send("news@sender.test", MESSAGE, ["a@example.test"],
+                                        on_result=results.append)
+        nursery.cancel_scope.cancel()
+    assert summary.aborted is not None  # the first reason wins
+    assert (summary.aborted.code, summary.aborted.enhanced) == (451, "4.3.0")
+    assert "No space left on device" in summary.aborted.text
+    assert results == [] and summary.total == 0  # an aborted mailer takes nothing new
+    assert sink.stats.sessions == 0
