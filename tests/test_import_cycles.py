@@ -144,3 +144,16 @@ def test_the_delivery_pool_does_not_know_the_engine() -> None:
     graph = import_graph()
     assert "bulkmail.delivery.engine" not in graph["bulkmail.delivery.pool"]
     assert "bulkmail.delivery.intake" not in graph["bulkmail.delivery.pool"]
+
+
+def test_delivery_modules_import_only_those_listed_above_them() -> None:
+    """The order ``bulkmail/delivery/__init__.py`` documents is the real one."""
+    order = ["policy", "health", "job", "retry", "settle", "connector", "pool", "intake", "engine"]
+    graph = import_graph()
+    for position, name in enumerate(order):
+        inside = {
+            target.rpartition(".")[2] for target in graph[f"bulkmail.delivery.{name}"]
+            if target.startswith("bulkmail.delivery.")
+        }
+        assert inside <= set(order[:position]), name
+    assert graph["bulkmail.delivery"] == set()

@@ -1,11 +1,11 @@
 """The delivery layer: recipients in, one final result per recipient out.
 
-Modules, leaves first (no module imports one further down this list):
+Modules, leaves first (each imports only modules above it in this list):
 
 * ``policy``    what one reply means for one recipient (``classify``)
 * ``health``    a destination's backoff and pacing
-* ``retry``     the per-recipient retry schedule and the loop that keeps it
 * ``job``       a job (``Job``, its frozen ``JobOptions``) and its ``Item``s
+* ``retry``     the per-recipient retry schedule and the loop that keeps it
 * ``settle``    a transaction's result -> each recipient's outcome
 * ``connector`` opening a session to a destination (MX order, TLS fallback,
   source addresses)
