@@ -83,10 +83,9 @@ class RetryQueue:
         return taken
 
     async def _loop(self) -> None:
-        heap = self._heap
         try:
             while self._heap:
-                heap = self._heap
+                heap = self._heap  # (``take`` may have replaced it meanwhile)
                 due = heap[0][0]
                 if due > trio.current_time():
                     with trio.move_on_at(due):
