@@ -5,6 +5,7 @@ accepted message unreported or unflagged.  Real servers on loopback."""
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Sequence
 
@@ -325,3 +326,30 @@ async def test_abort_names_an_exception_or_takes_an_smtp_error_s_reply() -> None
     assert "No space left on device" in summary.aborted.text
     assert results == [] and summary.total == 0  # an aborted mailer takes nothing new
     assert sink.stats.sessions == 0
+
+
+async def test_a_callback_failing_while_the_mailer_unwinds_is_no_nursery_error() -> None:
+    """The block fails with work queued; the results that unwinding produces
+    go to a callback that raises (a journal that cannot be written): the
+    caller gets its own error back, never a corrupted nursery."""
+
+    def record(results: Sequence[Result]) -> None:
+        if any(r.status is Status.DEFERRED for r in results):
+            raise CallbackBroke("journal not writable")
+
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, latency=0.002)
+        with pytest.raises(ExceptionGroup) as caught:
+            async with Mailer(relay(sink.port, limits=PoolLimits(connections=2))) as mailer, (
+                trio.open_nursery()
+            ) as jobs:
+                jobs.start_soon(functools.partial(
+                    mailer.send, "news@sender.test", TEMPLATE, readers(500), on_results=record
+                ))
+                while sink.stats.messages < 20:
+                    await trio.sleep(0.001)
+                raise RuntimeError("the caller's own bug")
+        nursery.cancel_scope.cancel()
+    matched, rest = caught.value.split(RuntimeError)
+    assert matched is not None and rest is None
+    assert str(matched.exceptions[0]) == "the caller's own bug"
