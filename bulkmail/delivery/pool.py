@@ -307,46 +307,58 @@ class Pool:
             if not envelopes:
                 continue
             batch = _Batch(envelopes, groups)
-            self._batches.add(batch)
-            try:
-                with batch.scope:
-                    if self._interval:
-                        await self._pace()
-                    # a paced destination gets one message per start; otherwise the
-                    # session may keep pulling work, up to its messages per connection
-                    refill = None if self._interval else self._refiller(
-                        batch, window,
-                        limits.messages_per_connection - session.transactions - len(envelopes),
-                    )
-                    results = await session.send_batch(
-                        envelopes,
-                        on_data_end=functools.partial(self._data_end, batch),
-                        refill=refill,
-                        on_done=functools.partial(self._settle_next, host, batch),
-                        # WP-A's session: ``stopping=lambda: owner.stopping`` goes
-                        # here (no new MAIL once the run stops; unstarted ones
-                        # come back attempted=False and end deferred)
-                    )
-            except _HookFailed:
-                self._interrupted(batch)
-                await session.aclose()  # mid-transaction: no QUIT on this connection
-                return
-            except BaseException:
-                self._interrupted(batch)  # cancelled (or a bug): nobody is lost
-                await session.aclose()
-                raise
-            finally:
-                self._batches.discard(batch)
-            if batch.scope.cancelled_caught:  # interrupt(): its job was cancelled
-                self._interrupted(batch)
-                await session.aclose()
-                return
+            results = await self._send(session, batch, window)
+            if results is None:
+                return  # cut short: the connection is closed
             for result in results:
                 self._settle_next(host, batch, result)
             self._session_ended(session)
             if session.pipelining_broken:
                 self.health.pipelining = False
                 return
+
+    async def _send(
+        self, session: SMTPSession, batch: _Batch, window: int
+    ) -> list[TransactionResult] | None:
+        """Run ``batch`` on ``session``: the results not yet settled, or ``None``
+        when it was cut short (cancelled, or a job's in-doubt hook failed) --
+        then every recipient in it has been settled as interrupted and the
+        connection, left mid-transaction, is closed without QUIT."""
+        limits = self.limits
+        host = session.config.host
+        envelopes = [envelope for envelope, _ in batch.pending]
+        self._batches.add(batch)
+        try:
+            with batch.scope:
+                if self._interval:
+                    await self._pace()
+                # a paced destination gets one message per start; otherwise the
+                # session may keep pulling work, up to its messages per connection
+                refill = None if self._interval else self._refiller(
+                    batch, window,
+                    limits.messages_per_connection - session.transactions - len(envelopes),
+                )
+                return await session.send_batch(
+                    envelopes,
+                    on_data_end=functools.partial(self._data_end, batch),
+                    refill=refill,
+                    on_done=functools.partial(self._settle_next, host, batch),
+                    # WP-A's session: ``stopping=lambda: self.owner.stopping`` goes
+                    # here (no new MAIL once the run stops; unstarted ones
+                    # come back attempted=False and end deferred)
+                )
+        except _HookFailed:
+            pass  # the job failed and closed itself; ``Mailer.send`` raises its error
+        except BaseException:
+            self._interrupted(batch)  # cancelled (or a bug): nobody is lost
+            await session.aclose()
+            raise
+        finally:
+            self._batches.discard(batch)
+        # here when the hook failed, or interrupt() cancelled batch.scope
+        self._interrupted(batch)
+        await session.aclose()
+        return None
 
     def _refiller(self, batch: _Batch, window: int, budget: int) -> Refill:
         """The session's ``refill``: more queued transactions (a fair share, up to
