@@ -13,11 +13,9 @@ from .protocol.replies import Reply
 class Status(StrEnum):
     """A recipient's state.
 
-    Results carry DELIVERED, BOUNCED, DEFERRED, SUPPRESSED, or IN_DOUBT: its end
-    of data was sent twice without a reply (RFC 1047), so it is not sent again
-    in this run; it is flagged ``possible_duplicate`` and counted as deferred.
-    PENDING and IN_FLIGHT are never results: they are states a journal may
-    store (``bulkmail report`` counts them as not yet final).
+    Results carry delivered, bounced, deferred, suppressed -- or ``in_doubt``
+    for a recipient in doubt twice (its end of data sent twice without a
+    reply): final, flagged ``possible_duplicate``, never sent a third time.
     """
 
     PENDING = "pending"
@@ -80,15 +78,14 @@ class Result(NamedTuple):
 
 @dataclass(slots=True)
 class Summary:
-    """Counts by final state, plus the commonest domains and reply codes.
-
-    ``deferred`` counts every recipient that is not final: deferred ones and
-    those that ended in doubt (:attr:`Status.IN_DOUBT`)."""
+    """Counts by final state, plus the commonest domains and reply codes."""
 
     delivered: int = 0
     bounced: int = 0
     deferred: int = 0
     suppressed: int = 0
+    #: in doubt twice: final, not resent (see :class:`Status`)
+    in_doubt: int = 0
     possible_duplicates: int = 0
     elapsed: float = 0.0
     codes: Counter[str] = field(default_factory=Counter)
@@ -99,7 +96,7 @@ class Summary:
 
     @property
     def total(self) -> int:
-        return self.delivered + self.bounced + self.deferred + self.suppressed
+        return self.delivered + self.bounced + self.deferred + self.suppressed + self.in_doubt
 
     def add(self, result: Result) -> None:
         self.add_all([result], result.status, result.reply)
@@ -111,8 +108,10 @@ class Summary:
             self.delivered += n
         elif status is Status.BOUNCED:
             self.bounced += n
-        elif status is Status.DEFERRED or status is Status.IN_DOUBT:
+        elif status is Status.DEFERRED:
             self.deferred += n
+        elif status is Status.IN_DOUBT:
+            self.in_doubt += n
         else:
             self.suppressed += n
         self.possible_duplicates += sum(1 for r in results if r.possible_duplicate)
@@ -120,12 +119,24 @@ class Summary:
             self.codes[f"{reply.code} {reply.enhanced}" if reply.enhanced else str(reply.code)] += n
         self.domains.update(r.recipient.rpartition("@")[2].lower() for r in results)
 
+    def merge(self, other: Summary) -> None:
+        """Add ``other``'s counts (results settled outside the engine) to these."""
+        self.delivered += other.delivered
+        self.bounced += other.bounced
+        self.deferred += other.deferred
+        self.suppressed += other.suppressed
+        self.in_doubt += other.in_doubt
+        self.possible_duplicates += other.possible_duplicates
+        self.codes.update(other.codes)
+        self.domains.update(other.domains)
+
     def as_dict(self) -> dict[str, object]:
         return {
             "delivered": self.delivered,
             "bounced": self.bounced,
             "deferred": self.deferred,
             "suppressed": self.suppressed,
+            "in_doubt": self.in_doubt,
             "total": self.total,
             "possible_duplicates": self.possible_duplicates,
             "elapsed": round(self.elapsed, 3),

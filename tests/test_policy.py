@@ -112,7 +112,7 @@ async def test_452_at_end_of_data_defers_everyone() -> None:
 
 async def test_without_stages_a_452_resubmits_beside_an_acceptance() -> None:
     group = items("a@x.test", "b@x.test")
-    result = TransactionResult([reply(250, "2.0.0"), reply(452, "4.5.3")])
+    result = TransactionResult([reply(250, "2.0.0"), reply(452, "4.5.3")], stages=[])
     outcomes, requeued = Recorder(), list[Item]()
     assert settle(outcomes, requeued.append, group, result, "mx.test")
     assert outcomes.calls == [("delivered", "a@x.test", 250)]
@@ -123,10 +123,13 @@ async def test_settle_in_doubt_and_unattempted() -> None:
     group = items("a@x.test", "b@x.test")
     lost = reply(451, "4.4.2")
     outcomes = Recorder()
-    settle(outcomes, print, group, TransactionResult([lost, lost], frozenset({0}), True), "mx")
+    unknown = [None, None]
+    result = TransactionResult([lost, lost], stages=unknown, in_doubt=frozenset({0}))
+    settle(outcomes, print, group, result, "mx")
     assert outcomes.calls == [("in_doubt", "a@x.test", 451), ("deferred", "b@x.test", 451)]
     outcomes = Recorder()
-    settle(outcomes, print, group, TransactionResult([lost, lost], attempted=False), "mx")
+    result = TransactionResult([lost, lost], stages=unknown, attempted=False)
+    settle(outcomes, print, group, result, "mx")
     # back to the queue's front in their order: the last one first
     assert outcomes.calls == [("unattempted", "b@x.test", 451), ("unattempted", "a@x.test", 451)]
 

@@ -224,7 +224,7 @@ async def test_in_doubt_twice_ends_in_doubt_instead_of_a_third_copy(
     }
     assert {r.enhanced for r in by.values()} == {"4.4.2"}
     assert Counter(server.delivered) == {r: 2 for r in rcpts}  # sent, resent once, no more
-    assert summary.deferred == 3 and summary.possible_duplicates == 3
+    assert summary.in_doubt == 3 and summary.possible_duplicates == 3
 
 
 async def test_a_resumed_in_doubt_recipient_in_doubt_again_is_not_sent_a_third_time(
@@ -353,3 +353,27 @@ async def test_a_callback_failing_while_the_mailer_unwinds_is_no_nursery_error()
     matched, rest = caught.value.split(RuntimeError)
     assert matched is not None and rest is None
     assert str(matched.exceptions[0]) == "the caller's own bug"
+
+
+async def test_an_in_doubt_hook_refusing_with_a_reply_sends_nothing_and_defers() -> None:
+    """A hook that refuses with an SMTP error (a journal that cannot be
+    written) is not a bug: the session ends as if the connection were lost,
+    no end of data leaves, and the recipients end deferred with its reply."""
+    from bulkmail.errors import SMTPError
+
+    refusal = synthetic_reply(451, "4.3.0", "not sent: the journal cannot be written")
+
+    async def on_in_doubt(addresses: Sequence[str]) -> None:
+        raise SMTPError(refusal)
+
+    results: list[Result] = []
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        async with Mailer(relay(sink.port, retry_for=0.0)) as mailer:
+            summary = await mailer.send("news@sender.test", MESSAGE, ["a@example.test"],
+                                        on_result=results.append, on_in_doubt=on_in_doubt)
+        nursery.cancel_scope.cancel()
+    assert [(r.status, r.reply, r.possible_duplicate) for r in results] == [
+        (Status.DEFERRED, refusal, False)
+    ]
+    assert summary.deferred == 1 and sink.stats.messages == 0

@@ -394,8 +394,14 @@ class Pool:
             assert hook is not None
             try:
                 await hook(addresses)
+            except SMTPError:
+                # the hook's own refusal, with a reply (a journal that cannot
+                # be written): the session ends as if the connection were
+                # lost, and these ends of data never leave
+                raise
             except Exception as exc:
-                # the mark is not durable: this end of data must not leave
+                # a bug or an unexpected failure: the job stops, and
+                # ``Mailer.send`` raises it; this end of data must not leave
                 job.fail(exc)
                 raise _HookFailed from exc
         batch.sent |= ids
