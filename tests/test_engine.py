@@ -595,7 +595,10 @@ async def test_concurrent_jobs_keep_their_own_in_doubt_hook_and_presettle() -> N
     summaries: dict[str, Summary] = {}
     async with trio.open_nursery() as nursery:
         sink = await start_sink(nursery, latency=0.002)
-        async with Mailer(relay_config(sink)) as mailer, trio.open_nursery() as jobs:
+        # one connection in DATA mode: its refills take the other job's
+        # transactions too, so batches mix the two jobs
+        config = relay_config(sink, chunking=False, limits=PoolLimits(connections=1))
+        async with Mailer(config) as mailer, trio.open_nursery() as jobs:
 
             async def run_b() -> None:
                 summaries["b"] = await mailer.send(

@@ -74,17 +74,25 @@ class _Batch:
 
     ``sent`` holds the envelopes (by id; each leaves with its settlement, so
     an id is never reused while listed) whose end of data may have left: if
-    the batch is cut short, exactly those recipients are in doubt.
+    the batch is cut short, exactly those recipients are in doubt.  ``job``
+    is the one job of all its transactions, or ``None`` once a refill mixed
+    in another job's (rare: then each envelope's job is looked up).
     """
 
-    __slots__ = ("pending", "scope", "sent")
+    __slots__ = ("job", "pending", "scope", "sent")
 
     def __init__(self, envelopes: Sequence[Envelope], groups: Sequence[list[Item]]) -> None:
-        self.pending: deque[tuple[Envelope, list[Item]]] = deque(
-            zip(envelopes, groups, strict=True)
-        )
+        self.pending: deque[tuple[Envelope, list[Item]]] = deque()
         self.sent: set[int] = set()
         self.scope = trio.CancelScope()
+        self.job: Job | None = groups[0][0].job
+        self.extend(envelopes, groups)
+
+    def extend(self, envelopes: Sequence[Envelope], groups: Sequence[list[Item]]) -> None:
+        job = self.job
+        if job is not None and any(group[0].job is not job for group in groups):
+            self.job = None
+        self.pending.extend(zip(envelopes, groups, strict=True))
 
     def pop(self) -> list[Item]:
         envelope, group = self.pending.popleft()
@@ -92,7 +100,24 @@ class _Batch:
         return group
 
     def holds(self, job: Job) -> bool:
+        if self.job is not None:
+            return self.job is job and bool(self.pending)
         return any(group[0].job is job for _, group in self.pending)
+
+    def marks(self, envelopes: Sequence[Envelope]) -> list[tuple[Job, list[str]]]:
+        """The addresses of ``envelopes``, by job, for the jobs with an in-doubt hook."""
+        job = self.job
+        if job is not None:  # the common case: no lookup, one list
+            if job.options.on_in_doubt is None:
+                return []
+            return [(job, [r for envelope in envelopes for r in envelope.recipients])]
+        ids = {id(envelope) for envelope in envelopes}
+        by_job: dict[Job, list[str]] = {}
+        for envelope, group in self.pending:
+            owner = group[0].job
+            if owner.options.on_in_doubt is not None and id(envelope) in ids:
+                by_job.setdefault(owner, []).extend(envelope.recipients)
+        return list(by_job.items())
 
 
 class Pool:
@@ -372,7 +397,7 @@ class Pool:
                 envelopes, more = self._envelopes(self._take_ready(min(window, budget)))
                 budget -= max(1, len(envelopes))
                 if envelopes:  # (an unrenderable message was settled instead)
-                    batch.pending.extend(zip(envelopes, more, strict=True))
+                    batch.extend(envelopes, more)
                     return envelopes
             return []
 
@@ -383,13 +408,7 @@ class Pool:
         once each job's in-doubt hook (the journal's durable mark) has
         returned.  Only then are they noted as possibly sent: a batch cut short
         while a hook runs (or by a hook that raised) sent none of them."""
-        ids = {id(envelope) for envelope in envelopes}
-        marks: dict[Job, list[str]] = {}
-        for envelope, group in batch.pending:
-            job = group[0].job
-            if job.options.on_in_doubt is not None and id(envelope) in ids:
-                marks.setdefault(job, []).extend(envelope.recipients)
-        for job, addresses in marks.items():
+        for job, addresses in batch.marks(envelopes):
             hook = job.options.on_in_doubt
             assert hook is not None
             try:
@@ -404,7 +423,7 @@ class Pool:
                 # ``Mailer.send`` raises it; this end of data must not leave
                 job.fail(exc)
                 raise _HookFailed from exc
-        batch.sent |= ids
+        batch.sent.update(map(id, envelopes))
 
     async def _pace(self) -> None:
         now = trio.current_time()
