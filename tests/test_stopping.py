@@ -124,7 +124,8 @@ async def test_stop_starts_no_new_transaction_and_defers_the_rest() -> None:
     at_stop: list[int] = []
     async with trio.open_nursery() as nursery:
         sink = await start_sink(nursery, record_messages=True, latency=0.002)
-        config = relay(sink.port, window=1, limits=PoolLimits(connections=3))
+        # DATA mode: the old session wrote a whole window of MAILs after a stop
+        config = relay(sink.port, chunking=False, limits=PoolLimits(connections=3))
         async with Mailer(config) as mailer:
 
             def on_result(result: Result) -> None:

@@ -368,9 +368,9 @@ class Pool:
                     on_data_end=functools.partial(self._data_end, batch),
                     refill=refill,
                     on_done=functools.partial(self._settle_next, host, batch),
-                    # WP-A's session: ``stopping=lambda: self.owner.stopping`` goes
-                    # here (no new MAIL once the run stops; unstarted ones
-                    # come back attempted=False and end deferred)
+                    # no new MAIL once the run stops; unstarted ones come
+                    # back attempted=False and end deferred
+                    stopping=self._stopping,
                 )
         except _HookFailed:
             pass  # the job failed and closed itself; ``Mailer.send`` raises its error
@@ -384,6 +384,9 @@ class Pool:
         self._interrupted(batch)
         await session.aclose()
         return None
+
+    def _stopping(self) -> bool:
+        return self.owner.stopping
 
     def _refiller(self, batch: _Batch, window: int, budget: int) -> Refill:
         """The session's ``refill``: more queued transactions (a fair share, up to
