@@ -6,11 +6,24 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import replace
+from enum import Enum
 
 from ..config import SessionConfig
 from ..errors import SMTPAuthError, SMTPError, SMTPTLSError
 from ..routing import Destination, Host
 from ..session import SMTPSession
+
+
+class SourceChoice(Enum):
+    """A session's source address that is not an address."""
+
+    #: the connector's turn: round robin over the destination's source addresses
+    ROUND_ROBIN = "round-robin"
+    #: (the pool's) no source may send now: no session is opened
+    HELD = "held"
+
+
+ROUND_ROBIN = SourceChoice.ROUND_ROBIN
 
 
 class Connector:
@@ -33,9 +46,13 @@ class Connector:
         self._sources = itertools.cycle(source_addresses or (None,))
         self._rng = rng
 
-    async def connect(self, *, pipelining: bool) -> SMTPSession:
+    async def connect(
+        self, *, pipelining: bool, source: str | SourceChoice | None = ROUND_ROBIN
+    ) -> SMTPSession:
+        """A session from ``source`` (an address, None for the system's choice)."""
         last: SMTPError | None = None
-        source = next(self._sources)  # round robin over the source addresses
+        if isinstance(source, SourceChoice):
+            source = next(self._sources)  # round robin over the source addresses
         for host in self.host_order():
             config = replace(
                 self.config,

@@ -20,10 +20,12 @@ import trio
 
 from ..errors import SMTPAuthError, SMTPError, synthetic_reply
 from ..protocol.replies import Reply
+from ..reactions import ReactionRule, first_match
 from ..routing import Destination
 from ..session import Envelope, Refill, SMTPSession, TransactionResult
 from ..shaping import PoolLimits
-from .connector import Connector
+from ..warmup import Grant, WarmupGate
+from .connector import ROUND_ROBIN, Connector, SourceChoice
 from .health import DestinationHealth, rate_interval
 from .job import Item, Job
 from .policy import classify
@@ -64,6 +66,15 @@ class PoolOwner(Outcomes, Protocol):
     def pool_idle(self, pool: Pool) -> None:
         """The pool has no work and no worker: it may be dropped."""
 
+    def react(
+        self, pool: Pool, rule: ReactionRule, reply: Reply, source: str | None, job: Job | None
+    ) -> None:
+        """A reply rule matched ``reply`` (from ``source``, in ``job``): act, and log it."""
+
+    def hold(self, item: Item, delay: float, reply: Reply) -> None:
+        """It cannot go for ``delay`` seconds (suspended, warm-up cap): it waits,
+        no attempt spent, or ends deferred with ``reply`` if its job cannot wait."""
+
 
 class _HookFailed(Exception):
     """A job's in-doubt hook raised (the job records the error itself)."""
@@ -79,13 +90,22 @@ class _Batch:
     in another job's (rare: then each envelope's job is looked up).
     """
 
-    __slots__ = ("job", "pending", "scope", "sent")
+    __slots__ = ("grant", "job", "pending", "scope", "sent", "source")
 
-    def __init__(self, envelopes: Sequence[Envelope], groups: Sequence[list[Item]]) -> None:
+    def __init__(
+        self,
+        envelopes: Sequence[Envelope],
+        groups: Sequence[list[Item]],
+        source: str | None = None,
+        grant: Grant | None = None,
+    ) -> None:
         self.pending: deque[tuple[Envelope, list[Item]]] = deque()
         self.sent: set[int] = set()
         self.scope = trio.CancelScope()
         self.job: Job | None = groups[0][0].job
+        #: the session's egress address, and its warm-up count (to give back unsent ones)
+        self.source = source
+        self.grant = grant
         self.extend(envelopes, groups)
 
     def extend(self, envelopes: Sequence[Envelope], groups: Sequence[list[Item]]) -> None:
@@ -133,6 +153,8 @@ class Pool:
         *,
         linger: float,
         window: int,
+        reactions: tuple[ReactionRule, ...] = (),
+        warmup: WarmupGate | None = None,
     ) -> None:
         self.owner = owner
         self.destination = destination
@@ -149,6 +171,16 @@ class Pool:
         self._interval = rate_interval(limits.rate)
         self._oldest = 0.0
         self._batches: set[_Batch] = set()
+        #: reply rules that can fire here (none: replies are never matched)
+        self.reactions = reactions
+        self.warmup = warmup
+        self._sources: tuple[str | None, ...] = limits.source_addresses or (None,)
+        self._source_turn = 0
+        #: the pool picks each session's source address (else the connector
+        #: goes round robin): a warm-up cap or a source's suspension may skip one
+        self._choosing = warmup is not None or any(
+            rule.action == "suspend-source" for rule in reactions
+        )
 
     def __repr__(self) -> str:
         idle = self.workers - self.active_sessions
@@ -196,7 +228,7 @@ class Pool:
                 batch.scope.cancel()
 
     def _spawn_workers(self) -> None:
-        wanted = min(self.health.concurrency, self.limits.connections)
+        wanted = self.health.connection_cap(self.limits.connections, trio.current_time())
         # a session per transaction's worth of queued work, up to the caps
         shared = bool(self.queue) and not self.queue[0].job.one_per_transaction
         per_worker = self.limits.max_rcpts if shared else 1
@@ -272,15 +304,19 @@ class Pool:
         owner = self.owner
         try:
             while self.queue and not owner.stopping:
-                if self.workers > self.health.concurrency:
+                now = trio.current_time()
+                if self.workers > self.health.connection_cap(self.limits.connections, now):
                     return  # backing off: this destination runs fewer sessions for now
-                pause = self.health.pause_until - trio.current_time()
+                pause = self.health.pause_until - now
                 if pause > 0:
                     await trio.sleep(pause)
                 if not self.queue:
                     break
+                source = self._source()
+                if source is SourceChoice.HELD:
+                    break  # suspended or capped: the queue waits elsewhere
                 async with owner.connection_slot():
-                    session = await self._connect()
+                    session = await self._connect(source)
                     if session is None:
                         continue
                     self.active_sessions += 1
@@ -296,11 +332,66 @@ class Pool:
             elif self.idle:
                 owner.pool_idle(self)
 
-    async def _connect(self) -> SMTPSession | None:
+    def _source(self) -> str | SourceChoice | None:
+        """The egress address for the next session (ROUND_ROBIN: the connector's
+        choice), or HELD when nothing may go now -- the destination or every
+        source is suspended, or every source used up its warm-up cap: then the
+        queue is handed to the owner to wait until the earliest of them ends."""
+        now = trio.current_time()
+        health = self.health
+        hold = health.suspension(now)
+        if hold is not None:
+            self._hold_queue(hold.until - now, hold.reply)
+            return SourceChoice.HELD
+        if not self._choosing:
+            return ROUND_ROBIN
+        waits: list[tuple[float, Reply]] = []
+        sources = self._sources
+        for turn in range(len(sources)):
+            source = sources[(self._source_turn + turn) % len(sources)]
+            hold = health.source_suspension(source, now)
+            if hold is not None:
+                waits.append((hold.until - now, hold.reply))
+                continue
+            capped = self.warmup.capped(source) if self.warmup is not None else None
+            if capped is not None:
+                waits.append(capped)
+                continue
+            self._source_turn = (self._source_turn + turn + 1) % len(sources)
+            return source
+        delay, reply = min(waits, key=lambda wait: wait[0])
+        self._hold_queue(delay, reply)
+        return SourceChoice.HELD
+
+    def _hold_queue(self, delay: float, reply: Reply) -> None:
+        for item in self.take_queued():
+            self.owner.hold(item, delay, reply)
+
+    def _granted(self, items: list[Item], source: str | None) -> tuple[list[Item], Grant | None]:
+        """The part of ``items`` the warm-up cap lets ``source`` send now
+        (counted); the rest goes back to the front of the queue."""
+        assert self.warmup is not None
+        granted, grant = self.warmup.reserve(source, len(items))
+        if granted < len(items):
+            for item in reversed(items[granted:]):
+                self.queue.appendleft(item)
+            items = items[:granted]
+        return items, grant
+
+    def _may_go_on(self, source: str | None, now: float) -> bool:
+        """False once a reply rule suspended this destination (or ``source``) or
+        lowered its cap below the sessions open: this session ends."""
+        health = self.health
+        if health.suspension(now) is not None or health.source_suspension(source, now):
+            return False
+        cap = health.connection_cap(self.limits.connections, now)
+        return self.active_sessions <= cap
+
+    async def _connect(self, source: str | SourceChoice | None) -> SMTPSession | None:
         """A session; on total failure defer a transaction's worth of the queue
         (an authentication failure stops the run instead: see ``Engine.abort``)."""
         try:
-            return await self.connector.connect(pipelining=self.health.pipelining)
+            return await self.connector.connect(pipelining=self.health.pipelining, source=source)
         except SMTPAuthError as exc:
             # a wrong password is no recipient's fault: bouncing them would be
             # permanent, and every reconnect would refuse the next batch
@@ -314,36 +405,50 @@ class Pool:
             verdict = classify(None, exc.reply)
             for item in taken:
                 self.owner.attempted(item, exc.reply, verdict, exc.host)
+            if self.reactions:
+                chosen = None if isinstance(source, SourceChoice) else source
+                self._react_to((exc.reply,), chosen, taken[0].job if taken else None)
             return None
 
     async def _serve(self, session: SMTPSession) -> None:
         limits = self.limits
         owner = self.owner
         host = session.config.host
-        window = 1 if self._interval else self._window
+        source = session.config.source_address
+        health = self.health
         while session.is_usable and not owner.stopping:
+            now = trio.current_time()
+            if self.reactions and not self._may_go_on(source, now):
+                return
+            interval = health.interval(self._interval, now)
+            window = 1 if interval else self._window
             budget = min(window, limits.messages_per_connection - session.transactions)
             if budget <= 0:
                 return
             items = await self._take(budget)
             if not items:
                 return
+            grant = None
+            if self.warmup is not None:
+                items, grant = self._granted(items, source)
+                if not items:
+                    return  # the cap is reached: the worker holds the queue next
             envelopes, groups = self._envelopes(items)
             if not envelopes:
                 continue
-            batch = _Batch(envelopes, groups)
-            results = await self._send(session, batch, window)
+            batch = _Batch(envelopes, groups, source, grant)
+            results = await self._send(session, batch, window, interval)
             if results is None:
                 return  # cut short: the connection is closed
             for result in results:
                 self._settle_next(host, batch, result)
-            self._session_ended(session)
+            self._session_ended(session, batch)
             if session.pipelining_broken:
                 self.health.pipelining = False
                 return
 
     async def _send(
-        self, session: SMTPSession, batch: _Batch, window: int
+        self, session: SMTPSession, batch: _Batch, window: int, interval: float
     ) -> list[TransactionResult] | None:
         """Run ``batch`` on ``session``: the results not yet settled, or ``None``
         when it was cut short (cancelled, or a job's in-doubt hook failed) --
@@ -355,11 +460,11 @@ class Pool:
         self._batches.add(batch)
         try:
             with batch.scope:
-                if self._interval:
-                    await self._pace()
+                if interval:
+                    await self._pace(interval)
                 # a paced destination gets one message per start; otherwise the
                 # session may keep pulling work, up to its messages per connection
-                refill = None if self._interval else self._refiller(
+                refill = None if interval else self._refiller(
                     batch, window,
                     limits.messages_per_connection - session.transactions - len(envelopes),
                 )
@@ -397,7 +502,12 @@ class Pool:
         def refill() -> list[Envelope]:
             nonlocal budget
             while budget > 0 and not owner.stopping and self._ready():
-                envelopes, more = self._envelopes(self._take_ready(min(window, budget)))
+                items = self._take_ready(min(window, budget))
+                if self.warmup is not None:
+                    items, batch.grant = self._granted(items, batch.source)
+                    if not items:
+                        return []
+                envelopes, more = self._envelopes(items)
                 budget -= max(1, len(envelopes))
                 if envelopes:  # (an unrenderable message was settled instead)
                     batch.extend(envelopes, more)
@@ -428,10 +538,10 @@ class Pool:
                 raise _HookFailed from exc
         batch.sent.update(map(id, envelopes))
 
-    async def _pace(self) -> None:
+    async def _pace(self, interval: float) -> None:
         now = trio.current_time()
         start = max(now, self._next_start)
-        self._next_start = start + self._interval
+        self._next_start = start + interval
         if start > now:
             await trio.sleep_until(start)
 
@@ -459,8 +569,29 @@ class Pool:
         return envelopes, groups
 
     def _settle_next(self, host: str, batch: _Batch, result: TransactionResult) -> None:
-        if settle(self.owner, self.requeue, batch.pop(), result, host):
+        group = batch.pop()
+        if settle(self.owner, self.requeue, group, result, host):
             self.health.success()
+        if self.reactions:  # (none configured: no reply is ever looked at)
+            self._react_to(result.replies, batch.source, group[0].job)
+        if batch.grant is not None and not result.attempted:
+            self._unsent(batch, len(group))
+
+    def _unsent(self, batch: _Batch, count: int) -> None:
+        """``count`` recipients counted for warm-up never reached the server."""
+        if self.warmup is not None and batch.grant is not None:
+            self.warmup.release(batch.grant, count)
+
+    def _react_to(self, replies: Sequence[Reply], source: str | None, job: Job | None) -> None:
+        """Hand each distinct failure reply a matching rule to the owner."""
+        seen: set[Reply] = set()
+        for reply in replies:
+            if reply.code < 400 or reply in seen:
+                continue
+            seen.add(reply)
+            rule = first_match(self.reactions, reply)
+            if rule is not None:
+                self.owner.react(self, rule, reply, source, job)
 
     def _interrupted(self, batch: _Batch) -> None:
         """A batch cut short: whoever's end of data may have left is in doubt;
@@ -470,13 +601,17 @@ class Pool:
         while batch.pending:
             maybe_sent = id(batch.pending[0][0]) in batch.sent
             group = batch.pop()
+            if not maybe_sent:
+                self._unsent(batch, len(group))
             for item in group:
                 if maybe_sent:
                     owner.in_doubt(item, INTERRUPTED_IN_DOUBT, None)
                 else:
                     owner.unattempted(item, INTERRUPTED, self.requeue)
 
-    def _session_ended(self, session: SMTPSession) -> None:
+    def _session_ended(self, session: SMTPSession, batch: _Batch) -> None:
         error = session.error
         if error is not None and (session.transactions == 0 or error.code == 421):
             self.health.failure(trio.current_time())
+        if error is not None and self.reactions:
+            self._react_to((error.reply,), batch.source, batch.job)
