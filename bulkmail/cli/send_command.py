@@ -12,6 +12,7 @@ import contextlib
 import os
 import ssl
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import trio
 
 from ..api import MailerConfig, Relay
 from ..config import Security, Timeouts
+from ..delivery.health import ShapingAction
 from ..dkim_signing import DEFAULT_HEADERS, DKIMSigner
 from ..journal import JobLocked, Journal, JournalError, JournalWriteError, sqlite_path
 from ..message import Content, StaticContent, TemplateContent, has_placeholders
@@ -249,6 +251,12 @@ def run(args: argparse.Namespace) -> int:
         return _usage_error(exc)
     total = None if args.quiet else count_recipients(args.recipients)
     try:
+        config = replace(config, on_shaping_action=_print_action,
+                         warmup_store=_warmup_store(config, journal_path))
+    except OSError as exc:
+        _close(journal)
+        return _usage_error(InputError(f"cannot create the warm-up counters: {exc}"))
+    try:
         outcome = trio.run(send_job, args, config, content, suppressed, journal, total)
     except BaseExceptionGroup as group:
         matched, rest = group.split(InputError)
@@ -284,6 +292,23 @@ def _finish(args: argparse.Namespace, outcome: RunOutcome, journal_path: str | N
     if summary.deferred or left or outcome.failure is not None or summary.aborted is not None:
         return EX_TEMPFAIL
     return EX_OK
+
+
+def _print_action(action: ShapingAction) -> None:
+    """A reply rule of the shaping file acted: one line on stderr."""
+    print(action.describe(), file=sys.stderr)
+
+
+def _warmup_store(config: MailerConfig, journal_path: str | None) -> str | None:
+    """The warm-up counters' file: beside the journal (so every job run from
+    here shares it), or in .bulkmail/ without a journal file; None without
+    ``[[warmup]]`` schedules."""
+    if config.shaping is None or not config.shaping.warmup:
+        return None
+    journal_file = sqlite_path(journal_path) if journal_path is not None else None
+    folder = Path(journal_file).parent if journal_file is not None else Path(".bulkmail")
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder / "warmup.sqlite")
 
 
 def _usage_error(exc: BaseException) -> int:

@@ -502,6 +502,8 @@ class Pool:
         def refill() -> list[Envelope]:
             nonlocal budget
             while budget > 0 and not owner.stopping and self._ready():
+                if self.reactions and not self._may_go_on(batch.source, trio.current_time()):
+                    return []  # a reply rule acted: this session takes nothing more
                 items = self._take_ready(min(window, budget))
                 if self.warmup is not None:
                     items, batch.grant = self._granted(items, batch.source)

@@ -1,0 +1,210 @@
+"""Reply-driven shaping over real sockets: ``[[reactions]]`` rules of the
+shaping file suspend a destination, lower its cap or bounce the rest of a job
+when its server says so -- on trio's virtual clock, against the project's sink
+(its ``tempfail``/``permfail`` local parts) and a scripted provider."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import trio
+
+from bulkmail import Mailer, MailerConfig, Recipient, Relay, Status, TemplateContent
+from bulkmail.delivery.health import ShapingAction
+from bulkmail.results import Result
+from bulkmail.routing import DNSConfig
+from bulkmail.shaping import Shaping, ShapingError
+from bulkmail.sink import Sink, SinkConfig
+
+from .dnsserver import DNSServer
+from .scripted import Conn, MiniSMTP, ScriptedServer
+
+TSS04 = (
+    "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume"
+    " or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes\r\n"
+)
+TEMPLATE = TemplateContent("Subject: ${name}\r\n\r\nHello ${name}.\r\n")
+
+
+def people(domain: str, n: int, prefix: str = "u") -> list[Recipient]:
+    return [Recipient(f"{prefix}{i}@{domain}", {"name": f"{prefix}{i}"}) for i in range(n)]
+
+
+async def start_sink(nursery: trio.Nursery, **kwargs: object) -> Sink:
+    sink = Sink(SinkConfig(**kwargs))  # type: ignore[arg-type]
+    await nursery.start(sink.serve)
+    return sink
+
+
+async def serve_scripted(
+    nursery: trio.Nursery, handler: Callable[[Conn], object], host: str, port: int
+) -> ScriptedServer:
+    """A scripted server on ``host``:``port`` (beside a sink on another loopback address)."""
+    server = ScriptedServer(handler)  # type: ignore[arg-type]
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    nursery.start_soon(trio.serve_listeners, server._handle, listeners)
+    return server
+
+
+def test_rules_are_checked_when_the_file_is_read() -> None:
+    shaping = Shaping.from_mapping({
+        "reactions": [{"destination": "*.yahoodns.net", "code": "421", "text": r"\[TSS04\]",
+                       "action": "suspend", "duration": "1h"},
+                      {"enhanced": r"4\.7\.650", "action": "limit", "connections": 2,
+                       "rate": "60/min", "duration": "30m", "name": "outlook"}],
+        "warmup": [{"destination": "*.google.com", "daily": 500, "growth": 2}],
+    })
+    suspend, limit = shaping.reactions
+    assert (suspend.action, suspend.duration, suspend.destination) == ("suspend", 3600.0,
+                                                                      "*.yahoodns.net")
+    assert (limit.connections, limit.rate, limit.name) == (2, 1.0, "outlook")
+    assert shaping.warmup[0].cap(0) == 500 and shaping.warmup[0].cap(3) == 4000
+    bad = [
+        ({"action": "suspend", "duration": "1h"}, "at least one of code, enhanced, text"),
+        ({"code": "421", "action": "nap", "duration": "1h"}, "action must be one of"),
+        ({"code": "(", "action": "suspend", "duration": "1h"}, "not a valid regular expression"),
+        ({"code": "421", "action": "suspend"}, "needs a duration"),
+        ({"code": "421", "action": "limit", "duration": "1m"}, "needs connections and/or rate"),
+        ({"code": "421", "action": "bounce-rest", "duration": "1m"}, "no duration"),
+        ({"code": "421", "action": "suspend", "duration": "1h", "speed": 1}, "unknown key"),
+    ]
+    for rule, message in bad:
+        with pytest.raises(ShapingError, match=r"\[\[reactions\]\] #1: .*" + message):
+            Shaping.from_mapping({"reactions": [rule]})
+
+
+async def test_tss04_suspends_its_destination_while_another_keeps_flowing(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Yahoo's TSS04 on one destination: no new connection there for the
+    configured 30 minutes, while the other destination is served at once."""
+    connected_at: list[float] = []
+    begin = trio.current_time()
+
+    def rcpt(address: str, n: int) -> str:
+        # the provider defers whatever comes in its first seconds
+        return TSS04 if trio.current_time() < begin + 5 else "250 2.1.5 Ok\r\n"
+
+    mini = MiniSMTP(rcpt=rcpt)
+
+    async def provider(conn: Conn) -> None:
+        connected_at.append(trio.current_time())
+        await mini(conn)
+
+    shaping = Shaping.from_mapping({"reactions": [{
+        "destination": "*.yahoo.test", "code": "421", "enhanced": r"4\.7\.0",
+        "text": r"\[TSS04\]", "action": "suspend", "duration": "30m", "name": "yahoo-tss04",
+    }]})
+    actions: list[ShapingAction] = []
+    delivered_at: dict[str, float] = {}
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, host="127.0.0.1", latency=0.01)
+        await serve_scripted(nursery, provider, "127.0.0.2", sink.port)
+        dns = DNSServer()
+        dns_port = await nursery.start(dns.serve)
+        dns.add("mx.other.test", "A", "127.0.0.1")
+        dns.add("other.test", "MX", "10 mx.other.test.")
+        dns.add("mx.yahoo.test", "A", "127.0.0.2")
+        dns.add("yahoo.test", "MX", "10 mx.yahoo.test.")
+        config = MailerConfig(
+            dns=DNSConfig(nameservers=(("127.0.0.1", dns_port),), mx_port=sink.port),
+            secure="none", shaping=shaping, on_shaping_action=actions.append,
+        )
+        start = trio.current_time()
+
+        def record(result: Result) -> None:
+            if result.status is Status.DELIVERED:
+                delivered_at[result.recipient] = trio.current_time() - start
+
+        async with Mailer(config) as mailer:
+            summary = await mailer.send(
+                "news@sender.test", TEMPLATE,
+                people("yahoo.test", 20, "y") + people("other.test", 200, "o"),
+                on_result=record,
+            )
+        nursery.cancel_scope.cancel()
+    assert summary.delivered == 220
+    [action] = actions
+    assert (action.kind, action.destination, action.rule) == (
+        "suspend", "mx:mx.yahoo.test", "yahoo-tss04")
+    assert "[TSS04]" in str(action.reply) and "[TSS04]" in action.describe()
+    # the other destination flowed meanwhile: all 200 within the first minute
+    other = [t for address, t in delivered_at.items() if address.endswith("@other.test")]
+    assert len(other) == 200 and max(other) < 60
+    # yahoo: the refused sessions, then nothing until the 30 minutes were over
+    refused = [t for t in connected_at if t < begin + 5]
+    later = [t for t in connected_at if t >= begin + 5]
+    assert refused and later
+    assert min(later) >= min(refused) + 1800
+    assert all(t >= 1800 for a, t in delivered_at.items() if a.endswith("@yahoo.test"))
+
+
+async def test_limit_action_holds_the_lower_connection_cap(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A matching reply lowers the destination's cap from 8 sessions to 1 for
+    10 minutes: the sink never sees more than one session once it took hold."""
+    shaping = Shaping.from_mapping({
+        "default": {"connections": 8},
+        "reactions": [{"code": "451", "enhanced": r"4\.3\.0", "text": "local part",
+                       "action": "limit", "connections": 1, "duration": "10m"}],
+    })
+    acted: list[float] = []
+    samples: list[tuple[float, int]] = []
+
+    def on_action(action: ShapingAction) -> None:
+        acted.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, latency=0.05)
+
+        async def watch() -> None:
+            while True:
+                samples.append((trio.current_time(), sink.stats.active_sessions))
+                await trio.sleep(0.005)
+
+        nursery.start_soon(watch)
+        recipients = people("example.test", 300)
+        recipients.insert(40, Recipient("tempfail@example.test", {"name": "t"}))
+        async with Mailer(MailerConfig(relay=Relay("127.0.0.1", sink.port), secure="none",
+                                       shaping=shaping, on_shaping_action=on_action,
+                                       window=4, retry_for=30)) as mailer:
+            summary = await mailer.send("news@sender.test", TEMPLATE, recipients)
+        nursery.cancel_scope.cancel()
+    assert summary.delivered == 300 and summary.deferred == 1
+    assert len(acted) == 1
+    assert max(n for t, n in samples if t < acted[0]) > 1  # 8 were allowed before
+    # sessions busy when it fired finish their pipelined window, then close
+    after = [n for t, n in samples if t > acted[0] + 1.0]
+    assert after and max(after) == 1
+
+
+async def test_bounce_rest_bounces_the_job_s_remaining_recipients_there() -> None:
+    shaping = Shaping.from_mapping({
+        "default": {"connections": 1},
+        "reactions": [{"code": "550", "text": "Permanent failure requested",
+                       "action": "bounce-rest", "name": "blocked"}],
+    })
+    actions: list[ShapingAction] = []
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        config = MailerConfig(relay=Relay("127.0.0.1", sink.port), secure="none",
+                              shaping=shaping, on_shaping_action=actions.append, window=1)
+        results: list[Result] = []
+        async with Mailer(config) as mailer:
+            recipients = [Recipient("permfail@example.test", {"name": "p"}),
+                          *people("example.test", 30)]
+            first = await mailer.send("news@sender.test", TEMPLATE, recipients,
+                                      on_result=results.append)
+            # another job to the same destination is not affected
+            second = await mailer.send("news@sender.test", TEMPLATE, people("example.test", 5))
+        nursery.cancel_scope.cancel()
+    assert first.bounced == 31 and first.delivered == 0
+    assert [a.kind for a in actions] == ["bounce-rest"]
+    rest = [r for r in results if r.recipient != "permfail@example.test"]
+    assert {r.status for r in rest} == {Status.BOUNCED}
+    reply = str(rest[0].reply)
+    assert reply.startswith("550 5.7.1") and "Permanent failure requested" in reply
+    assert "blocked" in reply
+    assert second.delivered == 5 and sink.stats.recipients == 5
