@@ -20,12 +20,14 @@ import trio
 
 from ..errors import SMTPAuthError, SMTPError, synthetic_reply
 from ..protocol.replies import Reply
-from ..reactions import ReactionRule, first_match
+from ..reactions import ReactionRule
 from ..routing import Destination
 from ..session import Envelope, Refill, SMTPSession, TransactionResult
 from ..shaping import PoolLimits
 from ..warmup import Grant, WarmupGate
+from .batch import Batch
 from .connector import ROUND_ROBIN, Connector, SourceChoice
+from .gate import PoolGate, Wait
 from .health import DestinationHealth, rate_interval
 from .job import Item, Job
 from .policy import classify
@@ -80,66 +82,6 @@ class _HookFailed(Exception):
     """A job's in-doubt hook raised (the job records the error itself)."""
 
 
-class _Batch:
-    """The transactions handed to one ``send_batch`` call, until each is settled.
-
-    ``sent`` holds the envelopes (by id; each leaves with its settlement, so
-    an id is never reused while listed) whose end of data may have left: if
-    the batch is cut short, exactly those recipients are in doubt.  ``job``
-    is the one job of all its transactions, or ``None`` once a refill mixed
-    in another job's (rare: then each envelope's job is looked up).
-    """
-
-    __slots__ = ("grant", "job", "pending", "scope", "sent", "source")
-
-    def __init__(
-        self,
-        envelopes: Sequence[Envelope],
-        groups: Sequence[list[Item]],
-        source: str | None = None,
-        grant: Grant | None = None,
-    ) -> None:
-        self.pending: deque[tuple[Envelope, list[Item]]] = deque()
-        self.sent: set[int] = set()
-        self.scope = trio.CancelScope()
-        self.job: Job | None = groups[0][0].job
-        #: the session's egress address, and its warm-up count (to give back unsent ones)
-        self.source = source
-        self.grant = grant
-        self.extend(envelopes, groups)
-
-    def extend(self, envelopes: Sequence[Envelope], groups: Sequence[list[Item]]) -> None:
-        job = self.job
-        if job is not None and any(group[0].job is not job for group in groups):
-            self.job = None
-        self.pending.extend(zip(envelopes, groups, strict=True))
-
-    def pop(self) -> list[Item]:
-        envelope, group = self.pending.popleft()
-        self.sent.discard(id(envelope))
-        return group
-
-    def holds(self, job: Job) -> bool:
-        if self.job is not None:
-            return self.job is job and bool(self.pending)
-        return any(group[0].job is job for _, group in self.pending)
-
-    def marks(self, envelopes: Sequence[Envelope]) -> list[tuple[Job, list[str]]]:
-        """The addresses of ``envelopes``, by job, for the jobs with an in-doubt hook."""
-        job = self.job
-        if job is not None:  # the common case: no lookup, one list
-            if job.options.on_in_doubt is None:
-                return []
-            return [(job, [r for envelope in envelopes for r in envelope.recipients])]
-        ids = {id(envelope) for envelope in envelopes}
-        by_job: dict[Job, list[str]] = {}
-        for envelope, group in self.pending:
-            owner = group[0].job
-            if owner.options.on_in_doubt is not None and id(envelope) in ids:
-                by_job.setdefault(owner, []).extend(envelope.recipients)
-        return list(by_job.items())
-
-
 class Pool:
     """Sessions and queued work for one destination."""
 
@@ -170,17 +112,11 @@ class Pool:
         self._next_start = 0.0
         self._interval = rate_interval(limits.rate)
         self._oldest = 0.0
-        self._batches: set[_Batch] = set()
-        #: reply rules that can fire here (none: replies are never matched)
-        self.reactions = reactions
-        self.warmup = warmup
-        self._sources: tuple[str | None, ...] = limits.source_addresses or (None,)
-        self._source_turn = 0
-        #: the pool picks each session's source address (else the connector
-        #: goes round robin): a warm-up cap or a source's suspension may skip one
-        self._choosing = warmup is not None or any(
-            rule.action == "suspend-source" for rule in reactions
-        )
+        self._batches: set[Batch] = set()
+        #: reply rules and warm-up caps (None without any: nothing to check)
+        self.gate = PoolGate(
+            health, limits.connections, limits.source_addresses, reactions, warmup
+        ) if reactions or warmup is not None else None
 
     def __repr__(self) -> str:
         idle = self.workers - self.active_sessions
@@ -312,9 +248,10 @@ class Pool:
                     await trio.sleep(pause)
                 if not self.queue:
                     break
-                source = self._source()
-                if source is SourceChoice.HELD:
-                    break  # suspended or capped: the queue waits elsewhere
+                source = self.gate.source(now) if self.gate is not None else ROUND_ROBIN
+                if isinstance(source, Wait):  # suspended or capped: the queue waits
+                    self._hold_queue(source)
+                    break
                 async with owner.connection_slot():
                     session = await self._connect(source)
                     if session is None:
@@ -332,60 +269,22 @@ class Pool:
             elif self.idle:
                 owner.pool_idle(self)
 
-    def _source(self) -> str | SourceChoice | None:
-        """The egress address for the next session (ROUND_ROBIN: the connector's
-        choice), or HELD when nothing may go now -- the destination or every
-        source is suspended, or every source used up its warm-up cap: then the
-        queue is handed to the owner to wait until the earliest of them ends."""
-        now = trio.current_time()
-        health = self.health
-        hold = health.suspension(now)
-        if hold is not None:
-            self._hold_queue(hold.until - now, hold.reply)
-            return SourceChoice.HELD
-        if not self._choosing:
-            return ROUND_ROBIN
-        waits: list[tuple[float, Reply]] = []
-        sources = self._sources
-        for turn in range(len(sources)):
-            source = sources[(self._source_turn + turn) % len(sources)]
-            hold = health.source_suspension(source, now)
-            if hold is not None:
-                waits.append((hold.until - now, hold.reply))
-                continue
-            capped = self.warmup.capped(source) if self.warmup is not None else None
-            if capped is not None:
-                waits.append(capped)
-                continue
-            self._source_turn = (self._source_turn + turn + 1) % len(sources)
-            return source
-        delay, reply = min(waits, key=lambda wait: wait[0])
-        self._hold_queue(delay, reply)
-        return SourceChoice.HELD
-
-    def _hold_queue(self, delay: float, reply: Reply) -> None:
+    def _hold_queue(self, wait: Wait) -> None:
         for item in self.take_queued():
-            self.owner.hold(item, delay, reply)
+            self.owner.hold(item, wait.delay, wait.reply)
 
-    def _granted(self, items: list[Item], source: str | None) -> tuple[list[Item], Grant | None]:
-        """The part of ``items`` the warm-up cap lets ``source`` send now
-        (counted); the rest goes back to the front of the queue."""
-        assert self.warmup is not None
-        granted, grant = self.warmup.reserve(source, len(items))
+    def _granted(
+        self, gate: PoolGate, items: list[Item], source: str | None
+    ) -> tuple[list[Item], Grant | None]:
+        """The part of ``items`` the warm-up cap lets ``source`` send now (and
+        its count, to give back what is not sent); the rest goes back to the
+        queue's front."""
+        granted, grant = gate.grant(len(items), source)
         if granted < len(items):
             for item in reversed(items[granted:]):
                 self.queue.appendleft(item)
             items = items[:granted]
         return items, grant
-
-    def _may_go_on(self, source: str | None, now: float) -> bool:
-        """False once a reply rule suspended this destination (or ``source``) or
-        lowered its cap below the sessions open: this session ends."""
-        health = self.health
-        if health.suspension(now) is not None or health.source_suspension(source, now):
-            return False
-        cap = health.connection_cap(self.limits.connections, now)
-        return self.active_sessions <= cap
 
     async def _connect(self, source: str | SourceChoice | None) -> SMTPSession | None:
         """A session; on total failure defer a transaction's worth of the queue
@@ -405,9 +304,9 @@ class Pool:
             verdict = classify(None, exc.reply)
             for item in taken:
                 self.owner.attempted(item, exc.reply, verdict, exc.host)
-            if self.reactions:
+            if self.gate is not None:
                 chosen = None if isinstance(source, SourceChoice) else source
-                self._react_to((exc.reply,), chosen, taken[0].job if taken else None)
+                self._react_to(self.gate, (exc.reply,), chosen, taken[0].job if taken else None)
             return None
 
     async def _serve(self, session: SMTPSession) -> None:
@@ -416,9 +315,10 @@ class Pool:
         host = session.config.host
         source = session.config.source_address
         health = self.health
+        gate = self.gate
         while session.is_usable and not owner.stopping:
             now = trio.current_time()
-            if self.reactions and not self._may_go_on(source, now):
+            if gate is not None and not gate.may_go_on(source, self.active_sessions, now):
                 return
             interval = health.interval(self._interval, now)
             window = 1 if interval else self._window
@@ -429,14 +329,14 @@ class Pool:
             if not items:
                 return
             grant = None
-            if self.warmup is not None:
-                items, grant = self._granted(items, source)
+            if gate is not None:
+                items, grant = self._granted(gate, items, source)
                 if not items:
                     return  # the cap is reached: the worker holds the queue next
             envelopes, groups = self._envelopes(items)
             if not envelopes:
                 continue
-            batch = _Batch(envelopes, groups, source, grant)
+            batch = Batch(envelopes, groups, source, grant)
             results = await self._send(session, batch, window, interval)
             if results is None:
                 return  # cut short: the connection is closed
@@ -448,7 +348,7 @@ class Pool:
                 return
 
     async def _send(
-        self, session: SMTPSession, batch: _Batch, window: int, interval: float
+        self, session: SMTPSession, batch: Batch, window: int, interval: float
     ) -> list[TransactionResult] | None:
         """Run ``batch`` on ``session``: the results not yet settled, or ``None``
         when it was cut short (cancelled, or a job's in-doubt hook failed) --
@@ -493,7 +393,7 @@ class Pool:
     def _stopping(self) -> bool:
         return self.owner.stopping
 
-    def _refiller(self, batch: _Batch, window: int, budget: int) -> Refill:
+    def _refiller(self, batch: Batch, window: int, budget: int) -> Refill:
         """The session's ``refill``: more queued transactions (a fair share, up to
         a window) while the connection has budget, so every session keeps its
         pipeline full to the end and none waits a round trip between batches."""
@@ -502,11 +402,14 @@ class Pool:
         def refill() -> list[Envelope]:
             nonlocal budget
             while budget > 0 and not owner.stopping and self._ready():
-                if self.reactions and not self._may_go_on(batch.source, trio.current_time()):
+                gate = self.gate
+                if gate is not None and not gate.may_go_on(
+                    batch.source, self.active_sessions, trio.current_time()
+                ):
                     return []  # a reply rule acted: this session takes nothing more
                 items = self._take_ready(min(window, budget))
-                if self.warmup is not None:
-                    items, batch.grant = self._granted(items, batch.source)
+                if gate is not None:
+                    items, batch.grant = self._granted(gate, items, batch.source)
                     if not items:
                         return []
                 envelopes, more = self._envelopes(items)
@@ -518,7 +421,7 @@ class Pool:
 
         return refill
 
-    async def _data_end(self, batch: _Batch, envelopes: Sequence[Envelope]) -> None:
+    async def _data_end(self, batch: Batch, envelopes: Sequence[Envelope]) -> None:
         """The session's ``on_data_end``: these ends of data are about to leave,
         once each job's in-doubt hook (the journal's durable mark) has
         returned.  Only then are they noted as possibly sent: a batch cut short
@@ -570,32 +473,23 @@ class Pool:
             groups.append([item])
         return envelopes, groups
 
-    def _settle_next(self, host: str, batch: _Batch, result: TransactionResult) -> None:
+    def _settle_next(self, host: str, batch: Batch, result: TransactionResult) -> None:
         group = batch.pop()
         if settle(self.owner, self.requeue, group, result, host):
             self.health.success()
-        if self.reactions:  # (none configured: no reply is ever looked at)
-            self._react_to(result.replies, batch.source, group[0].job)
-        if batch.grant is not None and not result.attempted:
-            self._unsent(batch, len(group))
+        gate = self.gate
+        if gate is not None:  # (no rules, no caps: no reply is ever looked at)
+            self._react_to(gate, result.replies, batch.source, group[0].job)
+            if not result.attempted:
+                gate.unsent(batch.grant, len(group))
 
-    def _unsent(self, batch: _Batch, count: int) -> None:
-        """``count`` recipients counted for warm-up never reached the server."""
-        if self.warmup is not None and batch.grant is not None:
-            self.warmup.release(batch.grant, count)
+    def _react_to(
+        self, gate: PoolGate, replies: Sequence[Reply], source: str | None, job: Job | None
+    ) -> None:
+        for rule, reply in gate.matches(replies):
+            self.owner.react(self, rule, reply, source, job)
 
-    def _react_to(self, replies: Sequence[Reply], source: str | None, job: Job | None) -> None:
-        """Hand each distinct failure reply a matching rule to the owner."""
-        seen: set[Reply] = set()
-        for reply in replies:
-            if reply.code < 400 or reply in seen:
-                continue
-            seen.add(reply)
-            rule = first_match(self.reactions, reply)
-            if rule is not None:
-                self.owner.react(self, rule, reply, source, job)
-
-    def _interrupted(self, batch: _Batch) -> None:
+    def _interrupted(self, batch: Batch) -> None:
         """A batch cut short: whoever's end of data may have left is in doubt;
         the rest was not sent (and goes back to the queue, or ends deferred
         when its job is closed)."""
@@ -603,17 +497,17 @@ class Pool:
         while batch.pending:
             maybe_sent = id(batch.pending[0][0]) in batch.sent
             group = batch.pop()
-            if not maybe_sent:
-                self._unsent(batch, len(group))
+            if not maybe_sent and self.gate is not None:
+                self.gate.unsent(batch.grant, len(group))
             for item in group:
                 if maybe_sent:
                     owner.in_doubt(item, INTERRUPTED_IN_DOUBT, None)
                 else:
                     owner.unattempted(item, INTERRUPTED, self.requeue)
 
-    def _session_ended(self, session: SMTPSession, batch: _Batch) -> None:
+    def _session_ended(self, session: SMTPSession, batch: Batch) -> None:
         error = session.error
         if error is not None and (session.transactions == 0 or error.code == 421):
             self.health.failure(trio.current_time())
-        if error is not None and self.reactions:
-            self._react_to((error.reply,), batch.source, batch.job)
+        if error is not None and self.gate is not None:
+            self._react_to(self.gate, (error.reply,), batch.source, batch.job)
