@@ -5,7 +5,9 @@ when its server says so -- on trio's virtual clock, against the project's sink
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import trio
@@ -208,3 +210,55 @@ async def test_bounce_rest_bounces_the_job_s_remaining_recipients_there() -> Non
     assert reply.startswith("550 5.7.1") and "Permanent failure requested" in reply
     assert "blocked" in reply
     assert second.delivered == 5 and sink.stats.recipients == 5
+
+
+async def test_cli_prints_each_action_and_keeps_warmup_counters_beside_the_journal(
+    tmp_path: Path,
+) -> None:
+    """``bulkmail send --shaping``: a reply rule's action is one stderr line
+    with the reply; recipients past a warm-up cap end deferred with the reason
+    (exit 75), and a rerun the same day finds the cap still used up."""
+    from .test_cli_send import report, run, send_args
+
+    (tmp_path / "rules.toml").write_text(
+        '[[reactions]]\ncode = "451"\ntext = "local part"\naction = "suspend"\n'
+        'duration = "1h"\nname = "local-tempfail"\n'
+    )
+    (tmp_path / "warmup.toml").write_text(
+        '[[warmup]]\ndestination = "example.test"\ndaily = 5\n'
+    )
+    message = tmp_path / "msg.eml"
+    message.write_bytes(b"Subject: hi\n\nHello.\n")
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "list.txt").write_text("tempfail@example.test\n")
+    two = tmp_path / "two"
+    two.mkdir()
+    (two / "list.txt").write_text("".join(f"u{i}@example.test\n" for i in range(11)))
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        suspended = await run(send_args(one, sink.port, one / "list.txt", message, "--shaping",
+                                        str(tmp_path / "rules.toml"), "--retry-for", "1m"), one)
+        args = send_args(two, sink.port, two / "list.txt", message, "--shaping",
+                         str(tmp_path / "warmup.toml"), "--retry-for", "1s")
+        capped = await run(args, two)
+        first_report = report(two)
+        rerun = await run(args, two)
+        nursery.cancel_scope.cancel()
+    assert suspended.returncode == 75, suspended.stderr
+    lines = [line for line in suspended.stderr.decode().splitlines() if "shaping:" in line]
+    assert len(lines) == 1
+    assert lines[0].startswith(f"shaping: suspend relay:127.0.0.1:{sink.port} for 3600s")
+    assert "(local-tempfail)" in lines[0] and "451 4.3.0 Temporary failure" in lines[0]
+    assert capped.returncode == 75, capped.stderr
+    statuses = Counter(r["status"] for r in first_report.values())
+    assert statuses == {"delivered": 5, "deferred": 6}
+    reasons = {(r["code"], r["enhanced"], r["reply"])
+               for r in first_report.values() if r["status"] == "deferred"}
+    [(code, enhanced, reason)] = reasons
+    assert (code, enhanced) == (451, "4.7.0")
+    assert str(reason).startswith("warm-up cap for example.test from default reached (5/day);"
+                                  " next window ")
+    assert (two / "warmup.sqlite").is_file()
+    assert rerun.returncode == 75
+    assert sink.stats.recipients == 5  # the rerun found today's cap used up

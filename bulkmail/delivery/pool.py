@@ -164,7 +164,10 @@ class Pool:
                 batch.scope.cancel()
 
     def _spawn_workers(self) -> None:
-        wanted = self.health.connection_cap(self.limits.connections, trio.current_time())
+        health = self.health
+        wanted = min(health.concurrency, self.limits.connections)
+        if health.limited is not None:  # a reply rule lowered the cap for a while
+            wanted = health.connection_cap(wanted, trio.current_time())
         # a session per transaction's worth of queued work, up to the caps
         shared = bool(self.queue) and not self.queue[0].job.one_per_transaction
         per_worker = self.limits.max_rcpts if shared else 1
