@@ -262,3 +262,71 @@ async def test_cli_prints_each_action_and_keeps_warmup_counters_beside_the_journ
     assert (two / "warmup.sqlite").is_file()
     assert rerun.returncode == 75
     assert sink.stats.recipients == 5  # the rerun found today's cap used up
+
+
+async def test_suspend_source_moves_the_destination_to_the_other_address(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A reply to one egress address suspends that address only: the rest
+    goes out from the other one, and the suspended one is back afterwards."""
+    shaping = Shaping.from_mapping({
+        "default": {"source_addresses": ["127.0.0.5", "127.0.0.6"], "connections": 1},
+        "reactions": [{"code": "451", "text": "local part", "action": "suspend-source",
+                       "duration": "20m"}],
+    })
+    actions: list[ShapingAction] = []
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, record_messages=True)
+        config = MailerConfig(relay=Relay("127.0.0.1", sink.port), secure="none",
+                              shaping=shaping, on_shaping_action=actions.append, window=1,
+                              retry_for=10)
+        async with Mailer(config) as mailer:
+            # the first session (from 127.0.0.5) meets the tempfail
+            first = await mailer.send("news@sender.test", TEMPLATE, [
+                Recipient("tempfail@example.test", {"name": "t"}), *people("example.test", 10),
+            ])
+            during = await mailer.send("news@sender.test", TEMPLATE, people("b.test", 10, "b"))
+            await trio.sleep(20 * 60)
+            after = await mailer.send("news@sender.test", TEMPLATE, people("c.test", 10, "c"))
+        nursery.cancel_scope.cancel()
+    [action] = actions
+    assert (action.kind, action.source) == ("suspend-source", "127.0.0.5")
+    assert "suspend-source 127.0.0.5" in action.describe()
+    assert (first.delivered, during.delivered, after.delivered) == (10, 10, 10)
+    peers: dict[str, set[str]] = {m.rcpts[0].partition("@")[2]: set() for m in sink.messages}
+    for m in sink.messages:
+        peers[m.rcpts[0].partition("@")[2]].add(m.peer)
+    assert peers["b.test"] == {"127.0.0.6"}  # suspended address unused meanwhile
+    assert "127.0.0.5" in peers["c.test"]  # and used again afterwards
+
+
+async def test_limit_action_lowers_the_rate_for_its_duration(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    shaping = Shaping.from_mapping({"reactions": [{
+        "code": "451", "text": "local part", "action": "limit", "rate": "60/min",
+        "duration": "1m",
+    }]})
+    delivered_at: list[float] = []
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        config = MailerConfig(relay=Relay("127.0.0.1", sink.port), secure="none",
+                              shaping=shaping, retry_for=10)
+        async with Mailer(config) as mailer:
+            await mailer.send("news@sender.test", TEMPLATE,
+                              [Recipient("tempfail@example.test", {"name": "t"})])
+            start = trio.current_time()
+
+            def record(result: Result) -> None:
+                delivered_at.append(trio.current_time() - start)
+
+            slowed = await mailer.send("news@sender.test", TEMPLATE, people("example.test", 100),
+                                       on_result=record)
+        nursery.cancel_scope.cancel()
+    assert slowed.delivered == 100
+    # one a second while the minute lasts (100 would take 100 s) ...
+    during = [t for t in delivered_at if t < 55]
+    assert 50 <= len(during) <= 56
+    # ... then as fast as the sink takes them, once the starts each session
+    # had already reserved on the paced schedule are through
+    assert max(delivered_at) < 90
