@@ -14,6 +14,8 @@ import trio
 
 from bulkmail import Mailer, MailerConfig, Recipient, Relay, Status, TemplateContent
 from bulkmail.delivery.health import ShapingAction
+from bulkmail.protocol.replies import Reply, parse_enhanced
+from bulkmail.reactions import first_match, rules_for
 from bulkmail.results import Result
 from bulkmail.routing import DNSConfig
 from bulkmail.shaping import Shaping, ShapingError
@@ -330,3 +332,41 @@ async def test_limit_action_lowers_the_rate_for_its_duration(
     # ... then as fast as the sink takes them, once the starts each session
     # had already reserved on the paced schedule are through
     assert max(delivered_at) < 90
+
+
+CONTRIB = Path(__file__).parent.parent / "contrib" / "shaping-providers.toml"
+
+
+def reply_of(line: str) -> Reply:
+    code, _, rest = line.partition(" ")
+    return Reply(int(code), (rest,), parse_enhanced(int(code), rest))
+
+
+@pytest.mark.parametrize(("destination", "line", "rule"), [
+    ("mta5.am0.yahoodns.net", "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred"
+     " due to unexpected volume or user complaints - 4.16.55.1", "yahoo-tss04"),
+    ("mta5.am0.yahoodns.net", "421 4.7.0 [TS02] Messages from 192.0.2.1 temporarily deferred",
+     "yahoo-ts0x"),
+    ("gmail-smtp-in.l.google.com", "421 4.7.28 Gmail has detected an unusual rate of"
+     " unsolicited mail originating from your IP address.", "gmail-4.7.28"),
+    ("aspmx.l.google.com", "421 4.7.0 Our system has detected an unusual rate of unsolicited"
+     " mail originating from your IP address.", "gmail-rate-limited"),
+    ("aspmx.l.google.com", "550 5.7.26 Unauthenticated email from example.org is not accepted"
+     " due to domain's DMARC policy.", "gmail-dmarc"),
+    ("example-com.mail.protection.outlook.com", "451 4.7.650 The mail server [192.0.2.1] has"
+     " been temporarily rate limited due to IP reputation.", "microsoft-4.7.650"),
+    ("hotmail-com.olc.protection.outlook.com", "550 5.7.708 Service unavailable. Access denied,"
+     " traffic not accepted from this IP.", "microsoft-ip-blocked"),
+    ("mx.example.net", "554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using"
+     " zen.spamhaus.org", "blocklisted"),
+    ("mx.example.net", "421 4.7.0 [TSS04] looks like Yahoo but is not", None),
+    ("aspmx.l.google.com", "450 4.2.1 The user you are trying to contact is receiving mail at"
+     " a rate that prevents additional messages from being delivered.", None),
+])
+def test_the_contrib_provider_rules_match_their_documented_replies(
+    destination: str, line: str, rule: str | None
+) -> None:
+    shaping = Shaping.load(CONTRIB)
+    rules = rules_for(shaping.reactions, [destination])
+    found = first_match(rules, reply_of(line))
+    assert (found.name if found is not None else None) == rule
