@@ -78,22 +78,29 @@ def test_rules_are_checked_when_the_file_is_read() -> None:
             Shaping.from_mapping({"reactions": [rule]})
 
 
+@pytest.mark.parametrize("where", ["greeting", "rcpt"])
 async def test_tss04_suspends_its_destination_while_another_keeps_flowing(
-    autojump_clock: trio.abc.Clock,
+    where: str, autojump_clock: trio.abc.Clock,
 ) -> None:
-    """Yahoo's TSS04 on one destination: no new connection there for the
-    configured 30 minutes, while the other destination is served at once."""
+    """Yahoo's TSS04 on one destination (as its greeting, or to RCPT): no new
+    connection there for the configured 30 minutes, while the other
+    destination is served at once."""
     connected_at: list[float] = []
     begin = trio.current_time()
 
+    def early() -> bool:  # the provider defers whatever comes in its first seconds
+        return trio.current_time() < begin + 5
+
     def rcpt(address: str, n: int) -> str:
-        # the provider defers whatever comes in its first seconds
-        return TSS04 if trio.current_time() < begin + 5 else "250 2.1.5 Ok\r\n"
+        return TSS04 if where == "rcpt" and early() else "250 2.1.5 Ok\r\n"
 
     mini = MiniSMTP(rcpt=rcpt)
 
     async def provider(conn: Conn) -> None:
         connected_at.append(trio.current_time())
+        if where == "greeting" and early():
+            await conn.send(TSS04)
+            return
         await mini(conn)
 
     shaping = Shaping.from_mapping({"reactions": [{
