@@ -251,7 +251,8 @@ class Pool:
                     await trio.sleep(pause)
                 if not self.queue:
                     break
-                source = self.gate.source(now) if self.gate is not None else ROUND_ROBIN
+                gate = self.gate
+                source = gate.source(trio.current_time()) if gate is not None else ROUND_ROBIN
                 if isinstance(source, Wait):  # suspended or capped: the queue waits
                     self._hold_queue(source)
                     break
