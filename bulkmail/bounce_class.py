@@ -21,6 +21,7 @@ sees few distinct replies.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ from .reply_match import PatternError, ReplyPattern
 
 __all__ = [
     "CLASSES", "DEFAULT_SUPPRESS", "BounceClassifier", "ClassRule", "RulesError",
-    "classify", "classify_reply", "default_classifier", "load_rules", "set_default_classifier",
+    "classify", "classify_diagnostic", "classify_reply", "default_classifier", "load_rules",
+    "parse_classes", "set_default_classifier",
 ]
 
 #: every class a reply can get, with what it means
@@ -294,6 +296,16 @@ class BounceClassifier:
         return "transient" if 400 <= code < 500 else "unclassified"
 
 
+def parse_classes(spec: str) -> frozenset[str]:
+    """``"invalid-recipient,bad-domain"`` -> the set, every name checked."""
+    names = frozenset(n.strip() for n in spec.split(",") if n.strip())
+    unknown = sorted(names - set(CLASSES))
+    if unknown:
+        raise RulesError(f"unknown bounce class(es) {', '.join(unknown)}; "
+                         f"known: {', '.join(CLASSES)}")
+    return names
+
+
 def load_rules(path: str | Path) -> list[ClassRule]:
     """The ``[[rule]]`` tables of a TOML file, in order::
 
@@ -351,3 +363,17 @@ def classify(code: int, enhanced: str | None, text: str) -> str:
 
 def classify_reply(reply: Reply | None) -> str | None:
     return _default.classify_reply(reply)
+
+
+_DIAGNOSTIC_LEAD = re.compile(r"\s*(?:[245]\d\d[ -])?\s*(?:[245]\.\d{1,3}\.\d{1,3}\s)?\s*")
+
+
+def classify_diagnostic(code: int, status: str | None, diagnostic: str | None) -> str:
+    """The class of a DSN's per-recipient report (RFC 3464): its ``Status`` field
+    and the text of its ``Diagnostic-Code`` (``smtp; 550 5.1.1 ...``)."""
+    text = ""
+    if diagnostic:
+        kind, semi, rest = diagnostic.partition(";")
+        text = rest if semi and " " not in kind.strip() else diagnostic
+        text = " ".join(_DIAGNOSTIC_LEAD.sub("", text, count=1).split())
+    return _default.classify(code, status, text)

@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("bulkmail.cli.report_command", "summarise a journal"),
     "bounces": ("bulkmail.cli.bounces_command", "apply returned DSNs to a journal"),
     "demo": ("bulkmail.cli.demo_command", "send a demo newsletter to the built-in sink"),
+    "suppress": ("bulkmail.cli.suppress_command", "add, remove, list, import, export suppressions"),
 }
 
 
