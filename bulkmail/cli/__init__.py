@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bounces": ("bulkmail.cli.bounces_command", "apply returned DSNs to a journal"),
     "demo": ("bulkmail.cli.demo_command", "send a demo newsletter to the built-in sink"),
     "suppress": ("bulkmail.cli.suppress_command", "add, remove, list, import, export suppressions"),
+    "complaints": ("bulkmail.cli.complaints_command", "suppress who complained (ARF reports)"),
 }
 
 
