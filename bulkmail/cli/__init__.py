@@ -22,6 +22,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("bulkmail.cli.demo_command", "send a demo newsletter to the built-in sink"),
     "suppress": ("bulkmail.cli.suppress_command", "add, remove, list, import, export suppressions"),
     "complaints": ("bulkmail.cli.complaints_command", "suppress who complained (ARF reports)"),
+    "unsubscribe-server": ("bulkmail.cli.unsubscribe_server_command",
+                           "serve one-click unsubscribes (RFC 8058) into a suppression store"),
 }
 
 
