@@ -131,7 +131,6 @@ _BUILTIN: tuple[ClassRule, ...] = (
           r"mailbox name not allowed|no such person|this user doesn'?t have|"
           r"not listed in (the )?(domino directory|directory|address book)|"
           r"unrouteable address|unrouteable mail domain|address lookup failed"),
-    _rule("invalid-recipient", r"mail ?box unavailable", code="5.."),
     # the domain does not exist
     _rule("bad-domain",
           r"(domain|host) (name )?(not found|does not exist|doesn'?t exist)|"
@@ -176,9 +175,11 @@ _BUILTIN: tuple[ClassRule, ...] = (
           r"refused to talk|not accepted from this ip|complaints|\bRP[0-9]\b|\bDYN\b|"
           r"dynamic ip|residential|dial-?up|envelope blocked|bad outbound sender|"
           r"send (e-?mail )?directly|block(ed)? (by|due to)"),
+    # a weak signal, so late: "mailbox unavailable" may come with a blocklist reason
+    _rule("invalid-recipient", r"mail ?box unavailable", code="5.."),
     # relaying, allowlists, local policy
     _rule("policy",
-          r"relay|not permitted|not allowed|prohibit|polic|allowlist|whitelist|"
+          r"rcpthosts|relay|not permitted|not allowed|prohibit|polic|allowlist|whitelist|"
           r"access denied|not authori[sz]ed|restricted|forwarding|moderator|"
           r"only accepts? (e-?)?mail from|sender (address )?rejected|rejected by recipient"),
     # DNS, routing
