@@ -24,6 +24,12 @@ from ..suppression import Suppression, SuppressionError, SuppressionStore, norma
 EX_OK, EX_SKIPPED, EX_USAGE = 0, 1, 2
 
 
+EXAMPLE = """\
+example:
+  bulkmail complaints --store suppressed.sqlite --journal run.sqlite fbl/
+"""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("reports", nargs="+", metavar="FILE|DIR", help="ARF reports")
     p.add_argument("--store", required=True, metavar="PATH", help="the suppression store")

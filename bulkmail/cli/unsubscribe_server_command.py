@@ -21,6 +21,13 @@ from ..unsubscribe_token import SecretError, key_from_env
 EX_OK, EX_USAGE = 0, 2
 
 
+EXAMPLE = """\
+example:
+  bulkmail unsubscribe-server --store suppressed.sqlite --secret-env UNSUB_KEY \\
+      --listen 127.0.0.1:8080   # UNSUB_KEY holds the signing key
+"""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", required=True, metavar="PATH", help="the suppression store")
     p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
