@@ -20,6 +20,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("bulkmail.cli.report_command", "summarise a journal"),
     "bounces": ("bulkmail.cli.bounces_command", "apply returned DSNs to a journal"),
     "demo": ("bulkmail.cli.demo_command", "send a demo newsletter to the built-in sink"),
+    "job": ("bulkmail.cli.job_command", "create, inspect or cancel a job in PostgreSQL"),
+    "worker": ("bulkmail.cli.worker_command", "send stored jobs' recipients from this machine"),
 }
 
 
