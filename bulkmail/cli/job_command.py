@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,10 +162,15 @@ def _status(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     with PgStore(args.db) as store:
         out = sys.stdout
-        for record in store.journal(args.job).iter_records():
-            result = Result(record.address, record.status, reply_of(record), record.attempts,
-                            record.host, record.possible_duplicate)
-            out.write(json.dumps(result.as_dict(), ensure_ascii=False) + "\n")
+        try:
+            for record in store.journal(args.job).iter_records():
+                result = Result(record.address, record.status, reply_of(record),
+                                record.attempts, record.host, record.possible_duplicate)
+                out.write(json.dumps(result.as_dict(), ensure_ascii=False) + "\n")
+            out.flush()
+        except BrokenPipeError:  # `| head`: the reader has what it wanted
+            # (Python's advice: no second error when stdout is flushed at exit)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EX_OK
 
 
