@@ -15,7 +15,12 @@ import trio
 from bulkmail.journal import Status
 from bulkmail.store import PgStore
 from tests.pg_workers import (
-    addresses, create_loading_job, finish, finish_loading, received, senders_by_source,
+    addresses,
+    create_loading_job,
+    finish,
+    finish_loading,
+    received,
+    senders_by_source,
     start_worker,
 )
 from tests.pgutil import column, pg_url, store_url

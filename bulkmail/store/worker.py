@@ -32,6 +32,7 @@ from .aio import AsyncStore, StoreWriter, keep_leases
 from .errors import StoreError
 from .job_spec import JobSpec
 from .leases import Claim, new_owner_id
+from .retrying import RetryingStore
 from .store import PgStore
 from .worker_hooks import InFlight, install_store_hooks
 
@@ -291,11 +292,12 @@ async def run_worker(
     stopped, or failed) every lease still held is given back.
 
     The engine's own retries are switched off (``retry_for=0``): deferrals go
-    back to the store.  A failed heartbeat or commit raises StoreError and a
+    back to the store.  A deadlock between the worker's own transactions is
+    retried (:mod:`~bulkmail.store.retrying`); a failed heartbeat or commit raises StoreError and a
     lost lease :class:`~bulkmail.store.worker_hooks.LeaseLost` (in an
     exception group): the worker stops taking work and nothing is lost.
     """
-    store = await AsyncStore.open(url, connections=3)
+    store = await RetryingStore.open(url, connections=3)
     owner = new_owner_id()
     try:
         writer = StoreWriter(store, owner)
