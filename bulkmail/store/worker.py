@@ -25,7 +25,6 @@ from ..api import Mailer, MailerConfig
 from ..durable import outcome_of
 from ..errors import synthetic_reply
 from ..journal.base import Outcome
-from ..message import Content
 from ..policy import RetryPolicy
 from ..results import FINAL, Result, Status
 from .aio import AsyncStore, StoreWriter, keep_leases
@@ -60,7 +59,6 @@ class JobRun:
 
     id: int
     spec: JobSpec
-    content: Content
     policy: RetryPolicy
     created: float
     rng: random.Random = field(default_factory=random.Random)
@@ -212,7 +210,8 @@ class Worker:
         if run is None:
             options, created = await self.store.call(lambda s: _load_job(s, job))
             spec = JobSpec.from_options(options, job=job)
-            run = JobRun(job, spec, spec.content(), spec.retry_policy(), created)
+            spec.content()  # a job it cannot send (a key that does not sign): fail now
+            run = JobRun(job, spec, spec.retry_policy(), created)
             self.jobs[job] = run
         return run
 
@@ -245,12 +244,21 @@ class Worker:
             self.in_flight.add(claim.job, claimed)
             try:
                 await self.mailer.send(
-                    run.spec.sender, run.content, [r.recipient() for r in claim.recipients],
+                    # a content object per claim: today's pools put queued items
+                    # with the *same* content object in one transaction and settle
+                    # it under the first item's send, so two claims of a job
+                    # sharing one would get each other's results
+                    run.spec.sender, run.spec.content(check=False),
+                    [r.recipient() for r in claim.recipients],
                     on_results=record, verp=run.spec.verp,
                 )
             finally:
                 self.in_flight.remove(claim.job, claimed)
-            self._settle_unreported(claim.job, [a for a in claimed if a not in reported])
+            unreported = [a for a in claimed if a not in reported]
+            if self.stopping:
+                unsent += unreported  # a stopping engine takes no more input
+            else:
+                self._settle_unreported(claim.job, unreported)
             if unsent:
                 self.released += len(unsent)
                 await self.store.release(self.owner, claim.job, unsent)

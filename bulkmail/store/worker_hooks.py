@@ -71,7 +71,9 @@ def install_store_hooks(mailer: Mailer, writer: StoreWriter, in_flight: InFlight
     does with the SQLite journal.  If any of them is no longer this worker's,
     raise :class:`LeaseLost` instead: the end of data is not sent to anyone in
     that window (one SMTP transaction may carry several recipients, and a
-    recipient cannot be taken back out of it)."""
+    recipient cannot be taken back out of it).  Those of the window still
+    ours stay marked in doubt: whoever takes them next resends them once,
+    flagged -- a needless flag, never a lost recipient."""
     engine = mailer.engine
 
     async def in_doubt(addresses: Sequence[str]) -> None:
