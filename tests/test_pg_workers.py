@@ -23,7 +23,7 @@ from tests.pg_workers import (
     senders_by_source,
     start_worker,
 )
-from tests.pgutil import column, pg_url, store_url
+from tests.pgutil import column, pg_url, store_url, travel
 from tests.sinkutil import start_sink
 
 __all__ = ["pg_url", "store_url"]  # fixtures, imported for pytest
@@ -103,3 +103,36 @@ async def test_killed_worker_is_taken_over_nothing_lost_duplicates_flagged(
         assert store.counts(job) == {Status.DELIVERED: len(everyone)}
         flagged = {r.address for r in store.journal(job).iter_records() if r.possible_duplicate}
     assert flagged == in_doubt  # every resent one flagged, and no other
+
+
+async def test_worker_that_loses_the_database_stops_and_loses_nothing(store_url: str) -> None:
+    everyone = addresses(400, 4)
+    job = create_loading_job(store_url, max_rcpts=5)
+    name = f"bulkmail_victim_{job}_{os.getpid()}"
+    lease = ("--lease", "2s", "--connections", "2", "--claim-size", "10")
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, record_messages=True, latency=0.05)
+        # libpq's application_name tells this worker's connections apart
+        victim = await start_worker(f"{store_url}&application_name={name}", job, sink,
+                                    "127.0.0.2", *lease)
+        finish_loading(store_url, job, everyone)
+        with trio.fail_after(30):
+            while len(sink.messages) < 20:
+                await trio.sleep(0.01)
+        assert travel(store_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                 " WHERE application_name = %s", (name,)) == 3
+        status, err = await finish(victim)
+        assert status == 75, err
+        assert "lost the database connection" in err and err.count("\n") == 1, err
+        assert len(received(sink)) < len(everyone)  # it stopped midway
+        survivor = await start_worker(store_url, job, sink, "127.0.0.3", *lease)
+        status, err = await finish(survivor)
+        assert status == 0, err
+        nursery.cancel_scope.cancel()
+
+    copies = received(sink)
+    assert set(copies) == set(everyone)  # nobody lost
+    with PgStore(store_url) as store:
+        assert store.counts(job) == {Status.DELIVERED: len(everyone)}
+        flagged = {r.address for r in store.journal(job).iter_records() if r.possible_duplicate}
+    assert {a for a, n in copies.items() if n > 1} <= flagged  # any second copy flagged

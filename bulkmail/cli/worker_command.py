@@ -68,12 +68,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _mailer_config(args: argparse.Namespace) -> MailerConfig:
     """``send``'s configuration from this worker's options, with the job's
-    recipients per transaction when it works one job."""
+    recipients per transaction when it works one job (whose options are
+    checked now: exit 2 for a job it could not send)."""
     merged = send_defaults()
     for name, value in vars(args).items():
         setattr(merged, name, value)
-    if args.job is not None:
-        with PgStore(args.db) as store:
+    with PgStore(args.db) as store:  # an unreachable database is a usage error, now
+        if args.job is not None:
             merged.max_rcpts = check_job(store, args.job).max_rcpts
     return build_config(merged)
 

@@ -236,8 +236,15 @@ class Worker:
                         continue
                     outcome = run.outcome(result, known.attempts if known else 0, now, dues)
                     groups.setdefault(outcome, []).append(address)
-                for outcome, addresses in groups.items():
-                    self.writer.submit_outcomes(claim.job, addresses, outcome)
+                try:
+                    for outcome, addresses in groups.items():
+                        self.writer.submit_outcomes(claim.job, addresses, outcome)
+                except StoreError:
+                    # the writer failed, and its run() raises that out of the
+                    # worker; never into the engine, which calls this anywhere
+                    # (its stop() among them).  These stay leased: taken over
+                    # once the leases expire.
+                    pass
                 if self.on_results is not None:
                     self.on_results(results)
 
