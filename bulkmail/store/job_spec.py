@@ -34,7 +34,7 @@ class JobSpec:
     verp: bool = False
     max_rcpts: int = 50
     retry_first: float = 60.0
-    #: seconds from the job's creation during which deferred recipients are retried
+    #: seconds from the first worker's start during which deferred recipients are retried
     retry_for: float = 600.0
     unsubscribe_url: str | None = None
     unsubscribe_mailto: str | None = None
@@ -103,12 +103,12 @@ class JobSpec:
         problem = message_problem(self.message)
         if problem is not None:
             raise StoreError(f"the job's message {problem}")
-        inner: Content = (
-            TemplateContent(self.message)
-            if has_placeholders(self.message.decode("utf-8", "replace"))
-            else StaticContent(self.message)
-        )
         try:
+            inner: Content = (
+                TemplateContent(self.message)
+                if has_placeholders(self.message.decode("utf-8", "replace"))
+                else StaticContent(self.message)
+            )
             if check and self.dkim is not None:
                 self.dkim.check()
             return DecoratedContent(inner, Decorations(

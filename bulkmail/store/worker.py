@@ -60,12 +60,12 @@ class JobRun:
     id: int
     spec: JobSpec
     policy: RetryPolicy
-    created: float
+    started: float  #: unix time the first worker started on the job
     rng: random.Random = field(default_factory=random.Random)
 
     @property
     def retry_until(self) -> float:
-        return self.created + self.spec.retry_for
+        return self.started + self.spec.retry_for
 
     def outcome(self, result: Result, earlier_attempts: int, now: float,
                 dues: dict[int, float | None]) -> Outcome:
@@ -78,10 +78,12 @@ class JobRun:
             return Outcome(base.status, base.code, base.enhanced, base.reply, attempts,
                            base.host, None, base.possible_duplicate)
         if attempts not in dues:
-            dues[attempts] = self.policy.next_attempt(max(1, attempts), self.created, now,
-                                                      self.rng)
+            # the store keeps no first-attempt time: the policy's lifetime is not
+            # applied (an old job must not bounce a recipient tried once), its
+            # attempt limit is, and --retry-for bounds the retries anyway
+            dues[attempts] = self.policy.next_attempt(max(1, attempts), now, now, self.rng)
         due = dues[attempts]
-        if due is None:  # out of attempts or lifetime: the engine's own verdict
+        if due is None:  # out of attempts: the engine's own verdict
             expired = synthetic_reply(
                 550, "5.4.7",
                 f"delivery time expired after {attempts} attempts; last reply: {result.reply}",
@@ -94,8 +96,18 @@ class JobRun:
 
 
 def _load_job(store: PgStore, job: int) -> tuple[dict[str, Any], float]:
+    """The job's options, and when the first worker started on it (recorded by
+    whoever is first: ``--retry-for`` counts from there, for every worker)."""
     info = store.get_job(job)
-    return info.options, info.created
+    with store.db.using() as conn:
+        row = conn.execute(
+            "INSERT INTO job_meta (job, key, value)"
+            " VALUES (%s, 'started', extract(epoch FROM now())::text)"
+            " ON CONFLICT (job, key) DO UPDATE SET value = job_meta.value RETURNING value",
+            (job,),
+        ).fetchone()
+    assert row is not None
+    return info.options, float(row[0])
 
 
 def open_jobs(store: PgStore) -> list[tuple[int, bool]]:
@@ -208,10 +220,10 @@ class Worker:
     async def job_run(self, job: int) -> JobRun:
         run = self.jobs.get(job)
         if run is None:
-            options, created = await self.store.call(lambda s: _load_job(s, job))
+            options, started = await self.store.call(lambda s: _load_job(s, job))
             spec = JobSpec.from_options(options, job=job)
             spec.content()  # a job it cannot send (a key that does not sign): fail now
-            run = JobRun(job, spec, spec.retry_policy(), created)
+            run = JobRun(job, spec, spec.retry_policy(), started)
             self.jobs[job] = run
         return run
 
