@@ -166,3 +166,25 @@ async def test_bad_input_is_one_line_and_exit_2(store_url: str, tmp_path: Path) 
                        (no_job, b"no job 4242"), (no_server, b"cannot connect")):
         assert done.returncode == 2
         assert text in done.stderr and done.stderr.count(b"\n") == 1, done.stderr
+
+
+async def test_worker_without_job_works_every_job_then_exits(
+    store_url: str, tmp_path: Path,
+) -> None:
+    # the same mailbox in both jobs: each job sends it once, marked under its own job
+    first = await create(store_url, tmp_path, "ann@a.test\nbob@b.test\n")
+    second = await create(store_url, tmp_path, "ann@a.test\ncy@c.test\n",
+                          message=b"From: news@sender.test\r\nSubject: two\r\n\r\nTwo\r\n")
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, record_messages=True)
+        done = await bulkmail(*worker_args(store_url, sink.port))
+        nursery.cancel_scope.cancel()
+    assert done.returncode == 0, done.stderr.decode()
+    assert received(sink) == {"ann@a.test": 2, "bob@b.test": 1, "cy@c.test": 1}
+    subjects = sorted(m.content.split(b"Subject: ")[1][:3] for m in sink.messages
+                      if m.rcpts == ["ann@a.test"])
+    assert subjects == [b"hi\r", b"two"]
+    with PgStore(store_url) as store:
+        for job in (first, second):
+            assert store.get_job(job).state == "done"
+            assert store.counts(job) == {Status.DELIVERED: 2}

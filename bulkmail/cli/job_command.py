@@ -9,6 +9,7 @@ it prints the job id as the last line of its output.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -112,7 +113,8 @@ def _create(args: argparse.Namespace) -> int:
                 conn.execute("UPDATE jobs SET options = options || '{\"loaded\": true}'"
                              " WHERE id = %s", (job,))
         except BaseException:
-            store.cancel_job(job)
+            with contextlib.suppress(StoreError):  # the load's own error is the one to show
+                store.cancel_job(job)
             raise
     if not args.quiet:
         print(f"job {job}: {loaded:,} recipients to send, {len(held_back):,} suppressed,"
