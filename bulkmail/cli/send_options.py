@@ -48,6 +48,9 @@ def add_send_options(parser: argparse.ArgumentParser, names: Iterable[str]) -> N
                     groups[title] = parser.add_argument_group(title, group.description)
                 target = groups[title]
             target._add_action(action)
+            wanted.discard(action.dest)
+    if wanted:  # send renamed or dropped one: fail every use, not silently
+        raise RuntimeError(f"send has no option for {sorted(wanted)}")
 
 
 def send_defaults() -> argparse.Namespace:

@@ -109,9 +109,13 @@ async def _work(args: argparse.Namespace, config: MailerConfig, settings: Worker
         nursery.cancel_scope.cancel()
     if not args.quiet and workers:
         worker = workers[0]
-        print(f"{progress.line()}; {worker.claims:,} claims"
-              + (f", {worker.released:,} handed back unsent" if worker.released else ""),
-              file=sys.stderr)
+        notes = [f"{worker.claims:,} claims"]
+        if worker.released:
+            notes.append(f"{worker.released:,} handed back unsent")
+        if worker.writer.lost:
+            notes.append(f"{worker.writer.lost:,} results not written: those recipients"
+                         " had been taken over by another worker, whose result counts")
+        print(f"{progress.line()}; {', '.join(notes)}", file=sys.stderr)
     return status
 
 

@@ -74,6 +74,12 @@ class JobRun:
         with the same attempt count, so they stay one write)."""
         base = outcome_of(result)
         attempts = earlier_attempts + result.attempts
+        if result.status is Status.IN_DOUBT:
+            # in doubt a second time: never sent a third time.  The store would
+            # hand an in-doubt row out again, so it is kept as deferred for good
+            # (flagged, with its reply): the job can end, the report shows it
+            return Outcome(Status.DEFERRED, base.code, base.enhanced, base.reply, attempts,
+                           base.host, None, True)
         if result.status is not Status.DEFERRED:
             return Outcome(base.status, base.code, base.enhanced, base.reply, attempts,
                            base.host, None, base.possible_duplicate)
