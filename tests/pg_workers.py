@@ -12,6 +12,7 @@ import trio
 from bulkmail.sink import Sink
 from bulkmail.store import PgStore
 from bulkmail.store.job_spec import JobSpec
+from bulkmail.store.job_state import LOADED, mark_loaded
 
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGE = b"From: news@example.org\r\nSubject: news\r\n\r\nHello ${email}\r\n"
@@ -26,15 +27,13 @@ def create_loading_job(store_url: str, **spec: object) -> int:
     started now wait for it instead of finding it empty and finishing it."""
     options = JobSpec(sender="news@example.org", message=MESSAGE, **spec).to_options()  # type: ignore[arg-type]
     with PgStore(store_url) as store:
-        return store.create_job(options={**options, "loaded": False})
+        return store.create_job(options={**options, LOADED: False})
 
 
 def finish_loading(store_url: str, job: int, recipients: list[str]) -> None:
     with PgStore(store_url) as store:
         store.load_recipients(job, recipients)
-        with store.db.using() as conn:
-            conn.execute("UPDATE jobs SET options = options || '{\"loaded\": true}'"
-                         " WHERE id = %s", (job,))
+        mark_loaded(store, job)
 
 
 async def start_worker(store_url: str, job: int, sink: Sink, source: str,

@@ -25,6 +25,7 @@ from ..protocol.errors import InvalidAddress
 from ..results import Result, Status
 from ..store import PgStore, StoreError
 from ..store.job_spec import JobSpec
+from ..store.job_state import LOADED, mark_loaded
 from .inputs import InputError, read_message, read_recipients, read_suppressions
 from .send_command import decorations
 from .send_options import JOB_OPTIONS, add_send_options
@@ -98,47 +99,49 @@ def _create(args: argparse.Namespace) -> int:
         "message_sha256": hashlib.sha256(spec.message).hexdigest(),
         "recipients": args.recipients,
     }
+    intake = _Intake(suppressed)
     with PgStore(args.db) as store:
-        # "loaded": false until every recipient is in: a worker must not
-        # finish a job for being empty while it is still being loaded
-        job = store.create_job(identity=identity, options={**spec.to_options(), "loaded": False})
+        # not "loaded" until every recipient is in: a worker must not finish
+        # the job for being empty while it is still being loaded
+        job = store.create_job(identity=identity, options={**spec.to_options(), LOADED: False})
         try:
-            held_back: list[str] = []
-            repeats = [0]
-            loaded = store.load_recipients(
-                job, _to_send(read_recipients(args.recipients), suppressed, held_back, repeats))
-            if held_back:
-                store.journal(job).record_outcomes([(held_back, SUPPRESSED)])
-            with store.db.using() as conn:
-                conn.execute("UPDATE jobs SET options = options || '{\"loaded\": true}'"
-                             " WHERE id = %s", (job,))
+            loaded = store.load_recipients(job, intake.filter(read_recipients(args.recipients)))
+            if intake.held_back:
+                store.journal(job).record_outcomes([(intake.held_back, SUPPRESSED)])
+            mark_loaded(store, job)
         except BaseException:
             with contextlib.suppress(StoreError):  # the load's own error is the one to show
                 store.cancel_job(job)
             raise
     if not args.quiet:
-        print(f"job {job}: {loaded:,} recipients to send, {len(held_back):,} suppressed,"
-              f" {repeats[0]:,} repeats dropped")
+        print(f"job {job}: {loaded:,} recipients to send, {len(intake.held_back):,} suppressed,"
+              f" {intake.repeats:,} repeats dropped")
     print(job)
     return EX_OK
 
 
-def _to_send(recipients: Iterator[Recipient], suppressed: frozenset[str],
-             held_back: list[str], repeats: list[int]) -> Iterator[Recipient]:
-    """The recipients to load: each mailbox once (compared as the engine does,
-    domain case-insensitively), suppressed ones set aside in ``held_back``."""
-    seen: set[str] = set()
-    for recipient in recipients:
-        local, at, domain = recipient.address.rpartition("@")
-        key = f"{local}@{domain.lower()}" if at else recipient.address
-        if key in seen:
-            repeats[0] += 1
-            continue
-        seen.add(key)
-        if suppressed and recipient.address.lower() in suppressed:
-            held_back.append(recipient.address)
-            continue
-        yield recipient
+class _Intake:
+    """Which recipients to load: each mailbox once (compared as the engine
+    does, the domain case-insensitively); suppressed ones are set aside."""
+
+    def __init__(self, suppressed: frozenset[str]) -> None:
+        self.suppressed = suppressed
+        self.held_back: list[str] = []
+        self.repeats = 0
+
+    def filter(self, recipients: Iterator[Recipient]) -> Iterator[Recipient]:
+        seen: set[str] = set()
+        for recipient in recipients:
+            local, at, domain = recipient.address.rpartition("@")
+            key = f"{local}@{domain.lower()}" if at else recipient.address
+            if key in seen:
+                self.repeats += 1
+                continue
+            seen.add(key)
+            if self.suppressed and recipient.address.lower() in self.suppressed:
+                self.held_back.append(recipient.address)
+                continue
+            yield recipient
 
 
 def _status(args: argparse.Namespace) -> int:

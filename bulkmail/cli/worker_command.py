@@ -20,7 +20,8 @@ import trio
 from ..api import MailerConfig
 from ..results import Result
 from ..store import PgStore, StoreError
-from ..store.worker import EX_TEMPFAIL, Worker, WorkerSettings, check_job, run_worker
+from ..store.job_state import check_job
+from ..store.worker import EX_TEMPFAIL, Worker, WorkerSettings, run_worker
 from ..store.worker_hooks import LeaseLost
 from .inputs import InputError
 from .progress import Progress

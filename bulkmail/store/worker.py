@@ -17,7 +17,6 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import trio
 
@@ -30,14 +29,14 @@ from ..results import FINAL, Result, Status
 from .aio import AsyncStore, StoreWriter, keep_leases
 from .errors import StoreError
 from .job_spec import JobSpec
+from .job_state import job_ended, load_job, open_jobs
 from .leases import Claim, new_owner_id
 from .retrying import RetryingStore
 from .store import PgStore
 from .worker_hooks import InFlight, install_store_hooks
 
 __all__ = [
-    "EX_OK", "EX_TEMPFAIL", "JobRun", "Worker", "WorkerSettings", "check_job", "job_ended",
-    "open_jobs", "run_worker",
+    "EX_OK", "EX_TEMPFAIL", "JobRun", "Worker", "WorkerSettings", "run_worker",
 ]
 
 EX_OK, EX_TEMPFAIL = 0, 75
@@ -99,43 +98,6 @@ class JobRun:
         next_attempt = due if due <= self.retry_until else None  # None: deferred for good
         return Outcome(Status.DEFERRED, base.code, base.enhanced, base.reply, attempts,
                        base.host, next_attempt, base.possible_duplicate)
-
-
-def _load_job(store: PgStore, job: int) -> tuple[dict[str, Any], float]:
-    """The job's options, and when the first worker started on it (recorded by
-    whoever is first: ``--retry-for`` counts from there, for every worker)."""
-    info = store.get_job(job)
-    with store.db.using() as conn:
-        row = conn.execute(
-            "INSERT INTO job_meta (job, key, value)"
-            " VALUES (%s, 'started', extract(epoch FROM now())::text)"
-            " ON CONFLICT (job, key) DO UPDATE SET value = job_meta.value RETURNING value",
-            (job,),
-        ).fetchone()
-    assert row is not None
-    return info.options, float(row[0])
-
-
-def open_jobs(store: PgStore) -> list[tuple[int, bool]]:
-    """``(id, loaded)`` of every active job; a job ``job create`` is still
-    loading must not be finished for having no recipients yet."""
-    with store.db.using() as conn:
-        rows = conn.execute(
-            "SELECT id, coalesce((options->>'loaded')::boolean, true) FROM jobs"
-            " WHERE state = 'active' ORDER BY id"
-        ).fetchall()
-    return [(int(r[0]), bool(r[1])) for r in rows]
-
-
-def job_ended(store: PgStore, job: int) -> bool:
-    """Whether ``job`` can give no more work: cancelled, or done (marked so now
-    if nothing is left to send and it is fully loaded)."""
-    info = store.get_job(job)
-    if info.state != "active":
-        return True
-    if not info.options.get("loaded", True):
-        return False
-    return bool(store.finish_if_done(job))
 
 
 class Worker:
@@ -226,7 +188,7 @@ class Worker:
     async def job_run(self, job: int) -> JobRun:
         run = self.jobs.get(job)
         if run is None:
-            options, started = await self.store.call(lambda s: _load_job(s, job))
+            options, started = await self.store.call(lambda s: load_job(s, job))
             spec = JobSpec.from_options(options, job=job)
             spec.content()  # a job it cannot send (a key that does not sign): fail now
             run = JobRun(job, spec, spec.retry_policy(), started)
@@ -302,14 +264,6 @@ class Worker:
                                 "not sent: a repeat of another recipient of this job")
         self.writer.submit_outcomes(job, addresses, Outcome(
             Status.DEFERRED, reply.code, reply.enhanced, reply.text))
-
-
-def check_job(store: PgStore, job: int) -> JobSpec:
-    """The job's spec, for a worker to refuse a job it cannot send before it starts."""
-    info = store.get_job(job)
-    spec = JobSpec.from_options(info.options, job=job)
-    spec.content()
-    return spec
 
 
 async def run_worker(
