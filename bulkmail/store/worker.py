@@ -33,7 +33,7 @@ from .job_state import job_ended, load_job, open_jobs
 from .leases import Claim, new_owner_id
 from .retrying import RetryingStore
 from .store import PgStore
-from .worker_hooks import InFlight, install_store_hooks
+from .worker_hooks import InFlight, install_store_hooks, send_claimed
 
 __all__ = [
     "EX_OK", "EX_TEMPFAIL", "JobRun", "Worker", "WorkerSettings", "run_worker",
@@ -228,19 +228,16 @@ class Worker:
                 if self.on_results is not None:
                     self.on_results(results)
 
-            self.in_flight.add(claim.job, claimed)
-            try:
-                await self.mailer.send(
-                    # a content object per claim: today's pools put queued items
-                    # with the *same* content object in one transaction and settle
-                    # it under the first item's send, so two claims of a job
-                    # sharing one would get each other's results
-                    run.spec.sender, run.spec.content(check=False),
-                    [r.recipient() for r in claim.recipients],
-                    on_results=record, verp=run.spec.verp,
-                )
-            finally:
-                self.in_flight.remove(claim.job, claimed)
+            await send_claimed(
+                self.mailer, self.writer, self.in_flight, claim.job, run.spec.sender,
+                # a content object per claim: the engine this was written for puts
+                # queued items with the *same* content object in one transaction
+                # and settles it under the first item's send, so two claims of a
+                # job sharing one would get each other's results
+                run.spec.content(check=False),
+                [r.recipient() for r in claim.recipients],
+                on_results=record, verp=run.spec.verp,
+            )
             unreported = [a for a in claimed if a not in reported]
             if self.stopping:
                 unsent += unreported  # a stopping engine takes no more input

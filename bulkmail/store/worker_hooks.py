@@ -1,20 +1,31 @@
 """Where a store worker touches the engine: the in-doubt mark before an end of data.
 
-Kept in one place on purpose: when the engine takes per-job options (the
-in-doubt hook per job instead of one per engine), only :func:`install_store_hooks`
-changes, and :class:`InFlight` -- which exists only because today's hook
-hears addresses without their job -- goes away.
+Kept in one place on purpose.  Engines with per-job options take the hook
+per ``Mailer.send`` call, and it knows its job; older ones take one hook per
+engine (``engine.on_in_doubt``, as ``durable.send_durably`` sets it), which
+hears addresses without their job, hence :class:`InFlight`.  Once every
+engine takes per-job hooks, the engine-wide branch and ``InFlight`` go.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from ..api import Mailer
+from ..message import Content, Recipient
+from ..results import Result, Summary
 from .aio import StoreWriter
 from .errors import StoreError
 
-__all__ = ["InFlight", "LeaseLost", "install_store_hooks"]
+__all__ = [
+    "PER_JOB_HOOKS", "InFlight", "LeaseLost", "install_store_hooks", "mark_or_refuse",
+    "send_claimed",
+]
+
+#: whether ``Mailer.send`` takes ``on_in_doubt`` (per-job options)
+PER_JOB_HOOKS = "on_in_doubt" in inspect.signature(Mailer.send).parameters
 
 
 class LeaseLost(StoreError):
@@ -34,7 +45,8 @@ class LeaseLost(StoreError):
 
 
 class InFlight:
-    """The job of each address this worker has handed to the engine."""
+    """The job of each address this worker has handed to the engine (for an
+    engine-wide hook, which hears addresses only)."""
 
     def __init__(self) -> None:
         self._jobs: dict[str, list[int]] = {}
@@ -65,24 +77,63 @@ class InFlight:
         return len(self._jobs)
 
 
+async def mark_or_refuse(writer: StoreWriter, job: int | None, addresses: Sequence[str]) -> None:
+    """Commit ``addresses`` in doubt, or raise LeaseLost if any is not ours.
+
+    The end of data then goes to nobody in that window (one SMTP transaction
+    may carry several recipients, and one cannot be taken back out of it).
+    Those of the window still ours stay marked: whoever takes them next
+    resends them once, flagged -- a needless flag, never a lost recipient.
+    """
+    if job is None:
+        raise LeaseLost(0, addresses)
+    applied = await writer.mark_in_doubt(job, addresses)
+    if len(applied) < len(addresses):
+        raise LeaseLost(job, [a for a in addresses if a not in applied])
+
+
 def install_store_hooks(mailer: Mailer, writer: StoreWriter, in_flight: InFlight) -> None:
-    """Make ``mailer`` mark recipients in doubt in the store (a committed
-    transaction) before their end of data leaves, as ``durable.send_durably``
-    does with the SQLite journal.  If any of them is no longer this worker's,
-    raise :class:`LeaseLost` instead: the end of data is not sent to anyone in
-    that window (one SMTP transaction may carry several recipients, and a
-    recipient cannot be taken back out of it).  Those of the window still
-    ours stay marked in doubt: whoever takes them next resends them once,
-    flagged -- a needless flag, never a lost recipient."""
-    engine = mailer.engine
+    """For an engine with one hook for all jobs: mark in the store, through
+    ``in_flight`` (what :func:`send_claimed` registers).  Nothing to do for
+    engines with per-job hooks."""
+    if PER_JOB_HOOKS:
+        return
+    engine: Any = mailer.engine
 
     async def in_doubt(addresses: Sequence[str]) -> None:
         for job, group in in_flight.by_job(addresses).items():
-            if job is None:
-                raise LeaseLost(0, group)
-            applied = await writer.mark_in_doubt(job, group)
-            if len(applied) < len(group):
-                raise LeaseLost(job, [a for a in group if a not in applied])
+            await mark_or_refuse(writer, job, group)
 
     engine.on_in_doubt = in_doubt
     engine.presettle = None  # suppression is applied when the job is created
+
+
+async def send_claimed(
+    mailer: Mailer,
+    writer: StoreWriter,
+    in_flight: InFlight,
+    job: int,
+    sender: str,
+    content: Content,
+    recipients: Sequence[Recipient],
+    *,
+    on_results: Callable[[Sequence[Result]], None],
+    verp: bool,
+) -> Summary:
+    """``mailer.send`` for claimed recipients of ``job``, each committed as in
+    doubt in the store before its end of data leaves."""
+    if PER_JOB_HOOKS:
+
+        async def in_doubt(addresses: Sequence[str]) -> None:
+            await mark_or_refuse(writer, job, addresses)
+
+        per_job: dict[str, Any] = {"on_in_doubt": in_doubt}
+        return await mailer.send(sender, content, recipients, on_results=on_results,
+                                 verp=verp, **per_job)
+    addresses = [r.address for r in recipients]
+    in_flight.add(job, addresses)
+    try:
+        return await mailer.send(sender, content, recipients, on_results=on_results,
+                                 verp=verp)
+    finally:
+        in_flight.remove(job, addresses)
