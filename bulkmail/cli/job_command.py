@@ -32,12 +32,18 @@ from .send_options import JOB_OPTIONS, add_send_options
 
 EX_OK, EX_USAGE = 0, 2
 
+EXAMPLE = """example:
+  bulkmail job create --db postgresql://bulkmail@db.internal/mail \\
+      --sender news@example.org --recipients list.csv --message news.eml
+"""
+
 #: what ``send`` reports for a suppressed recipient
 SUPPRESSED = Outcome(Status.SUPPRESSED, 250, "2.0.0", "suppressed: not sent")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION",
+                                    help="create | status | report | cancel")
     create = actions.add_parser("create", help="store a job and its recipients; prints its id",
                                 description="store a job and its recipients; prints its id")
     _db(create)
@@ -47,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        ("cancel", "stop handing out the job's recipients")):
         sub = actions.add_parser(name, help=text, description=text)
         _db(sub)
-        sub.add_argument("job", type=int, metavar="ID")
+        sub.add_argument("job", type=int, metavar="ID", help="the id 'job create' printed")
 
 
 def _db(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,8 @@ below; until then this reads its parser.)
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from . import send_command
 
@@ -51,6 +52,16 @@ def add_send_options(parser: argparse.ArgumentParser, names: Iterable[str]) -> N
             wanted.discard(action.dest)
     if wanted:  # send renamed or dropped one: fail every use, not silently
         raise RuntimeError(f"send has no option for {sorted(wanted)}")
+
+
+def send_type(dest: str) -> Callable[[str], Any]:
+    """The argument type ``send`` parses option ``dest`` with (its duration
+    parser for ``retry_first``, ...), for options of the same kind."""
+    source = argparse.ArgumentParser(add_help=False)
+    send_command.add_arguments(source)
+    action = next(a for a in source._actions if a.dest == dest)
+    assert callable(action.type)
+    return action.type
 
 
 def send_defaults() -> argparse.Namespace:

@@ -25,10 +25,15 @@ from ..store.worker import EX_TEMPFAIL, Worker, WorkerSettings, run_worker
 from ..store.worker_hooks import LeaseLost
 from .inputs import InputError
 from .progress import Progress
-from .send_command import build_config, duration
-from .send_options import EGRESS_OPTIONS, add_send_options, send_defaults
+from .send_command import build_config
+from .send_options import EGRESS_OPTIONS, add_send_options, send_defaults, send_type
 
 EX_USAGE = 2
+
+EXAMPLE = """example:
+  bulkmail worker --db postgresql://bulkmail@db.internal/mail --job 7 \\
+      --source-address 192.0.2.10
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="work this job only (default: every active job)")
     parser.add_argument("--follow", action="store_true",
                         help="keep waiting for new work instead of exiting when done")
-    parser.add_argument("--lease", type=duration, default=30.0, metavar="DURATION",
+    parser.add_argument("--lease", type=send_type("retry_first"), default=30.0, metavar="DURATION",
                         help="how long claimed recipients stay this worker's without a "
                              "heartbeat: a dead worker's are taken over after it (default 30s)")
     parser.add_argument("--claim-size", type=int, default=500, metavar="N",
