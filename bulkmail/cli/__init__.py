@@ -50,6 +50,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                    "suppress recipients who complained (ARF feedback reports)"),
     "unsubscribe-server": ("bulkmail.cli.unsubscribe_server_command",
                            "serve one-click unsubscribes (RFC 8058) into a suppression store"),
+    "job": ("bulkmail.cli.job_command",
+            "create, inspect, report or cancel a job in PostgreSQL (several workers)"),
+    "worker": ("bulkmail.cli.worker_command",
+               "work a PostgreSQL job's recipients (one per machine or core)"),
 }
 
 #: an example per subcommand, shown under its --help (modules may define EXAMPLE instead)
