@@ -14,13 +14,14 @@ destination pattern (or every destination) and names an action::
     duration = "1h"
 
 ``limit`` also takes ``connections`` and/or ``rate``.  The first matching rule
-wins.  This module only describes and matches; the engine applies the action
-to the destination's health (:mod:`bulkmail.delivery.health`).  Pure, no I/O.
+wins.  Replies are matched by :class:`~bulkmail.reply_match.ReplyPattern`,
+the bounce classifier's matcher, so both rule files read the same way.
+This module only describes and matches; the engine applies the action to
+the destination's health (:mod:`bulkmail.delivery.health`).  Pure, no I/O.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 from .config import parse_duration
 from .destination_match import pattern_matches
 from .protocol.replies import Reply
+from .reply_match import ReplyPattern
 
 ACTIONS = ("suspend", "suspend-source", "limit", "bounce-rest")
 
@@ -36,50 +38,11 @@ _KEYS = frozenset({"destination", "code", "enhanced", "text", "action", "duratio
 
 
 @dataclass(frozen=True, slots=True)
-class ReplyMatch:
-    """Regexes on a reply's parts; ``None`` means "any".
-
-    The same semantics as the bounce classifier's matcher (code and enhanced
-    code fully matched, text searched case-insensitively), so one rule file
-    reads the same wherever it is used; :func:`reply_match` is the one place
-    to swap in a shared matcher.
-    """
-
-    code: re.Pattern[str] | None = None
-    enhanced: re.Pattern[str] | None = None
-    text: re.Pattern[str] | None = None
-
-    def matches(self, reply: Reply) -> bool:
-        if self.code is not None and self.code.fullmatch(str(reply.code)) is None:
-            return False
-        if self.enhanced is not None and self.enhanced.fullmatch(reply.enhanced or "") is None:
-            return False
-        return self.text is None or self.text.search(reply.text) is not None
-
-
-def reply_match(table: Mapping[str, Any]) -> ReplyMatch:
-    """The matcher described by a rule's ``code``/``enhanced``/``text`` keys
-    (ValueError naming the key for a bad regex)."""
-    compiled: dict[str, re.Pattern[str] | None] = {}
-    for key, flags in (("code", 0), ("enhanced", 0), ("text", re.IGNORECASE)):
-        value = table.get(key)
-        if value is None:
-            compiled[key] = None
-            continue
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise ValueError(f"{key} must be a string (a regular expression), not {value!r}")
-        try:
-            compiled[key] = re.compile(str(value), flags)
-        except re.error as exc:
-            raise ValueError(f"{key} {value!r} is not a valid regular expression: {exc}") from None
-    return ReplyMatch(compiled["code"], compiled["enhanced"], compiled["text"])
-
-
-@dataclass(frozen=True, slots=True)
 class ReactionRule:
     """One reply rule: which replies, from which destinations, cause what."""
 
-    match: ReplyMatch
+    #: the bounce classifier's matcher: the same keys read the same way
+    match: ReplyPattern
     action: str
     duration: float
     #: destination pattern (as in ``[domains]``); None for every destination
@@ -107,7 +70,7 @@ def parse_reaction(
         raise ValueError(f"action must be one of {', '.join(ACTIONS)}, not {action!r}")
     if not any(key in table for key in ("code", "enhanced", "text")):
         raise ValueError("a rule needs at least one of code, enhanced, text")
-    match = reply_match(table)
+    match = ReplyPattern.from_table(table)  # PatternError is a ValueError
     destination = table.get("destination")
     if destination is not None and (not isinstance(destination, str) or not destination):
         raise ValueError(f"destination must be a pattern string, not {destination!r}")
@@ -148,7 +111,8 @@ def rules_for(rules: Iterable[ReactionRule], names: Iterable[str]) -> tuple[Reac
 
 def first_match(rules: tuple[ReactionRule, ...], reply: Reply) -> ReactionRule | None:
     """The first rule matching ``reply`` (only ever asked for failure replies)."""
+    code, enhanced, text = reply.code, reply.enhanced, reply.text
     for rule in rules:
-        if rule.match.matches(reply):
+        if rule.match.matches(code, enhanced, text):
             return rule
     return None
