@@ -249,7 +249,7 @@ class Pool:
         taken: list[Item] = []
         q = self.queue
         head = q[0]
-        content = head.job.content
+        job = head.job  # one job per take: its sender, its content, its results
         per_txn = 1 if head.job.one_per_transaction else self.limits.max_rcpts
         limit = per_txn * budget
         if per_txn == 1 and self.workers > 1:
@@ -260,7 +260,7 @@ class Pool:
         if not flush:
             # only whole transactions while more recipients may still come
             limit = min(limit, (len(q) // per_txn) * per_txn)
-        while q and len(taken) < limit and q[0].job.content is content:
+        while q and len(taken) < limit and q[0].job is job:
             taken.append(q.popleft())
         if q:
             self._oldest = trio.current_time()
