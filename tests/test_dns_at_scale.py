@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import resource
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
