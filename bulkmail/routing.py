@@ -7,12 +7,11 @@ bounce (5xx) or defer (4xx).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import ipaddress
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -61,13 +60,18 @@ class Router(Protocol):
         ...
 
     def prefetch(self, domain: str) -> bool:
-        """Queue ``domain`` to be resolved ahead of need (never waits); False if
-        nothing was queued."""
+        """Queue ``domain`` to be resolved ahead of need (never waits).  True:
+        the prefetcher will resolve it and report it to ``on_resolved``; False:
+        nothing queued (cached -- use ``peek`` -- or the queue is full)."""
         ...
 
-    async def run_prefetcher(self) -> None:
+    async def run_prefetcher(self, on_resolved: Resolved | None = None) -> None:
         """Work the prefetch queue until cancelled (run it in the engine's nursery)."""
         ...
+
+
+#: told each prefetched domain's outcome: its Destination, or the RoutingError
+Resolved = Callable[[str, "Destination | RoutingError"], None]
 
 
 def domain_of(address: str) -> str:
@@ -150,7 +154,7 @@ class RelayRouter:
     def prefetch(self, domain: str) -> bool:
         return False  # one smarthost: nothing per domain to resolve ahead
 
-    async def run_prefetcher(self) -> None:
+    async def run_prefetcher(self, on_resolved: Resolved | None = None) -> None:
         await trio.sleep_forever()
 
     async def _resolve(self) -> Destination | Reply:
@@ -190,6 +194,7 @@ class MXRouter:
         # hold references, not copies
         self._interned: dict[tuple[str, tuple[Host, ...]], Destination] = {}
         self._ahead: dict[str, None] = {}  # prefetch queue, in order, without repeats
+        self._prefetching: set[str] = set()  # taken from the queue, being resolved
         self._ahead_wakeup = trio.lowlevel.ParkingLot()
 
     async def route(self, domain: str) -> Destination:
@@ -205,15 +210,19 @@ class MXRouter:
     def prefetch(self, domain: str) -> bool:
         """Queue ``domain`` to be resolved by :meth:`run_prefetcher` (never waits).
 
-        False when there is nothing to do (cached, being resolved, queued) or
-        the queue is full; the engine feeds the domains of recipients it will
-        send to soon, so their lookups overlap delivery to the current ones.
+        True when the prefetcher will resolve it (queued now, earlier, or
+        being resolved by it) and report it to ``on_resolved``; False when it
+        is cached (``peek`` has it), the queue is full, or a ``route()`` call
+        is resolving it -- the caller awaits ``route()`` then.  The engine
+        feeds the domains of recipients it will send to soon, so their lookups
+        overlap delivery to the current ones, with no task per domain.
         """
         domain = _canonical(domain)
         ahead = self._ahead
+        if domain in ahead or domain in self._prefetching:
+            return True
         if (
-            domain in ahead
-            or len(ahead) >= self.config.prefetch_queue
+            len(ahead) >= self.config.prefetch_queue
             or self._routes.busy(domain)
             or self._routes.get(domain) is not None
         ):
@@ -222,17 +231,22 @@ class MXRouter:
         self._ahead_wakeup.unpark()
         return True
 
-    async def run_prefetcher(self) -> None:
+    async def run_prefetcher(self, on_resolved: Resolved | None = None) -> None:
         """Resolve prefetched domains, half of ``max_queries`` of them at a time
-        (so lookups somebody waits for get the other half), until cancelled."""
+        (so lookups somebody waits for get the other half), until cancelled;
+        each outcome goes to ``on_resolved(domain, Destination | RoutingError)``."""
         limit = trio.Semaphore(max(1, self.config.max_queries // 2))
 
         async def resolve(domain: str) -> None:
             try:
-                with contextlib.suppress(RoutingError):  # the outcome is cached either way
-                    await self.route(domain)
+                outcome: Destination | RoutingError = await self.route(domain)
+            except RoutingError as exc:
+                outcome = exc  # cached either way
             finally:
+                self._prefetching.discard(domain)
                 limit.release()
+            if on_resolved is not None:
+                on_resolved(domain, outcome)
 
         async with trio.open_nursery() as nursery:
             while True:
@@ -244,6 +258,7 @@ class MXRouter:
                     continue
                 domain = next(iter(self._ahead))
                 del self._ahead[domain]
+                self._prefetching.add(domain)
                 nursery.start_soon(resolve, domain)
 
     @property

@@ -14,7 +14,7 @@ from typing import Any
 import trio
 import trio.testing
 
-from bulkmail.routing import Destination, DNSConfig, MXRouter
+from bulkmail.routing import Destination, DNSConfig, MXRouter, RoutingError
 from bulkmail.sink import Sink, SinkConfig
 
 from .dnsserver import DNSServer
@@ -78,18 +78,27 @@ async def test_prefetched_domains_are_resolved_before_anyone_asks() -> None:
             server.add(f"d{n}.test", "MX", "10 mx.site.test.")
         server.add("mx.site.test", "A", "127.0.0.1")
         router = router_for(server, prefetch_queue=15)
-        queued = [router.prefetch(f"d{n}.test") for n in range(20)]
+        queued = [router.prefetch(f"d{n}.test") for n in range(19)]
+        queued.append(router.prefetch("gone.test"))  # NXDOMAIN
         assert queued == [True] * 15 + [False] * 5  # the queue is bounded
-        assert router.prefetch("d0.test") is False  # already queued
+        assert router.prefetch("D0.test.") is True  # already queued: it will be reported
         assert router.peek("d0.test") is None
-        nursery.start_soon(router.run_prefetcher)
-        while router.prefetch_queued or router.dns.in_flight:
+        reported: dict[str, Destination | RoutingError] = {}
+        nursery.start_soon(router.run_prefetcher, lambda d, o: reported.setdefault(d, o))
+        while len(reported) < 15:
             await trio.sleep(0.01)
-        await trio.testing.wait_all_tasks_blocked()
-        resolved = [router.peek(f"d{n}.test") for n in range(20)]
-        assert all(d is not None and d.key == "mx:mx.site.test" for d in resolved[:15])
-        assert resolved[15:] == [None] * 5
-        assert router.prefetch("d3.test") is False  # cached: nothing to do
+        assert sorted(reported) == sorted(f"d{n}.test" for n in range(15))
+        for n in range(15):
+            outcome = reported[f"d{n}.test"]
+            assert isinstance(outcome, Destination) and outcome.key == "mx:mx.site.test"
+            assert router.peek(f"d{n}.test") is outcome
+        assert router.peek("d15.test") is None  # never queued: nobody resolved it
+        assert router.prefetch("d3.test") is False  # cached: peek has it
+        assert router.prefetch("gone.test") is True  # room again
+        while "gone.test" not in reported:
+            await trio.sleep(0.01)
+        failure = reported["gone.test"]
+        assert isinstance(failure, RoutingError) and failure.reply.code == 550
         before = len(server.queries)
         await router.route("d3.test")
         assert len(server.queries) == before  # the route came from the cache
