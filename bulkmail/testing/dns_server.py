@@ -220,16 +220,16 @@ class DNSServer:
             # see a timeout this server caused)
             udp.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4 << 20)
             await udp.bind(("127.0.0.1", port))
-            port = udp.getsockname()[1]
+            bound = udp.getsockname()[1]
             try:
-                listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+                listeners = await trio.open_tcp_listeners(bound, host="127.0.0.1")
             except OSError:
                 udp.close()  # the TCP side of this port is taken: pick another
-                if attempt == 4:
+                if attempt == 4 or port:
                     raise
                 continue
             break
-        self.port = port
+        self.port = bound
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._serve_udp, udp)
             nursery.start_soon(trio.serve_listeners, self._serve_tcp, listeners)
