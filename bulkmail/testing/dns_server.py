@@ -233,7 +233,7 @@ class DNSServer:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._serve_udp, udp)
             nursery.start_soon(trio.serve_listeners, self._serve_tcp, listeners)
-            task_status.started(port)
+            task_status.started(bound)
 
     async def _serve_udp(self, sock: trio.socket.SocketType) -> None:
         with sock:
