@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -28,6 +28,10 @@ from .protocol.errors import InvalidAddress
 from .results import Result, Summary
 from .routing import DNSConfig, MXRouter, RelayRouter, Router
 from .shaping import PoolLimits, Shaping
+from .tls_policy.planner import TLSPolicyConfig
+
+if TYPE_CHECKING:
+    from .tls_policy.planner import TLSPolicies
 
 MessageLike = bytes | str | EmailMessage | Content | Callable[[Recipient], bytes]
 Recipients = Iterable[Recipient | str] | AsyncIterable[Recipient | str]
@@ -65,6 +69,8 @@ class MailerConfig:
     window: int = 32
     linger: float = 0.05
     seed: int | None = None
+    #: MX delivery only (a relay gets ``secure``): MTA-STS by default, DANE on request
+    tls_policy: TLSPolicyConfig = field(default_factory=TLSPolicyConfig)
 
     def session_config(self) -> SessionConfig:
         return SessionConfig(
@@ -93,10 +99,23 @@ class MailerConfig:
             seed=self.seed,
         )
 
-    def router(self) -> Router:
+    def router(self, policies: TLSPolicies | None = None) -> Router:
+        """The relay, or MX routing (with ``policies``' TLS plans attached)."""
         if self.relay is not None:
             return RelayRouter(self.relay.host, self.relay.port)
+        if policies is not None:
+            from .tls_policy.router import PolicyRouter
+
+            return PolicyRouter(MXRouter(self.dns), policies)
         return MXRouter(self.dns)
+
+    def tls_policies(self) -> TLSPolicies | None:
+        """The MTA-STS / DANE state of an MX run (None: a relay, or opportunistic TLS)."""
+        if self.relay is not None or self.tls_policy.policy == "opportunistic":
+            return None
+        from .tls_policy.planner import TLSPolicies
+
+        return TLSPolicies(self.tls_policy, self.dns)
 
 
 class Mailer:
@@ -113,6 +132,7 @@ class Mailer:
         self.config = replace(base, **overrides) if overrides else base
         self._engine: Engine | None = None
         self._nursery_manager: Any = None
+        self._policies: TLSPolicies | None = None
 
     @property
     def engine(self) -> Engine:
@@ -123,7 +143,9 @@ class Mailer:
     async def __aenter__(self) -> Mailer:
         self._nursery_manager = trio.open_nursery()
         nursery = await self._nursery_manager.__aenter__()
-        self._engine = Engine(self.config.engine_config(), self.config.router(), nursery)
+        self._policies = self.config.tls_policies()
+        router = self.config.router(self._policies)
+        self._engine = Engine(self.config.engine_config(), router, nursery)
         return self
 
     async def __aexit__(
@@ -136,7 +158,11 @@ class Mailer:
         engine.stop()  # idle sessions say QUIT now instead of after their idle timeout
         if exc is not None:
             engine.nursery.cancel_scope.cancel()
-        result: bool | None = await self._nursery_manager.__aexit__(exc_type, exc, tb)
+        try:
+            result: bool | None = await self._nursery_manager.__aexit__(exc_type, exc, tb)
+        finally:
+            if self._policies is not None:
+                self._policies.close()
         return result
 
     def stop(self) -> None:

@@ -1,0 +1,121 @@
+"""What one MX host's session must satisfy, and what its outcome is reported as.
+
+A :class:`HostRule` is decided per destination (see :mod:`.planner`) and
+applied per connection: it turns the base :class:`SessionConfig` into the
+policy's (STARTTLS required, certificate verified against the MX name, or a
+DANE check), refuses a host the policy excludes before any byte is sent,
+and counts the session for TLS-RPT.  :func:`result_type` maps a failed TLS
+session to RFC 8460's result types from the exception chain, never from text.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+import trio
+
+from ..config import SessionConfig
+from ..errors import SMTPError, SMTPTLSError
+from ..protocol.replies import Reply
+from .dane import DANEMismatch
+from .tlsrpt import ReportPolicy, TLSReportStore
+
+#: OpenSSL's X509_V_ERR_CERT_HAS_EXPIRED and X509_V_ERR_HOSTNAME_MISMATCH
+_EXPIRED, _HOST_MISMATCH = 10, 62
+
+Verifier = Callable[[trio.SSLStream[trio.abc.Stream]], None]
+
+
+def result_type(exc: BaseException) -> str:
+    """The RFC 8460 §4.3 result type of a TLS session failure."""
+    seen: BaseException | None = exc.__cause__ or exc.__context__
+    if seen is None:
+        return "starttls-not-supported"  # not offered, or refused by the server
+    while seen is not None:
+        if isinstance(seen, DANEMismatch):
+            return "tlsa-invalid"
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            if seen.verify_code == _EXPIRED:
+                return "certificate-expired"
+            if seen.verify_code == _HOST_MISMATCH:
+                return "certificate-host-mismatch"
+            return "certificate-not-trusted"
+        seen = seen.__cause__ or seen.__context__
+    return "validation-failure"
+
+
+@lru_cache(maxsize=1)
+def unverified_context() -> ssl.SSLContext:
+    """For DANE: the TLSA records, not the web PKI, authenticate the server."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+@dataclass(frozen=True, slots=True)
+class HostRule:
+    """The TLS terms for one MX host under one policy domain's plan."""
+
+    #: "opportunistic", "mta-sts", "mta-sts-testing" or "dane"
+    policy: str
+    #: STARTTLS required, no plaintext, no fallback to an unverified session
+    required: bool = False
+    ssl_context: ssl.SSLContext | None = None
+    verify: Verifier | None = None
+    #: the policy excludes this host: not even a connection (enhanced code 4.7.5)
+    refusal: Reply | None = None
+    #: testing mode: a failure is reported, then the host gets mail as without a policy
+    testing: bool = False
+    report: ReportPolicy | None = None
+    #: a failure known before connecting (testing mode: MX not in the policy)
+    known_failure: tuple[str, str] | None = None
+
+    def apply(self, config: SessionConfig) -> SessionConfig:
+        """The session config the caller connects with.  Testing mode keeps the
+        caller's (its TLS fallbacks stay as they are); see :meth:`probe`."""
+        if self.testing:
+            return replace(config, tls_policy=self.policy)
+        return replace(
+            config, secure="starttls" if self.required else config.secure,
+            ssl_context=self.ssl_context or config.ssl_context, tls_verify=self.verify,
+            tls_policy=self.policy,
+        )
+
+    def probe(self, config: SessionConfig) -> SessionConfig | None:
+        """Testing mode: the policy's verified session, tried first (None: nothing to try)."""
+        if not self.testing or self.known_failure is not None:
+            return None
+        return replace(config, secure="starttls", ssl_context=self.ssl_context,
+                       tls_verify=self.verify)
+
+
+class Recorder:
+    """Counts sessions into a TLS-RPT store (when one is configured)."""
+
+    def __init__(self, store: TLSReportStore | None) -> None:
+        self.store = store
+
+    def refused(self, rule: HostRule, host: str) -> None:
+        if self.store is not None and rule.report is not None and rule.refusal is not None:
+            kind = rule.known_failure[0] if rule.known_failure else "validation-failure"
+            self.store.failure(rule.report, kind, receiving_mx=host, reason=rule.refusal.text)
+
+    def connected(self, rule: HostRule, host: str, address: str) -> None:
+        if self.store is None or rule.report is None:
+            return
+        if rule.known_failure is not None:
+            kind, reason = rule.known_failure
+            self.store.failure(rule.report, kind, receiving_mx=host, receiving_ip=address,
+                               reason=reason)
+        else:
+            self.store.success(rule.report)
+
+    def failed(self, rule: HostRule, error: SMTPError, host: str, address: str) -> None:
+        if self.store is None or rule.report is None or not isinstance(error, SMTPTLSError):
+            return
+        self.store.failure(rule.report, result_type(error), receiving_mx=host,
+                           receiving_ip=address, reason=error.reply.text)
