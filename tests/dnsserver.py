@@ -35,6 +35,8 @@ class DNSServer:
         self.rcodes: dict[str, dns.rcode.Rcode] = {}
         self.blackholed: set[str] = set()
         self.truncated: set[str] = set()
+        #: names whose answers carry the AD bit, as from a validating resolver
+        self.authenticated: set[str] = set()
         #: (name without trailing dot, type, "udp" | "tcp"), in arrival order
         self.queries: list[tuple[str, str, str]] = []
         self.port = 0
@@ -49,6 +51,10 @@ class DNSServer:
     def set_rcode(self, name: str, rcode: dns.rcode.Rcode) -> None:
         """Answer every query for ``name`` with ``rcode`` (e.g. SERVFAIL)."""
         self.rcodes[_key(name)] = rcode
+
+    def authenticate(self, name: str) -> None:
+        """Set AD on answers for ``name`` (the resolver vouches for them: DNSSEC)."""
+        self.authenticated.add(_key(name))
 
     def blackhole(self, name: str) -> None:
         """Never answer queries for ``name``, over UDP or TCP."""
@@ -87,6 +93,8 @@ class DNSServer:
             return None
         response = dns.message.make_response(query)
         response.flags |= dns.flags.AA
+        if name in self.authenticated:
+            response.flags |= dns.flags.AD
         if name in self.rcodes:
             response.set_rcode(self.rcodes[name])
             return response.to_wire()

@@ -4,8 +4,8 @@ For each recipient domain routed to MX hosts, :class:`TLSPolicies` looks up
 (and caches) the domain's MTA-STS policy and, with DANE on, each host's
 TLSA records, and decides one :class:`HostRule` per host: DANE where the
 host has DNSSEC-validated TLSA records (RFC 8461 §2: DANE wins), else the
-MTA-STS policy, else opportunistic TLS.  :class:`TLSPlan.open` connects one
-host under its rule and counts the session for TLS-RPT.
+MTA-STS policy, else opportunistic TLS.  :meth:`HostRule.open` on each
+host's rule connects to it and counts the session for TLS-RPT.
 """
 
 from __future__ import annotations
@@ -19,10 +19,8 @@ from typing import Literal
 
 import trio
 
-from ..config import SessionConfig
-from ..errors import SMTPError, SMTPTLSError, synthetic_reply
+from ..errors import synthetic_reply
 from ..routing import Destination, DNSConfig
-from ..session import SMTPSession
 from .cache import PolicyCache
 from .dane import TLSARecord, check_certificate
 from .lookup import LookupFailed, PolicyDNS
@@ -56,37 +54,9 @@ class TLSPlan:
 
     domain: str
     rules: Mapping[str, HostRule]
-    recorder: Recorder
 
     def rule(self, host: str) -> HostRule | None:
         return self.rules.get(host)
-
-    def refuse(self, rule: HostRule, host: str) -> SMTPTLSError:
-        """The error for a host the policy excludes (it is never connected to)."""
-        assert rule.refusal is not None
-        self.recorder.refused(rule, host)
-        return SMTPTLSError(rule.refusal, host=host)
-
-    async def open(self, rule: HostRule, config: SessionConfig, address: str) -> SMTPSession:
-        """Connect under ``rule`` (``config`` from ``rule.apply``); count the outcome."""
-        host = config.host
-        probe = rule.probe(config)
-        if probe is not None:  # testing mode: try the policy, report, then go on as today
-            try:
-                session = await SMTPSession.connect(probe, address)
-            except SMTPTLSError as exc:
-                self.recorder.failed(rule, exc, host, address)
-            else:
-                self.recorder.connected(rule, host, address)
-                return session
-            return await SMTPSession.connect(config, address)
-        try:
-            session = await SMTPSession.connect(config, address)
-        except SMTPError as exc:
-            self.recorder.failed(rule, exc, host, address)
-            raise
-        self.recorder.connected(rule, host, address)
-        return session
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +99,7 @@ class TLSPolicies:
             rule = dane.get(host.name) or self._sts_rule(domain, policy, host.name)
             if rule is not None:
                 rules[host.name] = rule
-        return TLSPlan(domain, rules, self.recorder) if rules else None
+        return TLSPlan(domain, rules) if rules else None
 
     # -- MTA-STS -------------------------------------------------------------------
 
@@ -163,15 +133,16 @@ class TLSPolicies:
         if policy.matches(host):
             if policy.mode == "testing":
                 return HostRule("mta-sts-testing", ssl_context=context, testing=True,
-                                report=report)
-            return HostRule("mta-sts", required=True, ssl_context=context, report=report)
+                                report=report, recorder=self.recorder)
+            return HostRule("mta-sts", required=True, ssl_context=context, report=report,
+                            recorder=self.recorder)
         reason = f"MTA-STS: MX host {host} is not in {domain}'s policy ({policy.mode})"
         if policy.mode == "testing":
             return HostRule("mta-sts-testing", testing=True, report=report,
-                            known_failure=("validation-failure", reason))
+                            known_failure=("validation-failure", reason), recorder=self.recorder)
         return HostRule("mta-sts", required=True, report=report,
                         refusal=synthetic_reply(451, "4.7.5", reason),
-                        known_failure=("validation-failure", reason))
+                        known_failure=("validation-failure", reason), recorder=self.recorder)
 
     # -- DANE ----------------------------------------------------------------------
 
@@ -187,7 +158,7 @@ class TLSPolicies:
                 out[host] = HostRule(
                     "dane", required=True, refusal=synthetic_reply(451, "4.7.5", reason),
                     report=ReportPolicy(domain, "tlsa", (), (host,)),
-                    known_failure=("dnssec-invalid", reason),
+                    known_failure=("dnssec-invalid", reason), recorder=self.recorder,
                 )
             return
         if not answer.authenticated or not answer.rdata:
@@ -198,7 +169,7 @@ class TLSPolicies:
         # all records unusable: TLS stays mandatory, unauthenticated (RFC 7672 §2.2)
         verify = functools.partial(_verify_dane, usable) if usable else None
         out[host] = HostRule("dane", required=True, ssl_context=unverified_context(),
-                             verify=verify, report=report)
+                             verify=verify, report=report, recorder=self.recorder)
 
     async def _signed(self, host: str) -> bool:
         """Whether ``host``'s address records validate (its zone is signed)."""

@@ -20,6 +20,8 @@ import trio
 from ..config import SessionConfig
 from ..errors import SMTPError, SMTPTLSError
 from ..protocol.replies import Reply
+from ..results import PeerName, TLSStatus
+from ..session import SMTPSession
 from .dane import DANEMismatch
 from .tlsrpt import ReportPolicy, TLSReportStore
 
@@ -73,6 +75,37 @@ class HostRule:
     report: ReportPolicy | None = None
     #: a failure known before connecting (testing mode: MX not in the policy)
     known_failure: tuple[str, str] | None = None
+    #: where sessions are counted for TLS-RPT
+    recorder: Recorder | None = None
+
+    def refuse(self, host: str) -> SMTPTLSError:
+        """The error for a host the policy excludes (it is never connected to)."""
+        assert self.refusal is not None
+        if self.recorder is not None:
+            self.recorder.refused(self, host)
+        return SMTPTLSError(self.refusal, host=PeerName(host, TLSStatus(self.policy, False, False)))
+
+    async def open(self, config: SessionConfig, address: str) -> SMTPSession:
+        """Connect under this rule (``config`` from :meth:`apply`); count the outcome."""
+        recorder = self.recorder or Recorder(None)
+        host = config.host
+        probe = self.probe(config)
+        if probe is not None:  # testing mode: try the policy, report, then go on as today
+            try:
+                session = await SMTPSession.connect(probe, address)
+            except SMTPTLSError as exc:
+                recorder.failed(self, exc, host, address)
+            else:
+                recorder.connected(self, host, address)
+                return session
+            return await SMTPSession.connect(config, address)
+        try:
+            session = await SMTPSession.connect(config, address)
+        except SMTPError as exc:
+            recorder.failed(self, exc, host, address)
+            raise
+        recorder.connected(self, host, address)
+        return session
 
     def apply(self, config: SessionConfig) -> SessionConfig:
         """The session config the caller connects with.  Testing mode keeps the
