@@ -35,6 +35,8 @@ class World:
     sink: Sink
     relay: Interceptor
     state: Path
+    #: the sink's certificate (DER), for TLSA records
+    mx_der: bytes
 
     def config(self, policy: str = "mta-sts", **overrides: object) -> MailerConfig:
         fetch = FetchConfig(
@@ -56,16 +58,19 @@ class World:
         self.policies.policy(DOMAIN, text)
 
 
-def mx_certificate(ca: trustme.CA, name: str, *, expired: bool = False) -> ssl.SSLContext:
-    """A server context whose certificate names ``name`` (or expired yesterday)."""
+def mx_certificate(ca: trustme.CA, name: str, *,
+                   expired: bool = False) -> tuple[ssl.SSLContext, bytes]:
+    """A server context whose certificate names ``name`` (or expired yesterday),
+    and that certificate in DER."""
     kwargs = {}
     if expired:
         now = dt.datetime.now(dt.UTC)
-        kwargs = {"not_before": now - dt.timedelta(days=30), "not_after": now - dt.timedelta(days=1)}
+        kwargs = {"not_before": now - dt.timedelta(days=30),
+                  "not_after": now - dt.timedelta(days=1)}
     cert = ca.issue_cert(name, **kwargs)  # type: ignore[arg-type]
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(context)
-    return context
+    return context, ssl.PEM_cert_to_DER_cert(cert.cert_chain_pems[0].bytes().decode())
 
 
 async def build_world(nursery: trio.Nursery, tmp_path: Path, *, cert_name: str = MX,
@@ -81,9 +86,9 @@ async def build_world(nursery: trio.Nursery, tmp_path: Path, *, cert_name: str =
     ca.issue_cert(f"mta-sts.{DOMAIN}").configure_cert(policy_context)
     policies = PolicyServer(policy_context)
     await nursery.start(policies.serve)
-    sink = Sink(SinkConfig(ssl_context=mx_certificate(ca, cert_name, expired=expired),
-                           hostname=MX, record_messages=True))
+    server_context, der = mx_certificate(ca, cert_name, expired=expired)
+    sink = Sink(SinkConfig(ssl_context=server_context, hostname=MX, record_messages=True))
     await nursery.start(sink.serve)
     relay = Interceptor(sink.port, strip_starttls=strip_starttls)
     await nursery.start(relay.serve)
-    return World(ca, client, dns, policies, sink, relay, tmp_path / "state")
+    return World(ca, client, dns, policies, sink, relay, tmp_path / "state", der)
