@@ -63,16 +63,26 @@ class TLSReportStore:
     """Session counts; ``path`` None keeps them in memory (tests, library use)."""
 
     def __init__(self, path: str | Path | None, *, today: Callable[[], str] = _today) -> None:
-        if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path) if path is not None else ":memory:")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
-        self._db.commit()
+        self.path = Path(path) if path is not None else None
+        self._connection: sqlite3.Connection | None = None
         self._today = today
 
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """Opened at the first use: a run that meets no policy leaves no file behind."""
+        if self._connection is None:
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._connection = sqlite3.connect(str(self.path or ":memory:"))
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute(_SCHEMA)
+            self._connection.commit()
+        return self._connection
+
     def close(self) -> None:
-        self._db.close()
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def success(self, policy: ReportPolicy) -> None:
         self._add(policy, "", "", "", "", "")
@@ -140,7 +150,7 @@ def build_reports(rows: Iterable[tuple[Any, ...]], *, organization: str, contact
         if s_ip:
             detail["sending-mta-ip"] = s_ip
         if reason:
-            detail["additional-information"] = reason
+            detail["failure-reason-code"] = reason
         entry["failure-details"].append(detail)
     reports = []
     for (day, domain), policies in sorted(grouped.items()):
