@@ -20,7 +20,11 @@ import trio
 from bulkmail import Mailer
 from bulkmail.sink import Sink, SinkConfig
 from bulkmail.tls_policy.tlsrpt import (
-    ReportPolicy, TLSReportStore, build_reports, parse_rua, report_filename,
+    ReportPolicy,
+    TLSReportStore,
+    build_reports,
+    parse_rua,
+    report_filename,
 )
 
 from .dnsserver import DNSServer
