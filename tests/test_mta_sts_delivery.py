@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import trio
 
 from bulkmail import Mailer, Status
@@ -145,3 +146,18 @@ async def test_a_failed_fetch_keeps_the_cached_policy_across_restarts(tmp_path: 
     assert world.policies.requests.count((f"mta-sts.{DOMAIN}", "/.well-known/mta-sts.txt")) == 3
     world.state = tmp_path / "state"
     assert any(row[1] == "sts-policy-fetch-error" for row in report_rows(world))
+
+
+async def test_state_that_cannot_be_written_never_stops_delivery(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        world = await build_world(nursery, tmp_path)
+        world.sts(ENFORCE)
+        world.state = tmp_path / "a-file"
+        world.state.write_text("not a directory")
+        with pytest.warns(UserWarning) as warned:
+            results = await deliver(world)
+        nursery.cancel_scope.cancel()
+    assert [r.status for r in results] == [Status.DELIVERED] * 3
+    assert str(results[0].tls) == "mta-sts verified"
+    messages = " ".join(str(w.message) for w in warned)
+    assert "policy cache" in messages and "TLS-RPT counts not recorded" in messages

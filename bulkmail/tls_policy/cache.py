@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,10 @@ class PolicyCache:
             domain: {"id": e.policy_id, "policy": e.policy.text, "fetched": e.fetched}
             for domain, e in self._entries.items() if e.fresh(now)
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(json.dumps(data, indent=1, sort_keys=True), "utf-8")
-        os.replace(temporary, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary.write_text(json.dumps(data, indent=1, sort_keys=True), "utf-8")
+            os.replace(temporary, self.path)
+        except OSError as exc:  # the policy still holds for this process
+            warnings.warn(f"MTA-STS policy cache {self.path} not written: {exc}", stacklevel=3)

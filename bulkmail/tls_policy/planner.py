@@ -119,8 +119,7 @@ class TLSPolicies:
         except PolicyFetchError as exc:
             report = ReportPolicy(domain, "sts") if cached is None else _sts_report(
                 domain, cached.policy)
-            self.reports.failure(report, "sts-policy-fetch-error",
-                                 receiving_mx=f"mta-sts.{domain}", reason=str(exc))
+            self.recorder.fetch_failed(report, domain, str(exc))
             return _active(cached.policy if cached is not None else None)
         self.cache.put(domain, policy_id, policy)
         return _active(policy)

@@ -10,7 +10,9 @@ session to RFC 8460's result types from the exception chain, never from text.
 
 from __future__ import annotations
 
+import sqlite3
 import ssl
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -127,28 +129,50 @@ class HostRule:
 
 
 class Recorder:
-    """Counts sessions into a TLS-RPT store (when one is configured)."""
+    """Counts sessions into a TLS-RPT store (when one is configured).
+
+    Reporting never stands in the way of delivery: a store that cannot be
+    written (read-only directory, full disk) is dropped with one warning."""
 
     def __init__(self, store: TLSReportStore | None) -> None:
         self.store = store
 
     def refused(self, rule: HostRule, host: str) -> None:
-        if self.store is not None and rule.report is not None and rule.refusal is not None:
+        report, refusal = rule.report, rule.refusal
+        if report is not None and refusal is not None:
             kind = rule.known_failure[0] if rule.known_failure else "validation-failure"
-            self.store.failure(rule.report, kind, receiving_mx=host, reason=rule.refusal.text)
+            self._write(lambda store: store.failure(
+                report, kind, receiving_mx=host, reason=refusal.text))
+
+    def fetch_failed(self, report: ReportPolicy, domain: str, reason: str) -> None:
+        self._write(lambda store: store.failure(
+            report, "sts-policy-fetch-error", receiving_mx=f"mta-sts.{domain}", reason=reason))
 
     def connected(self, rule: HostRule, host: str, address: str) -> None:
-        if self.store is None or rule.report is None:
+        report = rule.report
+        if report is None:
             return
         if rule.known_failure is not None:
             kind, reason = rule.known_failure
-            self.store.failure(rule.report, kind, receiving_mx=host, receiving_ip=address,
-                               reason=reason)
+            self._write(lambda store: store.failure(
+                report, kind, receiving_mx=host, receiving_ip=address, reason=reason))
         else:
-            self.store.success(rule.report)
+            self._write(lambda store: store.success(report))
 
     def failed(self, rule: HostRule, error: SMTPError, host: str, address: str) -> None:
-        if self.store is None or rule.report is None or not isinstance(error, SMTPTLSError):
+        report = rule.report
+        if report is None or not isinstance(error, SMTPTLSError):
             return
-        self.store.failure(rule.report, result_type(error), receiving_mx=host,
-                           receiving_ip=address, reason=error.reply.text)
+        self._write(lambda store: store.failure(
+            report, result_type(error), receiving_mx=host, receiving_ip=address,
+            reason=error.reply.text))
+
+    def _write(self, write: Callable[[TLSReportStore], None]) -> None:
+        store = self.store
+        if store is None:
+            return
+        try:
+            write(store)
+        except (sqlite3.Error, OSError) as exc:
+            self.store = None
+            warnings.warn(f"TLS-RPT counts not recorded from now on: {exc}", stacklevel=2)
