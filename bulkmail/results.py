@@ -54,7 +54,7 @@ class PeerName(str):
 
     tls: TLSStatus | None
 
-    def __new__(cls, name: str, tls: TLSStatus | None) -> PeerName:
+    def __new__(cls, name: str, tls: TLSStatus | None = None) -> PeerName:
         self = super().__new__(cls, name)
         self.tls = tls
         return self

@@ -94,10 +94,15 @@ def report_rows(world: World) -> list[tuple[object, ...]]:
 
 
 async def test_a_matching_dane_ee_record_authenticates_the_server(tmp_path: Path) -> None:
+    server_names: list[str | None] = []
     async with trio.open_nursery() as nursery:
         world = await dane_world(nursery, tmp_path)
+        context = world.sink.config.ssl_context
+        assert context is not None
+        context.sni_callback = lambda _obj, name, _ctx: server_names.append(name)  # type: ignore[assignment,misc]
         results = await run(world)
         nursery.cancel_scope.cancel()
+    assert server_names == [MX]  # SNI sent, though no name is checked
     assert [r.status for r in results] == [Status.DELIVERED] * 2
     assert str(results[0].tls) == "dane verified"
     assert len(world.sink.messages) == 1

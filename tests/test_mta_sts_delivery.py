@@ -44,6 +44,9 @@ async def test_enforce_with_a_valid_certificate_delivers_over_verified_tls(tmp_p
         world.sts(ENFORCE)
         results = await deliver(world)
         nursery.cancel_scope.cancel()
+    # three recipients arriving at once: one TXT lookup, one policy fetch
+    assert [q for q in world.dns.queries if q[1] == "TXT"] == [(f"_mta-sts.{DOMAIN}", "TXT", "udp")]
+    assert world.policies.requests == [(f"mta-sts.{DOMAIN}", "/.well-known/mta-sts.txt")]
     assert [r.status for r in results] == [Status.DELIVERED] * 3
     assert all(str(r.tls) == "mta-sts verified" for r in results)
     assert results[0].as_dict()["tls_policy"] == "mta-sts"
@@ -161,3 +164,43 @@ async def test_state_that_cannot_be_written_never_stops_delivery(tmp_path: Path)
     assert str(results[0].tls) == "mta-sts verified"
     messages = " ".join(str(w.message) for w in warned)
     assert "policy cache" in messages and "TLS-RPT counts not recorded" in messages
+
+
+async def test_a_known_policy_is_not_fetched_again_while_its_id_holds(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        world = await build_world(nursery, tmp_path)
+        world.sts(ENFORCE)
+        first = await deliver(world)
+        second = await deliver(world)  # a new process: the TXT id is checked, the cache used
+        world.sts(ENFORCE.replace("max_age: 86400", "max_age: 604800"), policy_id="2")
+        third = await deliver(world)  # a new id: fetched again
+        nursery.cancel_scope.cancel()
+    assert all(str(r.tls) == "mta-sts verified" for r in first + second + third)
+    assert len(world.policies.requests) == 2
+    cached = json.loads((world.state / "mta-sts-cache.json").read_text())[DOMAIN]
+    assert cached["id"] == "2" and "604800" in cached["policy"]
+
+
+async def test_cli_reports_the_tls_policy_of_each_recipient(tmp_path: Path) -> None:
+    import sys
+
+    rcpts = tmp_path / "list.txt"
+    rcpts.write_text(f"a@{DOMAIN}\n")
+    message = tmp_path / "msg.eml"
+    message.write_bytes(MESSAGE)
+    async with trio.open_nursery() as nursery:
+        world = await build_world(nursery, tmp_path)  # no MTA-STS record published
+        done = await trio.run_process(
+            [sys.executable, "-m", "bulkmail", "send", "--sender", "news@sender.test",
+             "--recipients", str(rcpts), "--message", str(message),
+             "--dns-server", f"127.0.0.1:{world.dns.port}", "--mx-port", str(world.relay.port),
+             "--report", str(tmp_path / "report.jsonl"), "--no-journal", "--quiet"],
+            cwd=tmp_path, capture_stdout=True, capture_stderr=True, check=False,
+        )
+        nursery.cancel_scope.cancel()
+    assert done.returncode == 0, done.stderr
+    line = json.loads((tmp_path / "report.jsonl").read_text())
+    assert line["status"] == "delivered"
+    assert line["tls_policy"] == "opportunistic" and line["tls_verified"] is False
+    assert (f"_mta-sts.{DOMAIN}", "TXT", "udp") in world.dns.queries  # looked for, by default
+    assert not (tmp_path / ".bulkmail" / "tlsrpt.sqlite").exists()  # nothing to count
