@@ -101,7 +101,6 @@ async def test_enforce_never_connects_to_an_mx_outside_the_policy(tmp_path: Path
     assert {r.status for r in results} == {Status.DEFERRED}
     assert results[0].code == 451 and results[0].enhanced == "4.7.5"
     assert "not in policy.test's policy" in (results[0].text or "")
-    assert str(results[0].tls) == "mta-sts plaintext"
     assert world.relay.connections == 0 and world.relay.sent == b""
     assert ("sts", "validation-failure", MX, 1) in report_rows(world)
 
@@ -204,3 +203,18 @@ async def test_cli_reports_the_tls_policy_of_each_recipient(tmp_path: Path) -> N
     assert line["tls_policy"] == "opportunistic" and line["tls_verified"] is False
     assert (f"_mta-sts.{DOMAIN}", "TXT", "udp") in world.dns.queries  # looked for, by default
     assert not (tmp_path / ".bulkmail" / "tlsrpt.sqlite").exists()  # nothing to count
+
+
+async def test_enforce_skips_an_mx_outside_the_policy_for_one_inside(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        world = await build_world(nursery, tmp_path)
+        world.dns.add(DOMAIN, "MX", "5 rogue.policy.test.")  # preferred, but not in the policy
+        world.dns.add("rogue.policy.test", "A", "127.0.0.1")
+        world.sts(ENFORCE)
+        results = await deliver(world)
+        nursery.cancel_scope.cancel()
+    assert [r.status for r in results] == [Status.DELIVERED] * 3
+    assert {r.host for r in results} == {MX} and str(results[0].tls) == "mta-sts verified"
+    assert world.relay.connections == 1  # the rogue host was never contacted
+    assert sorted(report_rows(world)) == [("sts", "", "", 1),
+                                          ("sts", "validation-failure", "rogue.policy.test", 1)]

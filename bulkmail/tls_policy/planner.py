@@ -19,7 +19,7 @@ from typing import Literal
 
 import trio
 
-from ..errors import synthetic_reply
+from ..errors import SMTPTLSError, synthetic_reply
 from ..routing import Destination, DNSConfig
 from .cache import PolicyCache
 from .dane import TLSARecord, check_certificate
@@ -57,6 +57,16 @@ class TLSPlan:
 
     def rule(self, host: str) -> HostRule | None:
         return self.rules.get(host)
+
+    def refuse_all(self, destination: Destination) -> SMTPTLSError | None:
+        """When the policy excludes every host: the error (each refusal counted
+        for TLS-RPT), so the domain's recipients are deferred without a pool."""
+        rules = [self.rules.get(host.name) for host in destination.hosts]
+        if not all(rule is not None and rule.refusal is not None for rule in rules):
+            return None
+        errors = [rule.refuse(host.name) for rule, host in zip(rules, destination.hosts,
+                                                                strict=True) if rule]
+        return errors[0]
 
 
 @dataclass(frozen=True, slots=True)

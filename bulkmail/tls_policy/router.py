@@ -4,8 +4,9 @@ Wraps :class:`~bulkmail.routing.MXRouter`: a domain with a policy gets a
 :class:`PolicyDestination` (its own pool, keyed by the domain, since two
 domains on one provider's MX hosts may publish different policies); a
 domain without one gets the inner destination unchanged, so pools stay
-shared.  Plans are reused for ``refresh`` seconds, and concurrent lookups
-of one domain share one.
+shared.  A domain whose policy excludes every MX host is a routing error
+(``451 4.7.5``, deferred, no pool, no connection).  Plans are reused for
+``refresh`` seconds, and concurrent lookups of one domain share one.
 """
 
 from __future__ import annotations
@@ -14,15 +15,23 @@ from dataclasses import dataclass
 
 import trio
 
-from ..routing import Destination, Router
+from ..protocol.replies import Reply
+from ..routing import Destination, Router, RoutingError
 from .planner import PolicyDestination, TLSPolicies
 
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
     inner: Destination
-    outer: Destination
+    #: the destination with its plan, or why no host of it may be used
+    outer: Destination | Reply
     expires: float
+
+
+def _unwrap(outcome: Destination | Reply) -> Destination:
+    if isinstance(outcome, Reply):
+        raise RoutingError(outcome)  # a fresh error each time: no shared traceback
+    return outcome
 
 
 class PolicyRouter:
@@ -40,7 +49,7 @@ class PolicyRouter:
             entry = self._plans.get(domain)
             if entry is not None and entry.inner is inner \
                     and trio.current_time() < entry.expires:
-                return entry.outer
+                return _unwrap(entry.outer)
             flight = self._flights.get(domain)
             if flight is None:
                 break
@@ -48,22 +57,27 @@ class PolicyRouter:
         flight = self._flights[domain] = trio.Event()
         try:
             plan = await self.policies.plan(domain, inner)
-            outer = inner if plan is None else PolicyDestination(
-                f"{inner.key}|tls:{domain}", inner.hosts, plan
-            )
+            outer: Destination | Reply = inner
+            if plan is not None:
+                refused = plan.refuse_all(inner)
+                outer = refused.reply if refused is not None else PolicyDestination(
+                    f"{inner.key}|tls:{domain}", inner.hosts, plan
+                )
             self._plans[domain] = _Entry(
                 inner, outer, trio.current_time() + self.policies.config.refresh
             )
         finally:
             del self._flights[domain]
             flight.set()
-        return outer
+        return _unwrap(outer)
 
     def peek(self, domain: str) -> Destination | None:
         entry = self._plans.get(domain)
         if entry is None:
             return None
         inner = self.inner.peek(domain)
-        if inner is not entry.inner or trio.current_time() >= entry.expires:
+        outer = entry.outer
+        if inner is not entry.inner or isinstance(outer, Reply) \
+                or trio.current_time() >= entry.expires:
             return None
-        return entry.outer
+        return outer
