@@ -31,7 +31,7 @@ from .protocol.replies import Reply
 from .results import Result, Summary
 from .routing import DNSConfig, MXRouter, RelayRouter, Router
 from .shaping import PoolLimits, Shaping
-from .tls_policy.planner import TLSPolicyConfig
+from .tls_policy.settings import TLSPolicyConfig
 
 if TYPE_CHECKING:
     from .tls_policy.planner import TLSPolicies

@@ -29,7 +29,7 @@ from ..protocol.commands import validate_address
 from ..protocol.errors import InvalidAddress
 from ..routing import DNSConfig
 from ..shaping import PoolLimits, Shaping
-from ..tls_policy.planner import TLSPolicyConfig
+from ..tls_policy.settings import TLSPolicyConfig
 from .inputs import InputError, columns_of, read_message, read_recipients, read_suppressions
 from .options import (
     TimeoutsAction,

@@ -15,8 +15,8 @@ import trio
 from ..api import Mailer, MailerConfig, Relay
 from ..routing import DNSConfig
 from ..tls_policy.lookup import LookupFailed, PolicyDNS
-from ..tls_policy.planner import REPORT_FILE
 from ..tls_policy.report_mail import report_message, write_report
+from ..tls_policy.settings import REPORT_FILE
 from ..tls_policy.tlsrpt import Report, TLSReportStore, build_reports, parse_rua
 from .inputs import InputError
 from .options import host_port, server_address

@@ -3,24 +3,13 @@ TLS reporting (RFC 8460).
 
 The policy modules (:mod:`.mta_sts`, :mod:`.dane`, :mod:`.tlsrpt`,
 :mod:`.cache`) need no I/O layer; :mod:`.planner` decides a rule per MX
-host and :mod:`.router` attaches the plans to routed destinations, which
-the delivery layer's connector applies per connection.
+host (:mod:`.rules`) and :mod:`.router` attaches the plans to routed
+destinations, which the delivery layer's connector applies per connection.
+Only the settings are imported here, so a relay-only run never loads the rest.
 """
 
 from __future__ import annotations
 
-from .mta_sts import FetchConfig
-from .planner import (
-    POLICY_NAMES,
-    PolicyDestination,
-    PolicyName,
-    TLSPlan,
-    TLSPolicies,
-    TLSPolicyConfig,
-)
-from .router import PolicyRouter
+from .settings import POLICY_NAMES, FetchConfig, PolicyName, TLSPolicyConfig
 
-__all__ = [
-    "POLICY_NAMES", "FetchConfig", "PolicyDestination", "PolicyName", "PolicyRouter", "TLSPlan",
-    "TLSPolicies", "TLSPolicyConfig",
-]
+__all__ = ["POLICY_NAMES", "FetchConfig", "PolicyName", "TLSPolicyConfig"]

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import re
 import ssl
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 import trio
 
+from .settings import MAX_POLICY_SIZE, FetchConfig
+
+__all__ = [
+    "MAX_POLICY_SIZE", "FetchConfig", "PolicyError", "PolicyFetchError", "STSPolicy",
+    "fetch_policy", "mx_matches", "parse_policy", "parse_txt",
+]
+
 Mode = Literal["enforce", "testing", "none"]
 #: RFC 8461 §3.2: max_age is at most a year
 MAX_AGE_LIMIT = 31_557_600
-#: the policy file cap (RFC 8461 §3.3 suggests 64 KiB)
-MAX_POLICY_SIZE = 64 * 1024
 WELL_KNOWN = "/.well-known/mta-sts.txt"
 _ID = re.compile(r"^[A-Za-z0-9]{1,32}$")
 
@@ -104,19 +108,6 @@ def mx_matches(pattern: str, host: str) -> bool:
         label, dot, rest = host.partition(".")
         return bool(label) and bool(dot) and rest == pattern[2:]
     return host == pattern
-
-
-@dataclass(frozen=True)
-class FetchConfig:
-    """How policies are fetched.  ``connect_to`` maps a policy host
-    (``mta-sts.example.org``) to the ``(ip, port)`` really contacted -- the
-    certificate is still checked against the policy host: tests point it at
-    a loopback server, with ``ssl_context`` trusting their CA."""
-
-    timeout: float = 10.0
-    max_size: int = MAX_POLICY_SIZE
-    ssl_context: ssl.SSLContext | None = None
-    connect_to: Mapping[str, tuple[str, int]] = field(default_factory=dict)
 
 
 async def fetch_policy(domain: str, config: FetchConfig) -> STSPolicy:

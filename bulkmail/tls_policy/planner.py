@@ -13,9 +13,8 @@ from __future__ import annotations
 import functools
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import trio
 
@@ -24,28 +23,10 @@ from ..routing import Destination, DNSConfig
 from .cache import PolicyCache
 from .dane import TLSARecord, check_certificate
 from .lookup import LookupFailed, PolicyDNS
-from .mta_sts import FetchConfig, PolicyFetchError, STSPolicy, fetch_policy, parse_txt
+from .mta_sts import PolicyFetchError, STSPolicy, fetch_policy, parse_txt
 from .rules import HostRule, Recorder, unverified_context
+from .settings import CACHE_FILE, REPORT_FILE, TLSPolicyConfig
 from .tlsrpt import ReportPolicy, TLSReportStore
-
-PolicyName = Literal["opportunistic", "mta-sts", "dane"]
-POLICY_NAMES: tuple[PolicyName, ...] = ("opportunistic", "mta-sts", "dane")
-CACHE_FILE = "mta-sts-cache.json"
-REPORT_FILE = "tlsrpt.sqlite"
-
-
-@dataclass(frozen=True)
-class TLSPolicyConfig:
-    """Which policies apply to MX delivery, and where their state lives."""
-
-    policy: PolicyName = "mta-sts"
-    #: the policy cache and the TLS-RPT counts go here (None: memory only)
-    state_dir: str | None = None
-    fetch: FetchConfig = field(default_factory=FetchConfig)
-    #: verifies MX certificates under MTA-STS (None: the system's CAs)
-    ssl_context: ssl.SSLContext | None = None
-    #: seconds a domain's decided plan is reused before its records are looked at again
-    refresh: float = 3600.0
 
 
 @dataclass(frozen=True, eq=False)
