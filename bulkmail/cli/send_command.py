@@ -191,8 +191,10 @@ def build_config(args: argparse.Namespace) -> MailerConfig:
     with contextlib.suppress(JournalError):  # (a bad --journal is reported where it is opened)
         journal_file = sqlite_path(args.journal) if args.journal else None
         state = Path(journal_file).parent if journal_file else state
+    # MTA-STS verifies by definition: --tls-ca is honoured, --tls-no-verify is not
+    policy_context = ssl.create_default_context(cafile=args.tls_ca) if args.tls_ca else None
     extra["tls_policy"] = TLSPolicyConfig(
-        policy=args.tls_policy, state_dir=str(state), ssl_context=context
+        policy=args.tls_policy, state_dir=str(state), ssl_context=policy_context
     )
     if args.helo:
         extra["client_hostname"] = args.helo
