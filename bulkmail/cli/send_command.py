@@ -29,6 +29,7 @@ from ..protocol.commands import validate_address
 from ..protocol.errors import InvalidAddress
 from ..routing import DNSConfig
 from ..shaping import PoolLimits, Shaping
+from ..tls_policy.settings import TLSPolicyConfig
 from .inputs import InputError, columns_of, read_message, read_recipients, read_suppressions
 from .options import (
     TimeoutsAction,
@@ -73,6 +74,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls", choices=("none", "may", "starttls", "tls"), default=None,
                    help="none | may (STARTTLS when offered, unverified: the default) |"
                         " starttls (required, verified) | tls (implicit TLS, port 465)")
+    p.add_argument("--tls-policy", choices=("opportunistic", "mta-sts", "dane"),
+                   default="mta-sts",
+                   help="MX delivery only: mta-sts (the default: a domain's MTA-STS policy is"
+                        " enforced) | dane (DANE TLSA records first, needs a validating"
+                        " --dns-server; then MTA-STS) | opportunistic (--tls alone)")
     p.add_argument("--tls-ca", metavar="FILE", help="CA bundle to verify servers against")
     p.add_argument("--tls-no-verify", action="store_true", help="do not verify certificates")
     p.add_argument("--auth-user", metavar="USER",
@@ -180,6 +186,16 @@ def build_config(args: argparse.Namespace) -> MailerConfig:
     if args.dns_server:
         dns = DNSConfig(nameservers=(host_port(args.dns_server, 53),), mx_port=args.mx_port)
     extra: dict[str, Any] = {}
+    # policy cache and TLS-RPT counts live beside the journal (`bulkmail tlsrpt` reads them)
+    state = Path(".bulkmail")
+    with contextlib.suppress(JournalError):  # (a bad --journal is reported where it is opened)
+        journal_file = sqlite_path(args.journal) if args.journal else None
+        state = Path(journal_file).parent if journal_file else state
+    # MTA-STS verifies by definition: --tls-ca is honoured, --tls-no-verify is not
+    policy_context = ssl.create_default_context(cafile=args.tls_ca) if args.tls_ca else None
+    extra["tls_policy"] = TLSPolicyConfig(
+        policy=args.tls_policy, state_dir=str(state), ssl_context=policy_context
+    )
     if args.helo:
         extra["client_hostname"] = args.helo
     return MailerConfig(

@@ -319,7 +319,7 @@ class Pool:
     async def _serve(self, session: SMTPSession) -> None:
         limits = self.limits
         owner = self.owner
-        host = session.config.host
+        host = session.peer_name  # the name, and how the session is secured
         window = 1 if self._interval else self._window
         while session.is_usable and not owner.stopping:
             budget = min(window, limits.messages_per_connection - session.transactions)
@@ -350,7 +350,7 @@ class Pool:
         then every recipient in it has been settled as interrupted and the
         connection, left mid-transaction, is closed without QUIT."""
         limits = self.limits
-        host = session.config.host
+        host = session.peer_name  # the name, and how the session is secured
         envelopes = [envelope for envelope, _ in batch.pending]
         self._batches.add(batch)
         try:

@@ -50,6 +50,8 @@ class DNSServer:
         self.rcodes: dict[str, dns.rcode.Rcode] = {}
         self.blackholed: set[str] = set()
         self.truncated: set[str] = set()
+        #: names whose answers carry the AD bit, as from a validating resolver
+        self.authenticated: set[str] = set()
         #: (name without trailing dot, type, "udp" | "tcp"), in arrival order
         self.queries: list[tuple[str, str, str]] = []
         #: False: do not log queries (a benchmark's millions would only cost memory)
@@ -71,6 +73,10 @@ class DNSServer:
         """Answer every query for ``name`` with ``rcode`` (e.g. SERVFAIL)."""
         self.rcodes[_key(name)] = rcode
         self._answers.clear()
+
+    def authenticate(self, name: str) -> None:
+        """Set AD on answers for ``name`` (the resolver vouches for them: DNSSEC)."""
+        self.authenticated.add(_key(name))
 
     def blackhole(self, name: str) -> None:
         """Never answer queries for ``name``, over UDP or TCP."""
@@ -172,6 +178,8 @@ class DNSServer:
             return None
         response = dns.message.make_response(query)
         response.flags |= dns.flags.AA
+        if name in self.authenticated:
+            response.flags |= dns.flags.AD
         if name in self.rcodes:
             response.set_rcode(self.rcodes[name])
             return response.to_wire()
