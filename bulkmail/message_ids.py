@@ -25,13 +25,14 @@ __all__ = ["KEY_META", "message_id_seed", "new_key", "recipients_for_message_ids
 KEY_META = "message-id-key"
 
 
-class _Records(Protocol):
-    address: str
+class _Record(Protocol):
+    @property
+    def address(self) -> str: ...
 
 
 class _Journal(Protocol):
     def get_meta(self, key: str) -> str | None: ...
-    def iter_records(self) -> Iterator[_Records]: ...
+    def iter_records(self) -> Iterator[_Record]: ...
 
 
 def new_key() -> bytes:
