@@ -300,6 +300,8 @@ async def test_identical_content_has_one_message_id_that_names_nobody(tmp_path: 
     (["--list-unsubscribe", "https://x.test/u", "--unsubscribe-secret-env", "UNSUB_SECRET"],
      {"UNSUB_SECRET": "short"}, "at least 16"),
     (["--unsubscribe-list", "november"], {}, "it needs --unsubscribe-secret-env"),
+    (["--list-unsubscribe", "https://x.test/u", "--unsubscribe-secret-env", "UNSUB_SECRET",
+      "--unsubscribe-list", ""], {"UNSUB_SECRET": SECRET}, "must not be empty"),
     (["--suppress-classes", "invalid-recipient"], {}, "give --suppress-store PATH"),
     (["--suppress-store", "{tmp}/s.sqlite", "--suppress-classes", "dead"], {},
      "unknown bounce class(es) dead"),

@@ -30,6 +30,11 @@ def test_the_journal_keeps_one_key_per_job(tmp_path: Path) -> None:
         assert key is not None and len(key) == 16
         assert message_id_key(journal) == key  # the rerun reads the first run's key
     assert message_id_key(None) is None
+    # a job begun before keys: its resends keep the content-derived Message-IDs
+    with SQLiteJournal(tmp_path / "old.sqlite") as journal:
+        journal.record([StateChange("alice@example.test", Status.DEFERRED, 451)])
+        assert message_id_key(journal) is None
+        assert journal.get_meta("message-id-key") is None
 
 
 def test_keyed_ids_are_stable_per_recipient_and_map_back(tmp_path: Path) -> None:

@@ -136,11 +136,14 @@ def stable_date(journal: Journal | None, message: bytes) -> bytes:
 
 def message_id_key(journal: Journal | None) -> bytes | None:
     """The job's Message-ID key (:mod:`bulkmail.message_ids`), made and stored by
-    its first run; ``None`` without a journal (nothing could map IDs back)."""
+    its first run; ``None`` without a journal (nothing could map IDs back) and for
+    a job begun before keys existed (its resends keep their first Message-IDs)."""
     if journal is None:
         return None
     stored = journal.get_meta(KEY_META)
     if stored is None:
+        if not journal.is_empty():
+            return None
         key = new_key()
         journal.set_meta(KEY_META, key.hex())
         return key

@@ -107,7 +107,8 @@ def reputation(args: argparse.Namespace) -> Reputation:
             set_default_classifier(BounceClassifier(load_rules(args.bounce_rules)))
         if args.unsubscribe_secret_env:
             rep.unsubscribe_key = key_from_env(args.unsubscribe_secret_env)
-            rep.unsubscribe_list = args.unsubscribe_list or "default"
+            if args.unsubscribe_list is not None:
+                rep.unsubscribe_list = args.unsubscribe_list
             if not rep.unsubscribe_list.strip():
                 raise InputError("--unsubscribe-list must not be empty")
         if args.suppress_store:
