@@ -60,21 +60,11 @@ EXAMPLES: dict[str, str] = {
 }
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps each command's help on its name's line: argparse measures command
-    names one indent short, so the longest ("unsubscribe-server") wrapped."""
-
-    def add_argument(self, action: argparse.Action) -> None:
-        super().add_argument(action)
-        if action.nargs == argparse.PARSER and action.help is not argparse.SUPPRESS:
-            self._action_max_length += self._indent_increment
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         prog="bulkmail", description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=_HelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = next((a for a in args_list if not a.startswith("-")), None)

@@ -26,11 +26,6 @@ from ..suppression import Suppression, SuppressionError, SuppressionStore, norma
 
 EX_OK, EX_SKIPPED, EX_USAGE = 0, 1, 2
 
-EXAMPLE = """\
-example:
-  bulkmail complaints fbl/ --store suppressed.sqlite --journal .bulkmail/job-1f2e.sqlite
-"""
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("reports", nargs="+", metavar="FILE|DIR", help="ARF reports")

@@ -16,25 +16,17 @@ from ..suppression import REASONS, SuppressionError, SuppressionStore
 
 EX_OK, EX_PARTLY, EX_USAGE = 0, 1, 2
 
-EXAMPLE = """\
-example:
-  bulkmail suppress add alice@example.com --reason manual --store suppressed.sqlite
-  bulkmail suppress export suppressed.txt --store suppressed.sqlite
-"""
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", required=True, metavar="PATH",
                         help="the suppression store (SQLite file, created if missing)")
-    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION",
-                               help="add | remove | list | import | export")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     add = actions.add_parser("add", parents=[common], help="suppress addresses")
-    add.add_argument("addresses", nargs="+", metavar="ADDRESS", help="addresses to suppress")
-    add.add_argument("--reason", choices=REASONS, default="manual",
-                     help="why (default: %(default)s)")
+    add.add_argument("addresses", nargs="+", metavar="ADDRESS")
+    add.add_argument("--reason", choices=REASONS, default="manual")
     remove = actions.add_parser("remove", parents=[common], help="lift suppressions")
-    remove.add_argument("addresses", nargs="+", metavar="ADDRESS", help="addresses to lift")
+    remove.add_argument("addresses", nargs="+", metavar="ADDRESS")
     listing = actions.add_parser("list", parents=[common], help="print the entries")
     listing.add_argument("--reason", choices=REASONS, help="only entries of this reason")
     imp = actions.add_parser("import", parents=[common], help="add a plain address file")

@@ -20,14 +20,6 @@ from ..unsubscribe_token import SecretError, key_from_env
 
 EX_OK, EX_USAGE = 0, 2
 
-EXAMPLE = """\
-example:
-  bulkmail unsubscribe-server --store suppressed.sqlite --secret-env UNSUB_SECRET \\
-      --listen 127.0.0.1:8080
-  (behind your https front end; 'bulkmail send --list-unsubscribe URL
-   --unsubscribe-secret-env UNSUB_SECRET' signs the links it verifies)
-"""
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", required=True, metavar="PATH", help="the suppression store")
