@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import ssl
 import sys
@@ -45,9 +46,11 @@ from .send_job import (
     check_placeholders,
     default_journal,
     job_identity,
+    message_id_key,
     open_job_journal,
     stable_date,
 )
+from .send_reputation import BounceSuppressor, Reputation, add_reputation_arguments, reputation
 from .send_run import RunOutcome, send_job
 from .summary import render_summary
 
@@ -137,6 +140,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="mailto target; alone, an RFC 2369 mailto-only List-Unsubscribe")
     g.add_argument("--verp", action="store_true",
                    help="per-recipient envelope sender (bounces+alice=example.com@...)")
+    add_reputation_arguments(p)
     p.add_argument("--quiet", action="store_true",
                    help="no progress line and no summary (the exit status still tells)")
 
@@ -216,6 +220,24 @@ def build_config(args: argparse.Namespace) -> MailerConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as cleanup:  # the suppression store, once opened
+        return _run(args, cleanup)
+
+
+def _signed_unsubscribe(decorated: Decorations, rep: Reputation) -> Decorations:
+    if rep.unsubscribe_key is None:
+        return decorated
+    return dataclasses.replace(decorated, unsubscribe_secret=rep.unsubscribe_key,
+                               unsubscribe_list=rep.unsubscribe_list)
+
+
+def _suppressor(rep: Reputation) -> BounceSuppressor | None:
+    if rep.store is None:
+        return None
+    return BounceSuppressor(rep.store, rep.suppress_classes)
+
+
+def _run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
     try:
         message = read_message(args.message)
         config = build_config(args)
@@ -230,8 +252,11 @@ def run(args: argparse.Namespace) -> int:
                 raise InputError(f"cannot read {args.recipients}: no such file")
             next(iter(read_recipients(args.recipients)), None)  # header problems, now
         check_placeholders(message, args.list_unsubscribe, columns_of(args.recipients))
-        decorated = decorations(args)
-        identity = job_identity(args, message)
+        rep = reputation(args)
+        cleanup.callback(rep.close)
+        suppressed |= rep.intake()
+        decorated = _signed_unsubscribe(decorations(args), rep)
+        identity = job_identity(args, message, rep.identity())
         if args.report:
             _check_writable(args.report)
     except (InputError, ValueError, OSError) as exc:
@@ -249,6 +274,7 @@ def run(args: argparse.Namespace) -> int:
                     raise InputError(f"cannot create {parent}: {exc.strerror}") from exc
             journal = open_job_journal(journal_path, identity, args.journal_sync)
         message = stable_date(journal, message)
+        decorated = dataclasses.replace(decorated, message_id_key=message_id_key(journal))
         content: Content = (
             TemplateContent(message)
             if has_placeholders(message.decode("utf-8", "replace"))
@@ -265,7 +291,8 @@ def run(args: argparse.Namespace) -> int:
         return _usage_error(exc)
     total = None if args.quiet else count_recipients(args.recipients)
     try:
-        outcome = trio.run(send_job, args, config, content, suppressed, journal, total)
+        outcome = trio.run(send_job, args, config, content, suppressed, journal, total,
+                           _suppressor(rep))
     except BaseExceptionGroup as group:
         matched, rest = group.split(InputError)
         if matched is None or rest is not None:
@@ -293,7 +320,10 @@ def _finish(args: argparse.Namespace, outcome: RunOutcome, journal_path: str | N
             if already:
                 print(f"resumed: {already:,} already final, {to_send:,} sent this run",
                       file=sys.stderr)
-            print(render_summary(summary), file=sys.stderr)
+            print(render_summary(summary, outcome.classes), file=sys.stderr)
+        if args.suppress_store:
+            print(f"suppression store: {outcome.suppressions_added:,} address(es) added"
+                  f" from bounces ({args.suppress_store})", file=sys.stderr)
         if journal_path is not None:
             print(f"journal: {journal_path}", file=sys.stderr)
     left = outcome.cancelled or (outcome.stopped and outcome.input_left)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import trio
 
 from ..protocol.replies import Reply
-from ..routing import Destination, Router, RoutingError
+from ..routing import Destination, Resolved, Router, RoutingError
 from .planner import PolicyDestination, TLSPolicies
 
 
@@ -70,6 +70,15 @@ class PolicyRouter:
             del self._flights[domain]
             flight.set()
         return _unwrap(outer)
+
+    def prefetch(self, domain: str) -> bool:
+        """Warm the inner router's MX answer, but report nothing: the TLS plan
+        is made by ``route`` (fast once the MX answer is cached)."""
+        self.inner.prefetch(domain)
+        return False
+
+    async def run_prefetcher(self, on_resolved: Resolved | None = None) -> None:
+        await self.inner.run_prefetcher(None)
 
     def peek(self, domain: str) -> Destination | None:
         entry = self._plans.get(domain)
