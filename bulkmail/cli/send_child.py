@@ -17,7 +17,7 @@ from .send_shard import watch_parent
 
 def main() -> int:
     args = pickle.load(sys.stdin.buffer)
-    watch_parent(sys.stdin.buffer)
+    watch_parent(sys.stdin.fileno())
     tune_gc()
     return run(args)
 

@@ -22,7 +22,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 from trio_util import periodic
 
@@ -57,8 +57,9 @@ class Shard:
 
     def owns(self, address: str) -> bool:
         """Whether this shard sends to ``address`` (by the engine's dedupe key)."""
-        local, at, domain = address.strip().rpartition("@")
-        key = f"{local}@{domain.lower()}" if at else domain
+        plain = address.strip()
+        at = plain.rfind("@") + 1  # 0 without one: then all of it, lower-cased
+        key = plain[:at] + plain[at:].lower()
         return zlib.crc32(key.encode("utf-8", "surrogateescape")) % self.count == self.index
 
     def identity_fields(self) -> dict[str, str]:
@@ -129,14 +130,15 @@ class PipeProgress(Progress):
         self.report_counts()
 
 
-def watch_parent(stream: BinaryIO) -> None:
+def watch_parent(fd: int) -> None:
     """Stop this run (as a first SIGTERM does) when the parent dies: its end of
-    ``stream`` closes, however it died (SIGKILL included).  The parent keeps it
-    open and never writes to it."""
+    the pipe ``fd`` closes, however it died (SIGKILL included).  The parent
+    keeps it open and never writes to it.  (A raw ``os.read``: a daemon thread
+    blocked in a buffered file's read aborts the interpreter at exit.)"""
 
     def wait_for_eof() -> None:
         try:
-            while stream.read(1):
+            while os.read(fd, 1):
                 pass
         except OSError:
             pass
