@@ -238,8 +238,31 @@ async def test_more_processes_than_the_connection_cap_are_lowered_to_it(tmp_path
 
 
 async def test_processes_refuse_recipients_on_stdin(tmp_path: Path) -> None:
-    rcpts, message = personalised(tmp_path, 3)
+    _, message = personalised(tmp_path, 3)
     done = await run(send_args(tmp_path, 25, Path("-"), message, "--processes", "2"), tmp_path)
     assert done.returncode == 2
     assert done.stderr.decode().count("\n") == 1 and "--recipients from a file" in \
         done.stderr.decode()
+
+
+async def test_the_default_journal_is_sharded_and_a_rerun_of_a_finished_job_sends_nothing(
+    tmp_path: Path,
+) -> None:
+    n = 50
+    rcpts, message = personalised(tmp_path, n)
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        args = send_args(tmp_path, sink.port, rcpts, message, "--processes", "2")
+        at = args.index("--journal")
+        del args[at:at + 2]
+        first = await run(args, tmp_path)
+        again = await run(args, tmp_path)
+        nursery.cancel_scope.cancel()
+    assert first.returncode == 0, first.stderr
+    assert again.returncode == 0, again.stderr
+    assert f"resumed: {n:,} already final, 0 to send" in again.stderr.decode()
+    parts = sorted(p.name.rpartition(".part")[2] for p in (tmp_path / ".bulkmail").glob(
+        "job-*.sqlite.part*-of-2"))
+    assert parts == ["1-of-2", "2-of-2"]
+    assert sink.stats.messages == n
+    assert len(report_lines(tmp_path)) == n  # the rerun's report: everyone, from the journals

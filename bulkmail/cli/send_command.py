@@ -293,6 +293,8 @@ def _run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
         except JobLocked as exc:
             print(f"bulkmail send: {exc}", file=sys.stderr)
             return EX_TEMPFAIL
+        except (InputError, JournalError) as exc:
+            return _usage_error(exc)
         finished = _finish(args, outcome, journal_display(args, identity, processes))
         return combined_status(finished, statuses)
     if shard is not None:

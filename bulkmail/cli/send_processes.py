@@ -126,7 +126,12 @@ def run_processes(
     with contextlib.ExitStack() as stack:
         if base is not None:
             # one parent per job, and no single-process run beside it
-            stack.enter_context(JobLock(sqlite_path(base) or base))
+            path = Path(sqlite_path(base) or base)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise InputError(f"cannot create {path.parent}: {exc.strerror}") from exc
+            stack.enter_context(JobLock(path))
         total = None if args.quiet else count_recipients(args.recipients)
         children = [_spawn(args, base, Shard(k, n)) for k in range(n)]
         for child in children:

@@ -111,8 +111,10 @@ class PipeProgress(Progress):
         killed: the liveness watch stops this run)."""
         if self._fd is None:
             return
+        data = memoryview((json.dumps(obj) + "\n").encode())
         try:
-            os.write(self._fd, (json.dumps(obj) + "\n").encode())
+            while data:  # an outcome can be longer than a pipe writes at once
+                data = data[os.write(self._fd, data):]
         except OSError:
             self._fd = None
 
