@@ -135,7 +135,7 @@ def run_processes(
         total = None if args.quiet else count_recipients(args.recipients)
         children = [_spawn(args, base, Shard(k, n)) for k in range(n)]
         for child in children:
-            stack.callback(_reap, child.proc)
+            stack.callback(_reap, child)
         trio.run(_supervise, args, children, total)
         if args.report:
             _join_reports(args.report, n)
@@ -172,11 +172,17 @@ def _spawn(args: argparse.Namespace, base: str | None, shard: Shard) -> Child:
     return Child(shard, proc, read_end)
 
 
-def _reap(proc: subprocess.Popen[bytes]) -> None:
-    if proc.stdin is not None:
+def _reap(child: Child) -> None:
+    """Wait for a child; on the way out of a failed supervision, first tell it
+    to stop (its parent-watch pipe closes) and stop reading it (so it cannot
+    block writing to us)."""
+    if child.pipe >= 0:
+        os.close(child.pipe)
+        child.pipe = -1
+    if child.proc.stdin is not None:
         with contextlib.suppress(OSError):
-            proc.stdin.close()
-    proc.wait()
+            child.proc.stdin.close()
+    child.proc.wait()
 
 
 async def _supervise(args: argparse.Namespace, children: list[Child], total: int | None) -> None:
@@ -200,12 +206,17 @@ async def _supervise(args: argparse.Namespace, children: list[Child], total: int
 
     async def follow(child: Child) -> None:
         buffer = b""
-        async with trio.lowlevel.FdStream(child.pipe) as stream:
-            while chunk := await stream.receive_some(65536):
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                for line in lines:
-                    on_line(child, json.loads(line))
+        try:
+            async with trio.lowlevel.FdStream(child.pipe) as stream:
+                while chunk := await stream.receive_some(65536):
+                    buffer += chunk
+                    if b"\n" not in chunk:  # a long outcome (many domains) arrives in parts
+                        continue
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        on_line(child, json.loads(line))
+        finally:
+            child.pipe = -1  # closed by the stream
         code = await trio.to_thread.run_sync(child.proc.wait)
         if child.status is None:
             child.status = code
