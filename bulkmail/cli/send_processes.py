@@ -205,14 +205,15 @@ async def _supervise(args: argparse.Namespace, children: list[Child], total: int
             child.outcome, child.status = outcome_from_json(obj["outcome"])
 
     async def follow(child: Child) -> None:
-        buffer = b""
+        buffer = bytearray()
         try:
             async with trio.lowlevel.FdStream(child.pipe) as stream:
                 while chunk := await stream.receive_some(65536):
                     buffer += chunk
                     if b"\n" not in chunk:  # a long outcome (many domains) arrives in parts
                         continue
-                    *lines, buffer = buffer.split(b"\n")
+                    *lines, rest = buffer.split(b"\n")
+                    buffer = rest
                     for line in lines:
                         on_line(child, json.loads(line))
         finally:
