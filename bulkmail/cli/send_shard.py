@@ -20,7 +20,6 @@ import signal
 import threading
 import zlib
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,7 +189,3 @@ def outcome_from_json(data: dict[str, Any]) -> tuple[RunOutcome, int]:
 
 def counts_of(data: dict[str, int]) -> dict[Status, int]:
     return {Status(k): v for k, v in data.items()}
-
-
-#: what a child calls to report: its outcome and exit status
-Reporter = Callable[[RunOutcome, int], None]
