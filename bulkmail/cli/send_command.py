@@ -23,7 +23,14 @@ from ..api import MailerConfig, Relay
 from ..config import Security, Timeouts
 from ..delivery.health import ShapingAction
 from ..dkim_signing import DEFAULT_HEADERS, DKIMSigner
-from ..journal import JobLocked, Journal, JournalError, JournalWriteError, sqlite_path
+from ..journal import (
+    JobIdentity,
+    JobLocked,
+    Journal,
+    JournalError,
+    JournalWriteError,
+    sqlite_path,
+)
 from ..message import Content, StaticContent, TemplateContent, has_placeholders
 from ..newsletter import DecoratedContent, Decorations
 from ..policy import RetryPolicy
@@ -52,8 +59,16 @@ from .send_job import (
     open_job_journal,
     stable_date,
 )
+from .send_processes import (
+    check_sharding,
+    combined_status,
+    journal_display,
+    plan_processes,
+    run_processes,
+)
 from .send_reputation import BounceSuppressor, Reputation, add_reputation_arguments, reputation
 from .send_run import RunOutcome, send_job
+from .send_shard import PipeProgress, Shard, outcome_to_json
 from .summary import render_summary
 
 EX_OK, EX_USAGE, EX_TEMPFAIL = 0, 2, 75
@@ -143,6 +158,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--verp", action="store_true",
                    help="per-recipient envelope sender (bounces+alice=example.com@...)")
     add_reputation_arguments(p)
+    p.add_argument("--processes", type=at_least(1), default=1, metavar="N",
+                   help="worker processes sharing the job (default 1): recipients are split"
+                        " among them by address, each destination's connection cap and"
+                        " rate divided so they hold in sum (see README)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress line and no summary (the exit status still tells)")
 
@@ -240,9 +259,12 @@ def _suppressor(rep: Reputation) -> BounceSuppressor | None:
 
 
 def _run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
+    shard: Shard | None = getattr(args, "shard", None)  # a child of --processes N
     try:
         message = read_message(args.message)
         config = build_config(args)
+        if shard is not None:
+            config = shard.divide(config)
         suppressed = read_suppressions(args.suppress) if args.suppress else frozenset()
         if args.sender:
             try:
@@ -261,8 +283,24 @@ def _run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
         identity = job_identity(args, message, rep.identity())
         if args.report:
             _check_writable(args.report)
+        processes = plan_processes(args, config) if args.processes > 1 else 1
+        if shard is None:
+            check_sharding(args, identity, processes)
     except (InputError, ValueError, OSError) as exc:
         return _usage_error(exc)
+    if processes > 1:
+        rep.close()  # the children open it again
+        try:
+            outcome, statuses = run_processes(args, identity, processes)
+        except JobLocked as exc:
+            print(f"bulkmail send: {exc}", file=sys.stderr)
+            return EX_TEMPFAIL
+        except (InputError, JournalError) as exc:
+            return _usage_error(exc)
+        finished = _finish(args, outcome, journal_display(args, identity, processes))
+        return combined_status(finished, statuses)
+    if shard is not None:
+        identity = JobIdentity({**identity.fields, **shard.identity_fields()})
     journal_path = None if args.no_journal else str(args.journal or default_journal(identity))
     journal: Journal | None = None
     try:
@@ -291,7 +329,8 @@ def _run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
     except (InputError, JournalError, ValueError) as exc:
         _close(journal)
         return _usage_error(exc)
-    total = None if args.quiet else count_recipients(args.recipients)
+    total = None if args.quiet or shard is not None else count_recipients(args.recipients)
+    progress = PipeProgress(args.progress_fd) if shard is not None else None
     try:
         config = replace(config, on_shaping_action=_print_action,
                          warmup_store=_warmup_store(config, journal_path))
@@ -300,7 +339,7 @@ def _run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
         return _usage_error(InputError(f"cannot create the warm-up counters: {exc}"))
     try:
         outcome = trio.run(send_job, args, config, content, suppressed, journal, total,
-                           _suppressor(rep))
+                           _suppressor(rep), progress, shard.owns if shard else None)
     except BaseExceptionGroup as group:
         matched, rest = group.split(InputError)
         if matched is None or rest is not None:
@@ -308,7 +347,20 @@ def _run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
         return _usage_error(_first(matched))
     finally:
         _close(journal)
+    if progress is not None:  # a child: its parent prints the one summary
+        status = _status(outcome)
+        progress.send(outcome_to_json(outcome, status))
+        return status
     return _finish(args, outcome, journal_path)
+
+
+def _status(outcome: RunOutcome) -> int:
+    """The exit status: 75 while anything is left to send."""
+    summary = outcome.summary
+    left = outcome.cancelled or (outcome.stopped and outcome.input_left)
+    if summary.deferred or left or outcome.failure is not None or summary.aborted is not None:
+        return EX_TEMPFAIL
+    return EX_OK
 
 
 def _finish(args: argparse.Namespace, outcome: RunOutcome, journal_path: str | None) -> int:
@@ -334,10 +386,7 @@ def _finish(args: argparse.Namespace, outcome: RunOutcome, journal_path: str | N
                   f" from bounces ({args.suppress_store})", file=sys.stderr)
         if journal_path is not None:
             print(f"journal: {journal_path}", file=sys.stderr)
-    left = outcome.cancelled or (outcome.stopped and outcome.input_left)
-    if summary.deferred or left or outcome.failure is not None or summary.aborted is not None:
-        return EX_TEMPFAIL
-    return EX_OK
+    return _status(outcome)
 
 
 def _print_action(action: ShapingAction) -> None:
