@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .config import Security, SessionConfig, Timeouts
+from .delivery.connector import ConnectionObserver
 from .delivery.engine import CANCELLED, Engine, EngineConfig
 from .delivery.job import InDoubtHook, Job, JobOptions, Presettle, ResultCallback, ResultsCallback
 from .delivery.retry import RetryPolicy
@@ -77,6 +78,9 @@ class MailerConfig:
     seed: int | None = None
     #: MX delivery only (a relay gets ``secure``): MTA-STS by default, DANE on request
     tls_policy: TLSPolicyConfig = field(default_factory=TLSPolicyConfig)
+    #: called at once when no host of a destination can be reached (a down or
+    #: mistyped relay), with a ``ConnectionFailure``; once per failed connection
+    on_connection_failure: ConnectionObserver | None = None
 
     def session_config(self) -> SessionConfig:
         return SessionConfig(
@@ -103,6 +107,7 @@ class MailerConfig:
             max_pending=self.max_pending,
             linger=self.linger,
             seed=self.seed,
+            on_connection_failure=self.on_connection_failure,
         )
 
     def router(self, policies: TLSPolicies | None = None) -> Router:

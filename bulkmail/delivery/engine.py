@@ -23,7 +23,7 @@ from ..protocol.replies import Reply
 from ..results import Status
 from ..routing import Destination, Router, RoutingError, domain_of
 from ..shaping import Shaping
-from .connector import Connector
+from .connector import ConnectionFailure, ConnectionObserver, Connector
 from .health import HealthRegistry
 from .intake import Intake, Recipients
 from .job import Item, Job, JobOptions
@@ -50,6 +50,8 @@ class EngineConfig:
     max_pending: int = 20_000
     linger: float = 0.05
     seed: int | None = None
+    #: told at once when a destination cannot be reached (progress, logs)
+    on_connection_failure: ConnectionObserver | None = None
 
 
 class Engine:
@@ -71,6 +73,8 @@ class Engine:
         self._retries = RetryQueue(nursery, self.dispatch)
         self._resolving: dict[str, list[Item]] = {}
         self._jobs: set[Job] = set()
+        #: failed connection attempts per destination key (only with an observer)
+        self._connect_failures: dict[str, int] = {}
 
     def __repr__(self) -> str:
         state = "aborted" if self.aborted else "stopping" if self.stopping else "running"
@@ -215,6 +219,17 @@ class Engine:
             )
             self.pools[destination.key] = pool
         pool.add(item)
+
+    def connection_failed(self, destination: Destination, reply: Reply, host: str | None,
+                          pause_until: float) -> None:
+        """No host of ``destination`` answered: tell the observer, if any."""
+        observer = self.config.on_connection_failure
+        if observer is None:
+            return
+        key = destination.key
+        failures = self._connect_failures[key] = self._connect_failures.get(key, 0) + 1
+        next_try = max(0.0, pause_until - trio.current_time())
+        observer(ConnectionFailure(key, reply, host, failures, next_try))
 
     def pool_idle(self, pool: Pool) -> None:
         if self.pools.get(pool.destination.key) is pool and pool.idle:
