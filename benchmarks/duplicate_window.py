@@ -2,7 +2,8 @@
 
     python benchmarks/duplicate_window.py [--messages 4000] [--connections 10]
                                           [--latency 20] [--seeds 1,2,3,4,5]
-                                          [--modes data,bdat] [--json out.json]
+                                          [--modes data,bdat] [--bdat-window N]
+                                          [--json out.json]
 
 Issue 15's bound: a kill at 10 connections and a 20 ms round trip duplicates
 at most 1% of 4,000 personalised messages.  Each trial runs ``bulkmail send``
@@ -46,6 +47,18 @@ from bulkmail.sink import Sink, SinkConfig
 from bulkmail.sink.protocol import Accepted
 
 BULKMAIL = [sys.executable, "-m", "bulkmail"]
+#: ``bulkmail`` with the BDAT window set (the CLI has no option for it): for
+#: ``--bdat-window``, the experiment of a smaller default
+WINDOWED = (
+    "import dataclasses, sys\n"
+    "import bulkmail.api as api\n"
+    "window = int(sys.argv.pop(1))\n"
+    "plain = api.MailerConfig.session_config\n"
+    "api.MailerConfig.session_config = (\n"
+    "    lambda self: dataclasses.replace(plain(self), chunking_window=window))\n"
+    "from bulkmail.cli import main\n"
+    "sys.exit(main())\n"
+)
 
 
 class HoldingSink(Sink):
@@ -105,8 +118,10 @@ async def trial(mode: str, seed: int, args: argparse.Namespace, work: Path) -> T
                                   record_messages=True, seed=seed))
     async with trio.open_nursery() as nursery:
         await nursery.start(sink.serve)
+        launch = BULKMAIL if args.bdat_window is None else [
+            sys.executable, "-c", WINDOWED, str(args.bdat_window)]
         command = [
-            *BULKMAIL, "send", "--sender", "news@sender.test", "--relay",
+            *launch, "send", "--sender", "news@sender.test", "--relay",
             f"127.0.0.1:{sink.port}", "--tls", "none", "--recipients", str(rcpts),
             "--message", str(message), "--journal", str(journal),
             "--connections", str(args.connections), "--quiet",
@@ -159,6 +174,8 @@ def main() -> None:
     p.add_argument("--latency", type=float, default=20.0, help="sink round trip, ms")
     p.add_argument("--seeds", default="1,2,3,4,5")
     p.add_argument("--modes", default="data,bdat")
+    p.add_argument("--bdat-window", type=int,
+                   help="chunking_window instead of the default 32 (an experiment)")
     p.add_argument("--json", help="write every trial here")
     args = p.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
