@@ -15,6 +15,8 @@ failure per destination for the summary.
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -127,6 +129,19 @@ class Progress:
         return (f"  | cannot reach {failure.destination}: {failure.reply}"
                 f" ({attempts}, next try in {next_try:.0f}s)")
 
+    def _fit(self, text: str) -> str:
+        """One screen line: a wrapped line cannot be redrawn with ``\\r``.  Only
+        a failure's text is cut, never the counts."""
+        try:
+            width = os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            return text
+        if width <= 0 or len(text) < width:
+            return text
+        suffix = self._failure_text()
+        keep = max(len(text) - len(suffix), width - 1)
+        return text[:keep]
+
     def _clear(self) -> None:
         if self.tty and self._last_line:
             self.stream.write("\r" + " " * len(self._last_line) + "\r")
@@ -149,6 +164,7 @@ class Progress:
     def _show(self) -> None:
         text = self.line()
         if self.tty:
+            text = self._fit(text)
             self.stream.write("\r" + text.ljust(len(self._last_line)))
             self.stream.flush()
             self._last_line = text
