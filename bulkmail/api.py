@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .config import Security, SessionConfig, Timeouts
+from .delivery.connector import ConnectionObserver
 from .delivery.engine import CANCELLED, Engine, EngineConfig
 from .delivery.health import ShapingAction
 from .delivery.job import InDoubtHook, Job, JobOptions, Presettle, ResultCallback, ResultsCallback
@@ -85,6 +86,9 @@ class MailerConfig:
     wall_clock: Callable[[], float] | None = None
     #: MX delivery only (a relay gets ``secure``): MTA-STS by default, DANE on request
     tls_policy: TLSPolicyConfig = field(default_factory=TLSPolicyConfig)
+    #: called at once when no host of a destination can be reached (a down or
+    #: mistyped relay), with a ``ConnectionFailure``; once per failed connection
+    on_connection_failure: ConnectionObserver | None = None
 
     def session_config(self) -> SessionConfig:
         return SessionConfig(
@@ -114,6 +118,7 @@ class MailerConfig:
             on_shaping_action=self.on_shaping_action,
             warmup_store=self.warmup_store,
             wall_clock=self.wall_clock,
+            on_connection_failure=self.on_connection_failure,
         )
 
     def router(self, policies: TLSPolicies | None = None) -> Router:

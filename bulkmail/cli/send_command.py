@@ -380,7 +380,7 @@ def _finish(args: argparse.Namespace, outcome: RunOutcome, journal_path: str | N
             if already:
                 print(f"resumed: {already:,} already final, {to_send:,} sent this run",
                       file=sys.stderr)
-            print(render_summary(summary, outcome.classes), file=sys.stderr)
+            print(render_summary(summary, outcome.classes, outcome.unreachable), file=sys.stderr)
         if args.suppress_store:
             print(f"suppression store: {outcome.suppressions_added:,} address(es) added"
                   f" from bounces ({args.suppress_store})", file=sys.stderr)

@@ -23,12 +23,13 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO
 
 import trio
 
 from ..api import Mailer, MailerConfig
+from ..delivery.connector import ConnectionFailure
 from ..durable import ResumeCounts, outcome_of, send_durably
 from ..errors import synthetic_reply
 from ..journal import Journal, JournalError, JournalWriter
@@ -64,6 +65,8 @@ class RunOutcome:
     classes: ClassCounts = field(default_factory=Counter)
     #: addresses ``--suppress-store`` newly got from this run's bounces
     suppressions_added: int = 0
+    #: the last connection failure of each destination that could not be reached
+    unreachable: dict[str, ConnectionFailure] = field(default_factory=dict)
 
 
 def _stop(mailer: Mailer, reason: Reply) -> None:
@@ -95,7 +98,9 @@ async def send_job(
     (a child's shard), the others are neither sent nor reported."""
     if progress is None:
         progress = Progress(enabled=not args.quiet, total=None if args.quiet else total)
-    run = RunOutcome()
+    run = RunOutcome(unreachable=progress.unreachable)
+    # a down or mistyped relay shows within seconds, not when retries run out
+    config = replace(config, on_connection_failure=progress.connection_failed)
     if suppressor is not None and progress.enabled:
         suppressor.warn = progress.message
     report: IO[str] | None = None

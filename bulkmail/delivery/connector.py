@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TYPE_CHECKING
 
 from ..config import SessionConfig
 from ..errors import SMTPAuthError, SMTPError, SMTPTLSError
+from ..protocol.replies import Reply
 from ..routing import Destination, Host
 from ..session import SMTPSession
 
@@ -28,6 +30,28 @@ class SourceChoice(Enum):
 
 
 ROUND_ROBIN = SourceChoice.ROUND_ROBIN
+@dataclass(frozen=True, slots=True)
+class ConnectionFailure:
+    """No host of a destination could be reached: what an operator needs to
+    see within seconds (a down or mistyped relay), not when retries run out.
+
+    Reported once per failed connection attempt, never per recipient.
+    """
+
+    #: the destination's key (``relay:host:port``, or the MX host set)
+    destination: str
+    #: why: a synthesised ``451 4.4.1 cannot connect to ...: [Errno 111] ...``, or the server's
+    reply: Reply
+    #: the last host tried, when known
+    host: str | None
+    #: connection attempts to this destination that failed so far in this run
+    failures: int
+    #: seconds until a new connection to it is tried (its backoff pause)
+    next_try: float
+
+
+#: called by the engine on each :class:`ConnectionFailure`; must not raise
+ConnectionObserver = Callable[[ConnectionFailure], None]
 
 
 class Connector:

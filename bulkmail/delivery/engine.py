@@ -27,7 +27,7 @@ from ..routing import Destination, Router, RoutingError, domain_of
 from ..shaping import Shaping
 from ..warmup import WarmupGate, gate_for
 from ..warmup_store import WarmupCounters
-from .connector import Connector
+from .connector import ConnectionFailure, ConnectionObserver, Connector
 from .health import HealthRegistry, ShapingAction
 from .intake import Intake, Recipients
 from .job import Item, Job, JobOptions
@@ -61,6 +61,8 @@ class EngineConfig:
     #: seconds since the epoch (None: the trio clock mapped onto the system's,
     #: so warm-up windows follow a virtual clock in tests)
     wall_clock: Callable[[], float] | None = None
+    #: told at once when a destination cannot be reached (progress, logs)
+    on_connection_failure: ConnectionObserver | None = None
 
 
 class Engine:
@@ -90,6 +92,8 @@ class Engine:
             epoch = time.time() - trio.current_time()
             self.wall_clock = lambda: epoch + trio.current_time()
         self._warmup_counters: WarmupCounters | None = None
+        #: failed connection attempts per destination key (only with an observer)
+        self._connect_failures: dict[str, int] = {}
 
     def close(self) -> None:
         """Release what outlives a run's tasks (the warm-up counters' file)."""
@@ -258,6 +262,17 @@ class Engine:
             path = self.config.warmup_store or ":memory:"
             self._warmup_counters = WarmupCounters(path, now=self.wall_clock())
         return gate_for(rules, names, self._warmup_counters, self.wall_clock)
+
+    def connection_failed(self, destination: Destination, reply: Reply, host: str | None,
+                          pause_until: float) -> None:
+        """No host of ``destination`` answered: tell the observer, if any."""
+        observer = self.config.on_connection_failure
+        if observer is None:
+            return
+        key = destination.key
+        failures = self._connect_failures[key] = self._connect_failures.get(key, 0) + 1
+        next_try = max(0.0, pause_until - trio.current_time())
+        observer(ConnectionFailure(key, reply, host, failures, next_try))
 
     def pool_idle(self, pool: Pool) -> None:
         if self.pools.get(pool.destination.key) is pool and pool.idle:

@@ -77,6 +77,10 @@ class PoolOwner(Outcomes, Protocol):
         """It cannot go for ``delay`` seconds (suspended, warm-up cap): it waits,
         no attempt spent, or ends deferred with ``reply`` if its job cannot wait."""
 
+    def connection_failed(self, destination: Destination, reply: Reply, host: str | None,
+                          pause_until: float) -> None:
+        """No host of ``destination`` could be reached (once per attempt, not per recipient)."""
+
 
 class _HookFailed(Exception):
     """A job's in-doubt hook raised (the job records the error itself)."""
@@ -302,6 +306,8 @@ class Pool:
             return None
         except SMTPError as exc:
             self.health.failure(trio.current_time())
+            self.owner.connection_failed(
+                self.destination, exc.reply, exc.host, self.health.pause_until)
             # nobody can be delivered right now: defer what the next session would have taken
             n = min(len(self.queue), self.limits.max_rcpts)
             taken = [self.queue.popleft() for _ in range(n)]
