@@ -125,6 +125,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="connections across all destinations (default 200)")
     p.add_argument("--max-rcpts", type=at_least(1), default=50, metavar="N",
                    help="recipients per transaction (default 50)")
+    p.add_argument("--window", type=at_least(1), default=32, metavar="N",
+                   help="transactions a connection writes ahead of their replies with"
+                        " CHUNKING (default 32); they are in flight, so a crash may"
+                        " duplicate up to N per connection: 4 keeps a kill of 10"
+                        " connections under 1%% of 4,000 messages, at a third of the speed")
     p.add_argument("--shaping", metavar="FILE.toml",
                    help="per-destination limits and timeouts (see README)")
     p.add_argument("--source-address", action="append", default=[], metavar="ADDR",
@@ -233,6 +238,7 @@ def build_config(args: argparse.Namespace) -> MailerConfig:
         limits=limits,
         shaping=shaping,
         total_connections=args.total_connections,
+        window=args.window,
         retry=RetryPolicy(first_delay=args.retry_first),
         retry_for=args.retry_for,
         timeouts=args.timeouts,
