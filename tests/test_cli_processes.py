@@ -60,6 +60,15 @@ def holder_pid(lock_file: Path) -> int:
     return int(match.group(1))
 
 
+async def holder_pid_when_locked(lock_file: Path) -> int:
+    """The pid holding ``lock_file``, once its child has taken it (on a loaded
+    machine one child may have sent a quarter of the list before the other
+    has started)."""
+    while not lock_file.exists() or "pid" not in lock_file.read_text():
+        await trio.sleep(0.01)
+    return holder_pid(lock_file)
+
+
 async def until_sent(sink: Sink, n: int) -> None:
     while sink.stats.messages < n:
         await trio.sleep(0.01)
@@ -122,7 +131,7 @@ async def test_a_child_killed_mid_run_is_reported_unfinished_and_the_rerun_loses
                          "--processes", "2")
         parent = await trio.lowlevel.open_process(args, cwd=tmp_path, stderr=-1)
         await until_sent(sink, n // 4)
-        victim = holder_pid(tmp_path / "journal.sqlite.part1-of-2.lock")
+        victim = await holder_pid_when_locked(tmp_path / "journal.sqlite.part1-of-2.lock")
         os.kill(victim, signal.SIGKILL)
         assert parent.stderr is not None
         err = b""
