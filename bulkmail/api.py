@@ -25,6 +25,7 @@ from .policy import RetryPolicy
 from .protocol import commands
 from .protocol.auth import Credentials
 from .protocol.errors import InvalidAddress
+from .records import SessionCallback, SessionRecords
 from .results import Result, Summary
 from .routing import DNSConfig, MXRouter, RelayRouter, Router
 from .shaping import PoolLimits, Shaping
@@ -65,6 +66,10 @@ class MailerConfig:
     window: int = 32
     linger: float = 0.05
     seed: int | None = None
+    #: hears one record per SMTP session in the seed's schema (``bulkmail.records``)
+    on_session: SessionCallback | None = None
+    #: ``on_session`` hears one session in this many
+    session_sample: int = 1
 
     def session_config(self) -> SessionConfig:
         return SessionConfig(
@@ -78,6 +83,10 @@ class MailerConfig:
             use_pipelining=self.pipelining,
             use_chunking=self.chunking,
             chunking_window=self.window,
+            records=(
+                SessionRecords(self.on_session, self.session_sample)
+                if self.on_session is not None else None
+            ),
         )
 
     def engine_config(self) -> EngineConfig:
