@@ -23,8 +23,8 @@ from .lean_stream import lean, tls_transport
 from .protocol import commands
 from .protocol.client import Stage
 from .protocol.connection import ClientConnection, Event, Failure
-from .protocol.pipeline import TraceSink
 from .protocol.extensions import Extensions
+from .protocol.pipeline import TraceSink
 from .protocol.replies import Reply
 from .protocol.transaction import Envelope, TransactionResult
 from .trace import Tee, Trace

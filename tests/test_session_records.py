@@ -15,6 +15,7 @@ import trio
 
 from bulkmail.api import Mailer, MailerConfig, Relay
 from bulkmail.config import SessionConfig
+from bulkmail.errors import SMTPTLSError
 from bulkmail.protocol.auth import Credentials
 from bulkmail.records import SessionRecords
 from bulkmail.session import SMTPSession
@@ -116,7 +117,7 @@ async def test_a_failed_session_is_recorded_with_its_error(tmp_path: Path) -> No
         sink = await start_sink(nursery)  # no STARTTLS offered
         config = SessionConfig("127.0.0.1", sink.port, secure="starttls",
                                records=SessionRecords(records.append))
-        with pytest.raises(Exception):  # noqa: B017, PT011 - the error class is not the point
+        with pytest.raises(SMTPTLSError):
             await SMTPSession.connect(config, "127.0.0.1")
         nursery.cancel_scope.cancel()
     (record,) = records

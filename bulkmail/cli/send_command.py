@@ -30,6 +30,7 @@ from ..protocol.errors import InvalidAddress
 from ..routing import DNSConfig
 from ..shaping import PoolLimits, Shaping
 from .inputs import InputError, columns_of, read_message, read_recipients, read_suppressions
+from .metrics_serve import metrics_address
 from .options import (
     TimeoutsAction,
     at_least,
@@ -131,6 +132,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="mailto target; alone, an RFC 2369 mailto-only List-Unsubscribe")
     g.add_argument("--verp", action="store_true",
                    help="per-recipient envelope sender (bounces+alice=example.com@...)")
+    o = p.add_argument_group("observing a run")
+    o.add_argument("--trace", metavar="FILE",
+                   help="JSON Lines: one record per SMTP session in the seed's SMTP Session"
+                        " schema (commands, replies, timings; never a secret)")
+    o.add_argument("--trace-sample", type=at_least(1), default=1, metavar="N",
+                   help="with --trace: record one session in N (default every one)")
+    o.add_argument("--metrics", metavar="ADDR:PORT", type=metrics_address,
+                   help="serve Prometheus metrics at http://ADDR:PORT/metrics during the run")
+    o.add_argument("--metrics-sites", type=at_least(1), default=20, metavar="N",
+                   help="destination sites with their own metric labels; the rest are"
+                        " 'other' (default 20)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress line and no summary (the exit status still tells)")
 
@@ -217,7 +229,9 @@ def run(args: argparse.Namespace) -> int:
         decorated = decorations(args)
         identity = job_identity(args, message)
         if args.report:
-            _check_writable(args.report)
+            _check_writable(args.report, "--report")
+        if args.trace:
+            _check_writable(args.trace, "--trace")
     except (InputError, ValueError, OSError) as exc:
         return _usage_error(exc)
     journal_path = None if args.no_journal else str(args.journal or default_journal(identity))
@@ -291,13 +305,13 @@ def _usage_error(exc: BaseException) -> int:
     return EX_USAGE
 
 
-def _check_writable(path: str) -> None:
-    """Refuse an unwritable ``--report`` now, without emptying an existing one."""
+def _check_writable(path: str, option: str) -> None:
+    """Refuse an unwritable output file now, without emptying an existing one."""
     target = Path(path)
     if target.is_dir():
-        raise InputError(f"--report {path}: is a directory")
+        raise InputError(f"{option} {path}: is a directory")
     if not os.access(target if target.exists() else (target.parent or Path(".")), os.W_OK):
-        raise InputError(f"--report {path}: not writable")
+        raise InputError(f"{option} {path}: not writable")
 
 
 def _close(journal: Journal | None) -> None:

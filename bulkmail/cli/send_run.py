@@ -22,8 +22,8 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import IO
+from dataclasses import dataclass, field, replace
+from typing import IO, Any
 
 import trio
 
@@ -87,6 +87,10 @@ async def send_job(
             report = open(args.report, "w", encoding="utf-8")  # noqa: SIM115 - closed below
         except OSError as exc:
             raise InputError(f"--report {args.report}: {exc.strerror}") from exc
+    trace = _open_output(args.trace, "--trace") if args.trace else None
+    if trace is not None:
+        config = replace(config, on_session=_trace_writer(trace, progress),
+                         session_sample=args.trace_sample)
     refused = Summary()
     mailer: Mailer | None = None
 
@@ -170,13 +174,43 @@ async def send_job(
             nursery.cancel_scope.cancel()
     finally:
         progress.close()
-        if report is not None:
-            with contextlib.suppress(OSError):
-                report.close()
+        for output in (report, trace):
+            if output is not None:
+                with contextlib.suppress(OSError):
+                    output.close()
     if run.cancelled:
         run.summary = _counted(progress)
         run.input_left = True
     return run
+
+
+def _open_output(path: str, option: str) -> IO[str]:
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{option} {path}: {exc.strerror}") from exc
+
+
+def _trace_writer(trace: IO[str], progress: Progress) -> Callable[[dict[str, Any]], None]:
+    """``on_session`` for ``--trace``: one JSON line per session record.  A
+    trace that cannot be written stops tracing (said once), never the run."""
+    broken = False
+
+    def write(record: dict[str, Any]) -> None:
+        nonlocal broken
+        if broken:
+            return
+        try:
+            trace.write(json.dumps(record, ensure_ascii=False) + "\n")
+        except OSError as exc:
+            broken = True
+            line = f"--trace: cannot write ({exc.strerror or exc}); tracing stopped"
+            if progress.enabled:
+                progress.message(line)
+            else:
+                print(line, file=sys.stderr)
+
+    return write
 
 
 def _journal_failure(
