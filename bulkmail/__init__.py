@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from .api import Mailer, MailerConfig, Relay, send
 from .config import SessionConfig, Timeouts
+from .delivery.retry import RetryPolicy
 from .message import CallableContent, Recipient, StaticContent, TemplateContent
-from .policy import RetryPolicy
 from .protocol.auth import Credentials
 from .protocol.replies import Reply
 from .results import Result, Status, Summary

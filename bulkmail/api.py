@@ -10,7 +10,7 @@ import math
 import socket
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from types import TracebackType
@@ -19,12 +19,15 @@ from typing import Any
 import trio
 
 from .config import Security, SessionConfig, Timeouts
-from .engine import Engine, EngineConfig, Job, ResultCallback, ResultsCallback
+from .delivery.engine import CANCELLED, Engine, EngineConfig
+from .delivery.job import InDoubtHook, Job, JobOptions, Presettle, ResultCallback, ResultsCallback
+from .delivery.retry import RetryPolicy
+from .errors import SMTPError, synthetic_reply
 from .message import Content, Recipient, as_content
-from .policy import RetryPolicy
 from .protocol import commands
 from .protocol.auth import Credentials
 from .protocol.errors import InvalidAddress
+from .protocol.replies import Reply
 from .records import SessionCallback, SessionRecords
 from .results import Result, Summary
 from .routing import DNSConfig, MXRouter, RelayRouter, Router
@@ -32,6 +35,9 @@ from .shaping import PoolLimits, Shaping
 
 MessageLike = bytes | str | EmailMessage | Content | Callable[[Recipient], bytes]
 Recipients = Iterable[Recipient | str] | AsyncIterable[Recipient | str]
+#: seconds a cancelled ``send`` waits, shielded, for its workers to settle the
+#: transactions they hold (they do so as soon as they run: a safety net)
+CUT_SHORT_GRACE = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,13 +121,17 @@ class Mailer:
 
         async with Mailer(MailerConfig(relay=Relay("127.0.0.1", 2525))) as mailer:
             summary = await mailer.send("news@example.org", message, recipients)
+
+    Leaving the block stops the engine (idle sessions say QUIT).  If the block
+    raises or is cancelled, nothing new is sent, in-flight transactions are
+    cut short, and every recipient handed in still gets its one result.
     """
 
     def __init__(self, config: MailerConfig | None = None, **overrides: Any) -> None:
         base = config or MailerConfig()
         self.config = replace(base, **overrides) if overrides else base
         self._engine: Engine | None = None
-        self._nursery_manager: Any = None
+        self._running: AbstractAsyncContextManager[Engine] | None = None
 
     @property
     def engine(self) -> Engine:
@@ -130,9 +140,10 @@ class Mailer:
         return self._engine
 
     async def __aenter__(self) -> Mailer:
-        self._nursery_manager = trio.open_nursery()
-        nursery = await self._nursery_manager.__aenter__()
-        self._engine = Engine(self.config.engine_config(), self.config.router(), nursery)
+        if self._running is not None:
+            raise RuntimeError("a Mailer is entered once")
+        self._running = self._run()
+        self._engine = await self._running.__aenter__()
         return self
 
     async def __aexit__(
@@ -141,16 +152,55 @@ class Mailer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        engine = self.engine
-        engine.stop()  # idle sessions say QUIT now instead of after their idle timeout
-        if exc is not None:
-            engine.nursery.cancel_scope.cancel()
-        result: bool | None = await self._nursery_manager.__aexit__(exc_type, exc, tb)
-        return result
+        assert self._running is not None
+        return await self._running.__aexit__(exc_type, exc, tb)
+
+    @asynccontextmanager
+    async def _run(self) -> AsyncIterator[Engine]:
+        """The nursery the pools live in, entered and left as one ``async with``
+        (never driven by hand), so nothing can unwind between the two."""
+        failure: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            engine = Engine(self.config.engine_config(), self.config.router(), nursery)
+            try:
+                yield engine
+            except BaseException as exc:
+                # the block raised or was cancelled: queued work ends deferred
+                # now, and the workers settle their transactions as they unwind
+                engine.stop()
+                nursery.cancel_scope.cancel()
+                if not isinstance(exc, Exception):
+                    raise  # Cancelled, KeyboardInterrupt: trio's to route
+                # the caller's own error, raised as itself once the pools are
+                # down (not wrapped in the nursery's exception group)
+                failure = exc
+            else:
+                engine.stop()  # idle sessions say QUIT now, not after their idle timeout
+        if failure is not None:
+            raise failure
 
     def stop(self) -> None:
-        """Graceful stop: no new work; in-flight transactions finish; the rest is deferred."""
+        """Graceful stop: no new transaction starts; in-flight transactions
+        finish; everything taken in ends deferred (resumable).  Recipients a
+        source has not yielded yet are left in it, without a result."""
         self.engine.stop()
+
+    def abort(self, reason: Reply | BaseException) -> None:
+        """Stop everything now, with a reason: no new transactions, in-flight
+        ones finish, everything else ends deferred, and each running job's
+        ``Summary.aborted`` is ``reason`` (as a reply: an :class:`SMTPError`'s
+        own, or a made-up ``451 4.3.0`` naming any other exception).
+
+        An authentication failure (a 535/534/530 to AUTH, or bulkmail refusing
+        to send credentials without TLS) aborts the run this way by itself:
+        nobody bounces for a wrong password."""
+        if isinstance(reason, Reply):
+            reply = reason
+        elif isinstance(reason, SMTPError):
+            reply = reason.reply
+        else:
+            reply = synthetic_reply(451, "4.3.0", f"{type(reason).__name__}: {reason}")
+        self.engine.abort(reply)
 
     async def send(
         self,
@@ -161,6 +211,8 @@ class Mailer:
         on_result: ResultCallback | None = None,
         on_results: ResultsCallback | None = None,
         verp: bool = False,
+        on_in_doubt: InDoubtHook | None = None,
+        presettle: Presettle | None = None,
     ) -> Summary:
         """Deliver ``message`` to every recipient; returns when each has a final result.
 
@@ -169,6 +221,19 @@ class Mailer:
         recipients at once, cheaper for a consumer that batches (a journal).
         ``verp``: each recipient gets its own envelope sender
         (``bounces+alice=example.com@sender.org``) so bounces map back to them.
+        ``on_in_doubt`` is awaited with the recipients whose end of data is
+        about to leave (a journal's durable mark); ``presettle`` may decide a
+        recipient's result without sending it (suppressed, already final).
+
+        Every recipient handed in gets exactly one result, also when this call
+        is cancelled: then queued ones end deferred, transactions in flight
+        are cut short (recipients whose end of data may have left end deferred
+        and flagged ``possible_duplicate``), and the call returns at once.
+        If a callback or ``on_in_doubt`` raises, the job stops the same way
+        (no end of data leaves without its in-doubt mark) and the exception is
+        raised here, once, as itself; the callbacks are not called again.
+        After :meth:`abort` (or an authentication failure) the summary's
+        ``aborted`` says why.
         """
         if sender:
             try:
@@ -176,24 +241,25 @@ class Mailer:
             except InvalidAddress as exc:
                 raise ValueError(f"sender {sender!r}: {exc.reason}") from exc
         engine = self.engine
-        job = Job(engine, sender, as_content(message), on_result)
-        job.on_results = on_results
-        job.verp = verp
+        options = JobOptions(
+            on_result=on_result, on_results=on_results, on_in_doubt=on_in_doubt,
+            presettle=presettle, verp=verp,
+        )
+        job = engine.open_job(sender, as_content(message), options)
         try:
-            if isinstance(recipients, AsyncIterable):
-                n = 0
-                async for recipient in recipients:
-                    if engine.stopping:
-                        break
-                    await engine.add(job, recipient)
-                    n += 1
-                    if n % 256 == 0:
-                        await trio.lowlevel.checkpoint()
-            else:
-                await engine.submit(job, recipients)
+            try:
+                await engine.feed(job, recipients)
+                await job.settled.wait()
+            except BaseException:
+                # cancelled, or the recipients' source raised
+                await _cut_short(engine, job, CANCELLED)
+                raise
+            if job.failure is not None:
+                reason = f"stopped: {type(job.failure).__name__}: {job.failure}"
+                await _cut_short(engine, job, synthetic_reply(451, "4.3.0", reason))
+                raise job.failure
         finally:
-            job.end_of_input()
-        await job.done.wait()
+            engine.forget(job)
         return job.summary
 
     @asynccontextmanager
@@ -221,6 +287,14 @@ class Mailer:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run)
             yield iterate()
+
+
+async def _cut_short(engine: Engine, job: Job, reason: Reply) -> None:
+    """Cancel ``job`` and wait (shielded, briefly) until each of its recipients
+    has a result: the workers settle their cut-short batches as they next run."""
+    engine.cancel(job, reason)
+    with trio.CancelScope(shield=True), trio.move_on_after(CUT_SHORT_GRACE):
+        await job.finished.wait()
 
 
 async def send(

@@ -23,7 +23,7 @@ from itertools import islice
 import trio
 
 from .api import Mailer, MessageLike
-from .engine import InDoubtHook, ResultCallback, ResultsCallback
+from .delivery.job import InDoubtHook, ResultCallback, ResultsCallback
 from .errors import SMTPError, synthetic_reply
 from .journal import JournalError, JournalWriter, Outcome, RecipientRecord
 from .message import Recipient
@@ -122,7 +122,6 @@ async def send_durably(
     itself resending them end ``in_doubt``.  Without a writer, only
     suppression applies.
     """
-    engine = mailer.engine
     settled: dict[str, RecipientRecord] = {}
     resent: set[str] = set()  # flagged by the journal: their in-doubt marks say so
 
@@ -144,14 +143,13 @@ async def send_durably(
     fresh = writer is None or await trio.to_thread.run_sync(writer.journal.is_empty)
     # a new journal knows nobody: no lookups, and recipients go straight in
     # (a fresh run pays only for the writes)
-    engine.presettle = decide if suppressed or not fresh else None
+    presettle = decide if suppressed or not fresh else None
     try:
         if writer is None:
             return await mailer.send(
                 sender, message, recipients, on_result=on_result, on_results=on_results,
-                verp=verp,
+                verp=verp, presettle=presettle,
             )
-        engine.on_in_doubt = _in_doubt_marker(writer, resent)
         stream: Iterable[Recipient] | AsyncIterator[Recipient] = (
             recipients if fresh else _resumed(writer, recipients, settled, resent)
         )
@@ -181,11 +179,11 @@ async def send_durably(
                 on_results(results)
 
         return await mailer.send(
-            sender, message, stream, on_result=on_result, on_results=record, verp=verp
+            sender, message, stream, on_result=on_result, on_results=record, verp=verp,
+            presettle=presettle, on_in_doubt=_in_doubt_marker(writer, resent),
         )
     finally:
-        engine.presettle = None
-        engine.on_in_doubt = None
+        pass  # per-job settings travel in JobOptions: nothing shared to undo
 
 
 class JournalUnwritable(SMTPError):

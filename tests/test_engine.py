@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 import trio
 
 from bulkmail import Mailer, MailerConfig, Recipient, Relay, Status, TemplateContent
-from bulkmail import engine as engine_module
 from bulkmail.api import send
-from bulkmail.results import Result
+from bulkmail.delivery import intake as intake_module
+from bulkmail.results import Result, Summary
 from bulkmail.routing import DNSConfig
 from bulkmail.shaping import PoolLimits, Shaping
 from bulkmail.sink import Sink, SinkConfig
@@ -91,7 +92,7 @@ async def test_intake_domain_memory_starting_over_loses_no_verdict(
 ) -> None:
     """The per-domain intake facts are bounded: with room for two domains among
     five, dedupe (domain case-insensitive), validation and routing still hold."""
-    monkeypatch.setattr(engine_module, "MAX_INTAKE_DOMAINS", 2)
+    monkeypatch.setattr(intake_module, "MAX_INTAKE_DOMAINS", 2)
     recipients = [
         "a@d1.test", "a@D1.TEST", "b@d2.test", "c@d3.test", "a@d1.test.", "c@D3.test",
         "d@d4.test", "dotted..local@d4.test", "e@-d5.test", "f@d5.test", "no-at-all", "b@d2.test",
@@ -570,3 +571,50 @@ async def test_on_results_hears_each_transaction_s_recipients_together() -> None
     assert sorted(singles) == sorted(r for g in groups for r in g)  # both hear everyone once
     assert len(groups) == sink.stats.transactions == 5  # one group per transaction
     assert all(len({r.reply for r in g}) == 1 for g in groups)
+
+
+async def test_concurrent_jobs_keep_their_own_in_doubt_hook_and_presettle() -> None:
+    """Per-job settings live on the job: a second job running beside the first
+    gets neither its suppressions nor its in-doubt marks, and the first job
+    finishing early does not switch the second one's marks off."""
+    marked: dict[str, list[str]] = {"a": [], "b": []}
+
+    def marker(name: str) -> Callable[[Sequence[str]], Awaitable[None]]:
+        async def on_in_doubt(addresses: Sequence[str]) -> None:
+            marked[name].extend(addresses)
+
+        return on_in_doubt
+
+    def suppress_first_ten(recipient: Recipient) -> tuple[Status, None, int] | None:
+        number = int(recipient.address[1:].partition("@")[0])
+        return (Status.SUPPRESSED, None, 0) if number < 10 else None
+
+    template = TemplateContent("Subject: ${n}\r\n\r\nx\r\n")
+    a = [Recipient(f"a{i}@example.test", {"n": str(i)}) for i in range(20)]
+    b = [Recipient(f"b{i}@example.test", {"n": str(i)}) for i in range(300)]
+    summaries: dict[str, Summary] = {}
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, latency=0.002)
+        # one connection in DATA mode: its refills take the other job's
+        # transactions too, so batches mix the two jobs
+        config = relay_config(sink, chunking=False, limits=PoolLimits(connections=1))
+        async with Mailer(config) as mailer, trio.open_nursery() as jobs:
+
+            async def run_b() -> None:
+                summaries["b"] = await mailer.send(
+                    "news@sender.test", template, b, on_in_doubt=marker("b")
+                )
+
+            async def run_a() -> None:
+                summaries["a"] = await mailer.send(
+                    "news@sender.test", template, a, on_in_doubt=marker("a"),
+                    presettle=suppress_first_ten,
+                )
+
+            jobs.start_soon(run_b)
+            jobs.start_soon(run_a)
+        nursery.cancel_scope.cancel()
+    assert summaries["a"].suppressed == 10 and summaries["a"].delivered == 10
+    assert summaries["b"].suppressed == 0 and summaries["b"].delivered == 300
+    assert sorted(marked["a"]) == sorted(r.address for r in a[10:])
+    assert sorted(marked["b"]) == sorted(r.address for r in b)

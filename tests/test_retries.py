@@ -272,3 +272,33 @@ async def test_stale_421_on_a_pooled_session_costs_no_attempt() -> None:
     )
     assert {(r.status, r.attempts) for r in results} == {(Status.DELIVERED, 1)}
     assert server.sessions == 2
+
+
+async def test_452_on_rcpt_beside_a_4xx_at_end_of_data_spends_no_attempt(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """RFC 5321 §4.5.3.1.10: recipients refused "too many" on RCPT go into the
+    next transaction at once, whatever the end of data then said to the others
+    (here a 451 the first time): only those others spend an attempt."""
+    done_calls = Counter[str]()
+
+    def rcpt(address: str, n: int) -> str:
+        return "452 4.5.3 Too many recipients\r\n" if n > 2 else "250 2.1.5 Ok\r\n"
+
+    def done(rcpts: list[str], content: bytes) -> str:
+        done_calls["done"] += 1
+        if done_calls["done"] == 1:
+            return "451 4.3.0 Temporary content scanner failure\r\n"
+        return "250 2.0.0 queued\r\n"
+
+    server = MiniSMTP(rcpt=rcpt, data_done=done)
+    rcpts = addresses(4)
+    start = trio.current_time()
+    results = await deliver_to(server, rcpts, limits=PoolLimits(connections=1, max_rcpts=4))
+    elapsed = trio.current_time() - start
+    by = exactly_once(results, rcpts)
+    assert {r.status for r in by.values()} == {Status.DELIVERED}
+    # the first two: 451 at end of data, then the retry; the last two: straight
+    # into the next transaction, delivered on their first attempt
+    assert [by[r].attempts for r in rcpts] == [2, 2, 1, 1]
+    assert elapsed > 50  # the first two waited for their retry

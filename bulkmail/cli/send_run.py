@@ -66,8 +66,7 @@ def _stop(mailer: Mailer, reason: Reply) -> None:
     defers everything not in flight.  (To become ``mailer.abort(reason)``
     once the engine offers it.)
     """
-    del reason
-    mailer.stop()
+    mailer.abort(reason)
 
 
 async def send_job(

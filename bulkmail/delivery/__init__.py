@@ -1,0 +1,18 @@
+"""The delivery layer: recipients in, one final result per recipient out.
+
+Modules, leaves first (each imports only modules above it in this list):
+
+* ``policy``    what one reply means for one recipient (``classify``)
+* ``health``    a destination's backoff and pacing
+* ``job``       a job (``Job``, its frozen ``JobOptions``) and its ``Item``s
+* ``retry``     the per-recipient retry schedule and the loop that keeps it
+* ``settle``    a transaction's result -> each recipient's outcome
+* ``connector`` opening a session to a destination (MX order, TLS fallback,
+  source addresses)
+* ``pool``      sessions and queued work for one destination; it sees the
+  engine only through the small ``PoolOwner`` protocol
+* ``intake``    admission: dedupe, presettle, validation, back-pressure
+* ``engine``    jobs, routing, pools, outcomes, stop / abort / cancel
+
+Nothing is imported here, so importing one module never drags in the rest.
+"""

@@ -1,0 +1,76 @@
+"""Opening a session to one destination: which host, which address, which
+source address, and what to do when TLS breaks."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import replace
+
+from ..config import SessionConfig
+from ..errors import SMTPAuthError, SMTPError, SMTPTLSError
+from ..routing import Destination, Host
+from ..session import SMTPSession
+
+
+class Connector:
+    """Connects to a destination's hosts in preference order.
+
+    Raises the last host's :class:`SMTPError` when none would do, and an
+    :class:`SMTPAuthError` at once: the credentials are the same for every
+    host, so another host would only refuse them again.
+    """
+
+    def __init__(
+        self,
+        config: SessionConfig,
+        destination: Destination,
+        source_addresses: tuple[str, ...],
+        rng: random.Random,
+    ) -> None:
+        self.config = config
+        self.destination = destination
+        self._sources = itertools.cycle(source_addresses or (None,))
+        self._rng = rng
+
+    async def connect(self, *, pipelining: bool) -> SMTPSession:
+        last: SMTPError | None = None
+        source = next(self._sources)  # round robin over the source addresses
+        for host in self.host_order():
+            config = replace(
+                self.config,
+                host=host.name,
+                port=host.port,
+                source_address=source,
+                use_pipelining=pipelining,
+            )
+            for address in host.addresses or (host.name,):
+                try:
+                    return await SMTPSession.connect(config, address)
+                except SMTPAuthError:
+                    raise
+                except SMTPTLSError as exc:
+                    last = exc
+                    if config.secure != "may":
+                        break  # required TLS fails closed
+                    # opportunistic TLS that breaks: like Postfix's "may", this
+                    # server gets the message in plaintext rather than never
+                    try:
+                        return await SMTPSession.connect(replace(config, secure="none"), address)
+                    except SMTPAuthError:
+                        raise
+                    except SMTPError as retry_exc:
+                        last = retry_exc
+                except SMTPError as exc:
+                    last = exc
+        assert last is not None
+        raise last
+
+    def host_order(self) -> list[Host]:
+        """Hosts by preference, shuffled within equal preference on every connection,
+        so one pool's sessions spread over a provider's equal MX hosts."""
+        hosts = list(self.destination.hosts)
+        if len(hosts) < 2:
+            return hosts
+        rng = self._rng
+        return sorted(hosts, key=lambda h: (h.preference, rng.random()))

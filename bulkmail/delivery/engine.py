@@ -1,0 +1,304 @@
+"""The delivery engine: recipients in, exactly one final result per recipient out.
+
+It routes each recipient to a destination, feeds that destination's pool,
+applies the reply policy to what comes back (as the pools' :class:`PoolOwner`
+and :class:`Outcomes`), and schedules retries.  Every recipient a job admits
+is counted as outstanding until it has a result, so a job cannot finish while
+anybody is unaccounted for -- also when it is stopped, aborted or cancelled.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+
+import trio
+
+from ..config import SessionConfig
+from ..errors import synthetic_reply
+from ..message import Content
+from ..protocol.replies import Reply
+from ..results import Status
+from ..routing import Destination, Router, RoutingError, domain_of
+from ..shaping import Shaping
+from .connector import Connector
+from .health import HealthRegistry
+from .intake import Intake, Recipients
+from .job import Item, Job, JobOptions
+from .policy import Verdict, classify
+from .pool import Pool
+from .retry import RetryPolicy, RetryQueue
+
+#: a dead pooled session may be replaced this many times per recipient for free
+MAX_FREE_RETRIES = 3
+
+STOPPED = synthetic_reply(451, "4.3.2", "run stopped before this recipient was attempted")
+CANCELLED = synthetic_reply(451, "4.3.2", "run cancelled before this recipient was attempted")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    session: SessionConfig
+    shaping: Shaping = field(default_factory=Shaping)
+    total_connections: int = 200
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: seconds a job keeps retrying deferred recipients (None: the retry policy's lifetime)
+    retry_for: float | None = None
+    #: recipients held in memory at once: the producer waits beyond this
+    max_pending: int = 20_000
+    linger: float = 0.05
+    seed: int | None = None
+
+
+class Engine:
+    """Pools, routing and retries for any number of jobs, inside one nursery."""
+
+    def __init__(self, config: EngineConfig, router: Router, nursery: trio.Nursery) -> None:
+        self.config = config
+        self.router = router
+        self.nursery = nursery
+        self.pools: dict[str, Pool] = {}
+        #: no new transaction starts (stop, abort); in-flight ones finish
+        self.stopping = False
+        #: why the run was aborted (see :meth:`abort`)
+        self.aborted: Reply | None = None
+        self.rng = random.Random(config.seed)
+        self.intake = Intake(config.max_pending, dispatch=self.dispatch, invalid=self.invalid)
+        self._limiter = trio.CapacityLimiter(config.total_connections)
+        self._health = HealthRegistry(pipelining=config.session.use_pipelining)
+        self._retries = RetryQueue(nursery, self.dispatch)
+        self._resolving: dict[str, list[Item]] = {}
+        self._jobs: set[Job] = set()
+
+    def __repr__(self) -> str:
+        state = "aborted" if self.aborted else "stopping" if self.stopping else "running"
+        return (
+            f"<Engine {state} [{len(self._jobs)} jobs, {len(self.pools)} pools,"
+            f" {len(self._retries)} waiting to retry]>"
+        )
+
+    # -- jobs ----------------------------------------------------------------------
+
+    def open_job(self, sender: str, content: Content, options: JobOptions) -> Job:
+        job = Job(
+            sender, content, options, release=self.intake.release,
+            retry_for=self.config.retry_for,
+        )
+        self._jobs.add(job)
+        if self.stopping:  # a stopped engine takes nothing new
+            job.closed = True
+            job.summary.aborted = self.aborted
+        return job
+
+    async def feed(self, job: Job, recipients: Recipients) -> None:
+        """Admit ``recipients`` into ``job``; then its input has ended."""
+        try:
+            await self.intake.feed(job, recipients)
+        finally:
+            job.end_of_input()
+            self.wake_pools()
+
+    def forget(self, job: Job) -> None:
+        self._jobs.discard(job)
+
+    def cancel(self, job: Job, reason: Reply = CANCELLED) -> None:
+        """End ``job`` now: queued and waiting recipients end deferred with
+        ``reason``, and its transactions in flight are cut short (whoever's
+        end of data may have left ends deferred and flagged possible_duplicate).
+        The results come as the pools' workers run next: await ``job.finished``."""
+        self._close(job, reason)
+        for pool in list(self.pools.values()):
+            pool.interrupt(job)
+
+    def _close(self, job: Job, reason: Reply) -> None:
+        if job.closed and job.close_reason is not None:
+            return
+        job.closed = True
+        job.close_reason = reason
+        for pool in list(self.pools.values()):
+            for item in pool.take_queued(job):
+                self.abandon(item)
+        for domain in list(self._resolving):
+            waiting = self._resolving[domain]
+            self._resolving[domain] = [item for item in waiting if item.job is not job]
+            for item in waiting:
+                if item.job is job:
+                    self.abandon(item)
+        for item in self._retries.take(lambda item: item.job is job):
+            self.abandon(item)
+
+    def stop(self, reason: Reply = STOPPED) -> None:
+        """Take no new work: no new transaction starts, what is queued or waiting
+        to retry ends deferred, in-flight transactions finish."""
+        self.stopping = True
+        for job in list(self._jobs):
+            job.closed = True
+            if job.close_reason is None:
+                job.close_reason = reason
+        for pool in list(self.pools.values()):
+            for item in pool.take_queued():
+                self.abandon(item)
+        for domain in list(self._resolving):
+            for item in self._resolving.pop(domain):
+                self.abandon(item)
+        for item in self._retries.take():
+            self.abandon(item)
+        self.wake_pools()
+
+    def abort(self, reason: Reply) -> None:
+        """Stop with a reason (an authentication failure, a journal that cannot
+        be written): like :meth:`stop`, and every job's ``Summary.aborted``
+        says why.  The first reason wins."""
+        if self.aborted is None:
+            self.aborted = reason
+        for job in self._jobs:
+            if job.summary.aborted is None:
+                job.summary.aborted = self.aborted
+        self.stop(self.aborted)
+
+    # -- capacity ------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def connection_slot(self) -> AsyncIterator[None]:
+        async with self._limiter:
+            yield
+
+    def connection_waiters(self) -> bool:
+        return self._limiter.statistics().tasks_waiting > 0
+
+    # -- routing -------------------------------------------------------------------
+
+    def dispatch(self, item: Item, domain: str | None = None) -> None:
+        if item.job.closed:
+            self.abandon(item)
+            return
+        if domain is None:
+            domain = domain_of(item.recipient.address)
+        destination = self.router.peek(domain)  # the router's TTL cache
+        if destination is not None:
+            self._to_pool(item, destination, domain)
+            return
+        # one resolving task per domain, however many recipients wait on it
+        waiting = self._resolving.get(domain)
+        if waiting is not None:
+            waiting.append(item)
+            return
+        self._resolving[domain] = [item]
+        self.nursery.start_soon(self._resolve, domain)
+
+    async def _resolve(self, domain: str) -> None:
+        try:
+            destination = await self.router.route(domain)
+        except RoutingError as exc:
+            # (stop() may have settled this domain's waiters meanwhile)
+            verdict = classify(None, exc.reply)
+            for item in self._resolving.pop(domain, []):
+                self.attempted(item, exc.reply, verdict, None)
+            return
+        for item in self._resolving.pop(domain, []):
+            self._to_pool(item, destination, domain)
+
+    def _to_pool(self, item: Item, destination: Destination, domain: str) -> None:
+        pool = self.pools.get(destination.key)
+        if pool is None:
+            hosts = [h.name for h in destination.hosts]
+            limits = self.config.shaping.limits_for(domain, hosts)
+            session = self.config.session  # the destination's own stage deadlines, if any
+            session = replace(session, timeouts=limits.session_timeouts(session.timeouts))
+            connector = Connector(session, destination, limits.source_addresses, self.rng)
+            pool = Pool(
+                self, destination, limits, self._health.of(destination.key, limits.connections),
+                connector, linger=self.config.linger,
+                window=self.config.session.chunking_window,
+            )
+            self.pools[destination.key] = pool
+        pool.add(item)
+
+    def pool_idle(self, pool: Pool) -> None:
+        if self.pools.get(pool.destination.key) is pool and pool.idle:
+            del self.pools[pool.destination.key]
+
+    def wake_pools(self) -> None:
+        for pool in list(self.pools.values()):
+            pool.wake()
+
+    # -- outcomes ------------------------------------------------------------------
+
+    def invalid(self, item: Item, reason: str) -> None:
+        """Bounce a recipient we refuse to send to (bad address, bad template value)."""
+        item.job.finish(item, Status.BOUNCED, synthetic_reply(553, "5.1.3", reason))
+
+    def abandon(self, item: Item) -> None:
+        """Not sent in this run: it ends deferred (resumable), with its last
+        reply, or else the reason its job was closed."""
+        reply = item.last_reply or item.job.close_reason or STOPPED
+        item.job.finish(item, Status.DEFERRED, reply)
+
+    def unattempted(self, item: Item, reply: Reply, requeue: Callable[[Item], None]) -> None:
+        """Nothing reached the server for this item (dead pooled session): retry now."""
+        item.free_retries += 1
+        if item.free_retries > MAX_FREE_RETRIES:
+            self.attempted(item, reply, classify(None, reply), None)
+            return
+        requeue(item)
+
+    def delivered(self, items: Sequence[Item], reply: Reply, host: str) -> None:
+        """A transaction whose one reply accepted everyone."""
+        now = trio.current_time()
+        for item in items:
+            item.attempt(reply, host, now)
+        items[0].job.finish_all(items, Status.DELIVERED, reply)
+
+    def attempted(self, item: Item, reply: Reply, verdict: Verdict, host: str | None) -> None:
+        """One attempt, judged by the reply policy."""
+        now = trio.current_time()
+        item.attempt(reply, host, now)
+        if verdict is Verdict.DELIVERED:
+            item.job.finish(item, Status.DELIVERED, reply)
+        elif verdict is Verdict.BOUNCED:
+            item.job.finish(item, Status.BOUNCED, reply)
+        else:
+            self._defer(item, reply, now)
+
+    def in_doubt(self, item: Item, reply: Reply, host: str | None) -> None:
+        """Its end of data left and no reply came (RFC 1047): it may have been
+        delivered.  Resent ``RetryPolicy.in_doubt_resends`` times at most; in
+        doubt once more, it ends :attr:`Status.IN_DOUBT` and is not sent again."""
+        now = trio.current_time()
+        item.attempt(reply, host, now)
+        item.possible_duplicate = True
+        item.doubts += 1
+        if item.doubts > self.config.retry.in_doubt_resends:
+            reply = synthetic_reply(
+                451, "4.4.2",
+                f"end of data sent {item.doubts} times without a reply; not sent again"
+                f" ({reply.text})",
+            )
+            item.last_reply = reply
+            item.job.finish(item, Status.IN_DOUBT, reply)
+            return
+        reply = synthetic_reply(
+            451, "4.4.2", f"connection lost after end of data; delivery in doubt ({reply.text})"
+        )
+        item.last_reply = reply
+        self._defer(item, reply, now)
+
+    def _defer(self, item: Item, reply: Reply, now: float) -> None:
+        job = item.job
+        policy = self.config.retry
+        first = item.first_attempt if item.first_attempt is not None else now
+        due = policy.next_attempt(max(1, item.attempts), first, now, self.rng)
+        if due is None:
+            expired = synthetic_reply(
+                550,
+                "5.4.7",
+                f"delivery time expired after {item.attempts} attempts; last reply: {reply}",
+            )
+            job.finish(item, Status.BOUNCED, expired)
+            return
+        if job.closed or (job.retry_deadline is not None and due > job.retry_deadline):
+            job.finish(item, Status.DEFERRED, reply)
+            return
+        self._retries.schedule(item, due)
