@@ -24,6 +24,7 @@ from .delivery.job import InDoubtHook, Job, JobOptions, Presettle, ResultCallbac
 from .delivery.retry import RetryPolicy
 from .errors import SMTPError, synthetic_reply
 from .message import Content, Recipient, as_content
+from .observe import RunMetrics
 from .protocol import commands
 from .protocol.auth import Credentials
 from .protocol.errors import InvalidAddress
@@ -76,6 +77,8 @@ class MailerConfig:
     on_session: SessionCallback | None = None
     #: ``on_session`` hears one session in this many
     session_sample: int = 1
+    #: counters for Prometheus (``bulkmail.observe``): serve ``metrics.registry()``
+    metrics: RunMetrics | None = None
 
     def session_config(self) -> SessionConfig:
         return SessionConfig(
@@ -106,6 +109,7 @@ class MailerConfig:
             max_pending=self.max_pending,
             linger=self.linger,
             seed=self.seed,
+            metrics=self.metrics,
         )
 
     def router(self) -> Router:

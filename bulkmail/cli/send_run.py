@@ -32,10 +32,13 @@ from ..durable import ResumeCounts, outcome_of, send_durably
 from ..errors import synthetic_reply
 from ..journal import Journal, JournalError, JournalWriter
 from ..message import Content
+from ..observe import RunMetrics
+from ..observe.journal import TimedJournal
 from ..protocol.replies import Reply
 from ..results import Result, Status, Summary
 from ..verp import verp_fits
 from .inputs import InputError, read_recipients
+from .metrics_serve import start_metrics
 from .progress import Progress
 
 __all__ = ["RunOutcome", "send_job"]
@@ -90,6 +93,11 @@ async def send_job(
     if trace is not None:
         config = replace(config, on_session=_trace_writer(trace, progress),
                          session_sample=args.trace_sample)
+    metrics = RunMetrics(args.metrics_sites) if args.metrics else None
+    if metrics is not None:
+        config = replace(config, metrics=metrics)
+        if journal is not None:
+            journal = TimedJournal(journal, metrics)
     refused = Summary()
     mailer: Mailer | None = None
 
@@ -148,6 +156,8 @@ async def send_job(
                         mailer.stop()
 
             nursery.start_soon(watch_signals)
+            if metrics is not None:
+                await start_metrics(nursery, metrics, args.metrics, args.quiet)
             nursery.start_soon(progress.run)
             journal_failed = _journal_failure(args, journal, fail)
             async with _running_writer(journal, journal_failed) as writer:

@@ -19,6 +19,7 @@ import trio
 from ..config import SessionConfig
 from ..errors import synthetic_reply
 from ..message import Content
+from ..observe import RunMetrics
 from ..protocol.replies import Reply
 from ..results import Status
 from ..routing import Destination, Router, RoutingError, domain_of
@@ -27,6 +28,7 @@ from .connector import Connector
 from .health import HealthRegistry
 from .intake import Intake, Recipients
 from .job import Item, Job, JobOptions
+from .observed import EngineState
 from .policy import Verdict, classify
 from .pool import Pool
 from .retry import RetryPolicy, RetryQueue
@@ -50,6 +52,8 @@ class EngineConfig:
     max_pending: int = 20_000
     linger: float = 0.05
     seed: int | None = None
+    #: counters for ``--metrics`` (``bulkmail.observe``); None: nothing is counted
+    metrics: RunMetrics | None = None
 
 
 class Engine:
@@ -71,6 +75,9 @@ class Engine:
         self._retries = RetryQueue(nursery, self.dispatch)
         self._resolving: dict[str, list[Item]] = {}
         self._jobs: set[Job] = set()
+        self.metrics = config.metrics
+        if self.metrics is not None:
+            self.metrics.view = EngineState(self.pools, self._health, self._retries)
 
     def __repr__(self) -> str:
         state = "aborted" if self.aborted else "stopping" if self.stopping else "running"
@@ -87,6 +94,7 @@ class Engine:
             retry_for=self.config.retry_for,
         )
         self._jobs.add(job)
+        job.metrics = self.metrics
         if self.stopping:  # a stopped engine takes nothing new
             job.closed = True
             job.summary.aborted = self.aborted
@@ -211,9 +219,10 @@ class Engine:
             pool = Pool(
                 self, destination, limits, self._health.of(destination.key, limits.connections),
                 connector, linger=self.config.linger,
-                window=self.config.session.chunking_window,
+                window=self.config.session.chunking_window, metrics=self.metrics,
             )
             self.pools[destination.key] = pool
+        item.site = destination.key
         pool.add(item)
 
     def pool_idle(self, pool: Pool) -> None:
@@ -301,4 +310,6 @@ class Engine:
         if job.closed or (job.retry_deadline is not None and due > job.retry_deadline):
             job.finish(item, Status.DEFERRED, reply)
             return
+        if self.metrics is not None:
+            self.metrics.deferral(item.site)
         self._retries.schedule(item, due)

@@ -19,6 +19,7 @@ from typing import Protocol
 import trio
 
 from ..errors import SMTPAuthError, SMTPError, synthetic_reply
+from ..observe import RunMetrics
 from ..protocol.replies import Reply
 from ..routing import Destination
 from ..session import Envelope, Refill, SMTPSession, TransactionResult
@@ -133,6 +134,7 @@ class Pool:
         *,
         linger: float,
         window: int,
+        metrics: RunMetrics | None = None,
     ) -> None:
         self.owner = owner
         self.destination = destination
@@ -149,6 +151,7 @@ class Pool:
         self._interval = rate_interval(limits.rate)
         self._oldest = 0.0
         self._batches: set[_Batch] = set()
+        self._site = metrics.site(destination.key) if metrics is not None else None
 
     def __repr__(self) -> str:
         idle = self.workers - self.active_sessions
@@ -214,6 +217,11 @@ class Pool:
     def idle(self) -> bool:
         return not self.queue and self.workers == 0
 
+    @property
+    def in_flight(self) -> int:
+        """Recipients taken by a session and not settled yet (read by a scrape)."""
+        return sum(len(group) for batch in self._batches for _, group in batch.pending)
+
     # -- taking work -----------------------------------------------------------
 
     def _ready(self) -> bool:
@@ -276,6 +284,8 @@ class Pool:
                     return  # backing off: this destination runs fewer sessions for now
                 pause = self.health.pause_until - trio.current_time()
                 if pause > 0:
+                    if self._site is not None:
+                        self._site.throttled(pause)
                     await trio.sleep(pause)
                 if not self.queue:
                     break
@@ -299,14 +309,19 @@ class Pool:
     async def _connect(self) -> SMTPSession | None:
         """A session; on total failure defer a transaction's worth of the queue
         (an authentication failure stops the run instead: see ``Engine.abort``)."""
+        site = self._site
         try:
-            return await self.connector.connect(pipelining=self.health.pipelining)
+            session = await self.connector.connect(pipelining=self.health.pipelining)
         except SMTPAuthError as exc:
+            if site is not None:
+                site.connect(exc)
             # a wrong password is no recipient's fault: bouncing them would be
             # permanent, and every reconnect would refuse the next batch
             self.owner.abort(exc.reply)
             return None
         except SMTPError as exc:
+            if site is not None:
+                site.connect(exc)
             self.health.failure(trio.current_time())
             # nobody can be delivered right now: defer what the next session would have taken
             n = min(len(self.queue), self.limits.max_rcpts)
@@ -315,6 +330,9 @@ class Pool:
             for item in taken:
                 self.owner.attempted(item, exc.reply, verdict, exc.host)
             return None
+        if site is not None:
+            site.connect(None)
+        return session
 
     async def _serve(self, session: SMTPSession) -> None:
         limits = self.limits
@@ -433,6 +451,8 @@ class Pool:
         start = max(now, self._next_start)
         self._next_start = start + self._interval
         if start > now:
+            if self._site is not None:
+                self._site.throttled(start - now)
             await trio.sleep_until(start)
 
     def _envelopes(self, items: list[Item]) -> tuple[list[Envelope], list[list[Item]]]:
@@ -459,6 +479,8 @@ class Pool:
         return envelopes, groups
 
     def _settle_next(self, host: str, batch: _Batch, result: TransactionResult) -> None:
+        if self._site is not None:
+            self._site.transaction(result)
         if settle(self.owner, self.requeue, batch.pop(), result, host):
             self.health.success()
 

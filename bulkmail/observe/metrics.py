@@ -28,6 +28,16 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import CollectorRegistry
 
+from ..errors import (
+    SMTPAuthError,
+    SMTPConnectError,
+    SMTPConnectionLost,
+    SMTPError,
+    SMTPServerUnavailable,
+    SMTPTimeout,
+    SMTPTLSError,
+)
+from ..protocol.transaction import TransactionResult
 from ..results import Status
 from .sites import NO_SITE, OTHER, Site, SiteTable, Slot
 
@@ -48,6 +58,11 @@ CONNECT_RESULTS = {
     "auth": Slot.CONNECT_AUTH, "unavailable": Slot.CONNECT_UNAVAILABLE,
     "timeout": Slot.CONNECT_TIMEOUT, "lost": Slot.CONNECT_LOST, "other": Slot.CONNECT_OTHER,
 }
+_CONNECT_ERRORS: tuple[tuple[type[SMTPError], Slot], ...] = (
+    (SMTPConnectError, Slot.CONNECT_REFUSED), (SMTPTLSError, Slot.CONNECT_TLS),
+    (SMTPAuthError, Slot.CONNECT_AUTH), (SMTPServerUnavailable, Slot.CONNECT_UNAVAILABLE),
+    (SMTPTimeout, Slot.CONNECT_TIMEOUT), (SMTPConnectionLost, Slot.CONNECT_LOST),
+)
 _REPLY_SLOT = (Slot.REPLY_2XX, Slot.REPLY_2XX, Slot.REPLY_2XX, Slot.REPLY_4XX, Slot.REPLY_5XX)
 
 #: every metric name in the exposition (as a scraper sees it) -> its help text
@@ -78,6 +93,7 @@ class EngineView(Protocol):
     """What a scrape reads from the delivery engine: its current state, per site."""
 
     def queued(self) -> Iterator[tuple[str, int]]: ...
+    def in_flight(self) -> Iterator[tuple[str, int]]: ...
     def connections(self) -> Iterator[tuple[str, int]]: ...
     def retry_waiting(self) -> Iterator[tuple[str, int]]: ...
     #: (site, pause left in seconds, concurrency allowed now)
@@ -114,6 +130,52 @@ class Histogram:
         return out
 
 
+def connect_result(error: SMTPError | None) -> Slot:
+    """A connection attempt's result label, from the error that ended it."""
+    if error is None:
+        return Slot.CONNECT_OK
+    for kind, slot in _CONNECT_ERRORS:
+        if isinstance(error, kind):
+            return slot
+    return Slot.CONNECT_OTHER
+
+
+class SiteMetrics:
+    """The hooks a pool calls for its site: per connection attempt, per
+    transaction, per wait -- never per recipient."""
+
+    __slots__ = ("_site", "_table")
+
+    def __init__(self, table: SiteTable, site: Site) -> None:
+        self._table = table
+        self._site = site
+
+    def connect(self, error: SMTPError | None) -> None:
+        self._table.add(self._site, connect_result(error))
+
+    def transaction(self, result: TransactionResult) -> None:
+        """One transaction's replies: one per recipient, by class."""
+        table, site = self._table, self._site
+        replies = result.replies
+        first = replies[0]
+        if first.code < 300 and all(r is first for r in replies):  # the common case
+            table.add(site, Slot.TRANSACTIONS)
+            table.add(site, Slot.MESSAGES)
+            table.add(site, Slot.REPLY_2XX, len(replies))
+            return
+        if result.attempted:
+            table.add(site, Slot.TRANSACTIONS)
+            if any(r.code < 300 for r in replies):
+                table.add(site, Slot.MESSAGES)
+        for reply in replies:
+            table.add(site, _REPLY_SLOT[min(max(reply.code // 100, 2), 5) - 1])
+
+    def throttled(self, seconds: float) -> None:
+        """A start waited ``seconds`` for a rate limit or a pause."""
+        self._table.add(self._site, Slot.THROTTLE_WAITS)
+        self._table.add(self._site, Slot.THROTTLE_SECONDS, seconds)
+
+
 class RunMetrics:
     """The counters of one process's run, and the collector that exposes them."""
 
@@ -132,44 +194,25 @@ class RunMetrics:
 
     # -- hooks (called by the delivery code) ---------------------------------------
 
-    def site(self, key: str | None) -> Site:
-        """The counters of a site (a pool keeps its own, so this is once per pool)."""
-        return self.none if key is None else self.sites.site(key)
+    def site(self, key: str) -> SiteMetrics:
+        """The hooks of one site (a pool keeps its own: one lookup per pool)."""
+        return SiteMetrics(self.sites, self.sites.site(key))
 
-    def finished(self, site: Site, status: Status, items: Sequence[Queued], now: float) -> None:
-        """``items`` of ``site`` settled with ``status`` at ``now`` (one group:
-        a transaction's recipients, or one)."""
-        self.sites.add(site, _RESULT_SLOT[status], len(items))
+    def finished(self, key: str | None, status: Status, items: Sequence[Queued],
+                 now: float) -> None:
+        """``items`` of site ``key`` (None: never routed) settled with ``status``
+        at ``now``: one group -- a transaction's recipients, or one."""
+        table = self.sites
+        site = self.none if key is None else table.sites.get(key) or table.site(key)
+        table.add(site, _RESULT_SLOT[status], len(items))
         histogram = self.latency[status]
         for item in items:
             histogram.observe(now - item.queued_at)
 
-    def connect(self, site: Site, result: str) -> None:
-        self.sites.add(site, CONNECT_RESULTS.get(result, Slot.CONNECT_OTHER))
-
-    def transaction(self, site: Site, codes: Sequence[int], reached_server: bool) -> None:
-        """One transaction's replies (one per recipient)."""
+    def deferral(self, key: str | None) -> None:
+        """A temporary failure scheduled a retry."""
         table = self.sites
-        if reached_server:
-            table.add(site, Slot.TRANSACTIONS)
-            if any(code < 300 for code in codes):
-                table.add(site, Slot.MESSAGES)
-        for code in codes:
-            table.add(site, _REPLY_SLOT[min(max(code // 100, 2), 5) - 1])
-
-    def accepted(self, site: Site, recipients: int) -> None:
-        """The common case of :meth:`transaction`: one 2xx for every recipient."""
-        table = self.sites
-        table.add(site, Slot.TRANSACTIONS)
-        table.add(site, Slot.MESSAGES)
-        table.add(site, Slot.REPLY_2XX, recipients)
-
-    def deferral(self, site: Site) -> None:
-        self.sites.add(site, Slot.DEFERRALS)
-
-    def throttled(self, site: Site, seconds: float) -> None:
-        self.sites.add(site, Slot.THROTTLE_WAITS)
-        self.sites.add(site, Slot.THROTTLE_SECONDS, seconds)
+        table.add(self.none if key is None else table.site(key), Slot.DEFERRALS)
 
     def commit(self, seconds: float, recipients: int) -> None:
         self.commit_seconds.observe(seconds)
@@ -180,21 +223,20 @@ class RunMetrics:
     def collect(self) -> Iterator[Metric]:
         view = self.view
         queued = dict(view.queued()) if view is not None else {}
+        in_flight = dict(view.in_flight()) if view is not None else {}
         retry = dict(view.retry_waiting()) if view is not None else {}
         table = self.sites
-        volume = {key: float(n) for key, n in queued.items()}
-        for key, n in retry.items():
-            volume[key] = volume.get(key, 0.0) + n
-        for site in table.sites.values():
-            if site.in_flight:
-                volume[site.key] = volume.get(site.key, 0.0) + site.in_flight
+        volume: dict[str, float] = {}
+        for counts in (queued, in_flight, retry):
+            for key, n in counts.items():
+                volume[key] = volume.get(key, 0.0) + n
         table.relabel(volume)
 
         states = GaugeMetricFamily("bulkmail_recipients", METRICS["bulkmail_recipients"],
                                    labels=["site", "state"])
         for state, values in (
             ("queued", queued.items()),
-            ("in_flight", ((s.key, s.in_flight) for s in table.sites.values())),
+            ("in_flight", in_flight.items()),
             ("retry_wait", retry.items()),
         ):
             for label, value in sorted(table.gauge(values).items()):

@@ -68,14 +68,12 @@ RESULT_SLOTS = (Slot.DELIVERED, Slot.BOUNCED, Slot.DEFERRED, Slot.SUPPRESSED, Sl
 class Site:
     """One site's counters; ``base`` is what it had when it got its label."""
 
-    __slots__ = ("base", "in_flight", "key", "values")
+    __slots__ = ("base", "key", "values")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.values = [0.0] * SLOTS
         self.base: list[float] | None = None
-        #: recipients taken by a session and not yet settled (a gauge)
-        self.in_flight = 0
 
     @property
     def settled(self) -> float:
