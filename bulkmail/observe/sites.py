@@ -9,8 +9,10 @@ summed under ``other``: at most ``top + 1`` series per metric and label value.
 Counters stay monotonic through promotions and demotions, and the series
 always add up to the true totals:
 
-- a site promoted to its own label starts its series at zero (a new series,
-  which ``rate()`` handles); what it counted before stays in ``other``;
+- a site promoted to its own label at the first scrape that sees it shows
+  all it counted; one promoted later, after ``other`` showed its counts,
+  starts its series at zero (a new series, which ``rate()`` handles) and what
+  it counted before stays in ``other``;
 - a demoted site's series ends, and what it had counted under its own label
   moves into ``other`` (a counter may jump up, never down).
 
@@ -68,12 +70,14 @@ RESULT_SLOTS = (Slot.DELIVERED, Slot.BOUNCED, Slot.DEFERRED, Slot.SUPPRESSED, Sl
 class Site:
     """One site's counters; ``base`` is what it had when it got its label."""
 
-    __slots__ = ("base", "key", "values")
+    __slots__ = ("base", "exposed", "key", "values")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.values = [0.0] * SLOTS
         self.base: list[float] | None = None
+        #: a scrape has seen it (unlabelled, its counts were shown in ``other``)
+        self.exposed = False
 
     @property
     def settled(self) -> float:
@@ -91,9 +95,9 @@ class SiteTable:
         self.sites: dict[str, Site] = {}
         #: the sum over every site, kept as counters are added
         self.totals = [0.0] * SLOTS
-        #: counts demoted sites had under their own label (now part of ``other``)
-        self._retired = [0.0] * SLOTS
         self._labelled: set[Site] = set()
+        #: ``other`` has been shown once: it stays (a counter series does not vanish)
+        self._other_shown = False
 
     def site(self, key: str) -> Site:
         site = self.sites.get(key)
@@ -115,16 +119,15 @@ class SiteTable:
             return v * HYSTERESIS if site in labelled else v
 
         chosen = set(heapq.nlargest(self.top, self.sites.values(), key=weight))
-        retired = self._retired
         for site in labelled - chosen:
-            base = site.base
-            assert base is not None
-            for i, value in enumerate(site.values):
-                retired[i] += value - base[i]
-            site.base = None
+            site.base = None  # what it counted under its label is ``other``'s now
         for site in chosen - labelled:
-            site.base = list(site.values)
+            site.base = list(site.values) if site.exposed else [0.0] * SLOTS
         self._labelled = chosen
+        if len(chosen) < len(self.sites):
+            self._other_shown = True
+            for site in self.sites.values():
+                site.exposed = True
 
     def labelled(self) -> list[Site]:
         """The labelled sites, biggest first by what they settled (stable output)."""
@@ -142,7 +145,7 @@ class SiteTable:
         return self.totals[slot] - own
 
     def has_other(self) -> bool:
-        return len(self.sites) > len(self._labelled) or any(self._retired)
+        return self._other_shown
 
     def label_of(self, key: str) -> str:
         site = self.sites.get(key)
