@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 from collections import defaultdict
+from itertools import pairwise
 
 import trio
 from prometheus_client.exposition import generate_latest
@@ -107,7 +108,7 @@ async def test_scraped_counts_match_the_final_report_exactly() -> None:
     assert 1 <= total(final, "bulkmail_connections") <= 3
     # counters never go down between scrapes
     series = [*scrapes, final]
-    for earlier, later in zip(series, series[1:], strict=False):
+    for earlier, later in pairwise(series):
         assert total(later, "bulkmail_results_total") >= total(earlier, "bulkmail_results_total")
 
 
