@@ -203,10 +203,13 @@ class SMTPSession:
         """Say goodbye politely; never raises, never hangs past the quit timeout."""
         if self._closed:
             return
-        if self.error is None:
-            with trio.move_on_after(self.config.timeouts.quit), contextlib.suppress(SMTPError):
-                await self.command(commands.QUIT, Stage.QUIT)
-        await self.aclose()
+        try:
+            if self.error is None:
+                with trio.move_on_after(self.config.timeouts.quit), \
+                        contextlib.suppress(SMTPError):
+                    await self.command(commands.QUIT, Stage.QUIT)
+        finally:  # also when cancelled: the socket closes now, and the record goes out
+            await self.aclose()
 
     async def aclose(self) -> None:
         """Close at once, without waiting for the peer (shielded: runs during cancellation)."""

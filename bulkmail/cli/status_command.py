@@ -165,7 +165,7 @@ def _table(status: JobStatus, top: int) -> list[str]:
         rows.append((f"({len(rest)} others)", others))
     width = max(12, *(len(name) for name, _ in rows))
     out = [f"{'':>{width}} " + " ".join(f"{h:>6}" for h in heads) + "   last deferral",
-           f"{'':>{width}} {'(minutes since last change)':>20}"]
+           f"{'':>{width}} {'':>6} minutes since the state last changed"]
     for name, row in rows:
         cells = [row.total, *row.buckets]
         reason = row.last_deferral[1] if row.last_deferral is not None else ""

@@ -1,0 +1,111 @@
+"""``bulkmail send --metrics --trace`` and ``bulkmail status``, as subprocesses
+against the project's sink on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+from pathlib import Path
+
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from .test_cli_send import BULKMAIL, run, send_args, start_sink
+from .test_metrics import parse, scrape, total
+from .test_session_records import check_record
+
+
+def write_inputs(tmp: Path, n: int, domains: tuple[str, ...] = ("a.test",)) -> tuple[Path, Path]:
+    rcpts = tmp / "list.txt"
+    rcpts.write_text("".join(f"u{i}@{domains[i % len(domains)]}\n" for i in range(n)))
+    message = tmp / "msg.eml"
+    message.write_bytes(b"Subject: observed\n\nHello.\n")
+    return rcpts, message
+
+
+async def test_send_serves_metrics_during_the_run_and_writes_a_trace(tmp_path: Path) -> None:
+    rcpts, message = write_inputs(tmp_path, 200)
+    trace = tmp_path / "trace.jsonl"
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, latency=0.02)
+        args = send_args(tmp_path, sink.port, rcpts, message, "--max-rcpts", "5",
+                         "--connections", "2", "--metrics", "127.0.0.1:0",
+                         "--trace", str(trace), "--trace-sample", "1")
+        proc = await trio.lowlevel.open_process(args, cwd=tmp_path, stderr=subprocess.PIPE)
+        assert proc.stderr is not None
+        seen = b""
+        with trio.fail_after(30):
+            while (found := re.search(rb"metrics: http://127\.0\.0\.1:(\d+)/metrics", seen)) \
+                    is None:
+                chunk = await proc.stderr.receive_some(4096)
+                assert chunk, seen
+                seen += chunk
+        _, body = await scrape(int(found.group(1)))
+        during = parse(body)
+        while await proc.stderr.receive_some(4096):
+            pass
+        assert await proc.wait() == 0
+        nursery.cancel_scope.cancel()
+    assert "bulkmail_recipients" in {f.name for f in text_string_to_metric_families(body)}
+    assert total(during, "bulkmail_results_total") <= 200
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert records
+    for record in records:
+        check_record(record)
+    assert sum(len(t["recipients"]) for r in records for t in r["transactions"]) == 200
+
+
+async def test_bad_metrics_addresses_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    rcpts, message = write_inputs(tmp_path, 1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for address, says in (("nonsense", "expected ADDR:PORT"),
+                              (f"127.0.0.1:{port}", f"--metrics 127.0.0.1:{port}:")):
+            proc = await run(send_args(tmp_path, 9, rcpts, message, "--metrics", address),
+                             tmp_path)
+            err = proc.stderr.decode()
+            assert proc.returncode == 2, err
+            assert says in err and "Traceback" not in err
+
+
+async def test_status_shows_deferred_domains_by_age_with_the_last_reason(tmp_path: Path) -> None:
+    rcpts, message = write_inputs(tmp_path, 30, ("a.test", "b.test", "c.test"))
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, defer_rate=1.0)  # every RCPT gets 450
+        proc = await run(send_args(tmp_path, sink.port, rcpts, message, "--retry-for", "0"),
+                         tmp_path)
+        nursery.cancel_scope.cancel()
+    assert proc.returncode == 75, proc.stderr.decode()
+    journal = str(tmp_path / "journal.sqlite")
+    status = await run([*BULKMAIL, "status", journal, "--top", "2"], tmp_path)
+    out = status.stdout.decode()
+    assert status.returncode == 0, status.stderr.decode()
+    assert "deferred 30" in out and "30 still to send" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    assert rows["TOTAL"][1:3] == ["30", "30"]  # all of them younger than 5 minutes
+    assert rows["a.test"][1] == "10" and rows["b.test"][1] == "10"
+    assert rows["(1"][2] == "10"  # "(1 others)": c.test
+    assert " ".join(rows["a.test"][12:]).startswith("450 4.2.1 ")  # the sink's deferral
+    assert len(rows["(1"]) == 13  # no reason for a sum of domains
+
+
+async def test_status_watch_redraws_and_a_missing_journal_is_exit_2(tmp_path: Path) -> None:
+    rcpts, message = write_inputs(tmp_path, 3)
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        proc = await run(send_args(tmp_path, sink.port, rcpts, message), tmp_path)
+        nursery.cancel_scope.cancel()
+    assert proc.returncode == 0
+    journal = str(tmp_path / "journal.sqlite")
+    watch = await run([*BULKMAIL, "status", journal, "--watch", "--interval", "0.1",
+                       "--count", "2"], tmp_path)
+    out = watch.stdout.decode()
+    assert watch.returncode == 0
+    assert out.count("recorded 3: delivered 3") == 2 and "nothing queued or deferred" in out
+    missing = await run([*BULKMAIL, "status", str(tmp_path / "nope.sqlite")], tmp_path)
+    assert missing.returncode == 2
+    assert missing.stderr.decode().strip() == f"bulkmail status: no journal at {tmp_path}/nope.sqlite"
