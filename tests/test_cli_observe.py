@@ -108,4 +108,5 @@ async def test_status_watch_redraws_and_a_missing_journal_is_exit_2(tmp_path: Pa
     assert out.count("recorded 3: delivered 3") == 2 and "nothing queued or deferred" in out
     missing = await run([*BULKMAIL, "status", str(tmp_path / "nope.sqlite")], tmp_path)
     assert missing.returncode == 2
-    assert missing.stderr.decode().strip() == f"bulkmail status: no journal at {tmp_path}/nope.sqlite"
+    expected = f"bulkmail status: no journal at {tmp_path}/nope.sqlite"
+    assert missing.stderr.decode().strip() == expected
