@@ -12,6 +12,10 @@ from pathlib import Path
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from bulkmail.cli.status_command import collect, render
+from bulkmail.journal import RecipientRecord
+from bulkmail.results import Status
+
 from .test_cli_send import BULKMAIL, run, send_args, start_sink
 from .test_metrics import parse, scrape, total
 from .test_session_records import check_record
@@ -110,3 +114,29 @@ async def test_status_watch_redraws_and_a_missing_journal_is_exit_2(tmp_path: Pa
     assert missing.returncode == 2
     expected = f"bulkmail status: no journal at {tmp_path}/nope.sqlite"
     assert missing.stderr.decode().strip() == expected
+
+
+def test_the_table_buckets_by_age_like_qshape() -> None:
+    now = 1_000_000.0
+
+    def record(address: str, status: Status, minutes: float, code: int | None = None,
+               reply: str | None = None) -> RecipientRecord:
+        return RecipientRecord(address, status, code, "4.7.1" if code else None, reply, 1,
+                               None, None, False, now - minutes * 60)
+
+    job = collect([
+        record("a@x.test", Status.DEFERRED, 1, 451, "the latest"),
+        record("b@x.test", Status.DEFERRED, 7, 421, "earlier\nsecond line"),
+        record("c@x.test", Status.DEFERRED, 700, 450, "oldest"),
+        record("d@x.test", Status.IN_DOUBT, 2000),
+        record("e@y.test", Status.DELIVERED, 0.5),
+        record("f@y.test", Status.BOUNCED, 30),
+    ], now)
+    assert job.recent == 1  # e, within the last minute
+    x = job.domains["x.test"]
+    assert x.total == 4 and x.buckets == [1, 1, 0, 0, 0, 0, 0, 0, 1, 1]
+    assert x.last_deferral is not None and x.last_deferral[1] == "451 4.7.1 the latest"
+    assert "y.test" not in job.domains
+    text = render(job, now, 10, "j")
+    assert "recorded 6: delivered 1, bounced 1, deferred 3, in doubt 1" in text
+    assert "4 still to send" in text

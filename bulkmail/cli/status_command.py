@@ -122,14 +122,16 @@ def render(status: JobStatus, now: float, top: int, name: str) -> str:
     lines = [f"job {name}  at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))}"]
     lines.append(
         f"recorded {total:,}: " + ", ".join(
-            f"{s} {counts[s]:,}" for s in
+            f"{s.replace('_', ' ')} {counts[s]:,}" for s in
             ("delivered", "bounced", "suppressed", "deferred", "in_doubt") if counts[s]
         ) if total else "recorded 0: nothing sent yet"
     )
-    rate = status.recent / RATE_WINDOW
+    # over the last minute, or since the first record if the job is younger
+    window = RATE_WINDOW if status.first is None else min(RATE_WINDOW, max(1.0, now - status.first))
+    rate = status.recent / window
     if status.first is not None and status.last is not None and status.last > status.first:
         overall = final / (status.last - status.first)
-        lines.append(f"rate: {rate:,.1f}/s over the last {RATE_WINDOW:.0f}s,"
+        lines.append(f"rate: {rate:,.1f}/s over the last {window:.0f}s,"
                      f" {overall:,.1f}/s since the first record; {final:,} final,"
                      f" {waiting:,} still to send")
     else:
