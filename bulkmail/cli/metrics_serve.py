@@ -35,5 +35,5 @@ async def start_metrics(
         bound = await nursery.start(serve_metrics, metrics.registry(), host, port)
     except OSError as exc:
         raise InputError(f"--metrics {host}:{port}: {exc.strerror or exc}") from exc
-    if not quiet:
+    if not quiet or port == 0:  # a port picked for you is worth a line even when quiet
         print(f"metrics: http://{bound[0]}:{bound[1]}/metrics", file=sys.stderr)

@@ -205,9 +205,19 @@ class RunMetrics:
         table = self.sites
         site = self.none if key is None else table.sites.get(key) or table.site(key)
         table.add(site, _RESULT_SLOT[status], len(items))
+        # items taken in together share a queued_at (intake reads the clock per
+        # chunk): one observation per run of equal times, not one per recipient
         histogram = self.latency[status]
+        then, run = 0.0, 0
         for item in items:
-            histogram.observe(now - item.queued_at)
+            queued = item.queued_at
+            if queued != then:
+                if run:
+                    histogram.observe(now - then, run)
+                then, run = queued, 0
+            run += 1
+        if run:
+            histogram.observe(now - then, run)
 
     def deferral(self, key: str | None) -> None:
         """A temporary failure scheduled a retry."""
