@@ -31,13 +31,11 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from .protocol.auth import Credentials
 from .protocol.replies import Reply
 from .protocol.transaction import Envelope, TransactionResult
-
-if TYPE_CHECKING:
-    from .config import SessionConfig
 
 #: a finished session record goes here (it must not block: it runs in the trio loop)
 SessionCallback = Callable[[dict[str, Any]], None]
@@ -50,6 +48,22 @@ SCHEMA_VERBS = frozenset({
 #: the mechanisms the schema's ``Authentication.mechanism`` enumerates
 SCHEMA_MECHANISMS = frozenset({"PLAIN", "LOGIN", "CRAM-MD5", "DIGEST-MD5", "XOAUTH2"})
 _ENHANCED = re.compile(r"[245]\.[0-9]+\.[0-9]+")
+
+
+class SessionConfig(Protocol):
+    """What a record says of a session's configuration (``bulkmail.config.SessionConfig``;
+    a protocol, since the config holds the ``SessionRecords`` it is recorded by)."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def secure(self) -> str: ...
+    @property
+    def client_hostname(self) -> str: ...
+    @property
+    def credentials(self) -> Credentials | None: ...
 
 
 def response(reply: Reply) -> dict[str, Any]:
