@@ -27,6 +27,7 @@ from .headers import (
 from .message import Content, Recipient, StaticContent, TemplateContent, TemplateValueError
 from .protocol.data import PreparedMessage
 from .reencode import prepare
+from .unsubscribe_token import unsubscribe_url
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,12 @@ class Decorations:
     #: alone, the RFC 2369 mailto form alone (one-click needs the https URL)
     unsubscribe_mailto: str | None = None
     dkim: DKIMSigner | None = None
+    #: with a secret, each recipient's unsubscribe URL gets ``u=..&l=..&t=..``
+    #: appended: the signed query ``bulkmail.unsubscribe`` verifies
+    #: (:func:`bulkmail.unsubscribe_token.key_from_env` reads it)
+    unsubscribe_secret: bytes | None = None
+    #: the list the token names (what the unsubscribe server records)
+    unsubscribe_list: str = "default"
 
 
 class DecoratedContent:
@@ -52,7 +59,10 @@ class DecoratedContent:
         url = decorations.unsubscribe_url
         self._url = string.Template(url) if url else None
         self._unsubscribe = bool(url or decorations.unsubscribe_mailto)
-        per_recipient_url = bool(self._url and self._url.get_identifiers())
+        if decorations.unsubscribe_secret is not None and not url:
+            raise ValueError("an unsubscribe secret needs an unsubscribe URL to sign")
+        per_recipient_url = bool(self._url and self._url.get_identifiers()) or (
+            decorations.unsubscribe_secret is not None)
         if self._unsubscribe:
             # the URL's fixed parts are checked now, with stand-in values
             sample = {name: "x" for name in self._url.get_identifiers()} if self._url else {}
@@ -127,10 +137,14 @@ class DecoratedContent:
         values = {"email": recipient.address, **(recipient.variables or {})}
         try:
             # "@" is a pchar (RFC 3986 §3.3): addresses stay readable in the URL
-            return self._url.substitute({k: quote(v, safe="@") for k, v in values.items()})
+            url = self._url.substitute({k: quote(v, safe="@") for k, v in values.items()})
         except KeyError as exc:
             missing = exc.args[0]
             raise TemplateValueError(f"unsubscribe URL variable {missing!r} missing") from exc
+        secret = self.decorations.unsubscribe_secret
+        if secret is None:
+            return url
+        return unsubscribe_url(url, secret, recipient.address, self.decorations.unsubscribe_list)
 
     def raw(self, recipient: Recipient) -> bytes:
         return self.render(recipient).normalized

@@ -58,6 +58,14 @@ class Result(NamedTuple):
     def text(self) -> str | None:
         return self.reply.text if self.reply is not None else None
 
+    @property
+    def bounce_class(self) -> str | None:
+        """What a failure reply means (:mod:`bulkmail.bounce_class`); computed only
+        when asked, so sending pays nothing for it.  ``None`` without a failure reply."""
+        from .bounce_class import classify_reply  # its rule tables load on first use
+
+        return classify_reply(self.reply)
+
     def as_dict(self) -> dict[str, object]:
         """The report's JSON Lines object."""
         return {
@@ -66,6 +74,7 @@ class Result(NamedTuple):
             "code": self.code,
             "enhanced": self.enhanced,
             "reply": self.text,
+            "class": self.bounce_class,
             "attempts": self.attempts,
             "host": self.host,
             "possible_duplicate": self.possible_duplicate,

@@ -27,8 +27,8 @@ def test_the_top_level_help_says_what_the_tool_does(capsys: pytest.CaptureFixtur
     assert "thin layer" not in text
     for words in ("SMTP", "relay", "MX", "resume", "bulkmail demo", "exit status"):
         assert words in text
-    for name in SUBCOMMANDS:
-        assert f"    {name} " in text
+    listed = {line.split()[0] for line in text.splitlines() if line.startswith("    ")}
+    assert set(SUBCOMMANDS) <= listed
 
 
 @pytest.mark.parametrize("command", list(SUBCOMMANDS))

@@ -46,6 +46,16 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                 "apply returned bounce messages (DSNs) to a journal and suppression list"),
     "demo": ("bulkmail.cli.demo_command",
              "send a demo newsletter to a built-in sink on 127.0.0.1"),
+    "suppress": ("bulkmail.cli.suppress_command",
+                 "add, remove, list, import or export suppressed addresses"),
+    "complaints": ("bulkmail.cli.complaints_command",
+                   "suppress recipients who complained (ARF feedback reports)"),
+    "unsubscribe-server": ("bulkmail.cli.unsubscribe_server_command",
+                           "serve one-click unsubscribes (RFC 8058) into a suppression store"),
+    "job": ("bulkmail.cli.job_command",
+            "create, inspect, report or cancel a job in PostgreSQL (several workers)"),
+    "worker": ("bulkmail.cli.worker_command",
+               "work a PostgreSQL job's recipients (one per machine or core)"),
 }
 
 #: an example per subcommand, shown under its --help (modules may define EXAMPLE instead)

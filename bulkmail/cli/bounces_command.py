@@ -2,9 +2,11 @@
 their recipients bounced in the journal and add them to the suppression list.
 
 Every file is read; one that is not a usable DSN (an autoreply, a truncated
-report) is listed with the reason and the others are still recorded.  Exit
-status: 0 when every file was understood, 1 when some were skipped or only
-partly read, 2 for usage errors (no journal).
+report) is listed with the reason and the others are still recorded.  Each
+bounce gets its class (:mod:`bulkmail.bounce_class`); with ``--store``, those of
+the hard classes are added to the suppression store.  Exit status: 0 when every
+file was understood, 1 when some were skipped or only partly read, 2 for usage
+errors (no journal, unusable store).
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..bounce_class import DEFAULT_SUPPRESS, RulesError, classify_diagnostic, parse_classes
 from ..dsn import BounceReport, read_dsn
 from ..journal import JournalError, SQLiteJournal, StateChange, open_journal, sqlite_path
 from ..results import Status
+from ..suppression import Suppression, SuppressionError, SuppressionStore
 
 EX_OK, EX_SKIPPED, EX_USAGE = 0, 1, 2
 
@@ -27,6 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="append hard-bounced addresses here (each once)")
     p.add_argument("--verp-sender", metavar="ADDR",
                    help="the run's sender, to map VERP bounce addresses back to recipients")
+    p.add_argument("--store", metavar="PATH",
+                   help="suppression store (SQLite): add bounces of the --suppress-classes")
+    p.add_argument("--suppress-classes", metavar="LIST",
+                   default=",".join(sorted(DEFAULT_SUPPRESS)),
+                   help="bounce classes that suppress (comma-separated; default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +50,11 @@ def run(args: argparse.Namespace) -> int:
     args.journal = journal_file
     if not Path(args.journal).is_file():
         print(f"bulkmail bounces: no journal at {args.journal}", file=sys.stderr)
+        return EX_USAGE
+    try:
+        classes = parse_classes(args.suppress_classes)
+    except RulesError as exc:
+        print(f"bulkmail bounces: {exc}", file=sys.stderr)
         return EX_USAGE
     failed: list[BounceReport] = []
     skipped: list[str] = []
@@ -69,8 +83,16 @@ def run(args: argparse.Namespace) -> int:
         return EX_USAGE
     if args.suppress and changes:
         _append_suppressions(Path(args.suppress), [c.address for c in changes])
+    classes_of = {c.address: _class_of(c) for c in changes}
+    if args.store:
+        try:
+            _store_suppressions(args.store, changes, classes_of, classes)
+        except SuppressionError as exc:
+            print(f"bulkmail bounces: {exc}", file=sys.stderr)
+            return EX_USAGE
     for change in changes:
-        print(f"{change.address}: bounced {change.code} {change.enhanced or ''}".rstrip())
+        line = f"{change.address}: bounced {change.code} {change.enhanced or ''}".rstrip()
+        print(f"{line} class={classes_of[change.address]}")
     for address in unknown:
         print(f"{address}: not in this journal, not recorded", file=sys.stderr)
     for line in skipped:
@@ -99,6 +121,23 @@ def _record(journal_path: str, failed: list[BounceReport]) -> tuple[list[StateCh
         journal.close()
     unknown = sorted({r.recipient for r in failed if r.recipient not in stored})
     return list(changes.values()), unknown
+
+
+def _class_of(change: StateChange) -> str:
+    reply = (change.reply or "").removeprefix("asynchronous bounce: ")
+    return classify_diagnostic(change.code or 550, change.enhanced, reply)
+
+
+def _store_suppressions(
+    path: str, changes: list[StateChange], classes_of: dict[str, str], classes: frozenset[str]
+) -> None:
+    """Suppress the bounced addresses whose class is a hard one."""
+    with SuppressionStore(path) as store:
+        store.add_many(
+            Suppression(c.address, "bounce", classes_of[c.address], c.reply)
+            for c in changes
+            if classes_of[c.address] in classes
+        )
 
 
 def _append_suppressions(path: Path, addresses: list[str]) -> None:

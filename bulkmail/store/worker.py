@@ -1,0 +1,306 @@
+"""A worker: claims recipients from the store, sends them through one long-lived
+:class:`~bulkmail.Mailer`, writes their results back.
+
+Several claims are in flight at once (one ``mailer.send`` each, sharing the
+mailer's pools), so many destinations are busy while the database round trips
+happen in threads.  The engine never retries here: a deferred recipient goes
+back to the store with its next attempt from the job's retry schedule, and
+whichever worker is free then takes it -- a retry does not wait for the
+worker that deferred it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import trio
+
+from ..api import Mailer, MailerConfig
+from ..durable import outcome_of
+from ..errors import synthetic_reply
+from ..journal.base import Outcome
+from ..policy import RetryPolicy
+from ..results import FINAL, Result, Status
+from .aio import AsyncStore, StoreWriter, keep_leases
+from .errors import StoreError
+from .job_spec import JobSpec
+from .job_state import job_ended, load_job, open_jobs
+from .leases import Claim, new_owner_id
+from .retrying import RetryingStore
+from .store import PgStore
+from .worker_hooks import InFlight, install_store_hooks, send_claimed
+
+__all__ = [
+    "EX_OK", "EX_TEMPFAIL", "JobRun", "Worker", "WorkerSettings", "run_worker",
+]
+
+EX_OK, EX_TEMPFAIL = 0, 75
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    job: int | None = None  #: one job, or every active job
+    follow: bool = False  #: keep waiting for new work instead of exiting when done
+    lease: float = 30.0  #: seconds a claim stays ours without a heartbeat
+    claim_size: int = 500  #: recipients per claim (one destination's)
+    claims_in_flight: int = 8
+    max_idle: float = 1.0  #: longest wait between claims when nothing is ready
+
+
+@dataclass(slots=True)
+class JobRun:
+    """What a worker needs of one job, loaded once."""
+
+    id: int
+    spec: JobSpec
+    policy: RetryPolicy
+    started: float  #: unix time the first worker started on the job
+    rng: random.Random = field(default_factory=random.Random)
+
+    @property
+    def retry_until(self) -> float:
+        return self.started + self.spec.retry_for
+
+    def outcome(self, result: Result, earlier_attempts: int, now: float,
+                dues: dict[int, float | None]) -> Outcome:
+        """The store's record of ``result``: attempts counted over all workers,
+        and for a deferral its next attempt (shared by a call's recipients
+        with the same attempt count, so they stay one write)."""
+        base = outcome_of(result)
+        attempts = earlier_attempts + result.attempts
+        if result.status is Status.IN_DOUBT:
+            # in doubt a second time: never sent a third time.  The store would
+            # hand an in-doubt row out again, so it is kept as deferred for good
+            # (flagged, with its reply): the job can end, the report shows it
+            return Outcome(Status.DEFERRED, base.code, base.enhanced, base.reply, attempts,
+                           base.host, None, True)
+        if result.status is not Status.DEFERRED:
+            return Outcome(base.status, base.code, base.enhanced, base.reply, attempts,
+                           base.host, None, base.possible_duplicate)
+        if attempts not in dues:
+            # the store keeps no first-attempt time: the policy's lifetime is not
+            # applied (an old job must not bounce a recipient tried once), its
+            # attempt limit is, and --retry-for bounds the retries anyway
+            dues[attempts] = self.policy.next_attempt(max(1, attempts), now, now, self.rng)
+        due = dues[attempts]
+        if due is None:  # out of attempts: the engine's own verdict
+            expired = synthetic_reply(
+                550, "5.4.7",
+                f"delivery time expired after {attempts} attempts; last reply: {result.reply}",
+            )
+            return Outcome(Status.BOUNCED, expired.code, expired.enhanced, expired.text,
+                           attempts, base.host, None, base.possible_duplicate)
+        next_attempt = due if due <= self.retry_until else None  # None: deferred for good
+        return Outcome(Status.DEFERRED, base.code, base.enhanced, base.reply, attempts,
+                       base.host, next_attempt, base.possible_duplicate)
+
+
+class Worker:
+    """Claims and sends until the job (or every job) is done, or ``stop()``."""
+
+    def __init__(
+        self,
+        store: AsyncStore,
+        writer: StoreWriter,
+        mailer: Mailer,
+        owner: str,
+        in_flight: InFlight,
+        settings: WorkerSettings,
+        *,
+        on_results: Callable[[Sequence[Result]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.writer = writer
+        self.mailer = mailer
+        self.owner = owner
+        self.in_flight = in_flight
+        self.settings = settings
+        self.on_results = on_results
+        self.stopping = False
+        #: jobs this worker sent for (their final counts decide the exit status)
+        self.jobs: dict[int, JobRun] = {}
+        self.claims = 0
+        self.released = 0  #: recipients handed back unsent on stop
+        self._slots = trio.Semaphore(settings.claims_in_flight)
+        self._wake = trio.Event()
+
+    def stop(self) -> None:
+        """No new claims; transactions in flight finish, the rest go back unsent."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self._wake.set()
+        self.mailer.stop()
+
+    async def run(self) -> int:
+        """Work until done; the exit status: 0 when every recipient of the jobs
+        worked is final, 75 when some are still deferred (or it was stopped)."""
+        idle = 0.02
+        async with trio.open_nursery() as claims:
+            while not self.stopping:
+                await self._slots.acquire()
+                try:
+                    claim = None if self.stopping else await self.store.claim(
+                        self.owner, self.settings.claim_size, self.settings.lease,
+                        job=self.settings.job)
+                except BaseException:
+                    self._slots.release()
+                    raise
+                if claim is not None:
+                    idle = 0.02
+                    self.claims += 1
+                    claims.start_soon(self._send_claim, claim)
+                    continue
+                self._slots.release()
+                if not self.settings.follow and await self._all_done():
+                    break
+                with trio.move_on_after(idle):
+                    await self._wake.wait()
+                idle = min(self.settings.max_idle, idle * 2)
+        return await self._exit_status()
+
+    async def _all_done(self) -> bool:
+        job = self.settings.job
+        if job is not None:
+            return await self.store.call(lambda s: job_ended(s, job))
+        jobs = await self.store.call(open_jobs)
+        for job_id, loaded in jobs:
+            if not loaded or not await self.store.call(
+                    functools.partial(PgStore.finish_if_done, job=job_id)):
+                return False
+        return True
+
+    async def _exit_status(self) -> int:
+        if self.stopping:
+            return EX_OK if self.settings.follow else EX_TEMPFAIL
+        ids = list(self.jobs) if self.settings.job is None else [self.settings.job]
+        for job in ids:
+            counts = await self.store.call(functools.partial(PgStore.counts, job=job))
+            if any(status not in FINAL for status in counts):
+                return EX_TEMPFAIL
+        return EX_OK
+
+    async def job_run(self, job: int) -> JobRun:
+        run = self.jobs.get(job)
+        if run is None:
+            options, started = await self.store.call(lambda s: load_job(s, job))
+            spec = JobSpec.from_options(options, job=job)
+            spec.content()  # a job it cannot send (a key that does not sign): fail now
+            run = JobRun(job, spec, spec.retry_policy(), started)
+            self.jobs[job] = run
+        return run
+
+    async def _send_claim(self, claim: Claim) -> None:
+        try:
+            run = await self.job_run(claim.job)
+            claimed = {r.address: r for r in claim.recipients}
+            unsent: list[str] = []
+            reported: set[str] = set()
+
+            def record(results: Sequence[Result]) -> None:
+                now = time.time()
+                dues: dict[int, float | None] = {}
+                groups: dict[Outcome, list[str]] = {}
+                for result in results:
+                    address = result.recipient
+                    reported.add(address)
+                    known = claimed.get(address)
+                    if (self.stopping and result.status is Status.DEFERRED
+                            and result.attempts == 0):
+                        unsent.append(address)  # never tried: back as it was, for anyone
+                        continue
+                    outcome = run.outcome(result, known.attempts if known else 0, now, dues)
+                    groups.setdefault(outcome, []).append(address)
+                try:
+                    for outcome, addresses in groups.items():
+                        self.writer.submit_outcomes(claim.job, addresses, outcome)
+                except StoreError:
+                    # the writer failed, and its run() raises that out of the
+                    # worker; never into the engine, which calls this anywhere
+                    # (its stop() among them).  These stay leased: taken over
+                    # once the leases expire.
+                    pass
+                if self.on_results is not None:
+                    self.on_results(results)
+
+            await send_claimed(
+                self.mailer, self.writer, self.in_flight, claim.job, run.spec.sender,
+                # a content object per claim: the engine this was written for puts
+                # queued items with the *same* content object in one transaction
+                # and settles it under the first item's send, so two claims of a
+                # job sharing one would get each other's results
+                run.spec.content(check=False),
+                [r.recipient() for r in claim.recipients],
+                on_results=record, verp=run.spec.verp,
+            )
+            unreported = [a for a in claimed if a not in reported]
+            if self.stopping:
+                unsent += unreported  # a stopping engine takes no more input
+            else:
+                self._settle_unreported(claim.job, unreported)
+            if unsent:
+                self.released += len(unsent)
+                await self.store.release(self.owner, claim.job, unsent)
+        finally:
+            self._slots.release()
+            self._wake.set()
+            self._wake = trio.Event()
+
+    def _settle_unreported(self, job: int, addresses: list[str]) -> None:
+        """Recipients the engine took as repeats of another in the claim (the
+        same mailbox spelt with a different domain case) get a result too, or
+        they would be claimed for ever."""
+        if not addresses:
+            return
+        reply = synthetic_reply(451, "4.5.0",
+                                "not sent: a repeat of another recipient of this job")
+        self.writer.submit_outcomes(job, addresses, Outcome(
+            Status.DEFERRED, reply.code, reply.enhanced, reply.text))
+
+
+async def run_worker(
+    url: str,
+    config: MailerConfig,
+    settings: WorkerSettings,
+    *,
+    on_results: Callable[[Sequence[Result]], None] | None = None,
+    on_start: Callable[[Worker], None] | None = None,
+) -> int:
+    """One worker from start to exit status: database connections, group-commit
+    writer, heartbeat, one Mailer, the claim loop; on the way out (done,
+    stopped, or failed) every lease still held is given back.
+
+    The engine's own retries are switched off (``retry_for=0``): deferrals go
+    back to the store.  A deadlock between the worker's own transactions is
+    retried (:mod:`~bulkmail.store.retrying`); a failed heartbeat or commit raises StoreError and a
+    lost lease :class:`~bulkmail.store.worker_hooks.LeaseLost` (in an
+    exception group): the worker stops taking work and nothing is lost.
+    """
+    store = await RetryingStore.open(url, connections=3)
+    owner = new_owner_id()
+    try:
+        writer = StoreWriter(store, owner)
+        in_flight = InFlight()
+        async with trio.open_nursery() as background:
+            await background.start(writer.run)
+            await background.start(keep_leases, store, owner, settings.lease)
+            async with Mailer(replace(config, retry_for=0.0)) as mailer:
+                install_store_hooks(mailer, writer, in_flight)
+                worker = Worker(store, writer, mailer, owner, in_flight, settings,
+                                on_results=on_results)
+                if on_start is not None:
+                    on_start(worker)
+                status = await worker.run()
+            await writer.aclose()
+            background.cancel_scope.cancel()
+        return status
+    finally:
+        with trio.CancelScope(shield=True):
+            with contextlib.suppress(StoreError):  # gone: the leases expire by themselves
+                await store.release(owner)
+            await store.aclose()
