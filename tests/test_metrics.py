@@ -101,6 +101,10 @@ async def test_scraped_counts_match_the_final_report_exactly() -> None:
     assert total(final, "bulkmail_connection_attempts_total", result="ok") >= 1
     assert total(final, "bulkmail_deferrals_total") >= 1
     assert total(final, "bulkmail_replies_total", **{"class": "5xx"}) >= summary.bounced
+    # the sink's "550 5.1.1": every bounce is an invalid recipient
+    assert total(final, "bulkmail_bounces_total") == summary.bounced
+    assert total(final, "bulkmail_bounces_total", **{"class": "invalid-recipient"}) == \
+        summary.bounced
     latency = total(final, "bulkmail_delivery_latency_seconds_count")
     assert latency == summary.total
     # nothing is left to send once the run is over; idle sessions stay open for reuse
@@ -188,7 +192,7 @@ def test_labels_follow_volume_and_counters_stay_monotonic() -> None:
     name = "bulkmail_results_total"
 
     def delivered(site: str, n: int) -> None:
-        metrics.finished(site, Status.DELIVERED, [Queued()] * n, 1.0)
+        metrics.finished(site, Status.DELIVERED, None, [Queued()] * n, 1.0)
 
     def scrape_now() -> dict[str, float]:
         samples = parse(generate_latest(metrics.registry()).decode())

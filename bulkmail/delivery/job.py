@@ -154,7 +154,7 @@ class Job:
         ]
         self.summary.add_all(results, status, reply)
         if self.metrics is not None:  # one call per group, not per recipient
-            self.metrics.finished(items[0].site, status, items, trio.current_time())
+            self.metrics.finished(items[0].site, status, reply, items, trio.current_time())
         if self._on_result is not None or self._on_results is not None:
             self._report(results)
         self.outstanding -= len(results)

@@ -17,7 +17,7 @@ writes the text or OpenMetrics exposition.  Every name is in
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
 from prometheus_client.core import (
@@ -28,6 +28,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import CollectorRegistry
 
+from ..bounce_class import CLASSES, classify_reply
 from ..errors import (
     SMTPAuthError,
     SMTPConnectError,
@@ -37,6 +38,7 @@ from ..errors import (
     SMTPTimeout,
     SMTPTLSError,
 )
+from ..protocol.replies import Reply
 from ..protocol.transaction import TransactionResult
 from ..results import Status
 from .sites import NO_SITE, OTHER, Site, SiteTable, Slot
@@ -65,11 +67,16 @@ _CONNECT_ERRORS: tuple[tuple[type[SMTPError], Slot], ...] = (
 )
 _REPLY_SLOT = (Slot.REPLY_2XX, Slot.REPLY_2XX, Slot.REPLY_2XX, Slot.REPLY_4XX, Slot.REPLY_5XX)
 
+#: the bounce classes (``bulkmail.bounce_class``), each a counter after the Slot ones
+BOUNCE_SLOTS = {name: len(Slot) + i for i, name in enumerate(CLASSES)}
+
 #: every metric name in the exposition (as a scraper sees it) -> its help text
 METRICS: dict[str, str] = {
     "bulkmail_recipients": "recipients now queued, in flight or waiting for a retry, per site",
     "bulkmail_results_total": "recipients settled, by result (delivered, bounced, deferred,"
                               " suppressed, in_doubt), per site",
+    "bulkmail_bounces_total": "bounced recipients by bounce class (the reply's meaning),"
+                              " per site",
     "bulkmail_deferrals_total": "temporary failures that scheduled a retry, per site",
     "bulkmail_connections": "SMTP connections open now, per site",
     "bulkmail_connection_attempts_total": "connection attempts by result, per site",
@@ -180,7 +187,7 @@ class RunMetrics:
     """The counters of one process's run, and the collector that exposes them."""
 
     def __init__(self, top_sites: int = 20) -> None:
-        self.sites = SiteTable(top_sites)
+        self.sites = SiteTable(top_sites, len(Slot) + len(BOUNCE_SLOTS))
         self.none = self.sites.site(NO_SITE)
         self.view: EngineView | None = None
         self.latency = {status: Histogram(LATENCY_BUCKETS) for status in _RESULT_SLOT}
@@ -198,13 +205,15 @@ class RunMetrics:
         """The hooks of one site (a pool keeps its own: one lookup per pool)."""
         return SiteMetrics(self.sites, self.sites.site(key))
 
-    def finished(self, key: str | None, status: Status, items: Sequence[Queued],
-                 now: float) -> None:
+    def finished(self, key: str | None, status: Status, reply: Reply | None,
+                 items: Sequence[Queued], now: float) -> None:
         """``items`` of site ``key`` (None: never routed) settled with ``status``
-        at ``now``: one group -- a transaction's recipients, or one."""
+        and ``reply`` at ``now``: one group -- a transaction's recipients, or one."""
         table = self.sites
         site = self.none if key is None else table.sites.get(key) or table.site(key)
         table.add(site, _RESULT_SLOT[status], len(items))
+        if status is Status.BOUNCED:  # (classified once per distinct reply: cached)
+            table.add(site, BOUNCE_SLOTS[classify_reply(reply) or "unclassified"], len(items))
         # items taken in together share a queued_at (intake reads the clock per
         # chunk): one observation per run of equal times, not one per recipient
         histogram = self.latency[status]
@@ -257,6 +266,7 @@ class RunMetrics:
             "delivered": Slot.DELIVERED, "bounced": Slot.BOUNCED, "deferred": Slot.DEFERRED,
             "suppressed": Slot.SUPPRESSED, "in_doubt": Slot.IN_DOUBT,
         })
+        yield self._counter("bulkmail_bounces", "class", BOUNCE_SLOTS)
         yield self._counter("bulkmail_deferrals", None, {"": Slot.DEFERRALS})
         yield from self._connections(view)
         yield self._counter("bulkmail_connection_attempts", "result", CONNECT_RESULTS)
@@ -282,7 +292,7 @@ class RunMetrics:
             yield HistogramMetricFamily(name, METRICS[name], buckets=histogram.buckets(),
                                         sum_value=histogram.total)
 
-    def _counter(self, name: str, label: str | None, slots: dict[str, Slot]) -> Metric:
+    def _counter(self, name: str, label: str | None, slots: Mapping[str, int]) -> Metric:
         family = CounterMetricFamily(
             name, METRICS[f"{name}_total"], labels=["site"] if label is None else ["site", label]
         )

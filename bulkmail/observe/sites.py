@@ -72,9 +72,9 @@ class Site:
 
     __slots__ = ("base", "exposed", "key", "values")
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, width: int = SLOTS) -> None:
         self.key = key
-        self.values = [0.0] * SLOTS
+        self.values = [0.0] * width
         self.base: list[float] | None = None
         #: a scrape has seen it (unlabelled, its counts were shown in ``other``)
         self.exposed = False
@@ -88,13 +88,16 @@ class Site:
 class SiteTable:
     """Every site's counters, and which of them are labelled at this scrape."""
 
-    def __init__(self, top: int) -> None:
+    def __init__(self, top: int, width: int = SLOTS) -> None:
+        """``width``: counters per site, :data:`SLOTS` or more (the caller's own
+        counters follow the :class:`Slot` ones)."""
         if top < 1:
             raise ValueError(f"top sites must be 1 or more, not {top}")
         self.top = top
+        self.width = width
         self.sites: dict[str, Site] = {}
         #: the sum over every site, kept as counters are added
-        self.totals = [0.0] * SLOTS
+        self.totals = [0.0] * width
         self._labelled: set[Site] = set()
         #: ``other`` has been shown once: it stays (a counter series does not vanish)
         self._other_shown = False
@@ -102,10 +105,10 @@ class SiteTable:
     def site(self, key: str) -> Site:
         site = self.sites.get(key)
         if site is None:
-            site = self.sites[key] = Site(key)
+            site = self.sites[key] = Site(key, self.width)
         return site
 
-    def add(self, site: Site, slot: Slot, amount: float = 1) -> None:
+    def add(self, site: Site, slot: int, amount: float = 1) -> None:
         site.values[slot] += amount
         self.totals[slot] += amount
 
@@ -122,7 +125,7 @@ class SiteTable:
         for site in labelled - chosen:
             site.base = None  # what it counted under its label is ``other``'s now
         for site in chosen - labelled:
-            site.base = list(site.values) if site.exposed else [0.0] * SLOTS
+            site.base = list(site.values) if site.exposed else [0.0] * self.width
         self._labelled = chosen
         if len(chosen) < len(self.sites):
             self._other_shown = True
@@ -133,13 +136,13 @@ class SiteTable:
         """The labelled sites, biggest first by what they settled (stable output)."""
         return sorted(self._labelled, key=lambda s: (-s.settled, s.key))
 
-    def own(self, site: Site, slot: Slot) -> float:
+    def own(self, site: Site, slot: int) -> float:
         """What a labelled site shows for ``slot``: counted since it got its label."""
         base = site.base
         assert base is not None
         return site.values[slot] - base[slot]
 
-    def other(self, slot: Slot) -> float:
+    def other(self, slot: int) -> float:
         """What ``other`` shows: everything not shown under a site's own label."""
         own = sum(self.own(site, slot) for site in self._labelled)
         return self.totals[slot] - own
@@ -159,7 +162,7 @@ class SiteTable:
             out[label] = out.get(label, 0.0) + value
         return out
 
-    def counter(self, slot: Slot) -> list[tuple[str, float]]:
+    def counter(self, slot: int) -> list[tuple[str, float]]:
         """(label, value) for one counter slot, ``other`` last when it exists."""
         rows = [(site.key, self.own(site, slot)) for site in self.labelled()]
         if self.has_other():
