@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -16,9 +17,13 @@ from bulkmail.cli.status_command import collect, render
 from bulkmail.journal import RecipientRecord
 from bulkmail.results import Status
 
+from .pgutil import pg_url, store_url
+from .test_cli_pg_job import create, worker_args
 from .test_cli_send import BULKMAIL, run, send_args, start_sink
 from .test_metrics import parse, scrape, total
 from .test_session_records import check_record
+
+__all__ = ["pg_url", "store_url"]  # fixtures, imported for pytest
 
 
 def write_inputs(tmp: Path, n: int, domains: tuple[str, ...] = ("a.test",)) -> tuple[Path, Path]:
@@ -140,3 +145,33 @@ def test_the_table_buckets_by_age_like_qshape() -> None:
     text = render(job, now, 10, "j")
     assert "recorded 6: delivered 1, bounced 1, deferred 3, in doubt 1" in text
     assert "4 still to send" in text
+
+
+async def test_a_worker_serves_its_own_metrics(store_url: str, tmp_path: Path) -> None:
+    """``bulkmail worker --metrics``: what this worker sent, scraped while it runs."""
+    job = await create(store_url, tmp_path, "email\n" + "".join(
+        f"u{i}@a.test\n" for i in range(40)))
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        args = [*BULKMAIL, *worker_args(store_url, sink.port, "--job", str(job), "--follow",
+                                        "--metrics", "127.0.0.1:0")]
+        proc = await trio.lowlevel.open_process(args, cwd=tmp_path, stderr=subprocess.PIPE)
+        assert proc.stderr is not None
+        seen = b""
+        with trio.fail_after(60):
+            while (found := re.search(rb"metrics: http://127\.0\.0\.1:(\d+)/metrics", seen)) \
+                    is None:
+                chunk = await proc.stderr.receive_some(4096)
+                assert chunk, seen
+                seen += chunk
+            port = int(found.group(1))
+            samples = parse((await scrape(port))[1])
+            while total(samples, "bulkmail_results_total") < 40:  # --follow: it stays up
+                await trio.sleep(0.05)
+                samples = parse((await scrape(port))[1])
+            proc.send_signal(signal.SIGTERM)
+            await proc.wait()
+        nursery.cancel_scope.cancel()
+    assert total(samples, "bulkmail_results_total", result="delivered") == 40
+    assert sink.stats.recipients == 40
+    assert total(samples, "bulkmail_connections") >= 1
