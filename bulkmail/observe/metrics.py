@@ -10,7 +10,9 @@ the run nothing between scrapes.
 
 ``RunMetrics`` is a prometheus-client *collector*: register it in a
 ``CollectorRegistry`` (:meth:`RunMetrics.registry`) and prometheus-client
-writes the text or OpenMetrics exposition.  Every name is in
+writes the text or OpenMetrics exposition.  Collect in the run's trio thread
+(:func:`bulkmail.observe.http.serve_metrics` does): a scrape reads the
+engine's live structures and trio's clock, and nothing here takes a lock.  Every name is in
 :data:`METRICS` (the README's list and the Grafana dashboard's test use it).
 """
 
@@ -210,7 +212,7 @@ class RunMetrics:
         """``items`` of site ``key`` (None: never routed) settled with ``status``
         and ``reply`` at ``now``: one group -- a transaction's recipients, or one."""
         table = self.sites
-        site = self.none if key is None else table.sites.get(key) or table.site(key)
+        site = self.none if key is None else table.site(key)
         table.add(site, _RESULT_SLOT[status], len(items))
         if status is Status.BOUNCED:  # (classified once per distinct reply: cached)
             table.add(site, BOUNCE_SLOTS[classify_reply(reply) or "unclassified"], len(items))
