@@ -175,3 +175,24 @@ async def test_a_worker_serves_its_own_metrics(store_url: str, tmp_path: Path) -
     assert total(samples, "bulkmail_results_total", result="delivered") == 40
     assert sink.stats.recipients == 40
     assert total(samples, "bulkmail_connections") >= 1
+
+
+async def test_status_of_a_job_in_postgresql(store_url: str, tmp_path: Path) -> None:
+    """``bulkmail status postgresql://...?job=ID``: what every worker recorded."""
+    job = await create(store_url, tmp_path, "email\n" + "".join(
+        f"u{i}@{d}\n" for i in range(6) for d in ("a.test", "b.test")), "--retry-for", "0")
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, defer_rate=1.0)  # every RCPT gets 450
+        done = await run([*BULKMAIL, *worker_args(store_url, sink.port, "--job", str(job))],
+                         tmp_path)
+        nursery.cancel_scope.cancel()
+    assert done.returncode == 75, done.stderr.decode()
+    status = await run([*BULKMAIL, "status", f"{store_url}&job={job}"], tmp_path)
+    out = status.stdout.decode()
+    assert status.returncode == 0, status.stderr.decode()
+    assert "deferred 12" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    assert rows["a.test"][1] == rows["b.test"][1] == "6"
+    assert " ".join(rows["a.test"][12:]).startswith("450 4.2.1 ")
+    unknown = await run([*BULKMAIL, "status", f"{store_url}&job=424242"], tmp_path)
+    assert unknown.returncode == 2 and len(unknown.stderr.splitlines()) == 1

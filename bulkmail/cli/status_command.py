@@ -1,5 +1,9 @@
-"""``bulkmail status JOURNAL [--watch]``: a job's progress, rate, and a
+"""``bulkmail status JOURNAL|URL [--watch]``: a job's progress, rate, and a
 ``qshape``-style table of what is still to send, by domain and age.
+
+``JOURNAL`` is a ``send`` journal (``PATH``, ``sqlite:PATH``); ``URL`` a job
+in the PostgreSQL store (``postgresql://...?job=ID``), which every worker of
+the job writes to -- the job's totals, whatever machine sent them.
 
 Read from the journal only (``open_journal``, no job lock: a running
 ``send`` keeps writing while this reads; SQLite's WAL lets both go on), so it
@@ -25,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..journal import JournalError, RecipientRecord, open_journal, sqlite_path
+from ..journal import Journal, JournalError, RecipientRecord, open_journal, sqlite_path
 from ..results import Status
 from .options import at_least, positive_duration
 
@@ -42,7 +46,9 @@ _WAITING = frozenset({Status.IN_DOUBT, Status.DEFERRED, Status.PENDING, Status.I
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("journal", help="a journal written by 'bulkmail send' (PATH or sqlite:PATH)")
+    p.add_argument("journal", metavar="JOURNAL|URL",
+                   help="a journal written by 'bulkmail send' (PATH or sqlite:PATH), or a"
+                        " job in PostgreSQL (postgresql://...?job=ID)")
     p.add_argument("--watch", action="store_true", help="redraw until interrupted (Ctrl-C)")
     p.add_argument("--interval", type=positive_duration, default=2.0, metavar="DURATION",
                    help="with --watch: seconds between redraws (default 2s)")
@@ -176,8 +182,16 @@ def _table(status: JobStatus, top: int) -> list[str]:
     return out
 
 
+def _open(location: str) -> Journal:
+    if sqlite_path(location) is None:  # a job in the PostgreSQL store
+        from ..store import open_pg_journal  # (psycopg only when asked for)
+
+        return open_pg_journal(location)
+    return open_journal(location)
+
+
 def snapshot(location: str, top: int) -> str:
-    journal = open_journal(location)
+    journal = _open(location)
     try:
         now = time.time()
         return render(collect(journal.iter_records(), now), now, top, location)
@@ -204,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
             if not args.watch or (args.count is not None and shown >= args.count):
                 return 0
             time.sleep(args.interval)
-    except JournalError as exc:
+    except JournalError as exc:  # (a StoreError is one: an unreachable database)
         print(f"bulkmail status: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
