@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bulkmail.api import Mailer, MailerConfig, Relay
 from bulkmail.delivery.retry import RetryPolicy
+from bulkmail.errors import synthetic_reply
 from bulkmail.observe import METRICS, RunMetrics
 from bulkmail.observe.http import answer, serve_metrics
 from bulkmail.observe.sites import OTHER
@@ -246,3 +247,12 @@ def test_every_exposed_name_is_listed() -> None:
         generate_latest(RunMetrics().registry()).decode())}
     listed = {name.removesuffix("_total") for name in METRICS}
     assert names == listed
+
+
+def test_results_settled_outside_the_engine_are_counted() -> None:
+    """A line ``send`` refused to read is in its report: so it is in the metrics."""
+    metrics = RunMetrics()
+    metrics.settled(Status.BOUNCED, synthetic_reply(553, "5.1.3", "not UTF-8"))
+    samples = parse(generate_latest(metrics.registry()).decode())
+    assert total(samples, "bulkmail_results_total", site="none", result="bounced") == 1
+    assert total(samples, "bulkmail_bounces_total", site="none") == 1

@@ -167,6 +167,8 @@ async def send_job(
                     if writer is not None and not writer.failed:
                         writer.submit_outcome(address, outcome_of(result))
                     refused.add(result)
+                    if metrics is not None:  # settled here, never by the engine
+                        metrics.settled(Status.BOUNCED, result.reply)
                     on_results([result])
 
                 recipients = read_recipients(args.recipients, on_refused)

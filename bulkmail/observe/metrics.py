@@ -211,11 +211,8 @@ class RunMetrics:
                  items: Sequence[Queued], now: float) -> None:
         """``items`` of site ``key`` (None: never routed) settled with ``status``
         and ``reply`` at ``now``: one group -- a transaction's recipients, or one."""
-        table = self.sites
-        site = self.none if key is None else table.site(key)
-        table.add(site, _RESULT_SLOT[status], len(items))
-        if status is Status.BOUNCED:  # (classified once per distinct reply: cached)
-            table.add(site, BOUNCE_SLOTS[classify_reply(reply) or "unclassified"], len(items))
+        self._count(self.none if key is None else self.sites.site(key), status, reply,
+                    len(items))
         # items taken in together share a queued_at (intake reads the clock per
         # chunk): one observation per run of equal times, not one per recipient
         histogram = self.latency[status]
@@ -229,6 +226,17 @@ class RunMetrics:
             run += 1
         if run:
             histogram.observe(now - then, run)
+
+    def settled(self, status: Status, reply: Reply | None, count: int = 1) -> None:
+        """Results settled outside the engine (a line the command refused to
+        read), so that the counts still add up to the run's report."""
+        self._count(self.none, status, reply, count)
+
+    def _count(self, site: Site, status: Status, reply: Reply | None, count: int) -> None:
+        table = self.sites
+        table.add(site, _RESULT_SLOT[status], count)
+        if status is Status.BOUNCED:  # (classified once per distinct reply: cached)
+            table.add(site, BOUNCE_SLOTS[classify_reply(reply) or "unclassified"], count)
 
     def deferral(self, key: str | None) -> None:
         """A temporary failure scheduled a retry."""
