@@ -19,7 +19,7 @@ from typing import Protocol
 import trio
 
 from ..errors import SMTPAuthError, SMTPError, synthetic_reply
-from ..observe import RunMetrics
+from ..observe import NOT_MEASURED, RunMetrics
 from ..protocol.replies import Reply
 from ..routing import Destination
 from ..session import Envelope, Refill, SMTPSession, TransactionResult
@@ -151,7 +151,8 @@ class Pool:
         self._interval = rate_interval(limits.rate)
         self._oldest = 0.0
         self._batches: set[_Batch] = set()
-        self._site = metrics.site(destination.key) if metrics is not None else None
+        #: this destination's metrics hooks (no-ops when nothing is measured)
+        self._site = metrics.site(destination.key) if metrics is not None else NOT_MEASURED
 
     def __repr__(self) -> str:
         idle = self.workers - self.active_sessions
@@ -284,8 +285,7 @@ class Pool:
                     return  # backing off: this destination runs fewer sessions for now
                 pause = self.health.pause_until - trio.current_time()
                 if pause > 0:
-                    if self._site is not None:
-                        self._site.throttled(pause)
+                    self._site.throttled(pause)
                     await trio.sleep(pause)
                 if not self.queue:
                     break
@@ -313,15 +313,13 @@ class Pool:
         try:
             session = await self.connector.connect(pipelining=self.health.pipelining)
         except SMTPAuthError as exc:
-            if site is not None:
-                site.connect(exc)
+            site.connect(exc)
             # a wrong password is no recipient's fault: bouncing them would be
             # permanent, and every reconnect would refuse the next batch
             self.owner.abort(exc.reply)
             return None
         except SMTPError as exc:
-            if site is not None:
-                site.connect(exc)
+            site.connect(exc)
             self.health.failure(trio.current_time())
             # nobody can be delivered right now: defer what the next session would have taken
             n = min(len(self.queue), self.limits.max_rcpts)
@@ -330,8 +328,7 @@ class Pool:
             for item in taken:
                 self.owner.attempted(item, exc.reply, verdict, exc.host)
             return None
-        if site is not None:
-            site.connect(None)
+        site.connect(None)
         return session
 
     async def _serve(self, session: SMTPSession) -> None:
@@ -451,8 +448,7 @@ class Pool:
         start = max(now, self._next_start)
         self._next_start = start + self._interval
         if start > now:
-            if self._site is not None:
-                self._site.throttled(start - now)
+            self._site.throttled(start - now)
             await trio.sleep_until(start)
 
     def _envelopes(self, items: list[Item]) -> tuple[list[Envelope], list[list[Item]]]:
@@ -479,8 +475,7 @@ class Pool:
         return envelopes, groups
 
     def _settle_next(self, host: str, batch: _Batch, result: TransactionResult) -> None:
-        if self._site is not None:
-            self._site.transaction(result)
+        self._site.transaction(result)
         if settle(self.owner, self.requeue, batch.pop(), result, host):
             self.health.success()
 
