@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import ssl
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -262,16 +264,38 @@ def run(args: argparse.Namespace) -> int:
         _close(journal)
         return _usage_error(exc)
     total = None if args.quiet else count_recipients(args.recipients)
-    try:
-        outcome = trio.run(send_job, args, config, content, suppressed, journal, total)
-    except BaseExceptionGroup as group:
-        matched, rest = group.split(InputError)
-        if matched is None or rest is not None:
-            raise
-        return _usage_error(_first(matched))
-    finally:
-        _close(journal)
-    return _finish(args, outcome, journal_path)
+    with _LateSignals() as late:
+        try:
+            outcome = trio.run(send_job, args, config, content, suppressed, journal, total)
+        except BaseExceptionGroup as group:
+            matched, rest = group.split(InputError)
+            if matched is None or rest is not None:
+                raise
+            return _usage_error(_first(matched))
+        finally:
+            late.ignore()
+            _close(journal)
+        return _finish(args, outcome, journal_path)
+
+
+class _LateSignals:
+    """Once the run has returned, a SIGINT or SIGTERM that comes a moment late (a
+    second Ctrl-C after the first already stopped the run) is ignored, instead of
+    turning the journal's close and the summary into a KeyboardInterrupt
+    traceback; the handlers are restored on exit."""
+
+    def __enter__(self) -> _LateSignals:
+        self._previous: dict[int, Any] = {}
+        return self
+
+    def ignore(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, signal.SIG_IGN)
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def _finish(args: argparse.Namespace, outcome: RunOutcome, journal_path: str | None) -> int:
