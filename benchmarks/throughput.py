@@ -1,6 +1,6 @@
 """Throughput of bulkmail and its peers against the same sink, in one run.
 
-    python benchmarks/throughput.py [--scenarios a,b,c,d] [--sinks bulkmail,postfix]
+    python benchmarks/throughput.py [--scenarios a,b,c,d,f] [--sinks bulkmail,postfix]
                                     [--connections 10] [--scale 1.0] [--peer-share 0.1]
                                     [--json results.json]
 
@@ -12,6 +12,10 @@ Scenarios (sizes times --scale):
      500 round trips per connection, so the fixed ~0.25 s of process start and
      session setup is 2% of the run rather than the pipelining being measured
   d  1,000,000 recipients streamed from a file through the CLI: time and peak RSS
+  f  direct MX delivery to the long tail (scenario_f.py): 1,000,000 recipients over
+     100,000 domains hosted by 20 MX hosts (a loopback DNS server, one sink per
+     127.0.0.x), --batch-by domain and site; and the sweep 1k / 10k / 100k domains
+     at 100,000 recipients.  Not in the default list (minutes long): --scenarios f
 
 bulkmail always runs through its CLI (``bulkmail send``) with the journal on.
 Peers: aiosmtplib (asyncio), smtplib in a thread pool, Postfix's smtp-source
@@ -40,6 +44,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import scenario_f
 
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / "peers"
@@ -349,7 +355,8 @@ def table(rows: list[Row]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--scenarios", default="a,b,c,d")
+    p.add_argument("--scenarios", "--scenario", default="a,b,c,d",
+                   help="comma-separated, e.g. f alone: --scenario f")
     p.add_argument("--sinks", default="bulkmail,postfix",
                    help="bulkmail (the project's sink) and/or postfix (smtp-sink, if installed)")
     p.add_argument("--connections", type=int, default=10)
@@ -363,23 +370,33 @@ def main() -> None:
     compile_bytecode()
     sinks = [s for s in args.sinks.split(",") if s != "postfix" or os.path.exists(SMTP_SINK)]
     rows: list[Row] = []
+    tail: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for scenario in args.scenarios.split(","):
             if scenario == "d":
                 rows += scenario_d(args, work)
                 continue
+            if scenario == "f":
+                tail += scenario_f.scenario_f(args, work)
+                continue
             for sink in sinks:
                 rows += scenario_rows(scenario, sink, args, work)
     print()
     print(f"{platform.node()} · {os.cpu_count()} cores · Python {platform.python_version()} · "
           f"{time.strftime('%Y-%m-%d')} · connections {args.connections} · scale {args.scale}")
-    print(table(rows))
-    print()
+    if rows:
+        print(table(rows))
+        print()
+    if tail:
+        print(scenario_f.table(tail))
     for line in targets(rows, getattr(args, "rtt", None), args.connections, 0.020):
         print(f"* {line}")
+    for line in scenario_f.targets(tail):
+        print(f"* {line}")
     Path(args.json).write_text(json.dumps(
-        [asdict(r) | {"msg_rate": r.msg_rate, "rcpt_rate": r.rcpt_rate} for r in rows], indent=2))
+        [asdict(r) | {"msg_rate": r.msg_rate, "rcpt_rate": r.rcpt_rate} for r in rows] + tail,
+        indent=2))
 
 
 if __name__ == "__main__":

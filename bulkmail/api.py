@@ -14,7 +14,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -33,6 +33,10 @@ from .records import SessionCallback, SessionRecords
 from .results import Result, Summary
 from .routing import DNSConfig, MXRouter, RelayRouter, Router
 from .shaping import PoolLimits, Shaping
+from .tls_policy.settings import TLSPolicyConfig
+
+if TYPE_CHECKING:
+    from .tls_policy.planner import TLSPolicies
 
 MessageLike = bytes | str | EmailMessage | Content | Callable[[Recipient], bytes]
 Recipients = Iterable[Recipient | str] | AsyncIterable[Recipient | str]
@@ -73,6 +77,8 @@ class MailerConfig:
     window: int = 32
     linger: float = 0.05
     seed: int | None = None
+    #: MX delivery only (a relay gets ``secure``): MTA-STS by default, DANE on request
+    tls_policy: TLSPolicyConfig = field(default_factory=TLSPolicyConfig)
     #: hears one record per SMTP session in the seed's schema (``bulkmail.records``)
     on_session: SessionCallback | None = None
     #: ``on_session`` hears one session in this many
@@ -112,10 +118,23 @@ class MailerConfig:
             metrics=self.metrics,
         )
 
-    def router(self) -> Router:
+    def router(self, policies: TLSPolicies | None = None) -> Router:
+        """The relay, or MX routing (with ``policies``' TLS plans attached)."""
         if self.relay is not None:
             return RelayRouter(self.relay.host, self.relay.port)
+        if policies is not None:
+            from .tls_policy.router import PolicyRouter
+
+            return PolicyRouter(MXRouter(self.dns), policies)
         return MXRouter(self.dns)
+
+    def tls_policies(self) -> TLSPolicies | None:
+        """The MTA-STS / DANE state of an MX run (None: a relay, or opportunistic TLS)."""
+        if self.relay is not None or self.tls_policy.policy == "opportunistic":
+            return None
+        from .tls_policy.planner import TLSPolicies
+
+        return TLSPolicies(self.tls_policy, self.dns)
 
 
 class Mailer:
@@ -136,6 +155,7 @@ class Mailer:
         self.config = replace(base, **overrides) if overrides else base
         self._engine: Engine | None = None
         self._running: AbstractAsyncContextManager[Engine] | None = None
+        self._policies: TLSPolicies | None = None
 
     @property
     def engine(self) -> Engine:
@@ -164,8 +184,9 @@ class Mailer:
         """The nursery the pools live in, entered and left as one ``async with``
         (never driven by hand), so nothing can unwind between the two."""
         failure: Exception | None = None
+        policies = self._policies = self.config.tls_policies()
         async with trio.open_nursery() as nursery:
-            engine = Engine(self.config.engine_config(), self.config.router(), nursery)
+            engine = Engine(self.config.engine_config(), self.config.router(policies), nursery)
             try:
                 yield engine
             except BaseException as exc:
@@ -180,6 +201,8 @@ class Mailer:
                 failure = exc
             else:
                 engine.stop()  # idle sessions say QUIT now, not after their idle timeout
+        if policies is not None:
+            policies.close()  # (an error above skips it: the store is closed when collected)
         if failure is not None:
             raise failure
 

@@ -27,7 +27,9 @@ from email.utils import getaddresses
 
 from .verp import verp_recipient
 
-__all__ = ["COMPLAINT_TYPES", "Complaint", "NotAComplaint", "read_complaint"]
+__all__ = [
+    "COMPLAINT_TYPES", "Complaint", "NotAComplaint", "original_message_id", "read_complaint",
+]
 
 #: Feedback-Types that mean "the recipient does not want this mail" (RFC 5965 §7.3);
 #: ``not-spam`` (RFC 6430) and ``auth-failure`` (RFC 6591) are not complaints
@@ -110,6 +112,13 @@ def read_complaint(
         + (", Message-ID unknown" if message_id and by_message_id else "")
         + (", To not a known recipient" if known else "")
     )
+
+
+def original_message_id(raw: bytes) -> str | None:
+    """The reported original's ``Message-ID`` (``None``: no original, no ID): what a
+    caller looks up in bulk before :func:`read_complaint` asks for it one by one."""
+    message = BytesParser(policy=policy.default).parsebytes(raw)
+    return _text(_original(message), "Message-ID") or None
 
 
 def _fields(part: Message) -> Message:

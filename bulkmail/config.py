@@ -6,10 +6,13 @@ import math
 import re
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import trio
 
 from .protocol.auth import Credentials
 from .records import SessionRecords
@@ -101,6 +104,11 @@ class SessionConfig:
     source_address: str | None = None
     trace: bool = False
     max_reply_line: int = 4096
+    #: the TLS policy this session follows, for results and reports (bulkmail.tls_policy)
+    tls_policy: str = "opportunistic"
+    #: checks the peer after the TLS handshake (DANE), raising to refuse it;
+    #: SNI is sent whenever this is set, even though the context checks no name
+    tls_verify: Callable[[trio.SSLStream[trio.abc.Stream]], None] | None = None
     #: where this session's record goes (``bulkmail.records``); None: none is built
     records: SessionRecords | None = None
 

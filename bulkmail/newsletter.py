@@ -25,6 +25,7 @@ from .headers import (
     unsubscribe_headers,
 )
 from .message import Content, Recipient, StaticContent, TemplateContent, TemplateValueError
+from .message_ids import message_id_seed
 from .protocol.data import PreparedMessage
 from .reencode import prepare
 from .unsubscribe_token import unsubscribe_url
@@ -48,6 +49,9 @@ class Decorations:
     unsubscribe_secret: bytes | None = None
     #: the list the token names (what the unsubscribe server records)
     unsubscribe_list: str = "default"
+    #: with a key, a personalised message's Message-ID is derived from (key,
+    #: address) alone, so the job's journal maps it back (:mod:`bulkmail.message_ids`)
+    message_id_key: bytes | None = None
 
 
 class DecoratedContent:
@@ -113,14 +117,14 @@ class DecoratedContent:
             missing = self._identity_only
             prefix = identity_lines(
                 d.identity_domain,
-                message + recipient.address.encode(),
+                self._seed(message, recipient),
                 message_id_line="Message-ID" in missing,
                 date_line="Date" in missing,
             )
             return prepare(prefix + message)
         if d.identity_domain:
-            seed = message if not self.personalised else message + recipient.address.encode()
-            message = ensure_identity(message, d.identity_domain, seed=seed)
+            message = ensure_identity(message, d.identity_domain,
+                                      seed=self._seed(message, recipient))
         if self._unsubscribe:
             url = self._unsubscribe_url(recipient)
             message = add_headers(message, unsubscribe_headers(url, d.unsubscribe_mailto))
@@ -129,6 +133,15 @@ class DecoratedContent:
             wire = prepare(message).normalized
             return PreparedMessage.from_bytes(self._dkim.sign(wire))
         return prepare(message)
+
+    def _seed(self, message: bytes, recipient: Recipient) -> bytes:
+        """What the Message-ID is derived from: the same on every resend."""
+        if not self.personalised:
+            return message
+        key = self.decorations.message_id_key
+        if key is not None:
+            return message_id_seed(key, recipient.address)
+        return message + recipient.address.encode()
 
     def _unsubscribe_url(self, recipient: Recipient) -> str | None:
         """The URL with every value percent-encoded: a value is data, never URL syntax."""

@@ -31,6 +31,35 @@ class Status(StrEnum):
 FINAL = frozenset({Status.DELIVERED, Status.BOUNCED, Status.SUPPRESSED})
 
 
+class TLSStatus(NamedTuple):
+    """How one session was secured: the TLS policy that applied and its outcome."""
+
+    #: "opportunistic", "mta-sts", "mta-sts-testing" or "dane"
+    policy: str
+    encrypted: bool
+    #: the server's certificate was checked (PKIX + name, or a DANE TLSA match)
+    verified: bool
+
+    def __str__(self) -> str:
+        state = "verified" if self.verified else "unverified" if self.encrypted else "plaintext"
+        return f"{self.policy} {state}"
+
+
+class PeerName(str):
+    """A server's host name that also carries its session's :class:`TLSStatus`.
+
+    Made once per batch of transactions and passed where the host name
+    goes, so results learn how their session was secured at no cost per
+    recipient; everywhere else it is just the name (journals store the str)."""
+
+    tls: TLSStatus | None
+
+    def __new__(cls, name: str, tls: TLSStatus | None = None) -> PeerName:
+        self = super().__new__(cls, name)
+        self.tls = tls
+        return self
+
+
 class Result(NamedTuple):
     """The final word on one recipient for this run.
 
@@ -49,6 +78,11 @@ class Result(NamedTuple):
     @property
     def code(self) -> int | None:
         return self.reply.code if self.reply is not None else None
+
+    @property
+    def tls(self) -> TLSStatus | None:
+        """How the session that decided this result was secured (None: not known)."""
+        return getattr(self.host, "tls", None)
 
     @property
     def enhanced(self) -> str | None:
@@ -78,6 +112,8 @@ class Result(NamedTuple):
             "attempts": self.attempts,
             "host": self.host,
             "possible_duplicate": self.possible_duplicate,
+            "tls_policy": tls.policy if (tls := self.tls) is not None else None,
+            "tls_verified": tls.verified if tls is not None else None,
         }
 
     def __str__(self) -> str:

@@ -7,21 +7,25 @@ bounce (5xx) or defer (4xx).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import random
-from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Protocol
 
 import trio
 
-if TYPE_CHECKING:
-    import dns.message
-
+from .dns_lookup import DNSConfig, DNSLookup, Records, RoutingError, routing_error
 from .errors import synthetic_reply
 from .protocol.replies import Reply
+from .ttl_cache import CoalescingCache
+
+__all__ = [
+    "DNSConfig", "Destination", "Host", "MXRouter", "RelayRouter", "Router", "RoutingError",
+    "domain_of",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,28 +42,14 @@ class Host:
 class Destination:
     """A pool's worth of servers.
 
-    ``key`` names the pool: for MX routing it is the *set* of MX host names, so
-    the thousands of domains one provider hosts share one pool.
+    ``key`` names the site: for MX routing it is the *set* of MX host names
+    (sorted, lower case), so the thousands of domains one provider hosts share
+    one key whatever their preferences; ``mx:<domain>`` for a domain that is
+    its own implicit MX, ``literal:<ip>`` and ``relay:<host>:<port>`` otherwise.
     """
 
     key: str
     hosts: tuple[Host, ...]
-
-
-class RoutingError(Exception):
-    """No destination for a domain; ``reply`` says whether that is final.
-
-    ``ttl``, when known, is how long the DNS lets the outcome be cached.
-    """
-
-    def __init__(self, reply: Reply, *, ttl: float | None = None) -> None:
-        super().__init__(str(reply))
-        self.reply = reply
-        self.ttl = ttl
-
-    @property
-    def permanent(self) -> bool:
-        return self.reply.code >= 500
 
 
 class Router(Protocol):
@@ -68,6 +58,20 @@ class Router(Protocol):
     def peek(self, domain: str) -> Destination | None:
         """The cached destination, without awaiting (the engine's per-recipient fast path)."""
         ...
+
+    def prefetch(self, domain: str) -> bool:
+        """Queue ``domain`` to be resolved ahead of need (never waits).  True:
+        the prefetcher will resolve it and report it to ``on_resolved``; False:
+        nothing queued (cached -- use ``peek`` -- or the queue is full)."""
+        ...
+
+    async def run_prefetcher(self, on_resolved: Resolved | None = None) -> None:
+        """Work the prefetch queue until cancelled (run it in the engine's nursery)."""
+        ...
+
+
+#: told each prefetched domain's outcome: its Destination, or the RoutingError
+Resolved = Callable[[str, "Destination | RoutingError"], None]
 
 
 def domain_of(address: str) -> str:
@@ -106,10 +110,6 @@ def _order(addresses: Iterable[str]) -> tuple[str, ...]:
     """Deduplicated, IPv4 before IPv6 (many senders lack working IPv6 reputation)."""
     unique = dict.fromkeys(addresses)
     return tuple(sorted(unique, key=lambda a: ":" in a))
-
-
-def _error(code: int, enhanced: str, text: str, ttl: float | None = None) -> RoutingError:
-    return RoutingError(synthetic_reply(code, enhanced, text), ttl=ttl)
 
 
 #: how long a relay's resolved addresses (or failure to resolve) are reused:
@@ -151,6 +151,12 @@ class RelayRouter:
             return outcome
         return None
 
+    def prefetch(self, domain: str) -> bool:
+        return False  # one smarthost: nothing per domain to resolve ahead
+
+    async def run_prefetcher(self, on_resolved: Resolved | None = None) -> None:
+        await trio.sleep_forever()
+
     async def _resolve(self) -> Destination | Reply:
         try:
             infos = await trio.socket.getaddrinfo(
@@ -164,155 +170,140 @@ class RelayRouter:
         return Destination(self.key, (Host(self.host, addresses, self.port),))
 
 
-@dataclass(frozen=True)
-class DNSConfig:
-    """Resolver settings; tests point ``nameservers`` and ``mx_port`` at loopback."""
-
-    #: (ip, port) pairs; empty means the system resolver configuration
-    nameservers: tuple[tuple[str, int], ...] = ()
-    #: seconds per query attempt
-    timeout: float = 5.0
-    #: seconds per lookup (one name, one type), retries included, on trio's clock
-    lifetime: float = 15.0
-    #: SMTP port of MX hosts
-    mx_port: int = 25
-    #: domains remembered (least recently used go first)
-    cache_size: int = 10_000
-    #: cache time of NXDOMAIN / no-data answers that carry no SOA (RFC 2308)
-    negative_ttl: float = 300.0
-    #: cache time of SERVFAIL / timeouts, so a broken zone is not hammered
-    failure_ttl: float = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class _Records:
-    """One lookup's outcome: rdata (empty = no data), TTL, and whether the name exists."""
-
-    rdata: tuple[Any, ...]
-    ttl: float
-    exists: bool = True
-
-
-class _Flight:
-    """A lookup in progress that other tasks wait on instead of querying again."""
-
-    __slots__ = ("done", "outcome")
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.outcome: Destination | Reply | None = None
-
-
 class MXRouter:
     """Direct delivery: MX hosts by preference (RFC 5321 §5.1), null MX (RFC 7505).
 
     Outcomes (failures too) are cached for their TTL on the trio clock, and
     concurrent lookups of one domain share one query: thousands of a domain's
-    recipients arrive at once.
+    recipients arrive at once.  MX hosts' addresses are cached by host name,
+    so the many domains one provider hosts cost one MX query each, not three,
+    and share one interned :class:`Destination`.
     """
 
     def __init__(self, config: DNSConfig, *, rng: random.Random | None = None) -> None:
-        # dnspython is imported here, not with the module: a relay-only run
-        # (the common bulk case) starts ~40 ms sooner without it
-        import dns.asyncbackend
-        import dns.asyncresolver
-        import dns.nameserver
-
         self.config = config
         self.rng = rng if rng is not None else random.Random()
-        resolver = dns.asyncresolver.Resolver(configure=not config.nameservers)
-        if config.nameservers:
-            resolver.nameservers = [
-                dns.nameserver.Do53Nameserver(ip, port) for ip, port in config.nameservers
-            ]
-        resolver.timeout = config.timeout
-        resolver.lifetime = config.lifetime
-        self._resolver = resolver
-        # explicit: the default backend is sniffed once per process and then sticks
-        self._backend = dns.asyncbackend.get_backend("trio")
-        self._cache: OrderedDict[str, tuple[float, Destination | Reply]] = OrderedDict()
-        self._flights: dict[str, _Flight] = {}
+        self.dns = DNSLookup(config)
+        self._routes: CoalescingCache[str, Destination | Reply] = CoalescingCache(
+            config.cache_size
+        )
+        self._hosts: CoalescingCache[str, tuple[str, ...] | Reply] = CoalescingCache(
+            config.host_cache_size
+        )
+        # one Destination per (key, hosts): 100,000 domains at one provider
+        # hold references, not copies
+        self._interned: dict[tuple[str, tuple[Host, ...]], Destination] = {}
+        self._ahead: dict[str, None] = {}  # prefetch queue, in order, without repeats
+        self._prefetching: set[str] = set()  # taken from the queue, being resolved
+        self._ahead_wakeup = trio.lowlevel.ParkingLot()
 
     async def route(self, domain: str) -> Destination:
-        domain = domain.lower().rstrip(".")
-        while True:
-            outcome = self._cached(domain)
-            if outcome is not None:
-                return _unwrap(outcome)
-            flight = self._flights.get(domain)
-            if flight is None:
-                break
-            await flight.done.wait()
-            if flight.outcome is not None:
-                return _unwrap(flight.outcome)
-            # the querying task was cancelled: go round, maybe querying ourselves
-        flight = self._flights[domain] = _Flight()
-        try:
-            try:
-                destination, ttl = await self._lookup(domain)
-                outcome = destination
-            except RoutingError as exc:
-                outcome = exc.reply
-                ttl = self.config.failure_ttl if exc.ttl is None else exc.ttl
-            self._store(domain, outcome, ttl)
-            flight.outcome = outcome
-        finally:
-            del self._flights[domain]
-            flight.done.set()
-        return _unwrap(outcome)
+        domain = _canonical(domain)
+        return _unwrap(await self._routes.fetch(domain, functools.partial(self._outcome, domain)))
 
     def peek(self, domain: str) -> Destination | None:
-        outcome = self._cached(domain.lower().rstrip("."))
+        outcome = self._routes.get(_canonical(domain))
         return outcome if isinstance(outcome, Destination) else None
 
-    def _cached(self, domain: str) -> Destination | Reply | None:
-        entry = self._cache.get(domain)
-        if entry is None:
-            return None
-        if entry[0] <= trio.current_time():
-            del self._cache[domain]
-            return None
-        self._cache.move_to_end(domain)
-        return entry[1]
+    # -- resolving ahead ---------------------------------------------------------
 
-    def _store(self, domain: str, outcome: Destination | Reply, ttl: float) -> None:
-        if ttl <= 0:
-            return
-        self._cache[domain] = (trio.current_time() + ttl, outcome)
-        self._cache.move_to_end(domain)
-        while len(self._cache) > self.config.cache_size:
-            self._cache.popitem(last=False)
+    def prefetch(self, domain: str) -> bool:
+        """Queue ``domain`` to be resolved by :meth:`run_prefetcher` (never waits).
+
+        True when the prefetcher will resolve it (queued now, earlier, or
+        being resolved by it) and report it to ``on_resolved``; False when it
+        is cached (``peek`` has it), the queue is full, or a ``route()`` call
+        is resolving it -- the caller awaits ``route()`` then.  The engine
+        feeds the domains of recipients it will send to soon, so their lookups
+        overlap delivery to the current ones, with no task per domain.
+        """
+        domain = _canonical(domain)
+        ahead = self._ahead
+        if domain in ahead or domain in self._prefetching:
+            return True
+        if (
+            len(ahead) >= self.config.prefetch_queue
+            or self._routes.busy(domain)
+            or self._routes.get(domain) is not None
+        ):
+            return False
+        ahead[domain] = None
+        self._ahead_wakeup.unpark()
+        return True
+
+    async def run_prefetcher(self, on_resolved: Resolved | None = None) -> None:
+        """Resolve prefetched domains, half of ``max_queries`` of them at a time
+        (so lookups somebody waits for get the other half), until cancelled;
+        each outcome goes to ``on_resolved(domain, Destination | RoutingError)``."""
+        limit = trio.Semaphore(max(1, self.config.max_queries // 2))
+
+        async def resolve(domain: str) -> None:
+            try:
+                outcome: Destination | RoutingError = await self.route(domain)
+            except RoutingError as exc:
+                outcome = exc  # cached either way
+            finally:
+                self._prefetching.discard(domain)
+                limit.release()
+            if on_resolved is not None:
+                on_resolved(domain, outcome)
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                while not self._ahead:
+                    await self._ahead_wakeup.park()
+                await limit.acquire()
+                if not self._ahead:
+                    limit.release()
+                    continue
+                domain = next(iter(self._ahead))
+                del self._ahead[domain]
+                self._prefetching.add(domain)
+                nursery.start_soon(resolve, domain)
+
+    @property
+    def prefetch_queued(self) -> int:
+        return len(self._ahead)
+
+    # -- lookups -----------------------------------------------------------------
+
+    async def _outcome(self, domain: str) -> tuple[Destination | Reply, float]:
+        try:
+            return await self._lookup(domain)
+        except RoutingError as exc:
+            return exc.reply, self.config.failure_ttl if exc.ttl is None else exc.ttl
 
     async def _lookup(self, domain: str) -> tuple[Destination, float]:
-        import dns.name
-
         port = self.config.mx_port
         literal = _literal(domain)
         if literal is not None:
             return Destination(f"literal:{literal}", (Host(literal, (literal,), port),)), math.inf
-        mx = await self._query(domain, "MX")
+        mx = await self.dns.query(domain, "MX")
         if not mx.exists:
-            raise _error(550, "5.1.2", f"domain {domain} not found", mx.ttl)
+            raise routing_error(550, "5.1.2", f"domain {domain} not found", mx.ttl)
         if not mx.rdata:
             # no MX: the domain itself is the implicit MX (RFC 5321 §5.1)
-            found = await self._addresses([domain])
-            addresses, ttl = found[domain]
+            addresses, ttl = await self._addresses(domain)
             if isinstance(addresses, RoutingError):
                 raise addresses
             if not addresses:
-                raise _error(550, "5.4.4", f"domain {domain} has no MX and no address", ttl)
+                raise routing_error(
+                    550, "5.4.4", f"domain {domain} has no MX and no address", ttl
+                )
             return Destination(f"mx:{domain}", (Host(domain, addresses, port),)), min(mx.ttl, ttl)
-        exchanges = [(r.preference, r.exchange) for r in mx.rdata]
-        if len(exchanges) == 1 and exchanges[0][1] == dns.name.root:
-            raise _error(556, "5.1.10", f"domain {domain} accepts no mail (null MX)", mx.ttl)
+        exchanges: list[tuple[int, str]] = list(mx.rdata)
+        if len(exchanges) == 1 and exchanges[0][1] == "":
+            raise routing_error(
+                556, "5.1.10", f"domain {domain} accepts no mail (null MX)", mx.ttl
+            )
         preference: dict[str, int] = {}
         # canonical order first (answers arrive shuffled), so only the rng shuffles
-        for pref, name in sorted((p, e.to_text(omit_final_dot=True).lower()) for p, e in exchanges):
+        for pref, name in sorted(exchanges):
             if name and not _is_ip(name):
                 preference.setdefault(name, pref)
         if not preference:
-            raise _error(451, "4.4.4", f"no usable MX host for {domain}")
-        found = await self._addresses(list(preference))
+            raise routing_error(451, "4.4.4", f"no usable MX host for {domain}")
+        found = await self._host_addresses(list(preference))
         hosts: list[Host] = []
         ttl = mx.ttl
         failure: RoutingError | None = None
@@ -328,85 +319,75 @@ class MXRouter:
             # never fall back to the domain's own address when it has MX records
             if failure is not None:
                 raise failure
-            raise _error(451, "4.4.4", f"no MX host of {domain} has an address")
+            raise routing_error(451, "4.4.4", f"no MX host of {domain} has an address")
         keys = {h.name: (h.preference, self.rng.random()) for h in hosts}
         hosts.sort(key=lambda h: keys[h.name])
-        return Destination("mx:" + ",".join(sorted(preference)), tuple(hosts)), ttl
+        return self._intern("mx:" + ",".join(sorted(preference)), tuple(hosts)), ttl
 
-    async def _addresses(
+    def _intern(self, key: str, hosts: tuple[Host, ...]) -> Destination:
+        interned = self._interned
+        destination = interned.get((key, hosts))
+        if destination is None:
+            if len(interned) >= self.config.cache_size:
+                interned.clear()  # every domain its own site: interning saves nothing
+            destination = interned[key, hosts] = Destination(key, hosts)
+        return destination
+
+    async def _host_addresses(
         self, names: list[str]
     ) -> dict[str, tuple[tuple[str, ...] | RoutingError, float]]:
-        """A and AAAA of every name, all at once; a failure is kept, not raised."""
-        results: dict[tuple[str, str], _Records | RoutingError] = {}
+        """Addresses of MX hosts, from the host cache or looked up all at once."""
+        found: dict[str, tuple[tuple[str, ...] | RoutingError, float]] = {}
+        now = trio.current_time()
 
-        async def one(name: str, rdtype: str) -> None:
+        async def one(name: str) -> None:
+            outcome = await self._hosts.fetch(name, functools.partial(self._host_lookup, name))
+            if isinstance(outcome, Reply):
+                found[name] = (RoutingError(outcome), 0.0)
+            else:
+                found[name] = (outcome, max(0.0, self._hosts.expires(name) - now))
+
+        if len(names) == 1:
+            await one(names[0])
+        else:
+            async with trio.open_nursery() as nursery:
+                for name in names:
+                    nursery.start_soon(one, name)
+        return {name: found[name] for name in names}
+
+    async def _host_lookup(self, name: str) -> tuple[tuple[str, ...] | Reply, float]:
+        addresses, ttl = await self._addresses(name)
+        if isinstance(addresses, RoutingError):
+            return addresses.reply, 0.0  # a failed host is not remembered
+        return addresses, ttl
+
+    async def _addresses(self, name: str) -> tuple[tuple[str, ...] | RoutingError, float]:
+        """A and AAAA of ``name`` at once; a failure is returned, not raised."""
+        results: dict[str, Records | RoutingError] = {}
+
+        async def one(rdtype: str) -> None:
             try:
-                results[name, rdtype] = await self._query(name, rdtype)
+                results[rdtype] = await self.dns.query(name, rdtype)
             except RoutingError as exc:
-                results[name, rdtype] = exc
+                results[rdtype] = exc
 
         async with trio.open_nursery() as nursery:
-            for name in names:
-                for rdtype in ("A", "AAAA"):
-                    nursery.start_soon(one, name, rdtype)
-        found: dict[str, tuple[tuple[str, ...] | RoutingError, float]] = {}
-        for name in names:
-            v4, v6 = results[name, "A"], results[name, "AAAA"]
-            good = [r for r in (v4, v6) if isinstance(r, _Records)]
-            addresses = _order(rd.address for r in good for rd in r.rdata)
-            ttl = min((r.ttl for r in good), default=0.0)
-            if not addresses and len(good) < 2:
-                bad = v4 if isinstance(v4, RoutingError) else v6
-                assert isinstance(bad, RoutingError)
-                found[name] = (bad, 0.0)
-            else:
-                found[name] = (addresses, ttl)
-        return found
+            nursery.start_soon(one, "A")
+            nursery.start_soon(one, "AAAA")
+        v4, v6 = results["A"], results["AAAA"]
+        good = [r for r in (v4, v6) if isinstance(r, Records)]
+        addresses = _order(address for r in good for address in r.rdata)
+        ttl = min((r.ttl for r in good), default=0.0)
+        if not addresses and len(good) < 2:
+            bad = v4 if isinstance(v4, RoutingError) else v6
+            assert isinstance(bad, RoutingError)
+            return bad, 0.0
+        return addresses, ttl
 
-    async def _query(self, name: str, rdtype: str) -> _Records:
-        """One lookup, bounded by ``lifetime`` on trio's clock.
 
-        dnspython measures its own lifetime on the wall clock, so the trio
-        deadline is what holds under a mock clock; both agree in real time.
-        """
-        import dns.exception
-        import dns.name
-        import dns.resolver
-
-        config = self.config
-        try:
-            qname = dns.name.from_text(name)
-        except dns.exception.DNSException as exc:
-            raise _error(553, "5.1.3", f"invalid domain {name!r}: {exc}", 0.0) from exc
-        failure = f"DNS temporary failure for {name} {rdtype}"
-        with trio.move_on_after(config.lifetime):
-            try:
-                answer = await self._resolver.resolve(
-                    qname, rdtype, search=False, lifetime=config.lifetime,
-                    backend=self._backend,
-                )
-            except dns.resolver.NXDOMAIN as exc:
-                ttl = self._negative_ttl(exc.kwargs["responses"].values())
-                return _Records((), ttl, exists=False)
-            except dns.resolver.NoAnswer as exc:
-                return _Records((), self._negative_ttl([exc.kwargs["response"]]))
-            except dns.exception.DNSException as exc:
-                raise _error(451, "4.4.3", f"{failure}: {exc}") from exc
-            return _Records(tuple(answer), float(answer.chaining_result.minimum_ttl))
-        raise _error(451, "4.4.3", f"{failure}: no answer within {config.lifetime:g}s")
-
-    def _negative_ttl(self, responses: Iterable[dns.message.Message]) -> float:
-        """SOA-derived negative TTL (RFC 2308 §5), or the configured default."""
-        import dns.rdatatype
-
-        ttls = [
-            min(rrset.ttl, rrset[0].minimum)
-            for response in responses
-            for rrset in response.authority
-            if rrset.rdtype == dns.rdatatype.SOA and len(rrset)
-        ]
-        return float(min(ttls)) if ttls else self.config.negative_ttl
-
+def _canonical(domain: str) -> str:
+    lowered = domain.lower().rstrip(".")
+    return domain if lowered == domain else lowered  # keep the caller's string
 
 def _unwrap(outcome: Destination | Reply) -> Destination:
     if isinstance(outcome, Reply):

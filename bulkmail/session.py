@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, NamedTuple, TypeVar
 
@@ -27,6 +28,7 @@ from .protocol.extensions import Extensions
 from .protocol.pipeline import TraceSink
 from .protocol.replies import Reply
 from .protocol.transaction import Envelope, TransactionResult
+from .results import PeerName, TLSStatus
 from .trace import Tee, Trace
 
 __all__ = ["DataEndHook", "Envelope", "Refill", "SMTPSession", "Stage", "TransactionResult"]
@@ -122,6 +124,8 @@ class SMTPSession:
         }
         #: what the read or write in flight waits for (None: a write), for its error
         self._waiting: tuple[Stage | None, float] = (None, 0.0)
+        #: the certificate was checked (by the context, or config.tls_verify)
+        self._verified = False
 
     # what the connection knows, read through the session
     extensions: _FromConnection[Extensions] = _FromConnection()
@@ -170,9 +174,17 @@ class SMTPSession:
     def is_usable(self) -> bool:
         return not self._closed and self.error is None
 
+    @property
+    def peer_name(self) -> PeerName:
+        """The host name, carrying how this session is secured (for results)."""
+        tls = TLSStatus(self.config.tls_policy, self.tls_active, self._verified)
+        return PeerName(self.config.host, tls)
+
     async def _start_tls(self) -> None:
         context = self.config.tls_context()
-        server_hostname = self.config.host if context.check_hostname else None
+        verify = self.config.tls_verify
+        sni = context.check_hostname or verify is not None
+        server_hostname = self.config.host if sni else None
         ssl_stream = trio.SSLStream(
             tls_transport(self._stream), context, server_hostname=server_hostname,
             https_compatible=True,
@@ -185,6 +197,14 @@ class SMTPSession:
             self._fail(Failure.TLS, synthetic_reply(421, "4.7.5", f"TLS handshake failed: {cause}"))
             assert self.error is not None
             raise self.error from exc
+        if verify is not None:
+            try:
+                verify(ssl_stream)
+            except Exception as exc:  # the verifier's refusal: no mail over this session
+                self._fail(Failure.TLS, synthetic_reply(421, "4.7.5", f"TLS peer refused: {exc}"))
+                assert self.error is not None
+                raise self.error from exc
+        self._verified = verify is not None or context.verify_mode == ssl.CERT_REQUIRED
         self._stream = ssl_stream
 
     async def command(self, line: bytes, stage: Stage) -> Reply:

@@ -14,6 +14,7 @@ import trio
 from bulkmail import Mailer, MailerConfig, Recipient, Relay, Status, TemplateContent
 from bulkmail.api import send
 from bulkmail.delivery import intake as intake_module
+from bulkmail.message import StaticContent
 from bulkmail.results import Result, Summary
 from bulkmail.routing import DNSConfig
 from bulkmail.shaping import PoolLimits, Shaping
@@ -618,3 +619,37 @@ async def test_concurrent_jobs_keep_their_own_in_doubt_hook_and_presettle() -> N
     assert summaries["b"].suppressed == 0 and summaries["b"].delivered == 300
     assert sorted(marked["a"]) == sorted(r.address for r in a[10:])
     assert sorted(marked["b"]) == sorted(r.address for r in b)
+
+
+async def test_two_jobs_sharing_one_content_keep_their_own_sender_and_results() -> None:
+    """Two concurrent sends of the *same* content object with different senders
+    never share a transaction: each recipient goes out under its own job's
+    envelope sender, and each job hears only of its own recipients (a take
+    used to group queued recipients by content, settling them under the
+    first one's job)."""
+    content = StaticContent(MESSAGE)
+    a = [f"a{i}@example.test" for i in range(120)]
+    b = [f"b{i}@example.test" for i in range(120)]
+    heard: dict[str, list[str]] = {"a": [], "b": []}
+    summaries: dict[str, Summary] = {}
+
+    async def run(mailer: Mailer, name: str, recipients: list[str]) -> None:
+        summaries[name] = await mailer.send(
+            f"{name}-news@sender.test", content, recipients,
+            on_result=lambda r: heard[name].append(r.recipient),
+        )
+
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, latency=0.002, record_messages=True)
+        config = relay_config(sink, limits=PoolLimits(connections=1, max_rcpts=50))
+        # (the old grouping mixed the jobs' results: a job never finished)
+        with trio.fail_after(60):
+            async with Mailer(config) as mailer, trio.open_nursery() as jobs:
+                jobs.start_soon(run, mailer, "a", a)
+                jobs.start_soon(run, mailer, "b", b)
+        nursery.cancel_scope.cancel()
+    assert sorted(heard["a"]) == sorted(a) and sorted(heard["b"]) == sorted(b)
+    assert summaries["a"].delivered == summaries["b"].delivered == 120
+    assert sum(len(m.rcpts) for m in sink.messages) == 240
+    for message in sink.messages:  # every recipient under its own job's sender
+        assert {r[0] for r in message.rcpts} == {message.mail_from[0]}

@@ -44,6 +44,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                "a job's progress, and what is still queued by domain and age"),
     "bounces": ("bulkmail.cli.bounces_command",
                 "apply returned bounce messages (DSNs) to a journal and suppression list"),
+    "tlsrpt": ("bulkmail.cli.tlsrpt_command",
+               "write (and mail) TLS-RPT reports of MTA-STS / DANE sessions (RFC 8460)"),
     "demo": ("bulkmail.cli.demo_command",
              "send a demo newsletter to a built-in sink on 127.0.0.1"),
     "suppress": ("bulkmail.cli.suppress_command",

@@ -5,9 +5,11 @@ Each argument is a report file or a directory of them (read recursively).
 Every file is read; one that is no usable complaint (a ``not-spam`` report, a
 redacted report without a VERP sender) is listed with the reason and the others
 are still recorded.  With ``--journal``, the run's journal confirms recipients
-named only by the original's ``To`` header and gives addresses as it stores
-them.  Exit status: 0 when every file was understood, 1 when some were skipped,
-2 for usage errors (unusable store or journal).
+named only by the original's ``To`` header, gives addresses as it stores
+them, and maps the original's ``Message-ID`` back to its recipient when the run
+was personalised (:mod:`bulkmail.message_ids`).  Exit status: 0 when every
+file was understood, 1 when some were skipped, 2 for usage errors (unusable
+store or journal).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..arf import Complaint, NotAComplaint, read_complaint
+from ..arf import Complaint, NotAComplaint, original_message_id, read_complaint
 from ..journal import JournalError, SQLiteJournal
+from ..message_ids import recipients_for_message_ids
 from ..suppression import Suppression, SuppressionError, SuppressionStore, normalise
 
 EX_OK, EX_SKIPPED, EX_USAGE = 0, 1, 2
@@ -62,11 +65,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, store: SuppressionStore, journal: SQLiteJournal | None) -> int:
     known = _known(journal) if journal is not None else None
-    # a journal that records Message-IDs answers this; one that does not, cannot
-    by_message_id: Callable[[str], str | None] | None = getattr(
-        journal, "recipient_for_message_id", None)
     skipped: list[str] = []
-    for path in _files(args.reports, skipped):
+    paths = list(_files(args.reports, skipped))
+    by_message_id = _message_id_lookup(journal, paths) if journal is not None else None
+    for path in paths:
         try:
             complaint = read_complaint(path.read_bytes(), verp_sender=args.verp_sender,
                                        by_message_id=by_message_id, known=known)
@@ -97,6 +99,22 @@ def _record(store: SuppressionStore, complaint: Complaint, path: Path,
             continue
         state = "suppressed" if new else "already suppressed"
         print(f"{address}: {state} (complaint, found by {complaint.found_by})")
+
+
+def _message_id_lookup(
+    journal: SQLiteJournal, paths: list[Path]
+) -> Callable[[str], str | None]:
+    """The reports' Message-IDs mapped to recipients in one pass over the journal
+    (a personalised job's IDs derive from its key and the address)."""
+    wanted = set()
+    for path in paths:
+        try:
+            message_id = original_message_id(path.read_bytes())
+        except OSError:
+            continue  # said when the report itself is read
+        if message_id:
+            wanted.add(message_id)
+    return recipients_for_message_ids(journal, wanted).get
 
 
 def _known(journal: SQLiteJournal) -> Callable[[str], bool]:

@@ -1,21 +1,36 @@
-"""``bulkmail report JOURNAL``: the end-of-run summary, from a journal."""
+"""``bulkmail report JOURNAL``: the end-of-run summary, from a journal.
+
+Bounced and deferred recipients are counted per bounce class, classified from
+the replies the journal holds (one classification per distinct reply), with
+``--bounce-rules`` the same rules ``send`` was given.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
+from ..bounce_class import BounceClassifier, RulesError, load_rules
 from ..journal import Journal, JournalError, open_journal, sqlite_path
 from ..results import Status, Summary
-from .summary import render_summary
+from .summary import ClassCounts, render_summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("journal", help="a journal written by 'bulkmail send'")
+    parser.add_argument("--bounce-rules", metavar="FILE.toml",
+                        help="classification rules, tried before the built-in ones"
+                             " (the file given to 'send --bounce-rules')")
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        classifier = BounceClassifier(load_rules(args.bounce_rules) if args.bounce_rules else ())
+    except RulesError as exc:
+        print(f"bulkmail report: {exc}", file=sys.stderr)
+        return 2
     try:
         path = sqlite_path(args.journal)
         if path is not None and not Path(path).is_file():
@@ -24,12 +39,13 @@ def run(args: argparse.Namespace) -> int:
         journal = open_journal(args.journal)
         try:
             summary, pending_doubt = _summarise(journal)
+            classes = _classes(journal, classifier)
         finally:
             journal.close()
     except JournalError as exc:
         print(f"bulkmail report: {exc}", file=sys.stderr)
         return 2
-    print(render_summary(summary))
+    print(render_summary(summary, classes))
     if pending_doubt:
         print(f"in doubt (will be resent once, flagged): {pending_doubt}")
     return 0
@@ -58,3 +74,17 @@ def _summarise(journal: Journal) -> tuple[Summary, int]:
     for code, n in journal.top_codes(10):
         summary.codes[code] = n
     return summary, doubtful - twice
+
+
+def _classes(journal: Journal, classifier: BounceClassifier) -> ClassCounts:
+    """Bounced and deferred recipients per (status, class)."""
+    counts: ClassCounts = Counter()
+    grouped = getattr(journal, "failure_replies", None)
+    if grouped is not None:  # SQLite: grouped by distinct reply in SQL
+        rows = grouped()
+    else:
+        rows = [(r.status, r.code, r.enhanced, r.reply, 1) for r in journal.iter_records()
+                if r.status in (Status.BOUNCED, Status.DEFERRED) and r.code is not None]
+    for status, code, enhanced, reply, n in rows:
+        counts[status.value, classifier.classify(code, enhanced, reply or "")] += n
+    return counts

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import signal
 import ssl
@@ -31,6 +32,7 @@ from ..protocol.commands import validate_address
 from ..protocol.errors import InvalidAddress
 from ..routing import DNSConfig
 from ..shaping import PoolLimits, Shaping
+from ..tls_policy.settings import TLSPolicyConfig
 from .inputs import InputError, columns_of, read_message, read_recipients, read_suppressions
 from .metrics_serve import metrics_address
 from .options import (
@@ -47,9 +49,11 @@ from .send_job import (
     check_placeholders,
     default_journal,
     job_identity,
+    message_id_key,
     open_job_journal,
     stable_date,
 )
+from .send_reputation import BounceSuppressor, Reputation, add_reputation_arguments, reputation
 from .send_run import RunOutcome, send_job
 from .summary import render_summary
 
@@ -76,6 +80,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls", choices=("none", "may", "starttls", "tls"), default=None,
                    help="none | may (STARTTLS when offered, unverified: the default) |"
                         " starttls (required, verified) | tls (implicit TLS, port 465)")
+    p.add_argument("--tls-policy", choices=("opportunistic", "mta-sts", "dane"),
+                   default="mta-sts",
+                   help="MX delivery only: mta-sts (the default: a domain's MTA-STS policy is"
+                        " enforced) | dane (DANE TLSA records first, needs a validating"
+                        " --dns-server; then MTA-STS) | opportunistic (--tls alone)")
     p.add_argument("--tls-ca", metavar="FILE", help="CA bundle to verify servers against")
     p.add_argument("--tls-no-verify", action="store_true", help="do not verify certificates")
     p.add_argument("--auth-user", metavar="USER",
@@ -134,6 +143,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="mailto target; alone, an RFC 2369 mailto-only List-Unsubscribe")
     g.add_argument("--verp", action="store_true",
                    help="per-recipient envelope sender (bounces+alice=example.com@...)")
+    add_reputation_arguments(p)
     o = p.add_argument_group("observing a run")
     o.add_argument("--trace", metavar="FILE",
                    help="JSON Lines: one record per SMTP session in the seed's SMTP Session"
@@ -194,6 +204,16 @@ def build_config(args: argparse.Namespace) -> MailerConfig:
     if args.dns_server:
         dns = DNSConfig(nameservers=(host_port(args.dns_server, 53),), mx_port=args.mx_port)
     extra: dict[str, Any] = {}
+    # policy cache and TLS-RPT counts live beside the journal (`bulkmail tlsrpt` reads them)
+    state = Path(".bulkmail")
+    with contextlib.suppress(JournalError):  # (a bad --journal is reported where it is opened)
+        journal_file = sqlite_path(args.journal) if args.journal else None
+        state = Path(journal_file).parent if journal_file else state
+    # MTA-STS verifies by definition: --tls-ca is honoured, --tls-no-verify is not
+    policy_context = ssl.create_default_context(cafile=args.tls_ca) if args.tls_ca else None
+    extra["tls_policy"] = TLSPolicyConfig(
+        policy=args.tls_policy, state_dir=str(state), ssl_context=policy_context
+    )
     if args.helo:
         extra["client_hostname"] = args.helo
     return MailerConfig(
@@ -214,6 +234,24 @@ def build_config(args: argparse.Namespace) -> MailerConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as cleanup:  # the suppression store, once opened
+        return _run(args, cleanup)
+
+
+def _signed_unsubscribe(decorated: Decorations, rep: Reputation) -> Decorations:
+    if rep.unsubscribe_key is None:
+        return decorated
+    return dataclasses.replace(decorated, unsubscribe_secret=rep.unsubscribe_key,
+                               unsubscribe_list=rep.unsubscribe_list)
+
+
+def _suppressor(rep: Reputation) -> BounceSuppressor | None:
+    if rep.store is None:
+        return None
+    return BounceSuppressor(rep.store, rep.suppress_classes)
+
+
+def _run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
     try:
         message = read_message(args.message)
         config = build_config(args)
@@ -228,8 +266,11 @@ def run(args: argparse.Namespace) -> int:
                 raise InputError(f"cannot read {args.recipients}: no such file")
             next(iter(read_recipients(args.recipients)), None)  # header problems, now
         check_placeholders(message, args.list_unsubscribe, columns_of(args.recipients))
-        decorated = decorations(args)
-        identity = job_identity(args, message)
+        rep = reputation(args)
+        cleanup.callback(rep.close)
+        suppressed |= rep.intake()
+        decorated = _signed_unsubscribe(decorations(args), rep)
+        identity = job_identity(args, message, rep.identity())
         if args.report:
             _check_writable(args.report, "--report")
         if args.trace:
@@ -249,6 +290,7 @@ def run(args: argparse.Namespace) -> int:
                     raise InputError(f"cannot create {parent}: {exc.strerror}") from exc
             journal = open_job_journal(journal_path, identity, args.journal_sync)
         message = stable_date(journal, message)
+        decorated = dataclasses.replace(decorated, message_id_key=message_id_key(journal))
         content: Content = (
             TemplateContent(message)
             if has_placeholders(message.decode("utf-8", "replace"))
@@ -266,7 +308,8 @@ def run(args: argparse.Namespace) -> int:
     total = None if args.quiet else count_recipients(args.recipients)
     with _LateSignals() as late:
         try:
-            outcome = trio.run(send_job, args, config, content, suppressed, journal, total)
+            outcome = trio.run(send_job, args, config, content, suppressed, journal, total,
+                               _suppressor(rep))
         except BaseExceptionGroup as group:
             matched, rest = group.split(InputError)
             if matched is None or rest is not None:
@@ -315,7 +358,10 @@ def _finish(args: argparse.Namespace, outcome: RunOutcome, journal_path: str | N
             if already:
                 print(f"resumed: {already:,} already final, {to_send:,} sent this run",
                       file=sys.stderr)
-            print(render_summary(summary), file=sys.stderr)
+            print(render_summary(summary, outcome.classes), file=sys.stderr)
+        if args.suppress_store:
+            print(f"suppression store: {outcome.suppressions_added:,} address(es) added"
+                  f" from bounces ({args.suppress_store})", file=sys.stderr)
         if journal_path is not None:
             print(f"journal: {journal_path}", file=sys.stderr)
     left = outcome.cancelled or (outcome.stopped and outcome.input_left)

@@ -14,11 +14,13 @@ import argparse
 import hashlib
 import string
 import time
+from collections.abc import Mapping
 from email.utils import formatdate
 from pathlib import Path
 
 from ..headers import add_headers, has_header, split_message
 from ..journal import JobIdentity, Journal, bind_identity, open_journal
+from ..message_ids import KEY_META, new_key
 from .inputs import InputError
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "check_placeholders",
     "default_journal",
     "job_identity",
+    "message_id_key",
     "open_job_journal",
     "stable_date",
 ]
@@ -34,9 +37,12 @@ __all__ = [
 DATE_META = "date"
 
 
-def job_identity(args: argparse.Namespace, message: bytes) -> JobIdentity:
+def job_identity(
+    args: argparse.Namespace, message: bytes, extra: Mapping[str, str] | None = None
+) -> JobIdentity:
     """Sender, message, recipients source, and every option that changes the bytes
-    or the envelope a recipient gets."""
+    or the envelope a recipient gets (``extra``: fields of other option groups,
+    such as the unsubscribe signing)."""
     source = args.recipients if args.recipients == "-" else str(Path(args.recipients).resolve())
     dkim = "none"
     if args.dkim_key or args.dkim_selector:
@@ -56,6 +62,7 @@ def job_identity(args: argparse.Namespace, message: bytes) -> JobIdentity:
         "list-unsubscribe": args.list_unsubscribe or "none",
         "list-unsubscribe-mailto": args.list_unsubscribe_mailto or "none",
         "verp": "yes" if args.verp else "no",
+        **(extra or {}),
     })
 
 
@@ -125,3 +132,19 @@ def stable_date(journal: Journal | None, message: bytes) -> bytes:
         date = formatdate(time.time(), usegmt=True)
         journal.set_meta(DATE_META, date)
     return add_headers(message, [("Date", date)])
+
+
+def message_id_key(journal: Journal | None) -> bytes | None:
+    """The job's Message-ID key (:mod:`bulkmail.message_ids`), made and stored by
+    its first run; ``None`` without a journal (nothing could map IDs back) and for
+    a job begun before keys existed (its resends keep their first Message-IDs)."""
+    if journal is None:
+        return None
+    stored = journal.get_meta(KEY_META)
+    if stored is None:
+        if not journal.is_empty():
+            return None
+        key = new_key()
+        journal.set_meta(KEY_META, key.hex())
+        return key
+    return bytes.fromhex(stored)

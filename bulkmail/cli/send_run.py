@@ -20,6 +20,7 @@ import inspect
 import json
 import signal
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -40,6 +41,8 @@ from ..verp import verp_fits
 from .inputs import InputError, read_recipients
 from .metrics_serve import start_metrics
 from .progress import Progress
+from .send_reputation import BounceSuppressor, class_counts
+from .summary import ClassCounts
 
 __all__ = ["RunOutcome", "send_job"]
 
@@ -60,6 +63,10 @@ class RunOutcome:
     resume: ResumeCounts = field(default_factory=ResumeCounts)
     #: lines refused before sending (not UTF-8): counted, never sent
     refused: int = 0
+    #: bounced and deferred results per (status, bounce class), for the summary
+    classes: ClassCounts = field(default_factory=Counter)
+    #: addresses ``--suppress-store`` newly got from this run's bounces
+    suppressions_added: int = 0
 
 
 def _stop(mailer: Mailer, reason: Reply) -> None:
@@ -79,10 +86,15 @@ async def send_job(
     suppressed: frozenset[str],
     journal: Journal | None,
     total: int | None,
+    suppressor: BounceSuppressor | None = None,
 ) -> RunOutcome:
-    """Send the job; the report file is opened (emptied) only now, all checks done."""
+    """Send the job; the report file is opened (emptied) only now, all checks done.
+
+    ``suppressor`` (``--suppress-store``) hears every batch of results."""
     progress = Progress(enabled=not args.quiet, total=None if args.quiet else total)
     run = RunOutcome()
+    if suppressor is not None and progress.enabled:
+        suppressor.warn = progress.message
     report: IO[str] | None = None
     if args.report:
         try:
@@ -114,6 +126,9 @@ async def send_job(
     def on_results(results: Sequence[Result]) -> None:
         nonlocal report, verp_noted
         progress.add_all(results)
+        class_counts(results, run.classes)
+        if suppressor is not None:
+            suppressor(results)
         if args.verp and not verp_noted:
             plain = next((r.recipient for r in results if not verp_fits(args.sender, r.recipient)),
                          None)
@@ -185,6 +200,8 @@ async def send_job(
             nursery.cancel_scope.cancel()
     finally:
         progress.close()
+        if suppressor is not None:
+            run.suppressions_added = suppressor.added
         for output in (report, trace):
             if output is not None:
                 with contextlib.suppress(OSError):

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from ..results import Summary
 
+#: (status, bounce class) -> recipients; only bounced and deferred ones have a class
+ClassCounts = Counter[tuple[str, str]]
 
-def render_summary(summary: Summary) -> str:
+
+def render_summary(summary: Summary, classes: ClassCounts | None = None) -> str:
     total = summary.total or 1
     rows = [
         ("delivered", summary.delivered),
@@ -31,4 +36,17 @@ def render_summary(summary: Summary) -> str:
     if summary.codes:
         codes = summary.codes.most_common(5)
         lines.append("top replies: " + ", ".join(f"{c} x{n}" for c, n in codes))
+    lines += class_lines(classes or Counter())
     return "\n".join(lines)
+
+
+def class_lines(classes: ClassCounts) -> list[str]:
+    """``bounced by class: invalid-recipient 12, mailbox-full 3``, and the same
+    for deferred: what to act on (suppress, fix authentication, slow down)."""
+    lines = []
+    for status in ("bounced", "deferred"):
+        counts = Counter({c: n for (s, c), n in classes.items() if s == status and n})
+        if counts:
+            lines.append(f"{status} by class: " + ", ".join(
+                f"{c} {n:,}" for c, n in sorted(counts.items(), key=lambda i: (-i[1], i[0]))))
+    return lines

@@ -6,11 +6,15 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from ..config import SessionConfig
 from ..errors import SMTPAuthError, SMTPError, SMTPTLSError
 from ..routing import Destination, Host
 from ..session import SMTPSession
+
+if TYPE_CHECKING:
+    from ..tls_policy.planner import TLSPlan
 
 
 class Connector:
@@ -32,6 +36,8 @@ class Connector:
         self.destination = destination
         self._sources = itertools.cycle(source_addresses or (None,))
         self._rng = rng
+        #: MTA-STS / DANE rules for this destination's hosts (bulkmail.tls_policy)
+        self.tls: TLSPlan | None = getattr(destination, "tls", None)
 
     async def connect(self, *, pipelining: bool) -> SMTPSession:
         last: SMTPError | None = None
@@ -44,8 +50,17 @@ class Connector:
                 source_address=source,
                 use_pipelining=pipelining,
             )
+            plan = self.tls
+            rule = plan.rule(host.name) if plan is not None else None
+            if rule is not None:
+                if rule.refusal is not None:  # the policy excludes it: not even a connection
+                    last = rule.refuse(host.name)
+                    continue
+                config = rule.apply(config)  # STARTTLS required and verified, or DANE
             for address in host.addresses or (host.name,):
                 try:
+                    if rule is not None:
+                        return await rule.open(config, address)
                     return await SMTPSession.connect(config, address)
                 except SMTPAuthError:
                     raise

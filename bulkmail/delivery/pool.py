@@ -258,7 +258,7 @@ class Pool:
         taken: list[Item] = []
         q = self.queue
         head = q[0]
-        content = head.job.content
+        job = head.job  # one job per take: its sender, its content, its results
         per_txn = 1 if head.job.one_per_transaction else self.limits.max_rcpts
         limit = per_txn * budget
         if per_txn == 1 and self.workers > 1:
@@ -269,7 +269,7 @@ class Pool:
         if not flush:
             # only whole transactions while more recipients may still come
             limit = min(limit, (len(q) // per_txn) * per_txn)
-        while q and len(taken) < limit and q[0].job.content is content:
+        while q and len(taken) < limit and q[0].job is job:
             taken.append(q.popleft())
         if q:
             self._oldest = trio.current_time()
@@ -334,7 +334,7 @@ class Pool:
     async def _serve(self, session: SMTPSession) -> None:
         limits = self.limits
         owner = self.owner
-        host = session.config.host
+        host = session.peer_name  # the name, and how the session is secured
         window = 1 if self._interval else self._window
         while session.is_usable and not owner.stopping:
             budget = min(window, limits.messages_per_connection - session.transactions)
@@ -365,7 +365,7 @@ class Pool:
         then every recipient in it has been settled as interrupted and the
         connection, left mid-transaction, is closed without QUIT."""
         limits = self.limits
-        host = session.config.host
+        host = session.peer_name  # the name, and how the session is secured
         envelopes = [envelope for envelope, _ in batch.pending]
         self._batches.add(batch)
         try:

@@ -412,6 +412,20 @@ class SQLiteJournal:
             ).fetchall()
         return [(f"{code} {enhanced}" if enhanced else str(code), c) for code, enhanced, c in rows]
 
+    def failure_replies(self) -> list[tuple[Status, int, str | None, str | None, int]]:
+        """(status, code, enhanced, reply, recipients) of the bounced and deferred
+        recipients, one row per distinct reply: what ``bulkmail report`` classifies."""
+        with self._using() as db:
+            self._fold(db)
+            rows = db.execute(
+                "SELECT status, code, enhanced, reply, count(*) FROM recipients"
+                " WHERE status IN (?, ?) AND code IS NOT NULL"
+                " GROUP BY status, code, enhanced, reply",
+                (Status.BOUNCED.value, Status.DEFERRED.value),
+            ).fetchall()
+        return [(Status(status), code, enhanced, reply, n)
+                for status, code, enhanced, reply, n in rows]
+
     def close(self) -> None:
         """Close the connection (idempotent); SQLite checkpoints and removes the WAL."""
         with self._lock:

@@ -1,0 +1,344 @@
+"""DNS queries for routing: bounded in number, and honest about whose fault a failure is.
+
+dnspython opens a socket per query.  A hundred thousand domains resolved at
+once would take that many descriptors: the table runs out (EMFILE), the
+loopback or the resolver drops datagrams, and dnspython reports our own
+exhaustion as "All nameservers failed".  So at most ``max_queries`` queries
+are in flight, and a query that fails for a local resource (EMFILE, ENFILE,
+ENOBUFS, ENOMEM) is not the DNS's answer: it waits and is sent again, and
+only a shortage that outlasts ``exhaustion_patience`` becomes a (transient)
+failure that says what ran out.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from . import dns_wire
+from .errors import synthetic_reply
+from .protocol.replies import Reply
+
+if TYPE_CHECKING:
+    import dns.message
+
+#: errno values that mean this process or host ran out of something
+LOCAL_EXHAUSTION = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: first and longest pause before resending a query that met local exhaustion
+EXHAUSTION_FIRST_PAUSE = 0.01
+EXHAUSTION_MAX_PAUSE = 1.0
+
+
+@dataclass(frozen=True)
+class DNSConfig:
+    """Resolver settings; tests point ``nameservers`` and ``mx_port`` at loopback."""
+
+    #: (ip, port) pairs; empty means the system resolver configuration
+    nameservers: tuple[tuple[str, int], ...] = ()
+    #: seconds per query attempt
+    timeout: float = 5.0
+    #: seconds per lookup (one name, one type), retries included, on trio's clock
+    lifetime: float = 15.0
+    #: SMTP port of MX hosts
+    mx_port: int = 25
+    #: domains remembered (least recently used go first); a domain's entry is
+    #: ~200 bytes, and a list whose domains recur far apart must not evict them
+    #: before they come back
+    cache_size: int = 100_000
+    #: MX host names whose addresses are remembered
+    host_cache_size: int = 10_000
+    #: cache time of NXDOMAIN / no-data answers that carry no SOA (RFC 2308)
+    negative_ttl: float = 300.0
+    #: cache time of SERVFAIL / timeouts, so a broken zone is not hammered
+    failure_ttl: float = 30.0
+    #: queries in flight at once (each holds a socket): a burst of domains
+    #: queues here instead of exhausting descriptors or flooding the resolver
+    max_queries: int = 64
+    #: seconds a query waits out local resource exhaustion before failing
+    exhaustion_patience: float = 120.0
+    #: domains queued by ``prefetch`` (more are not queued)
+    prefetch_queue: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.max_queries < 1:
+            raise ValueError("max_queries must be >= 1")
+
+
+class RoutingError(Exception):
+    """No destination for a domain; ``reply`` says whether that is final.
+
+    ``ttl``, when known, is how long the DNS lets the outcome be cached.
+    """
+
+    def __init__(self, reply: Reply, *, ttl: float | None = None) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+        self.ttl = ttl
+
+    @property
+    def permanent(self) -> bool:
+        return self.reply.code >= 500
+
+
+def routing_error(code: int, enhanced: str, text: str, ttl: float | None = None) -> RoutingError:
+    return RoutingError(synthetic_reply(code, enhanced, text), ttl=ttl)
+
+
+@dataclass(frozen=True, slots=True)
+class Records:
+    """One lookup's outcome: records (empty = no data), TTL, and whether the name exists.
+
+    Records are plain values: an address string for A / AAAA, ``(preference,
+    exchange)`` for MX with the exchange lower case, no final dot, "" for the root.
+    """
+
+    rdata: tuple[Any, ...]
+    ttl: float
+    exists: bool = True
+
+
+def local_exhaustion(exc: BaseException) -> OSError | None:
+    """The local resource error behind a dnspython failure, if that is what it is."""
+    import dns.resolver
+
+    if isinstance(exc, OSError):
+        return exc if exc.errno in LOCAL_EXHAUSTION else None
+    if isinstance(exc, dns.resolver.NoNameservers):
+        for error in exc.kwargs.get("errors", ()):
+            cause = error[3] if len(error) > 3 else None
+            if isinstance(cause, OSError) and cause.errno in LOCAL_EXHAUSTION:
+                return cause
+    return None
+
+
+class DNSLookup:
+    """Queries through dnspython on trio, at most ``max_queries`` at a time."""
+
+    def __init__(self, config: DNSConfig) -> None:
+        # dnspython is imported here, not with the module: a relay-only run
+        # (the common bulk case) starts ~40 ms sooner without it
+        import dns.asyncbackend
+        import dns.asyncresolver
+        import dns.nameserver
+
+        self.config = config
+        resolver = dns.asyncresolver.Resolver(configure=not config.nameservers)
+        if config.nameservers:
+            resolver.nameservers = [
+                dns.nameserver.Do53Nameserver(ip, port) for ip, port in config.nameservers
+            ]
+        resolver.timeout = config.timeout
+        resolver.lifetime = config.lifetime
+        self._resolver = resolver
+        # explicit: the default backend is sniffed once per process and then sticks
+        self._backend = dns.asyncbackend.get_backend("trio")
+        self._slots = trio.CapacityLimiter(config.max_queries)
+        self._server = _first_server(resolver)
+        self._ids = random.Random(os.urandom(16))
+        #: queries sent, and resends after local exhaustion (for tests and reports)
+        self.sent = 0
+        self.exhaustion_waits = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self._slots.borrowed_tokens
+
+    async def query(self, name: str, rdtype: str) -> Records:
+        """One lookup; a DNS failure raises :class:`RoutingError` (451 or 5xx)."""
+        import dns.exception
+        import dns.name
+
+        try:
+            qname = dns.name.from_text(name)
+        except dns.exception.DNSException as exc:
+            raise routing_error(553, "5.1.3", f"invalid domain {name!r}: {exc}", 0.0) from exc
+        pause = EXHAUSTION_FIRST_PAUSE
+        give_up = trio.current_time() + self.config.exhaustion_patience
+        while True:
+            async with self._slots:
+                self.sent += 1
+                try:
+                    return await self._attempt(qname, name, rdtype)
+                except _Exhausted as exc:
+                    cause = exc.cause
+            # our own shortage, not the DNS's answer: wait (the slot given
+            # back) for descriptors or buffers to free up, then ask again
+            self.exhaustion_waits += 1
+            if trio.current_time() + pause > give_up:
+                raise routing_error(
+                    451, "4.3.0",
+                    f"local resource exhaustion, DNS query for {name} {rdtype} not sent:"
+                    f" {cause.strerror or cause} (errno {errno.errorcode.get(cause.errno or 0)})",
+                ) from cause
+            await trio.sleep(pause)
+            pause = min(pause * 2, EXHAUSTION_MAX_PAUSE)
+
+    async def _attempt(self, qname: Any, name: str, rdtype: str) -> Records:
+        """One query, bounded by ``lifetime`` on trio's clock.
+
+        dnspython measures its own lifetime on the wall clock, so the trio
+        deadline is what holds under a mock clock; both agree in real time.
+        """
+        import dns.exception
+        import dns.resolver
+
+        config = self.config
+        failure = f"DNS temporary failure for {name} {rdtype}"
+        with trio.move_on_after(config.lifetime):
+            plain, truncated = await self._plain(name, rdtype)
+            if plain is not None:
+                return plain
+            try:
+                answer = await self._resolver.resolve(
+                    qname, rdtype, search=False, lifetime=config.lifetime,
+                    backend=self._backend, tcp=truncated,
+                )
+            except dns.resolver.NXDOMAIN as exc:
+                ttl = self._negative_ttl(exc.kwargs["responses"].values())
+                return Records((), ttl, exists=False)
+            except dns.resolver.NoAnswer as exc:
+                return Records((), self._negative_ttl([exc.kwargs["response"]]))
+            except (dns.exception.DNSException, OSError) as exc:
+                cause = local_exhaustion(exc)
+                if cause is not None:
+                    raise _Exhausted(cause) from exc
+                raise routing_error(451, "4.4.3", f"{failure}: {exc}") from exc
+            return Records(
+                tuple(_plain_rdata(rd) for rd in answer),
+                float(answer.chaining_result.minimum_ttl),
+            )
+        raise routing_error(451, "4.4.3", f"{failure}: no answer within {config.lifetime:g}s")
+
+    async def _plain(self, name: str, rdtype: str) -> tuple[Records | None, bool]:
+        """The plain case in bytes (:mod:`dns_wire`), over a socket of its own.
+
+        (None, truncated) for any other answer, no answer within ``timeout``,
+        or a network error, which dnspython then meets and reports (over TCP
+        straight away when the answer was truncated).
+        """
+        server = self._server
+        question = dns_wire.question(name, rdtype) if server is not None else None
+        if server is None or question is None:
+            return None, False
+        qid = self._ids.getrandbits(16)
+        family = trio.socket.AF_INET6 if ":" in server[0] else trio.socket.AF_INET
+        try:
+            sock = trio.socket.socket(family, trio.socket.SOCK_DGRAM)
+        except OSError as exc:
+            if exc.errno in LOCAL_EXHAUSTION:
+                raise _Exhausted(exc) from exc
+            return None, False
+        with sock:
+            try:
+                await sock.connect(server)  # only the server's datagrams get through
+                await sock.send(dns_wire.query(qid, question))
+                with trio.move_on_after(self.config.timeout):
+                    while True:
+                        data = await sock.recv(65535)
+                        if data[:2] != qid.to_bytes(2, "big"):
+                            continue  # a stray or late datagram: keep waiting
+                        parsed = dns_wire.answer(data, qid, question, rdtype)
+                        if parsed is not None:
+                            return Records(*parsed), False
+                        if dns_wire.truncated(data):
+                            return None, True
+                        return self._from_response(data, name, rdtype), False
+            except OSError as exc:
+                if exc.errno in LOCAL_EXHAUSTION:
+                    raise _Exhausted(exc) from exc
+        return None, False
+
+    def _from_response(self, data: bytes, name: str, rdtype: str) -> Records | None:
+        """A response that is not the plain case, read by dnspython as its
+        resolver would read it (NXDOMAIN, no data, CNAME chains, error rcodes);
+        None if it is not a response to this question."""
+        import dns.exception
+        import dns.message
+        import dns.name
+        import dns.rcode
+        import dns.rdataclass
+        import dns.rdatatype
+        import dns.resolver
+
+        try:
+            response = dns.message.from_wire(data)
+            qname = dns.name.from_text(name)
+            wanted = dns.rdatatype.from_text(rdtype)
+        except dns.exception.DNSException:
+            return None
+        asked = response.question[0] if len(response.question) == 1 else None
+        if (
+            not isinstance(response, dns.message.QueryMessage)
+            or asked is None or asked.name != qname or asked.rdtype != wanted
+        ):
+            return None
+        rcode = response.rcode()
+        if rcode == dns.rcode.NXDOMAIN:
+            return Records((), self._negative_ttl([response]), exists=False)
+        if rcode != dns.rcode.NOERROR:
+            raise routing_error(
+                451, "4.4.3",
+                f"DNS temporary failure for {name} {rdtype}: the server answered"
+                f" {dns.rcode.to_text(rcode)}",
+            )
+        try:
+            answer = dns.resolver.Answer(qname, wanted, dns.rdataclass.IN, response)
+        except dns.resolver.NoAnswer:
+            return Records((), self._negative_ttl([response]))
+        except dns.exception.DNSException:
+            return None
+        return Records(
+            tuple(_plain_rdata(rd) for rd in answer), float(answer.chaining_result.minimum_ttl)
+        )
+
+    def _negative_ttl(self, responses: Iterable[dns.message.Message]) -> float:
+        """SOA-derived negative TTL (RFC 2308 §5), or the configured default."""
+        import dns.rdatatype
+
+        ttls = [
+            min(rrset.ttl, rrset[0].minimum)
+            for response in responses
+            for rrset in response.authority
+            if rrset.rdtype == dns.rdatatype.SOA and len(rrset)
+        ]
+        return float(min(ttls)) if ttls else self.config.negative_ttl
+
+
+def _first_server(resolver: Any) -> tuple[str, int] | None:
+    """(address, port) of the resolver's first plain-DNS nameserver, if any."""
+    import dns.nameserver
+
+    for server in resolver.nameservers[:1]:
+        if isinstance(server, dns.nameserver.Do53Nameserver):
+            return str(server.address), int(server.port)
+        if isinstance(server, str):
+            try:
+                ipaddress.ip_address(server)
+            except ValueError:
+                return None
+            return server, int(resolver.port)
+    return None
+
+
+def _plain_rdata(rd: Any) -> object:
+    """dnspython's rdata as :class:`Records` holds it."""
+    import dns.name
+
+    if hasattr(rd, "exchange"):
+        exchange = rd.exchange
+        text = "" if exchange == dns.name.root else exchange.to_text(omit_final_dot=True).lower()
+        return (int(rd.preference), text)
+    return str(rd.address)
+
+
+class _Exhausted(Exception):
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause

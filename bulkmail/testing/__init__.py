@@ -1,0 +1,1 @@
+"""Loopback servers shared by the tests and the benchmarks (never the internet)."""
