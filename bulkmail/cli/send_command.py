@@ -15,6 +15,7 @@ import signal
 import ssl
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,16 @@ import trio
 
 from ..api import MailerConfig, Relay
 from ..config import Security, Timeouts
+from ..delivery.health import ShapingAction
 from ..dkim_signing import DEFAULT_HEADERS, DKIMSigner
-from ..journal import JobLocked, Journal, JournalError, JournalWriteError, sqlite_path
+from ..journal import (
+    JobIdentity,
+    JobLocked,
+    Journal,
+    JournalError,
+    JournalWriteError,
+    sqlite_path,
+)
 from ..message import Content, StaticContent, TemplateContent, has_placeholders
 from ..newsletter import DecoratedContent, Decorations
 from ..policy import RetryPolicy
@@ -53,8 +62,16 @@ from .send_job import (
     open_job_journal,
     stable_date,
 )
+from .send_processes import (
+    check_sharding,
+    combined_status,
+    journal_display,
+    plan_processes,
+    run_processes,
+)
 from .send_reputation import BounceSuppressor, Reputation, add_reputation_arguments, reputation
 from .send_run import RunOutcome, send_job
+from .send_shard import PipeProgress, Shard, outcome_to_json
 from .summary import render_summary
 
 EX_OK, EX_USAGE, EX_TEMPFAIL = 0, 2, 75
@@ -155,6 +172,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--metrics-sites", type=at_least(1), default=20, metavar="N",
                    help="destination sites with their own metric labels; the rest are"
                         " 'other' (default 20)")
+    p.add_argument("--processes", type=at_least(1), default=1, metavar="N",
+                   help="worker processes sharing the job (default 1): recipients are split"
+                        " among them by address, each destination's connection cap and"
+                        " rate divided so they hold in sum (see README)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress line and no summary (the exit status still tells)")
 
@@ -252,9 +273,12 @@ def _suppressor(rep: Reputation) -> BounceSuppressor | None:
 
 
 def _run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
+    shard: Shard | None = getattr(args, "shard", None)  # a child of --processes N
     try:
         message = read_message(args.message)
         config = build_config(args)
+        if shard is not None:
+            config = shard.divide(config)
         suppressed = read_suppressions(args.suppress) if args.suppress else frozenset()
         if args.sender:
             try:
@@ -275,8 +299,26 @@ def _run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
             _check_writable(args.report, "--report")
         if args.trace:
             _check_writable(args.trace, "--trace")
+        if args.processes > 1 and (args.metrics or args.trace):
+            raise InputError("--metrics and --trace work with one process, not --processes")
+        processes = plan_processes(args, config) if args.processes > 1 else 1
+        if shard is None:
+            check_sharding(args, identity, processes)
     except (InputError, ValueError, OSError) as exc:
         return _usage_error(exc)
+    if processes > 1:
+        rep.close()  # the children open it again
+        try:
+            outcome, statuses = run_processes(args, identity, processes)
+        except JobLocked as exc:
+            print(f"bulkmail send: {exc}", file=sys.stderr)
+            return EX_TEMPFAIL
+        except (InputError, JournalError) as exc:
+            return _usage_error(exc)
+        finished = _finish(args, outcome, journal_display(args, identity, processes))
+        return combined_status(finished, statuses)
+    if shard is not None:
+        identity = JobIdentity({**identity.fields, **shard.identity_fields()})
     journal_path = None if args.no_journal else str(args.journal or default_journal(identity))
     journal: Journal | None = None
     try:
@@ -305,11 +347,18 @@ def _run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
     except (InputError, JournalError, ValueError) as exc:
         _close(journal)
         return _usage_error(exc)
-    total = None if args.quiet else count_recipients(args.recipients)
+    total = None if args.quiet or shard is not None else count_recipients(args.recipients)
+    progress = PipeProgress(args.progress_fd) if shard is not None else None
+    try:
+        config = replace(config, on_shaping_action=_print_action,
+                         warmup_store=_warmup_store(config, journal_path))
+    except OSError as exc:
+        _close(journal)
+        return _usage_error(InputError(f"cannot create the warm-up counters: {exc}"))
     with _LateSignals() as late:
         try:
             outcome = trio.run(send_job, args, config, content, suppressed, journal, total,
-                               _suppressor(rep))
+                               _suppressor(rep), progress, shard.owns if shard else None)
         except BaseExceptionGroup as group:
             matched, rest = group.split(InputError)
             if matched is None or rest is not None:
@@ -318,6 +367,10 @@ def _run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
         finally:
             late.ignore()
             _close(journal)
+        if progress is not None:  # a child: its parent prints the one summary
+            status = _status(outcome)
+            progress.send(outcome_to_json(outcome, status))
+            return status
         return _finish(args, outcome, journal_path)
 
 
@@ -339,6 +392,15 @@ class _LateSignals:
     def __exit__(self, *exc_info: object) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+
+def _status(outcome: RunOutcome) -> int:
+    """The exit status: 75 while anything is left to send."""
+    summary = outcome.summary
+    left = outcome.cancelled or (outcome.stopped and outcome.input_left)
+    if summary.deferred or left or outcome.failure is not None or summary.aborted is not None:
+        return EX_TEMPFAIL
+    return EX_OK
 
 
 def _finish(args: argparse.Namespace, outcome: RunOutcome, journal_path: str | None) -> int:
@@ -364,10 +426,24 @@ def _finish(args: argparse.Namespace, outcome: RunOutcome, journal_path: str | N
                   f" from bounces ({args.suppress_store})", file=sys.stderr)
         if journal_path is not None:
             print(f"journal: {journal_path}", file=sys.stderr)
-    left = outcome.cancelled or (outcome.stopped and outcome.input_left)
-    if summary.deferred or left or outcome.failure is not None or summary.aborted is not None:
-        return EX_TEMPFAIL
-    return EX_OK
+    return _status(outcome)
+
+
+def _print_action(action: ShapingAction) -> None:
+    """A reply rule of the shaping file acted: one line on stderr."""
+    print(action.describe(), file=sys.stderr)
+
+
+def _warmup_store(config: MailerConfig, journal_path: str | None) -> str | None:
+    """The warm-up counters' file: beside the journal (so every job run from
+    here shares it), or in .bulkmail/ without a journal file; None without
+    ``[[warmup]]`` schedules."""
+    if config.shaping is None or not config.shaping.warmup:
+        return None
+    journal_file = sqlite_path(journal_path) if journal_path is not None else None
+    folder = Path(journal_file).parent if journal_file is not None else Path(".bulkmail")
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder / "warmup.sqlite")
 
 
 def _usage_error(exc: BaseException) -> int:

@@ -87,11 +87,17 @@ async def send_job(
     journal: Journal | None,
     total: int | None,
     suppressor: BounceSuppressor | None = None,
+    progress: Progress | None = None,
+    keep: Callable[[str], bool] | None = None,
 ) -> RunOutcome:
     """Send the job; the report file is opened (emptied) only now, all checks done.
 
-    ``suppressor`` (``--suppress-store``) hears every batch of results."""
-    progress = Progress(enabled=not args.quiet, total=None if args.quiet else total)
+    ``suppressor`` (``--suppress-store``) hears every batch of results;
+    ``progress`` replaces the progress line (a ``--processes`` child's goes to
+    its parent); ``keep`` picks the recipients of the list this run sends to
+    (a child's shard), the others are neither sent nor reported."""
+    if progress is None:
+        progress = Progress(enabled=not args.quiet, total=None if args.quiet else total)
     run = RunOutcome()
     if suppressor is not None and progress.enabled:
         suppressor.warn = progress.message
@@ -186,7 +192,12 @@ async def send_job(
                         metrics.settled(Status.BOUNCED, result.reply)
                     on_results([result])
 
-                recipients = read_recipients(args.recipients, on_refused)
+                recipients = read_recipients(
+                    args.recipients,
+                    on_refused if keep is None else _kept_refusals(keep, on_refused),
+                )
+                if keep is not None:
+                    recipients = (r for r in recipients if keep(r.address))
                 summary = await send_durably(
                     mailer, writer, args.sender, content, recipients,
                     suppressed=suppressed, on_results=on_results, verp=args.verp,
@@ -239,6 +250,16 @@ def _trace_writer(trace: IO[str], progress: Progress) -> Callable[[dict[str, Any
                 print(line, file=sys.stderr)
 
     return write
+
+
+def _kept_refusals(
+    keep: Callable[[str], bool], on_refused: Callable[[str, str], None]
+) -> Callable[[str, str], None]:
+    def refused(address: str, reason: str) -> None:
+        if keep(address):
+            on_refused(address, reason)
+
+    return refused
 
 
 def _journal_failure(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import replace
+from enum import Enum
 from typing import TYPE_CHECKING
 
 from ..config import SessionConfig
@@ -15,6 +16,18 @@ from ..session import SMTPSession
 
 if TYPE_CHECKING:
     from ..tls_policy.planner import TLSPlan
+
+
+class SourceChoice(Enum):
+    """A session's source address that is not an address."""
+
+    #: the connector's turn: round robin over the destination's source addresses
+    ROUND_ROBIN = "round-robin"
+    #: (the pool's) no source may send now: no session is opened
+    HELD = "held"
+
+
+ROUND_ROBIN = SourceChoice.ROUND_ROBIN
 
 
 class Connector:
@@ -39,9 +52,13 @@ class Connector:
         #: MTA-STS / DANE rules for this destination's hosts (bulkmail.tls_policy)
         self.tls: TLSPlan | None = getattr(destination, "tls", None)
 
-    async def connect(self, *, pipelining: bool) -> SMTPSession:
+    async def connect(
+        self, *, pipelining: bool, source: str | SourceChoice | None = ROUND_ROBIN
+    ) -> SMTPSession:
+        """A session from ``source`` (an address, None for the system's choice)."""
         last: SMTPError | None = None
-        source = next(self._sources)  # round robin over the source addresses
+        if isinstance(source, SourceChoice):
+            source = next(self._sources)  # round robin over the source addresses
         for host in self.host_order():
             config = replace(
                 self.config,
