@@ -79,6 +79,12 @@ async def test_bad_metrics_addresses_are_one_line_and_exit_2(tmp_path: Path) -> 
             err = proc.stderr.decode()
             assert proc.returncode == 2, err
             assert says in err and "Traceback" not in err
+    # one endpoint (and one trace file) per process would collide: refused for now
+    for option in (["--metrics", "127.0.0.1:0"], ["--trace", str(tmp_path / "t.jsonl")]):
+        proc = await run(send_args(tmp_path, 9, rcpts, message, "--processes", "2", *option),
+                         tmp_path)
+        assert proc.returncode == 2
+        assert proc.stderr.decode().strip().endswith("not --processes")
 
 
 async def test_status_shows_deferred_domains_by_age_with_the_last_reason(tmp_path: Path) -> None:
