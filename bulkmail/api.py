@@ -26,10 +26,12 @@ from .delivery.job import InDoubtHook, Job, JobOptions, Presettle, ResultCallbac
 from .delivery.retry import RetryPolicy
 from .errors import SMTPError, synthetic_reply
 from .message import Content, Recipient, as_content
+from .observe import RunMetrics
 from .protocol import commands
 from .protocol.auth import Credentials
 from .protocol.errors import InvalidAddress
 from .protocol.replies import Reply
+from .records import SessionCallback, SessionRecords
 from .results import Result, Summary
 from .routing import DNSConfig, MXRouter, RelayRouter, Router
 from .shaping import PoolLimits, Shaping
@@ -89,6 +91,12 @@ class MailerConfig:
     #: called at once when no host of a destination can be reached (a down or
     #: mistyped relay), with a ``ConnectionFailure``; once per failed connection
     on_connection_failure: ConnectionObserver | None = None
+    #: hears one record per SMTP session in the seed's schema (``bulkmail.records``)
+    on_session: SessionCallback | None = None
+    #: ``on_session`` hears one session in this many
+    session_sample: int = 1
+    #: counters for Prometheus (``bulkmail.observe``): serve ``metrics.registry()``
+    metrics: RunMetrics | None = None
 
     def session_config(self) -> SessionConfig:
         return SessionConfig(
@@ -102,6 +110,10 @@ class MailerConfig:
             use_pipelining=self.pipelining,
             use_chunking=self.chunking,
             chunking_window=self.window,
+            records=(
+                SessionRecords(self.on_session, self.session_sample)
+                if self.on_session is not None else None
+            ),
         )
 
     def engine_config(self) -> EngineConfig:
@@ -119,6 +131,7 @@ class MailerConfig:
             warmup_store=self.warmup_store,
             wall_clock=self.wall_clock,
             on_connection_failure=self.on_connection_failure,
+            metrics=self.metrics,
         )
 
     def router(self, policies: TLSPolicies | None = None) -> Router:

@@ -9,12 +9,13 @@ import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import trio
 
 from .protocol.auth import Credentials
+from .records import SessionRecords
 
 #: none: plaintext only; may: STARTTLS when offered, unverified (Postfix's
 #: ``may``); starttls: STARTTLS required and verified; tls: implicit TLS (465).
@@ -108,6 +109,38 @@ class SessionConfig:
     #: checks the peer after the TLS handshake (DANE), raising to refuse it;
     #: SNI is sent whenever this is set, even though the context checks no name
     tls_verify: Callable[[trio.SSLStream[trio.abc.Stream]], None] | None = None
+    #: where this session's record goes (``bulkmail.records``); None: none is built
+    records: SessionRecords | None = None
+
+    @classmethod
+    def from_record(
+        cls, record: Mapping[str, Any], *, password: str | None = None, **overrides: Any
+    ) -> SessionConfig:
+        """A config from an object in the seed's SMTP Session shape: ``host``,
+        ``port``, ``secure`` (none/tls/starttls), ``authentication``
+        (``username``, ``mechanism``; the secret is ``password``, never in the
+        record) and ``clientHostname``; other fields are ignored.  ``overrides``
+        are further fields (``ssl_context``, ``timeouts``...)."""
+        host = record.get("host")
+        if not isinstance(host, str) or not host:
+            raise ValueError("a session record needs a host")
+        port = record.get("port", 25)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"port must be 1-65535, not {port!r}")
+        secure = record.get("secure", "none")
+        if secure not in ("none", "tls", "starttls"):
+            raise ValueError(f"secure must be none, tls or starttls, not {secure!r}")
+        fields_: dict[str, Any] = {"host": host, "port": port, "secure": secure}
+        if "clientHostname" in record:
+            fields_["client_hostname"] = str(record["clientHostname"])
+        auth = record.get("authentication")
+        if isinstance(auth, Mapping) and auth.get("username"):
+            mechanism = auth.get("mechanism")
+            fields_["credentials"] = Credentials(
+                str(auth["username"]), password,
+                mechanism=str(mechanism).upper() if mechanism else None,
+            )
+        return cls(**(fields_ | overrides))
 
     def tls_context(self) -> ssl.SSLContext:
         """The context for this session; opportunistic TLS does not verify."""

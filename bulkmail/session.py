@@ -25,10 +25,11 @@ from .protocol import commands
 from .protocol.client import Stage
 from .protocol.connection import ClientConnection, Event, Failure
 from .protocol.extensions import Extensions
+from .protocol.pipeline import TraceSink
 from .protocol.replies import Reply
 from .protocol.transaction import Envelope, TransactionResult
 from .results import PeerName, TLSStatus
-from .trace import Trace
+from .trace import Tee, Trace
 
 __all__ = ["DataEndHook", "Envelope", "Refill", "SMTPSession", "Stage", "TransactionResult"]
 
@@ -102,11 +103,17 @@ class SMTPSession:
         self.config = config
         self.peer = peer
         self.trace: Trace | None = Trace() if config.trace else None
+        records = config.records
+        #: this session's record (``bulkmail.records``), when one is wanted
+        self.recorder = records.recorder(config, peer) if records is not None else None
+        sink: TraceSink | None = self.trace
+        if self.recorder is not None:
+            sink = self.recorder if sink is None else Tee(sink, self.recorder)
         self._conn = ClientConnection(
             client_hostname=config.client_hostname, host=config.host, secure=config.secure,
             credentials=config.credentials, allow_plaintext_auth=config.allow_plaintext_auth,
             tls_active=config.secure == "tls", max_reply_line=config.max_reply_line,
-            trace=self.trace,
+            trace=sink,
         )
         #: the error that ended this session; a closed session is never reused
         self.error: SMTPError | None = None
@@ -218,16 +225,21 @@ class SMTPSession:
         """Say goodbye politely; never raises, never hangs past the quit timeout."""
         if self._closed:
             return
-        if self.error is None:
-            with trio.move_on_after(self.config.timeouts.quit), contextlib.suppress(SMTPError):
-                await self.command(commands.QUIT, Stage.QUIT)
-        await self.aclose()
+        try:
+            if self.error is None:
+                with trio.move_on_after(self.config.timeouts.quit), \
+                        contextlib.suppress(SMTPError):
+                    await self.command(commands.QUIT, Stage.QUIT)
+        finally:  # also when cancelled: the socket closes now, and the record goes out
+            await self.aclose()
 
     async def aclose(self) -> None:
         """Close at once, without waiting for the peer (shielded: runs during cancellation)."""
         if self._closed:
             return
         self._closed = True
+        if self.recorder is not None:
+            self.recorder.finish(self.error.reply if self.error is not None else None)
         with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(*_BROKEN):
             await self._stream.aclose()
 
@@ -256,7 +268,10 @@ class SMTPSession:
         """
         config = self.config
         results: list[TransactionResult] = []
-        batch = _Batch(on_data_end, refill, on_done or results.append, stopping)
+        report = on_done or results.append
+        if self.recorder is not None:
+            report, refill = self.recorder.follow(envelopes, report, refill)
+        batch = _Batch(on_data_end, refill, report, stopping)
         self._conn.start_batch(
             envelopes, pipelining=config.use_pipelining, chunking=config.use_chunking,
             window=config.chunking_window, mark=on_data_end is not None,

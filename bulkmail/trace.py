@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .protocol.pipeline import TraceSink
 from .protocol.replies import Reply
 
 
@@ -45,3 +46,24 @@ class Trace:
     def client_lines(self) -> list[str]:
         """Just what the client sent, in order (what tests compare)."""
         return [e["data"] for e in self.entries if e.get("direction") == "client"]
+
+
+class Tee:
+    """Two trace sinks fed the same dialogue (a debug trace and a session record)."""
+
+    __slots__ = ("_a", "_b")
+
+    def __init__(self, a: TraceSink, b: TraceSink) -> None:
+        self._a, self._b = a, b
+
+    def client(self, data: bytes | str, note: str | None = None) -> None:
+        self._a.client(data, note)
+        self._b.client(data, note)
+
+    def server(self, reply: Reply, note: str | None = None) -> None:
+        self._a.server(reply, note)
+        self._b.server(reply, note)
+
+    def note(self, text: str) -> None:
+        self._a.note(text)
+        self._b.note(text)

@@ -40,6 +40,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sink": ("bulkmail.cli.sink_command",
              "run a local SMTP server that accepts and counts mail (tests, benchmarks)"),
     "report": ("bulkmail.cli.report_command", "summarise a run from its journal"),
+    "status": ("bulkmail.cli.status_command",
+               "a job's progress, and what is still queued by domain and age"),
     "bounces": ("bulkmail.cli.bounces_command",
                 "apply returned bounce messages (DSNs) to a journal and suppression list"),
     "tlsrpt": ("bulkmail.cli.tlsrpt_command",

@@ -11,8 +11,10 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import signal
 import ssl
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ from ..routing import DNSConfig
 from ..shaping import PoolLimits, Shaping
 from ..tls_policy.settings import TLSPolicyConfig
 from .inputs import InputError, columns_of, read_message, read_recipients, read_suppressions
+from .metrics_serve import metrics_address
 from .options import (
     TimeoutsAction,
     at_least,
@@ -163,6 +166,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--verp", action="store_true",
                    help="per-recipient envelope sender (bounces+alice=example.com@...)")
     add_reputation_arguments(p)
+    o = p.add_argument_group("observing a run")
+    o.add_argument("--trace", metavar="FILE",
+                   help="JSON Lines: one record per SMTP session in the seed's SMTP Session"
+                        " schema (commands, replies, timings; never a secret)")
+    o.add_argument("--trace-sample", type=at_least(1), default=1, metavar="N",
+                   help="with --trace: record one session in N (default every one)")
+    o.add_argument("--metrics", metavar="ADDR:PORT", type=metrics_address,
+                   help="serve Prometheus metrics at http://ADDR:PORT/metrics during the run")
+    o.add_argument("--metrics-sites", type=at_least(1), default=20, metavar="N",
+                   help="destination sites with their own metric labels; the rest are"
+                        " 'other' (default 20)")
     p.add_argument("--processes", type=at_least(1), default=1, metavar="N",
                    help="worker processes sharing the job (default 1): recipients are split"
                         " among them by address, each destination's connection cap and"
@@ -288,7 +302,11 @@ def _run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
         decorated = _signed_unsubscribe(decorations(args), rep)
         identity = job_identity(args, message, rep.identity())
         if args.report:
-            _check_writable(args.report)
+            _check_writable(args.report, "--report")
+        if args.trace:
+            _check_writable(args.trace, "--trace")
+        if args.processes > 1 and (args.metrics or args.trace):
+            raise InputError("--metrics and --trace work with one process, not --processes")
         processes = plan_processes(args, config) if args.processes > 1 else 1
         if shard is None:
             check_sharding(args, identity, processes)
@@ -343,21 +361,43 @@ def _run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
     except OSError as exc:
         _close(journal)
         return _usage_error(InputError(f"cannot create the warm-up counters: {exc}"))
-    try:
-        outcome = trio.run(send_job, args, config, content, suppressed, journal, total,
-                           _suppressor(rep), progress, shard.owns if shard else None)
-    except BaseExceptionGroup as group:
-        matched, rest = group.split(InputError)
-        if matched is None or rest is not None:
-            raise
-        return _usage_error(_first(matched))
-    finally:
-        _close(journal)
-    if progress is not None:  # a child: its parent prints the one summary
-        status = _status(outcome)
-        progress.send(outcome_to_json(outcome, status))
-        return status
-    return _finish(args, outcome, journal_path)
+    with _LateSignals() as late:
+        try:
+            outcome = trio.run(send_job, args, config, content, suppressed, journal, total,
+                               _suppressor(rep), progress, shard.owns if shard else None)
+        except BaseExceptionGroup as group:
+            matched, rest = group.split(InputError)
+            if matched is None or rest is not None:
+                raise
+            return _usage_error(_first(matched))
+        finally:
+            late.ignore()
+            _close(journal)
+        if progress is not None:  # a child: its parent prints the one summary
+            status = _status(outcome)
+            progress.send(outcome_to_json(outcome, status))
+            return status
+        return _finish(args, outcome, journal_path)
+
+
+class _LateSignals:
+    """Once the run has returned, a SIGINT or SIGTERM that comes a moment late (a
+    second Ctrl-C after the first already stopped the run) is ignored, instead of
+    turning the journal's close and the summary into a KeyboardInterrupt
+    traceback; the handlers are restored on exit."""
+
+    def __enter__(self) -> _LateSignals:
+        self._previous: dict[int, Any] = {}
+        return self
+
+    def ignore(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, signal.SIG_IGN)
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def _status(outcome: RunOutcome) -> int:
@@ -417,13 +457,13 @@ def _usage_error(exc: BaseException) -> int:
     return EX_USAGE
 
 
-def _check_writable(path: str) -> None:
-    """Refuse an unwritable ``--report`` now, without emptying an existing one."""
+def _check_writable(path: str, option: str) -> None:
+    """Refuse an unwritable output file now, without emptying an existing one."""
     target = Path(path)
     if target.is_dir():
-        raise InputError(f"--report {path}: is a directory")
+        raise InputError(f"{option} {path}: is a directory")
     if not os.access(target if target.exists() else (target.parent or Path(".")), os.W_OK):
-        raise InputError(f"--report {path}: not writable")
+        raise InputError(f"{option} {path}: not writable")
 
 
 def _close(journal: Journal | None) -> None:

@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import IO
+from typing import IO, Any
 
 import trio
 
@@ -34,10 +34,13 @@ from ..durable import ResumeCounts, outcome_of, send_durably
 from ..errors import synthetic_reply
 from ..journal import Journal, JournalError, JournalWriter
 from ..message import Content
+from ..observe import RunMetrics
+from ..observe.journal import TimedJournal
 from ..protocol.replies import Reply
 from ..results import Result, Status, Summary
 from ..verp import verp_fits
 from .inputs import InputError, read_recipients
+from .metrics_serve import start_metrics
 from .progress import Progress
 from .send_reputation import BounceSuppressor, class_counts
 from .summary import ClassCounts
@@ -109,6 +112,15 @@ async def send_job(
             report = open(args.report, "w", encoding="utf-8")  # noqa: SIM115 - closed below
         except OSError as exc:
             raise InputError(f"--report {args.report}: {exc.strerror}") from exc
+    trace = _open_output(args.trace, "--trace") if args.trace else None
+    if trace is not None:
+        config = replace(config, on_session=_trace_writer(trace, progress),
+                         session_sample=args.trace_sample)
+    metrics = RunMetrics(args.metrics_sites) if args.metrics else None
+    if metrics is not None:
+        config = replace(config, metrics=metrics)
+        if journal is not None:
+            journal = TimedJournal(journal, metrics)
     refused = Summary()
     mailer: Mailer | None = None
 
@@ -170,6 +182,8 @@ async def send_job(
                         mailer.stop()
 
             nursery.start_soon(watch_signals)
+            if metrics is not None:
+                await start_metrics(nursery, metrics, args.metrics, args.quiet)
             nursery.start_soon(progress.run)
             journal_failed = _journal_failure(args, journal, fail)
             async with _running_writer(journal, journal_failed) as writer:
@@ -179,6 +193,8 @@ async def send_job(
                     if writer is not None and not writer.failed:
                         writer.submit_outcome(address, outcome_of(result))
                     refused.add(result)
+                    if metrics is not None:  # settled here, never by the engine
+                        metrics.settled(Status.BOUNCED, result.reply)
                     on_results([result])
 
                 recipients = read_recipients(
@@ -202,13 +218,43 @@ async def send_job(
         progress.close()
         if suppressor is not None:
             run.suppressions_added = suppressor.added
-        if report is not None:
-            with contextlib.suppress(OSError):
-                report.close()
+        for output in (report, trace):
+            if output is not None:
+                with contextlib.suppress(OSError):
+                    output.close()
     if run.cancelled:
         run.summary = _counted(progress)
         run.input_left = True
     return run
+
+
+def _open_output(path: str, option: str) -> IO[str]:
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{option} {path}: {exc.strerror}") from exc
+
+
+def _trace_writer(trace: IO[str], progress: Progress) -> Callable[[dict[str, Any]], None]:
+    """``on_session`` for ``--trace``: one JSON line per session record.  A
+    trace that cannot be written stops tracing (said once), never the run."""
+    broken = False
+
+    def write(record: dict[str, Any]) -> None:
+        nonlocal broken
+        if broken:
+            return
+        try:
+            trace.write(json.dumps(record, ensure_ascii=False) + "\n")
+        except OSError as exc:
+            broken = True
+            line = f"--trace: cannot write ({exc.strerror or exc}); tracing stopped"
+            if progress.enabled:
+                progress.message(line)
+            else:
+                print(line, file=sys.stderr)
+
+    return write
 
 
 def _kept_refusals(

@@ -14,16 +14,19 @@ import argparse
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 import trio
 
 from ..api import MailerConfig
+from ..observe import RunMetrics
 from ..results import Result
 from ..store import PgStore, StoreError
 from ..store.job_state import check_job
 from ..store.worker import EX_TEMPFAIL, Worker, WorkerSettings, run_worker
 from ..store.worker_hooks import LeaseLost
 from .inputs import InputError
+from .metrics_serve import start_metrics
 from .progress import Progress
 from .send_command import build_config
 from .send_options import EGRESS_OPTIONS, add_send_options, send_defaults, send_type
@@ -66,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
     except StoreError as exc:
         return _failed(exc)
     except BaseExceptionGroup as group:
+        refused, rest = group.split(InputError)  # --metrics: a port that cannot be bound
+        if refused is not None and rest is None:
+            print(f"bulkmail worker: {_first(refused)}", file=sys.stderr)
+            return EX_USAGE
         matched, rest = group.split(StoreError)
         if matched is None or rest is not None:
             raise
@@ -107,6 +114,10 @@ async def _work(args: argparse.Namespace, config: MailerConfig, settings: Worker
 
         nursery.start_soon(watch_signals)
         nursery.start_soon(progress.run)
+        if args.metrics:  # this worker's own counters; the job's totals are in the store
+            metrics = RunMetrics(args.metrics_sites)
+            config = replace(config, metrics=metrics)
+            await start_metrics(nursery, metrics, args.metrics, args.quiet)
         try:
             status = await run_worker(args.db, config, settings, on_results=on_results,
                                       on_start=workers.append)
@@ -134,7 +145,7 @@ def _failed(exc: BaseException) -> int:
     return EX_TEMPFAIL
 
 
-def _first(group: BaseExceptionGroup[StoreError]) -> BaseException:
+def _first(group: BaseExceptionGroup[Exception]) -> BaseException:
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]

@@ -16,6 +16,7 @@ Modules, leaves first (each imports only modules above it in this list):
 * ``pool``      sessions and queued work for one destination; it sees the
   engine only through the small ``PoolOwner`` protocol
 * ``intake``    admission: dedupe, presettle, validation, back-pressure
+* ``observed``  the pools' state as a metrics scrape reads it (``--metrics``)
 * ``engine``    jobs, routing, pools, outcomes, stop / abort / cancel
 
 Nothing is imported here, so importing one module never drags in the rest.

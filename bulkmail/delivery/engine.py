@@ -20,6 +20,7 @@ import trio
 from ..config import SessionConfig
 from ..errors import synthetic_reply
 from ..message import Content
+from ..observe import RunMetrics
 from ..protocol.replies import Reply
 from ..reactions import ReactionRule, rules_for
 from ..results import Status
@@ -31,6 +32,7 @@ from .connector import ConnectionFailure, ConnectionObserver, Connector
 from .health import HealthRegistry, ShapingAction
 from .intake import Intake, Recipients
 from .job import Item, Job, JobOptions
+from .observed import EngineState
 from .policy import Verdict, classify
 from .pool import Pool
 from .retry import RetryPolicy, RetryQueue
@@ -63,6 +65,8 @@ class EngineConfig:
     wall_clock: Callable[[], float] | None = None
     #: told at once when a destination cannot be reached (progress, logs)
     on_connection_failure: ConnectionObserver | None = None
+    #: counters for ``--metrics`` (``bulkmail.observe``); None: nothing is counted
+    metrics: RunMetrics | None = None
 
 
 class Engine:
@@ -84,6 +88,9 @@ class Engine:
         self._retries = RetryQueue(nursery, self.dispatch)
         self._resolving: dict[str, list[Item]] = {}
         self._jobs: set[Job] = set()
+        self.metrics = config.metrics
+        if self.metrics is not None:
+            self.metrics.view = EngineState(self.pools, self._health, self._retries)
         #: destinations a ``bounce-rest`` rule closed, per job, with the reply they get
         self._bounce_rest: dict[Job, dict[str, Reply]] = {}
         if config.wall_clock is not None:
@@ -116,6 +123,7 @@ class Engine:
             retry_for=self.config.retry_for,
         )
         self._jobs.add(job)
+        job.metrics = self.metrics
         if self.stopping:  # a stopped engine takes nothing new
             job.closed = True
             job.summary.aborted = self.aborted
@@ -247,11 +255,12 @@ class Engine:
             pool = Pool(
                 self, destination, limits, self._health.of(destination.key, limits.connections),
                 connector, linger=self.config.linger,
-                window=self.config.session.chunking_window,
+                window=self.config.session.chunking_window, metrics=self.metrics,
                 reactions=rules_for(shaping.reactions, [domain, *hosts]),
                 warmup=self._warmup_gate([domain, *hosts]),
             )
             self.pools[destination.key] = pool
+        item.site = destination.key
         pool.add(item)
 
     def _warmup_gate(self, names: list[str]) -> WarmupGate | None:
@@ -418,4 +427,6 @@ class Engine:
         if job.closed or (job.retry_deadline is not None and due > job.retry_deadline):
             job.finish(item, Status.DEFERRED, reply)
             return
+        if self.metrics is not None:
+            self.metrics.deferral(item.site)
         self._retries.schedule(item, due)

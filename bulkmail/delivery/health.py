@@ -11,6 +11,7 @@ same way -- the record carries its wall-clock expiry for that.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..protocol.replies import Reply
@@ -179,6 +180,10 @@ class HealthRegistry:
     def __init__(self, *, pipelining: bool) -> None:
         self._pipelining = pipelining
         self._health: dict[str, DestinationHealth] = {}
+
+    def items(self) -> Iterator[tuple[str, DestinationHealth]]:
+        """Every destination's health, by key (for a scrape of the metrics)."""
+        return iter(self._health.items())
 
     def of(self, key: str, max_concurrency: int) -> DestinationHealth:
         health = self._health.get(key)

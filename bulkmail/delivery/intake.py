@@ -47,6 +47,9 @@ class Intake:
         self._resume_at = max_pending - max(1, max_pending // 8)
         self._room = trio.lowlevel.ParkingLot()
         self._domains: dict[str, tuple[str, str | None]] = {}
+        #: the clock when the current chunk of recipients is taken in (read once
+        #: per CHECKPOINT_EVERY recipients, not per recipient): ``Item.queued_at``
+        self.now = 0.0
 
     @property
     def in_memory(self) -> int:
@@ -65,15 +68,18 @@ class Intake:
         admitted = 0
         async with aclosing(_chunks(recipients)) as chunks:
             async for chunk in chunks:
+                self.now = trio.current_time()
                 for recipient in chunk:
                     if job.closed:
                         return
                     if self._in_memory >= self.max_pending:
                         await self._wait_for_room()
+                        self.now = trio.current_time()
                     admit(job, recipient)  # no coroutine per recipient on the fast path
                     admitted += 1
                     if admitted % CHECKPOINT_EVERY == 0:
                         await trio.lowlevel.checkpoint()
+                        self.now = trio.current_time()
 
     async def _wait_for_room(self) -> None:
         while self._in_memory > self._resume_at:
@@ -100,7 +106,9 @@ class Intake:
         job.outstanding += 1
         flagged = recipient.possible_duplicate
         # positional: faster; a resumed in-doubt recipient has been in doubt once
-        item = Item(recipient, job, 0, 0, None, flagged, None, None, 1 if flagged else 0)
+        item = Item(
+            recipient, job, 0, 0, None, flagged, None, None, 1 if flagged else 0, self.now
+        )
         presettle = job.options.presettle
         if presettle is not None:
             decided = presettle(recipient)

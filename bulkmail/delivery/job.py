@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -20,6 +21,9 @@ from ..protocol.replies import Reply
 from ..results import Result, Status, Summary
 from ..session import Envelope
 from ..verp import verp_sender
+
+if TYPE_CHECKING:
+    from ..observe import RunMetrics
 
 ResultCallback = Callable[[Result], None]
 ResultsCallback = Callable[[Sequence[Result]], None]
@@ -60,6 +64,10 @@ class Item:
     last_host: str | None = None
     #: times its end of data went out without a reply (a resumed in-doubt one starts at 1)
     doubts: int = 0
+    #: when intake took it in (trio clock, to a chunk's precision): delivery latency
+    queued_at: float = 0.0
+    #: its destination's key once routed: its site in the metrics
+    site: str | None = None
 
     def attempt(self, reply: Reply, host: str | None, now: float) -> None:
         """Count one attempt that got ``reply`` (from ``host``, when known)."""
@@ -107,6 +115,8 @@ class Job:
         self._on_results = options.on_results
         self._release = release
         self._seen: set[str] = set()
+        #: the engine's metrics, which count every result (None: not measured)
+        self.metrics: RunMetrics | None = None
 
     def __repr__(self) -> str:
         return f"<Job {self.sender!r} [{self.outstanding} outstanding, {self.summary.total} done]>"
@@ -143,6 +153,8 @@ class Job:
             for item in items
         ]
         self.summary.add_all(results, status, reply)
+        if self.metrics is not None:  # one call per group, not per recipient
+            self.metrics.finished(items[0].site, status, reply, items, trio.current_time())
         if self._on_result is not None or self._on_results is not None:
             self._report(results)
         self.outstanding -= len(results)

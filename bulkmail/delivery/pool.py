@@ -19,6 +19,7 @@ from typing import Protocol
 import trio
 
 from ..errors import SMTPAuthError, SMTPError, synthetic_reply
+from ..observe import NOT_MEASURED, RunMetrics
 from ..protocol.replies import Reply
 from ..reactions import ReactionRule
 from ..routing import Destination
@@ -101,6 +102,7 @@ class Pool:
         window: int,
         reactions: tuple[ReactionRule, ...] = (),
         warmup: WarmupGate | None = None,
+        metrics: RunMetrics | None = None,
     ) -> None:
         self.owner = owner
         self.destination = destination
@@ -121,6 +123,8 @@ class Pool:
         self.gate = PoolGate(
             health, limits.connections, limits.source_addresses, reactions, warmup
         ) if reactions or warmup is not None else None
+        #: this destination's metrics hooks (no-ops when nothing is measured)
+        self._site = metrics.site(destination.key) if metrics is not None else NOT_MEASURED
 
     def __repr__(self) -> str:
         idle = self.workers - self.active_sessions
@@ -189,6 +193,11 @@ class Pool:
     def idle(self) -> bool:
         return not self.queue and self.workers == 0
 
+    @property
+    def in_flight(self) -> int:
+        """Recipients taken by a session and not settled yet (read by a scrape)."""
+        return sum(len(group) for batch in self._batches for _, group in batch.pending)
+
     # -- taking work -----------------------------------------------------------
 
     def _ready(self) -> bool:
@@ -252,6 +261,7 @@ class Pool:
                     return  # backing off: this destination runs fewer sessions for now
                 pause = self.health.pause_until - now
                 if pause > 0:
+                    self._site.throttled(pause)
                     await trio.sleep(pause)
                 if not self.queue:
                     break
@@ -297,14 +307,19 @@ class Pool:
     async def _connect(self, source: str | SourceChoice | None) -> SMTPSession | None:
         """A session; on total failure defer a transaction's worth of the queue
         (an authentication failure stops the run instead: see ``Engine.abort``)."""
+        site = self._site
         try:
-            return await self.connector.connect(pipelining=self.health.pipelining, source=source)
+            session = await self.connector.connect(
+                pipelining=self.health.pipelining, source=source
+            )
         except SMTPAuthError as exc:
+            site.connect(exc)
             # a wrong password is no recipient's fault: bouncing them would be
             # permanent, and every reconnect would refuse the next batch
             self.owner.abort(exc.reply)
             return None
         except SMTPError as exc:
+            site.connect(exc)
             self.health.failure(trio.current_time())
             self.owner.connection_failed(
                 self.destination, exc.reply, exc.host, self.health.pause_until)
@@ -318,6 +333,8 @@ class Pool:
                 chosen = None if isinstance(source, SourceChoice) else source
                 self._react_to(self.gate, (exc.reply,), chosen, taken[0].job if taken else None)
             return None
+        site.connect(None)
+        return session
 
     async def _serve(self, session: SMTPSession) -> None:
         limits = self.limits
@@ -458,6 +475,7 @@ class Pool:
         start = max(now, self._next_start)
         self._next_start = start + interval
         if start > now:
+            self._site.throttled(start - now)
             await trio.sleep_until(start)
 
     def _envelopes(self, items: list[Item]) -> tuple[list[Envelope], list[list[Item]]]:
@@ -484,6 +502,7 @@ class Pool:
         return envelopes, groups
 
     def _settle_next(self, host: str, batch: Batch, result: TransactionResult) -> None:
+        self._site.transaction(result)
         group = batch.pop()
         if settle(self.owner, self.requeue, group, result, host):
             self.health.success()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import trio
@@ -61,6 +61,10 @@ class RetryQueue:
 
     def __len__(self) -> int:
         return len(self._heap)
+
+    def waiting(self) -> Iterator[Item]:
+        """The items waiting for their retry (for a scrape of the metrics)."""
+        return (entry[2] for entry in self._heap)
 
     def schedule(self, item: Item, due: float) -> None:
         self._seq += 1
