@@ -27,6 +27,7 @@ from .connector import Connector
 from .health import HealthRegistry
 from .intake import Intake, Recipients
 from .job import Item, Job, JobOptions
+from .limiter import DestinationLimiter
 from .policy import Verdict, classify
 from .pool import Pool
 from .retry import RetryPolicy, RetryQueue
@@ -71,6 +72,8 @@ class Engine:
         self._retries = RetryQueue(nursery, self.dispatch)
         self._resolving: dict[str, list[Item]] = {}
         self._jobs: set[Job] = set()
+        #: limits shared with other processes (store workers); None: this one alone
+        self.destination_limiter: DestinationLimiter | None = None
 
     def __repr__(self) -> str:
         state = "aborted" if self.aborted else "stopping" if self.stopping else "running"

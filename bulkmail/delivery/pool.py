@@ -26,6 +26,7 @@ from ..shaping import PoolLimits
 from .connector import Connector
 from .health import DestinationHealth, rate_interval
 from .job import Item, Job
+from .limiter import DestinationLimiter, Seat, burst_for
 from .policy import classify
 from .settle import Outcomes, settle
 
@@ -63,6 +64,10 @@ class PoolOwner(Outcomes, Protocol):
 
     def pool_idle(self, pool: Pool) -> None:
         """The pool has no work and no worker: it may be dropped."""
+
+    @property
+    def destination_limiter(self) -> DestinationLimiter | None:
+        """Limits shared with other processes (``None``: this process alone)."""
 
 
 class _HookFailed(Exception):
@@ -149,6 +154,10 @@ class Pool:
         self._interval = rate_interval(limits.rate)
         self._oldest = 0.0
         self._batches: set[_Batch] = set()
+        # -- limits shared with other processes (delivery/limiter.py); None here
+        # costs nothing: every use below is behind one ``is not None``
+        self.limiter = owner.destination_limiter
+        self._tokens = 0  # rate tokens taken from the limiter, not yet spent
 
     def __repr__(self) -> str:
         idle = self.workers - self.active_sessions
@@ -279,16 +288,26 @@ class Pool:
                     await trio.sleep(pause)
                 if not self.queue:
                     break
-                async with owner.connection_slot():
-                    session = await self._connect()
-                    if session is None:
-                        continue
-                    self.active_sessions += 1
-                    try:
-                        await self._serve(session)
-                    finally:
-                        self.active_sessions -= 1
-                        await session.quit()
+                seat = None
+                if self.limiter is not None:
+                    seat = await self._shared_seat(self.limiter)
+                    if seat is None:
+                        continue  # the queue emptied or the run stops meanwhile
+                try:
+                    async with owner.connection_slot():
+                        session = await self._connect()
+                        if session is None:
+                            continue
+                        self.active_sessions += 1
+                        try:
+                            await self._serve(session)
+                        finally:
+                            self.active_sessions -= 1
+                            await session.quit()
+                finally:
+                    if seat is not None and self.limiter is not None:
+                        with trio.CancelScope(shield=True):
+                            await self.limiter.release(seat)
         finally:
             self.workers -= 1
             if self.queue and not owner.stopping:
@@ -308,6 +327,8 @@ class Pool:
             return None
         except SMTPError as exc:
             self.health.failure(trio.current_time())
+            if self.limiter is not None:
+                await self._share_pause(self.limiter, exc.reply)
             # nobody can be delivered right now: defer what the next session would have taken
             n = min(len(self.queue), self.limits.max_rcpts)
             taken = [self.queue.popleft() for _ in range(n)]
@@ -337,7 +358,9 @@ class Pool:
                 return  # cut short: the connection is closed
             for result in results:
                 self._settle_next(host, batch, result)
-            self._session_ended(session)
+            if self._session_ended(session) and self.limiter is not None:
+                error = session.error
+                await self._share_pause(self.limiter, None if error is None else error.reply)
             if session.pipelining_broken:
                 self.health.pipelining = False
                 return
@@ -356,6 +379,8 @@ class Pool:
         try:
             with batch.scope:
                 if self._interval:
+                    if self.limiter is not None:
+                        await self._shared_tokens(self.limiter, len(envelopes))
                     await self._pace()
                 # a paced destination gets one message per start; otherwise the
                 # session may keep pulling work, up to its messages per connection
@@ -476,7 +501,46 @@ class Pool:
                 else:
                     owner.unattempted(item, INTERRUPTED, self.requeue)
 
-    def _session_ended(self, session: SMTPSession) -> None:
+    def _session_ended(self, session: SMTPSession) -> bool:
+        """Whether the session ended in a failure the destination backs off for."""
         error = session.error
         if error is not None and (session.transactions == 0 or error.code == 421):
             self.health.failure(trio.current_time())
+            return True
+        return False
+
+    # -- limits shared with other processes (only with a limiter) ---------------
+
+    async def _shared_seat(self, limiter: DestinationLimiter) -> Seat | None:
+        """Wait for one of the destination's shared connection seats (polling:
+        a seat frees when another process closes a connection); ``None`` when
+        the queue emptied or the run stops first."""
+        key = self.destination.key
+        poll = 0.02
+        while self.queue and not self.owner.stopping:
+            seat = await limiter.acquire(key, self.limits.connections)
+            if seat is not None:
+                return seat
+            paused = await limiter.paused(key)
+            await trio.sleep(max(paused, poll))
+            poll = min(0.5, poll * 2)
+        return None
+
+    async def _shared_tokens(self, limiter: DestinationLimiter, n: int) -> None:
+        """Wait until ``n`` messages conform to the destination's shared rate."""
+        rate = self.limits.rate
+        assert rate is not None
+        burst = burst_for(rate)
+        while self._tokens < n:
+            granted, wait = await limiter.take(
+                self.destination.key, rate, burst, max(n - self._tokens, burst))
+            self._tokens += granted
+            if self._tokens < n:
+                await trio.sleep(max(wait, 0.001))
+        self._tokens -= n
+
+    async def _share_pause(self, limiter: DestinationLimiter, reply: Reply | None) -> None:
+        """This process backs off (``health``): so does every other one."""
+        if self.health.pause > 0:
+            with trio.CancelScope(shield=True):
+                await limiter.pause(self.destination.key, self.health.pause, reply)
