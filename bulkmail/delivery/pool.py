@@ -37,6 +37,10 @@ INTERRUPTED_IN_DOUBT = synthetic_reply(
 )
 
 
+#: longest a session idles on a seat shared with other processes (a limiter's)
+SHARED_IDLE = 0.5
+
+
 class PoolOwner(Outcomes, Protocol):
     """What a pool needs of the engine that runs it."""
 
@@ -237,7 +241,10 @@ class Pool:
 
     async def _take(self, budget: int) -> list[Item] | None:
         """Wait for work; ``None`` when idle long enough (or others need the slot)."""
-        deadline = trio.current_time() + self.limits.idle_timeout
+        idle = self.limits.idle_timeout
+        if self.limiter is not None:  # its seat is shared: idling on it starves other workers
+            idle = min(idle, SHARED_IDLE)
+        deadline = trio.current_time() + idle
         while not self._ready():
             if not self.queue and self.owner.connection_waiters():
                 return None  # hand the connection slot to a destination with work
@@ -523,7 +530,7 @@ class Pool:
                 return seat
             paused = await limiter.paused(key)
             await trio.sleep(max(paused, poll))
-            poll = min(0.5, poll * 2)
+            poll = min(0.2, poll * 2)
         return None
 
     async def _shared_tokens(self, limiter: DestinationLimiter, n: int) -> None:
@@ -532,8 +539,11 @@ class Pool:
         assert rate is not None
         burst = burst_for(rate)
         while self._tokens < n:
+            # ahead only for work queued here: a token taken and never spent is
+            # a message the destination could have had from another worker
+            ahead = min(burst, n + len(self.queue))
             granted, wait = await limiter.take(
-                self.destination.key, rate, burst, max(n - self._tokens, burst))
+                self.destination.key, rate, burst, max(n - self._tokens, ahead))
             self._tokens += granted
             if self._tokens < n:
                 await trio.sleep(max(wait, 0.001))
