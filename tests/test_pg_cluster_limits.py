@@ -127,10 +127,10 @@ async def refuse_first_then_forward(
                 await client.send_all(b"421 4.7.0 too busy, try later\r\n")
                 return
             connected.append(time.time())
-            async with await trio.open_tcp_stream("127.0.0.1", sink_port) as upstream:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(pump, client, upstream)
-                    nursery.start_soon(pump, upstream, client)
+            upstream = await trio.open_tcp_stream("127.0.0.1", sink_port)
+            async with upstream, trio.open_nursery() as nursery:
+                nursery.start_soon(pump, client, upstream)
+                nursery.start_soon(pump, upstream, client)
 
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     task_status.started(listeners[0].socket.getsockname()[1])

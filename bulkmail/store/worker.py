@@ -33,7 +33,6 @@ from .job_spec import JobSpec
 from .job_state import job_ended, load_job, open_jobs
 from .leases import Claim, new_owner_id
 from .limiter import PgDestinationLimiter
-from .retrying import RetryingStore
 from .store import PgStore
 from .worker_hooks import InFlight, install_store_hooks, send_claimed
 
@@ -278,12 +277,14 @@ async def run_worker(
     stopped, or failed) every lease still held is given back.
 
     The engine's own retries are switched off (``retry_for=0``): deferrals go
-    back to the store.  A deadlock between the worker's own transactions is
-    retried (:mod:`~bulkmail.store.retrying`); a failed heartbeat or commit raises StoreError and a
-    lost lease :class:`~bulkmail.store.worker_hooks.LeaseLost` (in an
-    exception group): the worker stops taking work and nothing is lost.
+    back to the store.  Its transactions lock shared rows in one order (see
+    ``leases.LOCK_LEASED``), so they never deadlock each other; a failed
+    heartbeat or commit raises StoreError and a lost lease
+    :class:`~bulkmail.store.worker_hooks.LeaseLost` (in an exception group):
+    the worker stops taking work and nothing is lost.
     """
-    store = await RetryingStore.open(url, connections=4)
+    # four connections: heartbeat, group commit, claims, and the shared limits
+    store = await AsyncStore.open(url, connections=4)
     owner = new_owner_id()
     try:
         writer = StoreWriter(store, owner)
