@@ -162,6 +162,7 @@ class Pool:
         # costs nothing: every use below is behind one ``is not None``
         self.limiter = owner.destination_limiter
         self._tokens = 0  # rate tokens taken from the limiter, not yet spent
+        self._seats_short = False  # the last seat wanted was not free at once
 
     def __repr__(self) -> str:
         idle = self.workers - self.active_sessions
@@ -215,6 +216,8 @@ class Pool:
         per_worker = self.limits.max_rcpts if shared else 1
         backlog = -(-len(self.queue) // per_worker)  # ceil
         wanted = min(wanted, max(1, backlog))
+        if self._seats_short:  # shared seats all held: one task waits for one, not each
+            wanted = min(wanted, self.active_sessions + 1)
         while self.workers < wanted:
             self.workers += 1
             self.owner.nursery.start_soon(self._worker, name=f"pool {self.destination.key}")
@@ -299,13 +302,15 @@ class Pool:
                 if self.limiter is not None:
                     seat = await self._shared_seat(self.limiter)
                     if seat is None:
-                        continue  # the queue emptied or the run stops meanwhile
+                        return  # no work left, or another task already waits for a seat
                 try:
                     async with owner.connection_slot():
                         session = await self._connect()
                         if session is None:
                             continue
                         self.active_sessions += 1
+                        if self._seats_short:
+                            self._spawn_workers()  # the next one waits for the next seat
                         try:
                             await self._serve(session)
                         finally:
@@ -521,13 +526,21 @@ class Pool:
     async def _shared_seat(self, limiter: DestinationLimiter) -> Seat | None:
         """Wait for one of the destination's shared connection seats (polling:
         a seat frees when another process closes a connection); ``None`` when
-        the queue emptied or the run stops first."""
+        the queue emptied or the run stops first, or another of this pool's
+        tasks is already waiting (one poller per pool, not one per task)."""
         key = self.destination.key
         poll = 0.02
+        first = True
         while self.queue and not self.owner.stopping:
             seat = await limiter.acquire(key, self.limits.connections)
             if seat is not None:
+                if first:
+                    self._seats_short = False
                 return seat
+            first = False
+            self._seats_short = True
+            if self.workers - self.active_sessions > 1:
+                return None
             paused = await limiter.paused(key)
             await trio.sleep(max(paused, poll))
             poll = min(0.2, poll * 2)
