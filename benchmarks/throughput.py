@@ -160,15 +160,16 @@ def write_inputs(work: Path, messages: int, rcpts: int, domains: int, personalis
 
 
 def run_bulkmail(work: Path, sink: SinkProcess, connections: int, rcpts: int,
-                 personalised: bool, journal: bool = True) -> dict[str, object]:
+                 personalised: bool, journal: bool = True,
+                 processes: int = 1) -> dict[str, object]:
     journal_path = work / "journal.sqlite"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{journal_path}{suffix}").unlink(missing_ok=True)
+    for old in work.glob("journal.sqlite*"):  # with --processes: its .partK-of-N shards too
+        old.unlink()
     cmd = ["bulkmail", "send", "--sender", "news@sender.test",
            "--recipients", str(work / ("rcpts.csv" if personalised else "rcpts.txt")),
            "--message", str(work / "msg.eml"), "--relay", f"127.0.0.1:{sink.port}",
            "--tls", "none", "--connections", str(connections), "--max-rcpts", str(rcpts),
-           "--quiet"]
+           "--quiet", "--processes", str(processes)]
     cmd += ["--journal", str(journal_path)] if journal else ["--no-journal"]
     return measured(cmd, work)
 
@@ -204,19 +205,25 @@ def scenario_rows(name: str, sink_kind: str, args: argparse.Namespace, work: Pat
         return []
     for label, messages, per_msg, domains, personalised, latency, chunking in spec:
         write_inputs(work, messages, per_msg, domains, personalised)
-        peers = ["bulkmail", "aiosmtplib", "smtplib"]
+        peers = [*(f"bulkmail -p{n}" if n > 1 else "bulkmail" for n in args.processes),
+                 "aiosmtplib", "smtplib"]
         if os.path.exists(SMTP_SOURCE) and latency == 0:
             peers.append("smtp-source")
         if not (latency and chunking):  # the floor pipelines DATA, never BDAT
             peers.append("floor")
+        if args.peers is not None:
+            wanted = set(args.peers.split(","))
+            peers = [p for p in peers if p.startswith("bulkmail") or p in wanted]
         for peer in peers:
             sink = SinkProcess(sink_kind, latency_ms=latency, chunking=chunking)
             try:
                 if latency and peer == "bulkmail" and not chunking:
                     args.rtt = probe_rtt(sink.port)  # before the run, on an idle sink
-                if peer == "bulkmail":
+                if peer.startswith("bulkmail"):
                     count = messages
-                    result = run_bulkmail(work, sink, conn, per_msg, personalised)
+                    processes = int(peer.partition("-p")[2] or 1)
+                    result = run_bulkmail(work, sink, conn, per_msg, personalised,
+                                          processes=processes)
                 else:
                     share = 1.0 if peer in FULL_SHARE else args.peer_share
                     count = max(conn, int(messages * share))
@@ -293,6 +300,12 @@ def find(rows: list[Row], scenario: str, sink: str, peer: str) -> Row | None:
 def targets(rows: list[Row], rtt: float | None, connections: int, latency: float) -> list[str]:
     """Issue 7's targets, each a ratio from this run."""
     out = []
+    for r in rows:  # issue 17.5: --processes N beside --processes 1, same sink
+        one = find(rows, r.scenario, r.sink, "bulkmail")
+        if r.peer.startswith("bulkmail -p") and one is not None:
+            out.append(f"{r.scenario} on {r.sink}'s sink: {r.peer} {r.msg_rate:,.0f} msg/s ="
+                       f" {r.msg_rate / one.msg_rate:.2f}x of --processes 1"
+                       f" ({one.msg_rate:,.0f} msg/s)")
     for scenario, unit in (("a", "msg_rate"), ("b", "rcpt_rate")):
         ours = find(rows, scenario, "postfix", "bulkmail")
         theirs = find(rows, scenario, "postfix", "smtp-source")
@@ -363,8 +376,14 @@ def main() -> None:
     p.add_argument("--scale", type=float, default=1.0, help="multiply every scenario's size")
     p.add_argument("--peer-share", type=float, default=0.1,
                    help="share of the work the slower Python peers run")
+    p.add_argument("--processes", default="1",
+                   help="bulkmail's --processes, comma-separated: 1,2 runs both"
+                        " (rows 'bulkmail' and 'bulkmail -p2'; the connections are shared)")
+    p.add_argument("--peers", default=None,
+                   help="comma-separated peers to run besides bulkmail (default: all)")
     p.add_argument("--json", default="bench-results.json")
     args = p.parse_args()
+    args.processes = [int(n) for n in args.processes.split(",")]
     if shutil.which("bulkmail") is None:
         sys.exit("bulkmail is not installed in this environment (pip install -e .)")
     compile_bytecode()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .api import Mailer, MailerConfig, Relay, send
 from .config import SessionConfig, Timeouts
+from .delivery.connector import ConnectionFailure
 from .delivery.retry import RetryPolicy
 from .message import CallableContent, Recipient, StaticContent, TemplateContent
 from .protocol.auth import Credentials
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CallableContent",
+    "ConnectionFailure",
     "Credentials",
     "DNSConfig",
     "Mailer",

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .config import Security, SessionConfig, Timeouts
+from .delivery.connector import ConnectionObserver
 from .delivery.engine import CANCELLED, Engine, EngineConfig
+from .delivery.health import ShapingAction
 from .delivery.job import InDoubtHook, Job, JobOptions, Presettle, ResultCallback, ResultsCallback
 from .delivery.retry import RetryPolicy
 from .errors import SMTPError, synthetic_reply
@@ -75,8 +77,18 @@ class MailerConfig:
     window: int = 32
     linger: float = 0.05
     seed: int | None = None
+    #: called with each action a ``[[reactions]]`` rule of the shaping file takes
+    on_shaping_action: Callable[[ShapingAction], None] | None = None
+    #: SQLite file keeping the ``[[warmup]]`` counters across runs (None: this run only)
+    warmup_store: str | None = None
+    #: seconds since the epoch for warm-up windows (None: the system clock, read
+    #: through trio's clock so a virtual clock moves it too)
+    wall_clock: Callable[[], float] | None = None
     #: MX delivery only (a relay gets ``secure``): MTA-STS by default, DANE on request
     tls_policy: TLSPolicyConfig = field(default_factory=TLSPolicyConfig)
+    #: called at once when no host of a destination can be reached (a down or
+    #: mistyped relay), with a ``ConnectionFailure``; once per failed connection
+    on_connection_failure: ConnectionObserver | None = None
 
     def session_config(self) -> SessionConfig:
         return SessionConfig(
@@ -103,6 +115,10 @@ class MailerConfig:
             max_pending=self.max_pending,
             linger=self.linger,
             seed=self.seed,
+            on_shaping_action=self.on_shaping_action,
+            warmup_store=self.warmup_store,
+            wall_clock=self.wall_clock,
+            on_connection_failure=self.on_connection_failure,
         )
 
     def router(self, policies: TLSPolicies | None = None) -> Router:
@@ -172,22 +188,28 @@ class Mailer:
         (never driven by hand), so nothing can unwind between the two."""
         failure: Exception | None = None
         policies = self._policies = self.config.tls_policies()
-        async with trio.open_nursery() as nursery:
-            engine = Engine(self.config.engine_config(), self.config.router(policies), nursery)
-            try:
-                yield engine
-            except BaseException as exc:
-                # the block raised or was cancelled: queued work ends deferred
-                # now, and the workers settle their transactions as they unwind
-                engine.stop()
-                nursery.cancel_scope.cancel()
-                if not isinstance(exc, Exception):
-                    raise  # Cancelled, KeyboardInterrupt: trio's to route
-                # the caller's own error, raised as itself once the pools are
-                # down (not wrapped in the nursery's exception group)
-                failure = exc
-            else:
-                engine.stop()  # idle sessions say QUIT now, not after their idle timeout
+        engine: Engine | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                engine = Engine(self.config.engine_config(), self.config.router(policies),
+                                nursery)
+                try:
+                    yield engine
+                except BaseException as exc:
+                    # the block raised or was cancelled: queued work ends deferred
+                    # now, and the workers settle their transactions as they unwind
+                    engine.stop()
+                    nursery.cancel_scope.cancel()
+                    if not isinstance(exc, Exception):
+                        raise  # Cancelled, KeyboardInterrupt: trio's to route
+                    # the caller's own error, raised as itself once the pools are
+                    # down (not wrapped in the nursery's exception group)
+                    failure = exc
+                else:
+                    engine.stop()  # idle sessions say QUIT now, not after their idle timeout
+        finally:
+            if engine is not None:
+                engine.close()  # (the warm-up counters' file)
         if policies is not None:
             policies.close()  # (an error above skips it: the store is closed when collected)
         if failure is not None:

@@ -9,12 +9,14 @@ deferred has one input type.  Classes also subclass the matching builtins
 
 from __future__ import annotations
 
+import os
+
 from .protocol.replies import Reply, synthetic_reply
 
 __all__ = [
     "SMTPAuthError", "SMTPCommandError", "SMTPConnectError", "SMTPConnectionLost", "SMTPError",
     "SMTPProtocolViolation", "SMTPServerUnavailable", "SMTPTLSError", "SMTPTimeout",
-    "synthetic_reply",
+    "os_error_text", "synthetic_reply",
 ]
 
 
@@ -65,3 +67,31 @@ class SMTPAuthError(SMTPError):
 
 class SMTPCommandError(SMTPError):
     """A session-level command (EHLO, RSET, ...) got an unexpected reply."""
+
+
+def os_error_text(exc: BaseException) -> str:
+    """What the operating system said, plainly: ``[Errno 111] Connection refused``.
+
+    trio reports a failed connect as ``all attempts to connect to ... failed``
+    with the real errors in an exception group as its cause; an operator
+    needs those (refused, unreachable, no route), not the wrapper, so the
+    distinct ``[Errno N] strerror`` of each attempt are joined (trio's own
+    strerror repeats the address: the C library's text is used).
+    """
+    found: list[str] = []
+
+    def walk(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                walk(inner)
+        elif isinstance(error, OSError) and error.errno is not None:
+            text = f"[Errno {error.errno}] {os.strerror(error.errno)}"
+            if text not in found:
+                found.append(text)
+        elif error.__cause__ is not None:
+            walk(error.__cause__)
+
+    walk(exc)
+    if not found and exc.__cause__ is not None:
+        walk(exc.__cause__)
+    return "; ".join(found) if found else str(exc) or type(exc).__name__

@@ -19,7 +19,7 @@ import trio
 
 from . import errors
 from .config import SessionConfig
-from .errors import SMTPConnectError, SMTPError, synthetic_reply
+from .errors import SMTPConnectError, SMTPError, os_error_text, synthetic_reply
 from .lean_stream import lean, tls_transport
 from .protocol import commands
 from .protocol.client import Stage
@@ -147,7 +147,9 @@ class SMTPSession:
                 )
         except (OSError, trio.TooSlowError) as exc:
             where = f"{target}:{config.port}"
-            reply = synthetic_reply(451, "4.4.1", f"cannot connect to {where}: {exc}")
+            why = (f"no answer within {config.timeouts.connect:g}s"
+                   if isinstance(exc, trio.TooSlowError) else os_error_text(exc))
+            reply = synthetic_reply(451, "4.4.1", f"cannot connect to {where}: {why}")
             raise SMTPConnectError(reply, host=target) from exc
         if config.secure != "tls" and isinstance(stream, trio.SocketStream):
             stream = lean(stream) or stream  # plaintext until STARTTLS, if ever

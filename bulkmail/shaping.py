@@ -21,6 +21,11 @@ A pattern matches a recipient domain or one of its MX host names (so
 default.  ``timeouts`` changes some of the session's stage deadlines
 (:class:`~bulkmail.config.Timeouts`) for the matching destinations only.
 
+Two more sections act on what servers answer and on how new egress
+addresses grow: ``[[reactions]]`` (reply-driven shaping, see
+:mod:`bulkmail.reactions`) and ``[[warmup]]`` (IP warm-up schedules, see
+:mod:`bulkmail.warmup`).
+
 Anything wrong in the file -- TOML syntax, an unknown key, a value of the
 wrong type or out of range -- is a :class:`ShapingError` naming the file and
 where, never a half-applied limit.
@@ -28,16 +33,20 @@ where, never a half-applied limit.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .config import Timeouts, parse_duration
+from .destination_match import pattern_matches
+from .reactions import ReactionRule, parse_reaction
+from .warmup import WarmupRule, parse_warmup
+
+_T = TypeVar("_T")
 
 
 class ShapingError(ValueError):
@@ -101,20 +110,17 @@ class Rule:
     limits: PoolLimits
 
     def matches(self, names: Iterable[str]) -> bool:
-        pattern = self.pattern.lower()
-        for name in names:
-            name = name.lower().rstrip(".")
-            if fnmatch.fnmatchcase(name, pattern):
-                return True
-            if pattern.startswith("*.") and name == pattern[2:]:
-                return True
-        return False
+        return pattern_matches(self.pattern, names)
 
 
 @dataclass(frozen=True, slots=True)
 class Shaping:
     default: PoolLimits = field(default_factory=PoolLimits)
     rules: tuple[Rule, ...] = ()
+    #: ``[[reactions]]``: what to do when a destination's reply matches
+    reactions: tuple[ReactionRule, ...] = ()
+    #: ``[[warmup]]``: caps per egress address and destination, growing by the day
+    warmup: tuple[WarmupRule, ...] = ()
 
     def limits_for(self, domain: str, hosts: Iterable[str] = ()) -> PoolLimits:
         names = [domain, *hosts]
@@ -126,12 +132,12 @@ class Shaping:
     def with_default(self, **changes: Any) -> Shaping:
         """A copy whose default (and every rule not overriding them) takes ``changes``."""
         default = replace(self.default, **changes)
-        return Shaping(default, self.rules)
+        return Shaping(default, self.rules, self.reactions, self.warmup)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], base: PoolLimits | None = None) -> Shaping:
         """ShapingError (a ValueError) for anything it cannot use, naming the section."""
-        unknown = set(data) - {"default", "domains"}
+        unknown = set(data) - {"default", "domains", "reactions", "warmup"}
         if unknown:
             raise ShapingError(f"unknown section(s) {sorted(unknown)}")
         default = _limits(_table(data.get("default", {}), "[default]"), base or PoolLimits(),
@@ -142,7 +148,15 @@ class Shaping:
                                   f"[domains.{pattern!r}]"))
             for pattern, values in domains.items()
         )
-        return cls(default, rules)
+        reactions = tuple(
+            _entry(parse_reaction, table, f"[[reactions]] #{i + 1}", i + 1, parse_rate)
+            for i, table in enumerate(_array(data.get("reactions", []), "[[reactions]]"))
+        )
+        warmup = tuple(
+            _entry(parse_warmup, table, f"[[warmup]] #{i + 1}")
+            for i, table in enumerate(_array(data.get("warmup", []), "[[warmup]]"))
+        )
+        return cls(default, rules, reactions, warmup)
 
     @classmethod
     def load(cls, path: str | Path, base: PoolLimits | None = None) -> Shaping:
@@ -169,6 +183,20 @@ def _table(value: object, where: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise ShapingError(f"{where} must be a table, not {_kind(value)} {value!r}")
     return value
+
+
+def _array(value: object, where: str) -> list[Mapping[str, Any]]:
+    if not isinstance(value, list):
+        raise ShapingError(f"{where} must be an array of tables, not {_kind(value)} {value!r}")
+    return [_table(item, where) for item in value]
+
+
+def _entry(parse: Callable[..., _T], table: Mapping[str, Any], where: str, *args: Any) -> _T:
+    """``parse(table, *args)``, its ValueError a ShapingError naming ``where``."""
+    try:
+        return parse(table, *args)
+    except ValueError as exc:
+        raise ShapingError(f"{where}: {exc}") from None
 
 
 def _kind(value: object) -> str:

@@ -194,3 +194,21 @@ def test_a_good_shaping_file_with_timeouts_loads(tmp_path: Path) -> None:
     assert slow.connections == 4 and slow.rate == 10.0 and slow.idle_timeout == 2.0
     assert dict(slow.timeouts) == {"greeting": 60.0, "data_done": 1200.0}
     assert dict(shaping.limits_for("other.test").timeouts) == {"greeting": 60.0}
+
+
+def test_the_write_ahead_window_is_an_option_checked_at_parse_time(
+    inputs: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--window`` bounds what a crash can duplicate with CHUNKING (the
+    duplicate-window measurement in README): it reaches the Mailer, and 0 is
+    refused while parsing."""
+    import argparse
+
+    from bulkmail.cli import send_command
+
+    line = usage_error([*inputs, "--relay", "127.0.0.1:9", "--window", "0"], capsys)
+    assert line.startswith("bulkmail send: error: argument --window: ")
+    parser = argparse.ArgumentParser()
+    send_command.add_arguments(parser)
+    args = parser.parse_args([*inputs[1:], "--relay", "127.0.0.1:9", "--window", "4"])
+    assert send_command.build_config(args).window == 4

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -14,10 +15,12 @@ from pathlib import Path
 
 import trio
 
-from bulkmail.journal import RecipientRecord, SQLiteJournal
+from bulkmail.journal import JournalError, RecipientRecord, SQLiteJournal
+from bulkmail.results import Status
 from bulkmail.sink import Sink, SinkConfig
 
 from .aiosmtpd_util import aiosmtpd_server
+from .scripted import Conn, MiniSMTP, start_scripted
 
 BULKMAIL = [sys.executable, "-m", "bulkmail"]
 
@@ -241,7 +244,6 @@ async def test_in_doubt_is_on_disk_before_the_end_of_data_and_resent_once(
 ) -> None:
     from email import message_from_bytes
 
-    from .scripted import MiniSMTP, start_scripted
 
     journal = tmp_path / "journal.sqlite"
     seen_in_journal: list[str] = []
@@ -351,32 +353,99 @@ async def test_bad_shaping_file_is_a_usage_error(tmp_path: Path) -> None:
     assert proc.returncode == 2 and b"rate" in proc.stderr
 
 
+class StallingServer:
+    """A scripted SMTP server that accepts the first ``accept`` messages and then
+    goes silent (every later reply held until :meth:`release`): a run that is
+    certainly still busy, however loaded the machine, when a test signals it.
+
+    A message whose reply is held counts as received (``mini.delivered``): a
+    real server may keep it, so a resend is a duplicate that must be flagged.
+    """
+
+    def __init__(self, accept: int) -> None:
+        self.accept = accept
+        self.mini = MiniSMTP()
+        self.released = trio.Event()
+
+    async def __call__(self, conn: Conn) -> None:
+        send = conn.send
+
+        async def held_send(data: bytes | str) -> None:
+            if self.mini.transactions > self.accept:
+                await self.released.wait()
+            await send(data)
+
+        conn.send = held_send  # type: ignore[method-assign]
+        await self.mini(conn)
+
+    def release(self) -> None:
+        self.accept = 1 << 30
+        self.released.set()
+
+
+def delivered_in_journal(path: Path) -> int:
+    """Recipients a running send has recorded delivered (a reader may look in)."""
+    if not path.exists():
+        return 0
+    try:
+        return sum(r.status is Status.DELIVERED for r in journal_records(path).values())
+    except (JournalError, sqlite3.Error):
+        return 0  # not created yet
+
+
+async def interrupt_twice(
+    proc: trio.Process, stderr: trio.abc.ReceiveStream, journal: Path, accepted: int
+) -> bytes:
+    """SIGINT once the run has recorded ``accepted`` deliveries, SIGINT again once
+    the first was acknowledged -- never after the run ended; stderr until then."""
+    while delivered_in_journal(journal) < accepted:
+        await trio.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    err = b""
+    while b"stopping: finishing in-flight transactions" not in err:
+        chunk = await stderr.receive_some()
+        assert chunk, err  # the run is held by the server: it cannot have ended
+        err += chunk
+    proc.send_signal(signal.SIGINT)
+    return err
+
+
+async def read_to_end(stream: trio.abc.ReceiveStream) -> bytes:
+    data = b""
+    while chunk := await stream.receive_some():
+        data += chunk
+    return data
+
+
 async def test_a_second_signal_exits_at_once_and_loses_nobody(tmp_path: Path) -> None:
     n = 300
     rcpts = tmp_path / "list.txt"
     rcpts.write_text("".join(f"u{i}@example.test\n" for i in range(n)))
     message = tmp_path / "msg.eml"
     message.write_bytes(b"Subject: ${email}\n\nx\n")
+    server = StallingServer(accept=10)
     async with trio.open_nursery() as nursery:
-        sink = await start_sink(nursery, latency=0.05)
-        args = send_args(tmp_path, sink.port, rcpts, message, "--connections", "2", "--quiet")
-        proc = await trio.lowlevel.open_process(args, cwd=tmp_path)
-        while sink.stats.messages < 10:
-            await trio.sleep(0.01)
-        proc.send_signal(signal.SIGINT)
-        await trio.sleep(0.01)
-        proc.send_signal(signal.SIGINT)
-        with trio.fail_after(10):
+        _, port = await start_scripted(nursery, server)
+        args = send_args(tmp_path, port, rcpts, message, "--connections", "2")
+        proc = await trio.lowlevel.open_process(args, cwd=tmp_path, stderr=subprocess.PIPE)
+        assert proc.stderr is not None
+        with trio.fail_after(30):
+            await interrupt_twice(proc, proc.stderr, tmp_path / "journal.sqlite", 10)
+        with trio.fail_after(10):  # at once: the replies in flight would never come
+            await read_to_end(proc.stderr)
             code = await proc.wait()
+        server.release()
         rerun = await run(args, tmp_path)
         nursery.cancel_scope.cancel()
     assert code == 75
     assert rerun.returncode == 0, rerun.stderr
-    copies = received(sink)
+    copies = Counter(server.mini.delivered)
     assert set(copies) == {f"u{i}@example.test" for i in range(n)}
     records = journal_records(tmp_path / "journal.sqlite")
     flagged = {a for a, r in records.items() if r.possible_duplicate}
-    assert {a for a, c in copies.items() if c > 1} <= flagged
+    duplicates = {a for a, c in copies.items() if c > 1}
+    assert duplicates  # the held messages were resent ...
+    assert duplicates <= flagged  # ... and every copy beyond one is flagged
 
 
 async def test_bad_sender_unwritable_report_and_corrupt_journal_exit_2(tmp_path: Path) -> None:

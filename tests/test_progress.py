@@ -108,3 +108,31 @@ async def test_a_run_too_short_for_a_line_prints_none(autojump_clock: trio.abc.C
     feed(progress)
     progress.close()
     assert out.getvalue() == ""
+
+
+async def test_a_connection_failure_is_shown_at_once_until_a_delivery(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    from bulkmail.delivery.connector import ConnectionFailure
+    from bulkmail.errors import synthetic_reply
+
+    out = io.StringIO()
+    progress = Progress(enabled=True, total=10, stream=out)
+    refused = "cannot connect to 127.0.0.1:2: [Errno 111] Connection refused"
+    reply = synthetic_reply(451, "4.4.1", refused)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(progress.run)
+        await trio.sleep(1)
+        progress.connection_failed(ConnectionFailure("relay:127.0.0.1:2", reply, "127.0.0.1", 3, 8))
+        await trio.sleep(0.5)  # long before the 5 s tick
+        lines = out.getvalue().splitlines()
+        assert len(lines) == 1
+        assert lines[0].endswith(
+            "  | cannot reach relay:127.0.0.1:2: 451 4.4.1 cannot connect to 127.0.0.1:2:"
+            " [Errno 111] Connection refused (3 failed attempts, next try in 8s)")
+        progress.add(Result("a@x.test", Status.DELIVERED))  # moving again
+        await trio.sleep(6)  # the next tick: 1 s quiet after a failure line, then 5 s
+        nursery.cancel_scope.cancel()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and "cannot reach" not in lines[1]
+    assert progress.unreachable["relay:127.0.0.1:2"].failures == 3  # kept for the summary

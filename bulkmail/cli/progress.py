@@ -5,17 +5,26 @@ stdout stays clean for scripts.
 The total is the number of recipients the run will report on -- what
 :func:`count_recipients` finds in the file, not its lines -- and the last
 line, drawn when the run ends, shows the same counts as the summary.
+
+A destination that cannot be reached (a down or mistyped relay) is shown at
+once -- a line is drawn as soon as the engine reports the failure, not at the
+next tick -- with its error, failed attempts and next try, until a delivery
+shows the run moving again; :attr:`Progress.unreachable` keeps the last
+failure per destination for the summary.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from trio_util import periodic
+import trio
 
+from ..delivery.connector import ConnectionFailure
 from ..results import Result, Status
 from .inputs import InputError, read_recipients
 
@@ -41,6 +50,12 @@ def count_recipients(path: str) -> int | None:
     return len(seen)
 
 
+#: destinations remembered for the summary (an MX run may have thousands failing)
+MAX_UNREACHABLE = 1000
+#: a failure draws a line at once, but not more often than this (seconds)
+MIN_GAP = 1.0
+
+
 class Progress:
     def __init__(self, *, enabled: bool, total: int | None, stream: TextIO | None = None) -> None:
         self.enabled = enabled
@@ -52,15 +67,30 @@ class Progress:
         self.started = time.monotonic()
         self._last_line = ""
         self._lines_shown = 0
+        #: the last connection failure per destination key, for the summary
+        self.unreachable: dict[str, ConnectionFailure] = {}
+        #: the latest failure and when it came (monotonic), shown until a delivery
+        self._failure: tuple[ConnectionFailure, float] | None = None
+        self._wake = trio.Event()
 
     def add(self, result: Result) -> None:
         self.add_all((result,))
 
     def add_all(self, results: Sequence[Result]) -> None:
         counts = self.counts
+        delivered = counts[Status.DELIVERED]
         for result in results:
             counts[result.status] += 1
         self.done += len(results)
+        if self._failure is not None and counts[Status.DELIVERED] > delivered:
+            self._failure = None  # moving again: the failure line goes
+
+    def connection_failed(self, failure: ConnectionFailure) -> None:
+        """The engine's :class:`ConnectionFailure` observer: remember it, draw now."""
+        if failure.destination in self.unreachable or len(self.unreachable) < MAX_UNREACHABLE:
+            self.unreachable[failure.destination] = failure
+        self._failure = (failure, time.monotonic())
+        self._wake.set()
 
     def message(self, text: str) -> None:
         if self.enabled:
@@ -84,8 +114,33 @@ class Progress:
             bar = "#" * filled + "-" * (width - filled) if self.tty else ""
             head = f"[{bar}] " if bar else ""
             done = f"{self.done:,}/{self.total:,}"
-            return f"{head}{share:6.1%} {done}  {counts}  {rate:,.0f}/s  ETA {eta_text}"
-        return f"{self.done:,} done  {counts}  {rate:,.0f}/s"
+            text = f"{head}{share:6.1%} {done}  {counts}  {rate:,.0f}/s  ETA {eta_text}"
+        else:
+            text = f"{self.done:,} done  {counts}  {rate:,.0f}/s"
+        return text + self._failure_text()
+
+    def _failure_text(self) -> str:
+        """``  | cannot reach relay:host:25: 451 4.4.1 ... (3 failed, next try in 4s)``"""
+        if self._failure is None:
+            return ""
+        failure, at = self._failure
+        next_try = max(0.0, failure.next_try - (time.monotonic() - at))
+        attempts = f"{failure.failures} failed attempt{'s' if failure.failures != 1 else ''}"
+        return (f"  | cannot reach {failure.destination}: {failure.reply}"
+                f" ({attempts}, next try in {next_try:.0f}s)")
+
+    def _fit(self, text: str) -> str:
+        """One screen line: a wrapped line cannot be redrawn with ``\\r``.  Only
+        a failure's text is cut, never the counts."""
+        try:
+            width = os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            return text
+        if width <= 0 or len(text) < width:
+            return text
+        suffix = self._failure_text()
+        keep = max(len(text) - len(suffix), width - 1)
+        return text[:keep]
 
     def _clear(self) -> None:
         if self.tty and self._last_line:
@@ -96,14 +151,20 @@ class Progress:
         if not self.enabled:
             return
         interval = 0.25 if self.tty else 5.0
-        ticks = periodic(interval)
-        await ticks.__anext__()  # the first tick is immediate: skip it
-        async for _ in ticks:
+        while True:
+            # a tick, or a connection failure to show now (at most one per MIN_GAP)
+            with trio.move_on_after(interval):
+                await self._wake.wait()
+            woken = self._wake.is_set()
+            self._wake = trio.Event()
             self._show()
+            if woken:
+                await trio.sleep(MIN_GAP)
 
     def _show(self) -> None:
         text = self.line()
         if self.tty:
+            text = self._fit(text)
             self.stream.write("\r" + text.ljust(len(self._last_line)))
             self.stream.flush()
             self._last_line = text

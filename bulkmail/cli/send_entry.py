@@ -40,6 +40,8 @@ def _send_on_store(args: argparse.Namespace, url: str) -> int:
     store_module = importlib.import_module("bulkmail.store")
     used = [f"--{name.replace('_', '-')}" for name in _FILE_ONLY if getattr(args, name, None)]
     try:
+        if getattr(args, "processes", 1) > 1:
+            used.append("--processes (run 'bulkmail worker' processes on the job instead)")
         if used:
             raise ValueError(f"{', '.join(used)}: not available with a PostgreSQL journal")
         _, _, job = store_module.split_store_url(url)

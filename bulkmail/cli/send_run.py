@@ -23,12 +23,13 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO
 
 import trio
 
 from ..api import Mailer, MailerConfig
+from ..delivery.connector import ConnectionFailure
 from ..durable import ResumeCounts, outcome_of, send_durably
 from ..errors import synthetic_reply
 from ..journal import Journal, JournalError, JournalWriter
@@ -64,6 +65,8 @@ class RunOutcome:
     classes: ClassCounts = field(default_factory=Counter)
     #: addresses ``--suppress-store`` newly got from this run's bounces
     suppressions_added: int = 0
+    #: the last connection failure of each destination that could not be reached
+    unreachable: dict[str, ConnectionFailure] = field(default_factory=dict)
 
 
 def _stop(mailer: Mailer, reason: Reply) -> None:
@@ -84,12 +87,20 @@ async def send_job(
     journal: Journal | None,
     total: int | None,
     suppressor: BounceSuppressor | None = None,
+    progress: Progress | None = None,
+    keep: Callable[[str], bool] | None = None,
 ) -> RunOutcome:
     """Send the job; the report file is opened (emptied) only now, all checks done.
 
-    ``suppressor`` (``--suppress-store``) hears every batch of results."""
-    progress = Progress(enabled=not args.quiet, total=None if args.quiet else total)
-    run = RunOutcome()
+    ``suppressor`` (``--suppress-store``) hears every batch of results;
+    ``progress`` replaces the progress line (a ``--processes`` child's goes to
+    its parent); ``keep`` picks the recipients of the list this run sends to
+    (a child's shard), the others are neither sent nor reported."""
+    if progress is None:
+        progress = Progress(enabled=not args.quiet, total=None if args.quiet else total)
+    run = RunOutcome(unreachable=progress.unreachable)
+    # a down or mistyped relay shows within seconds, not when retries run out
+    config = replace(config, on_connection_failure=progress.connection_failed)
     if suppressor is not None and progress.enabled:
         suppressor.warn = progress.message
     report: IO[str] | None = None
@@ -170,7 +181,12 @@ async def send_job(
                     refused.add(result)
                     on_results([result])
 
-                recipients = read_recipients(args.recipients, on_refused)
+                recipients = read_recipients(
+                    args.recipients,
+                    on_refused if keep is None else _kept_refusals(keep, on_refused),
+                )
+                if keep is not None:
+                    recipients = (r for r in recipients if keep(r.address))
                 summary = await send_durably(
                     mailer, writer, args.sender, content, recipients,
                     suppressed=suppressed, on_results=on_results, verp=args.verp,
@@ -193,6 +209,16 @@ async def send_job(
         run.summary = _counted(progress)
         run.input_left = True
     return run
+
+
+def _kept_refusals(
+    keep: Callable[[str], bool], on_refused: Callable[[str, str], None]
+) -> Callable[[str, str], None]:
+    def refused(address: str, reason: str) -> None:
+        if keep(address):
+            on_refused(address, reason)
+
+    return refused
 
 
 def _journal_failure(

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 
+from ..delivery.connector import ConnectionFailure
 from ..results import Summary
 
 #: (status, bounce class) -> recipients; only bounced and deferred ones have a class
 ClassCounts = Counter[tuple[str, str]]
 
 
-def render_summary(summary: Summary, classes: ClassCounts | None = None) -> str:
+def render_summary(
+    summary: Summary,
+    classes: ClassCounts | None = None,
+    unreachable: Mapping[str, ConnectionFailure] | None = None,
+) -> str:
     total = summary.total or 1
     rows = [
         ("delivered", summary.delivered),
@@ -37,7 +43,23 @@ def render_summary(summary: Summary, classes: ClassCounts | None = None) -> str:
         codes = summary.codes.most_common(5)
         lines.append("top replies: " + ", ".join(f"{c} x{n}" for c, n in codes))
     lines += class_lines(classes or Counter())
+    lines += unreachable_lines(unreachable or {})
     return "\n".join(lines)
+
+
+def unreachable_lines(unreachable: Mapping[str, ConnectionFailure], shown: int = 5) -> list[str]:
+    """Destinations that refused or dropped connections, each with its last
+    error: why recipients were deferred (a down or mistyped relay), in words."""
+    if not unreachable:
+        return []
+    worst = sorted(unreachable.values(), key=lambda f: (-f.failures, f.destination))
+    lines = ["could not connect:"]
+    for f in worst[:shown]:
+        plural = "s" if f.failures != 1 else ""
+        lines.append(f"  {f.destination}: {f.reply} ({f.failures} failed attempt{plural})")
+    if len(worst) > shown:
+        lines.append(f"  and {len(worst) - shown:,} more destinations")
+    return lines
 
 
 def class_lines(classes: ClassCounts) -> list[str]:

@@ -3,7 +3,8 @@
 Modules, leaves first (each imports only modules above it in this list):
 
 * ``policy``    what one reply means for one recipient (``classify``)
-* ``health``    a destination's backoff and pacing
+* ``health``    a destination's backoff and pacing, and the actions reply
+  rules put in force there (``ShapingAction``)
 * ``limiter``   the seam for per-destination limits shared with other
   processes (connection seats, rate tokens, pauses); ``None`` in one process
 * ``job``       a job (``Job``, its frozen ``JobOptions``) and its ``Item``s
@@ -11,6 +12,9 @@ Modules, leaves first (each imports only modules above it in this list):
 * ``settle``    a transaction's result -> each recipient's outcome
 * ``connector`` opening a session to a destination (MX order, TLS fallback,
   source addresses)
+* ``batch``     the transactions one session runs, until each is settled
+* ``gate``      what reply rules and warm-up caps allow a pool right now
+  (which source may connect, whether a session may go on)
 * ``pool``      sessions and queued work for one destination; it sees the
   engine only through the small ``PoolOwner`` protocol
 * ``intake``    admission: dedupe, presettle, validation, back-pressure

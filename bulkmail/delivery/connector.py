@@ -5,16 +5,53 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from enum import Enum
 from typing import TYPE_CHECKING
 
 from ..config import SessionConfig
 from ..errors import SMTPAuthError, SMTPError, SMTPTLSError
+from ..protocol.replies import Reply
 from ..routing import Destination, Host
 from ..session import SMTPSession
 
 if TYPE_CHECKING:
     from ..tls_policy.planner import TLSPlan
+
+
+class SourceChoice(Enum):
+    """A session's source address that is not an address."""
+
+    #: the connector's turn: round robin over the destination's source addresses
+    ROUND_ROBIN = "round-robin"
+    #: (the pool's) no source may send now: no session is opened
+    HELD = "held"
+
+
+ROUND_ROBIN = SourceChoice.ROUND_ROBIN
+@dataclass(frozen=True, slots=True)
+class ConnectionFailure:
+    """No host of a destination could be reached: what an operator needs to
+    see within seconds (a down or mistyped relay), not when retries run out.
+
+    Reported once per failed connection attempt, never per recipient.
+    """
+
+    #: the destination's key (``relay:host:port``, or the MX host set)
+    destination: str
+    #: why: a synthesised ``451 4.4.1 cannot connect to ...: [Errno 111] ...``, or the server's
+    reply: Reply
+    #: the last host tried, when known
+    host: str | None
+    #: connection attempts to this destination that failed so far in this run
+    failures: int
+    #: seconds until a new connection to it is tried (its backoff pause)
+    next_try: float
+
+
+#: called by the engine on each :class:`ConnectionFailure`; must not raise
+ConnectionObserver = Callable[[ConnectionFailure], None]
 
 
 class Connector:
@@ -39,9 +76,13 @@ class Connector:
         #: MTA-STS / DANE rules for this destination's hosts (bulkmail.tls_policy)
         self.tls: TLSPlan | None = getattr(destination, "tls", None)
 
-    async def connect(self, *, pipelining: bool) -> SMTPSession:
+    async def connect(
+        self, *, pipelining: bool, source: str | SourceChoice | None = ROUND_ROBIN
+    ) -> SMTPSession:
+        """A session from ``source`` (an address, None for the system's choice)."""
         last: SMTPError | None = None
-        source = next(self._sources)  # round robin over the source addresses
+        if isinstance(source, SourceChoice):
+            source = next(self._sources)  # round robin over the source addresses
         for host in self.host_order():
             config = replace(
                 self.config,

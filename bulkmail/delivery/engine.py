@@ -10,6 +10,7 @@ anybody is unaccounted for -- also when it is stopped, aborted or cancelled.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -20,11 +21,14 @@ from ..config import SessionConfig
 from ..errors import synthetic_reply
 from ..message import Content
 from ..protocol.replies import Reply
+from ..reactions import ReactionRule, rules_for
 from ..results import Status
 from ..routing import Destination, Router, RoutingError, domain_of
 from ..shaping import Shaping
-from .connector import Connector
-from .health import HealthRegistry
+from ..warmup import WarmupGate, gate_for
+from ..warmup_store import WarmupCounters
+from .connector import ConnectionFailure, ConnectionObserver, Connector
+from .health import HealthRegistry, ShapingAction
 from .intake import Intake, Recipients
 from .job import Item, Job, JobOptions
 from .limiter import DestinationLimiter
@@ -51,6 +55,15 @@ class EngineConfig:
     max_pending: int = 20_000
     linger: float = 0.05
     seed: int | None = None
+    #: called with each action a reply rule takes (the CLI prints its ``describe()``)
+    on_shaping_action: Callable[[ShapingAction], None] | None = None
+    #: the SQLite file of the warm-up counters (None: kept in memory for this run)
+    warmup_store: str | None = None
+    #: seconds since the epoch (None: the trio clock mapped onto the system's,
+    #: so warm-up windows follow a virtual clock in tests)
+    wall_clock: Callable[[], float] | None = None
+    #: told at once when a destination cannot be reached (progress, logs)
+    on_connection_failure: ConnectionObserver | None = None
 
 
 class Engine:
@@ -74,6 +87,22 @@ class Engine:
         self._jobs: set[Job] = set()
         #: limits shared with other processes (store workers); None: this one alone
         self.destination_limiter: DestinationLimiter | None = None
+        #: destinations a ``bounce-rest`` rule closed, per job, with the reply they get
+        self._bounce_rest: dict[Job, dict[str, Reply]] = {}
+        if config.wall_clock is not None:
+            self.wall_clock = config.wall_clock
+        else:
+            epoch = time.time() - trio.current_time()
+            self.wall_clock = lambda: epoch + trio.current_time()
+        self._warmup_counters: WarmupCounters | None = None
+        #: failed connection attempts per destination key (only with an observer)
+        self._connect_failures: dict[str, int] = {}
+
+    def close(self) -> None:
+        """Release what outlives a run's tasks (the warm-up counters' file)."""
+        if self._warmup_counters is not None:
+            self._warmup_counters.close()
+            self._warmup_counters = None
 
     def __repr__(self) -> str:
         state = "aborted" if self.aborted else "stopping" if self.stopping else "running"
@@ -105,6 +134,7 @@ class Engine:
 
     def forget(self, job: Job) -> None:
         self._jobs.discard(job)
+        self._bounce_rest.pop(job, None)
 
     def cancel(self, job: Job, reason: Reply = CANCELLED) -> None:
         """End ``job`` now: queued and waiting recipients end deferred with
@@ -204,10 +234,16 @@ class Engine:
             self._to_pool(item, destination, domain)
 
     def _to_pool(self, item: Item, destination: Destination, domain: str) -> None:
+        if self._bounce_rest:  # (empty unless a bounce-rest rule fired)
+            closed = self._bounce_rest.get(item.job, {}).get(destination.key)
+            if closed is not None:
+                item.job.finish(item, Status.BOUNCED, closed)
+                return
         pool = self.pools.get(destination.key)
         if pool is None:
             hosts = [h.name for h in destination.hosts]
-            limits = self.config.shaping.limits_for(domain, hosts)
+            shaping = self.config.shaping
+            limits = shaping.limits_for(domain, hosts)
             session = self.config.session  # the destination's own stage deadlines, if any
             session = replace(session, timeouts=limits.session_timeouts(session.timeouts))
             connector = Connector(session, destination, limits.source_addresses, self.rng)
@@ -215,9 +251,31 @@ class Engine:
                 self, destination, limits, self._health.of(destination.key, limits.connections),
                 connector, linger=self.config.linger,
                 window=self.config.session.chunking_window,
+                reactions=rules_for(shaping.reactions, [domain, *hosts]),
+                warmup=self._warmup_gate([domain, *hosts]),
             )
             self.pools[destination.key] = pool
         pool.add(item)
+
+    def _warmup_gate(self, names: list[str]) -> WarmupGate | None:
+        rules = self.config.shaping.warmup
+        if not rules:
+            return None
+        if self._warmup_counters is None:
+            path = self.config.warmup_store or ":memory:"
+            self._warmup_counters = WarmupCounters(path, now=self.wall_clock())
+        return gate_for(rules, names, self._warmup_counters, self.wall_clock)
+
+    def connection_failed(self, destination: Destination, reply: Reply, host: str | None,
+                          pause_until: float) -> None:
+        """No host of ``destination`` answered: tell the observer, if any."""
+        observer = self.config.on_connection_failure
+        if observer is None:
+            return
+        key = destination.key
+        failures = self._connect_failures[key] = self._connect_failures.get(key, 0) + 1
+        next_try = max(0.0, pause_until - trio.current_time())
+        observer(ConnectionFailure(key, reply, host, failures, next_try))
 
     def pool_idle(self, pool: Pool) -> None:
         if self.pools.get(pool.destination.key) is pool and pool.idle:
@@ -226,6 +284,65 @@ class Engine:
     def wake_pools(self) -> None:
         for pool in list(self.pools.values()):
             pool.wake()
+
+    # -- reply rules and holds -----------------------------------------------------
+
+    def react(
+        self, pool: Pool, rule: ReactionRule, reply: Reply, source: str | None, job: Job | None
+    ) -> None:
+        """Apply ``rule``'s action for ``reply`` to the destination's health (so
+        every pool and job using it obeys), or bounce the rest of ``job`` there;
+        report it once when it starts (not again while it is extended)."""
+        now = trio.current_time()
+        action = ShapingAction(
+            rule.action, pool.destination.key, reply, rule.name, rule.duration,
+            now + rule.duration, self.wall_clock() + rule.duration,
+            source if rule.action == "suspend-source" else None, rule.connections, rule.rate,
+        )
+        if rule.action == "bounce-rest":
+            if job is None or not self._close_destination(job, pool, action):
+                return
+        elif not pool.health.apply(action):
+            return
+        if self.config.on_shaping_action is not None:
+            self.config.on_shaping_action(action)
+
+    def _close_destination(self, job: Job, pool: Pool, action: ShapingAction) -> bool:
+        """Bounce ``job``'s recipients for ``pool``'s destination: queued, waiting
+        to retry, and any still to come.  False if it was closed already."""
+        key = pool.destination.key
+        closed = self._bounce_rest.setdefault(job, {})
+        if key in closed:
+            return False
+        reply = closed[key] = synthetic_reply(
+            550, "5.7.1",
+            f"not sent: {key} answered \"{action.reply}\" and shaping rule {action.rule}"
+            " bounces the rest of this job there",
+        )
+
+        def routed_here(item: Item) -> bool:
+            destination = self.router.peek(domain_of(item.recipient.address))
+            return item.job is job and destination is not None and destination.key == key
+
+        for item in [*pool.take_queued(job), *self._retries.take(routed_here)]:
+            job.finish(item, Status.BOUNCED, reply)
+        return True
+
+    def hold(self, item: Item, delay: float, reply: Reply) -> None:
+        """Wait ``delay`` seconds without spending an attempt (a suspension, a
+        warm-up cap), then route again; a job that cannot wait that long (its
+        retry deadline, or else the retry lifetime from its start) ends it
+        deferred with ``reply`` now -- resumable, never bounced."""
+        job = item.job
+        item.last_reply = reply
+        due = trio.current_time() + delay
+        deadline = job.retry_deadline
+        if deadline is None:
+            deadline = job.started + self.config.retry.lifetime
+        if job.closed or due > deadline:
+            job.finish(item, Status.DEFERRED, reply)
+            return
+        self._retries.schedule(item, due)
 
     # -- outcomes ------------------------------------------------------------------
 

@@ -1,10 +1,64 @@
 """How hard a destination may be pushed right now (Postfix destination
-throttling in spirit): backoff after failures, and pacing."""
+throttling in spirit): backoff after failures, pacing, and the actions
+reply rules took (suspensions, lowered caps).
+
+An action is data (:class:`ShapingAction`) applied by one method,
+:meth:`DestinationHealth.apply`: the engine applies the ones its own replies
+trigger, and a shared store could apply the ones other workers recorded the
+same way -- the record carries its wall-clock expiry for that.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from ..protocol.replies import Reply
+
+
+@dataclass(frozen=True, slots=True)
+class ShapingAction:
+    """What a reply rule did to a destination, and why (one log line each)."""
+
+    #: "suspend", "suspend-source", "limit" or "bounce-rest"
+    kind: str
+    #: the destination's key (``mx:mx.example.net``, ``relay:host:port``)
+    destination: str
+    #: the reply that triggered it
+    reply: Reply
+    #: the rule's name in the shaping file
+    rule: str
+    #: seconds it lasts (0 for bounce-rest, which lasts for the job)
+    duration: float
+    #: when it ends: on the engine's (trio) clock, and as seconds since the epoch
+    until: float
+    expires_at: float
+    #: suspend-source: the egress address suspended (None: the default one)
+    source: str | None = None
+    #: limit: the connection cap and rate (messages per second) meanwhile
+    connections: int | None = None
+    rate: float | None = None
+
+    def describe(self) -> str:
+        """One log line: action, destination, how long, the triggering reply."""
+        what = self.kind
+        if self.kind == "suspend-source":
+            what += f" {self.source or 'default source'}"
+        if self.connections is not None:
+            what += f" connections={self.connections}"
+        if self.rate is not None:
+            what += f" rate={self.rate:g}/s"
+        lasting = f" for {self.duration:g}s" if self.duration else ""
+        return (f"shaping: {what} {self.destination}{lasting} ({self.rule}) after"
+                f" \"{self.reply}\"")
+
+
+@dataclass(slots=True)
+class _Hold:
+    """A suspension or limit in force until ``until`` (trio clock)."""
+
+    until: float
+    reply: Reply
 
 
 @dataclass(slots=True)
@@ -26,6 +80,12 @@ class DestinationHealth:
     recover_after: int = 10
     #: False once a server advertised PIPELINING but answered out of sequence
     pipelining: bool = True
+    #: reply rules' actions in force (see :meth:`apply`); empty in the common case
+    suspended: _Hold | None = None
+    sources_suspended: dict[str | None, _Hold] = field(default_factory=dict)
+    limited: _Hold | None = None
+    limit_connections: int | None = None
+    limit_rate: float | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency <= 0:
@@ -48,6 +108,67 @@ class DestinationHealth:
     @property
     def backing_off(self) -> bool:
         return self.concurrency < self.max_concurrency or self.pause > 0
+
+    # -- reply rules' actions ------------------------------------------------
+
+    def apply(self, action: ShapingAction) -> bool:
+        """Put ``action`` in force (a longer one already in force is kept);
+        True if it was not in force before (the start worth logging)."""
+        hold = _Hold(action.until, action.reply)
+        now = action.until - action.duration
+        if action.kind == "suspend":
+            current = self.suspension(now)
+            if current is None or current.until < action.until:
+                self.suspended = hold
+        elif action.kind == "suspend-source":
+            current = self.source_suspension(action.source, now)
+            if current is None or current.until < action.until:
+                self.sources_suspended[action.source] = hold
+        elif action.kind == "limit":
+            current = self.limited if self.limited and self.limited.until > now else None
+            self.limited = hold
+            self.limit_connections = action.connections
+            self.limit_rate = action.rate
+        else:
+            raise ValueError(f"not a health action: {action.kind!r}")
+        return current is None
+
+    def suspension(self, now: float) -> _Hold | None:
+        """The destination-wide suspension in force, if any."""
+        hold = self.suspended
+        if hold is not None and hold.until <= now:
+            self.suspended = hold = None
+        return hold
+
+    def source_suspension(self, source: str | None, now: float) -> _Hold | None:
+        hold = self.sources_suspended.get(source)
+        if hold is not None and hold.until <= now:
+            del self.sources_suspended[source]
+            hold = None
+        return hold
+
+    def connection_cap(self, cap: int, now: float) -> int:
+        """Sessions allowed now: ``cap`` (the pool's), the backoff's, and a
+        ``limit`` action's while it lasts."""
+        allowed = min(cap, self.concurrency)
+        limited = self.limited
+        if limited is not None:
+            if limited.until <= now:
+                self.limited = None
+            elif self.limit_connections is not None:
+                allowed = min(allowed, self.limit_connections)
+        return allowed
+
+    def interval(self, base: float, now: float) -> float:
+        """Seconds between message starts: ``base`` (the pool's), or longer
+        while a ``limit`` action's rate holds."""
+        limited = self.limited
+        if limited is None or self.limit_rate is None:
+            return base
+        if limited.until <= now:
+            self.limited = None
+            return base
+        return max(base, rate_interval(self.limit_rate))
 
 
 class HealthRegistry:

@@ -20,13 +20,17 @@ import trio
 
 from ..errors import SMTPAuthError, SMTPError, synthetic_reply
 from ..protocol.replies import Reply
+from ..reactions import ReactionRule
 from ..routing import Destination
 from ..session import Envelope, Refill, SMTPSession, TransactionResult
 from ..shaping import PoolLimits
-from .connector import Connector
+from ..warmup import Grant, WarmupGate
+from .batch import Batch
+from .connector import ROUND_ROBIN, Connector, SourceChoice
+from .gate import PoolGate, Wait
 from .health import DestinationHealth, rate_interval
 from .job import Item, Job
-from .limiter import DestinationLimiter, Seat, burst_for
+from .limiter import DestinationLimiter, SharedDestination
 from .policy import classify
 from .settle import Outcomes, settle
 
@@ -69,6 +73,19 @@ class PoolOwner(Outcomes, Protocol):
     def pool_idle(self, pool: Pool) -> None:
         """The pool has no work and no worker: it may be dropped."""
 
+    def react(
+        self, pool: Pool, rule: ReactionRule, reply: Reply, source: str | None, job: Job | None
+    ) -> None:
+        """A reply rule matched ``reply`` (from ``source``, in ``job``): act, and log it."""
+
+    def hold(self, item: Item, delay: float, reply: Reply) -> None:
+        """It cannot go for ``delay`` seconds (suspended, warm-up cap): it waits,
+        no attempt spent, or ends deferred with ``reply`` if its job cannot wait."""
+
+    def connection_failed(self, destination: Destination, reply: Reply, host: str | None,
+                          pause_until: float) -> None:
+        """No host of ``destination`` could be reached (once per attempt, not per recipient)."""
+
     @property
     def destination_limiter(self) -> DestinationLimiter | None:
         """Limits shared with other processes (``None``: this process alone)."""
@@ -76,57 +93,6 @@ class PoolOwner(Outcomes, Protocol):
 
 class _HookFailed(Exception):
     """A job's in-doubt hook raised (the job records the error itself)."""
-
-
-class _Batch:
-    """The transactions handed to one ``send_batch`` call, until each is settled.
-
-    ``sent`` holds the envelopes (by id; each leaves with its settlement, so
-    an id is never reused while listed) whose end of data may have left: if
-    the batch is cut short, exactly those recipients are in doubt.  ``job``
-    is the one job of all its transactions, or ``None`` once a refill mixed
-    in another job's (rare: then each envelope's job is looked up).
-    """
-
-    __slots__ = ("job", "pending", "scope", "sent")
-
-    def __init__(self, envelopes: Sequence[Envelope], groups: Sequence[list[Item]]) -> None:
-        self.pending: deque[tuple[Envelope, list[Item]]] = deque()
-        self.sent: set[int] = set()
-        self.scope = trio.CancelScope()
-        self.job: Job | None = groups[0][0].job
-        self.extend(envelopes, groups)
-
-    def extend(self, envelopes: Sequence[Envelope], groups: Sequence[list[Item]]) -> None:
-        job = self.job
-        if job is not None and any(group[0].job is not job for group in groups):
-            self.job = None
-        self.pending.extend(zip(envelopes, groups, strict=True))
-
-    def pop(self) -> list[Item]:
-        envelope, group = self.pending.popleft()
-        self.sent.discard(id(envelope))
-        return group
-
-    def holds(self, job: Job) -> bool:
-        if self.job is not None:
-            return self.job is job and bool(self.pending)
-        return any(group[0].job is job for _, group in self.pending)
-
-    def marks(self, envelopes: Sequence[Envelope]) -> list[tuple[Job, list[str]]]:
-        """The addresses of ``envelopes``, by job, for the jobs with an in-doubt hook."""
-        job = self.job
-        if job is not None:  # the common case: no lookup, one list
-            if job.options.on_in_doubt is None:
-                return []
-            return [(job, [r for envelope in envelopes for r in envelope.recipients])]
-        ids = {id(envelope) for envelope in envelopes}
-        by_job: dict[Job, list[str]] = {}
-        for envelope, group in self.pending:
-            owner = group[0].job
-            if owner.options.on_in_doubt is not None and id(envelope) in ids:
-                by_job.setdefault(owner, []).extend(envelope.recipients)
-        return list(by_job.items())
 
 
 class Pool:
@@ -142,6 +108,8 @@ class Pool:
         *,
         linger: float,
         window: int,
+        reactions: tuple[ReactionRule, ...] = (),
+        warmup: WarmupGate | None = None,
     ) -> None:
         self.owner = owner
         self.destination = destination
@@ -157,12 +125,15 @@ class Pool:
         self._next_start = 0.0
         self._interval = rate_interval(limits.rate)
         self._oldest = 0.0
-        self._batches: set[_Batch] = set()
+        self._batches: set[Batch] = set()
+        #: reply rules and warm-up caps (None without any: nothing to check)
+        self.gate = PoolGate(
+            health, limits.connections, limits.source_addresses, reactions, warmup
+        ) if reactions or warmup is not None else None
         # -- limits shared with other processes (delivery/limiter.py); None here
         # costs nothing: every use below is behind one ``is not None``
-        self.limiter = owner.destination_limiter
-        self._tokens = 0  # rate tokens taken from the limiter, not yet spent
-        self._seats_short = False  # the last seat wanted was not free at once
+        limiter = owner.destination_limiter
+        self.shared = None if limiter is None else SharedDestination(limiter, destination.key)
 
     def __repr__(self) -> str:
         idle = self.workers - self.active_sessions
@@ -210,13 +181,16 @@ class Pool:
                 batch.scope.cancel()
 
     def _spawn_workers(self) -> None:
-        wanted = min(self.health.concurrency, self.limits.connections)
+        health = self.health
+        wanted = min(health.concurrency, self.limits.connections)
+        if health.limited is not None:  # a reply rule lowered the cap for a while
+            wanted = health.connection_cap(wanted, trio.current_time())
         # a session per transaction's worth of queued work, up to the caps
         shared = bool(self.queue) and not self.queue[0].job.one_per_transaction
         per_worker = self.limits.max_rcpts if shared else 1
         backlog = -(-len(self.queue) // per_worker)  # ceil
         wanted = min(wanted, max(1, backlog))
-        if self._seats_short:  # shared seats all held: one task waits for one, not each
+        if self.shared is not None and self.shared.seats_short:  # one task waits for a seat
             wanted = min(wanted, self.active_sessions + 1)
         while self.workers < wanted:
             self.workers += 1
@@ -245,7 +219,7 @@ class Pool:
     async def _take(self, budget: int) -> list[Item] | None:
         """Wait for work; ``None`` when idle long enough (or others need the slot)."""
         idle = self.limits.idle_timeout
-        if self.limiter is not None:  # its seat is shared: idling on it starves other workers
+        if self.shared is not None:  # its seat is shared: idling on it starves other workers
             idle = min(idle, SHARED_IDLE)
         deadline = trio.current_time() + idle
         while not self._ready():
@@ -291,25 +265,33 @@ class Pool:
         owner = self.owner
         try:
             while self.queue and not owner.stopping:
-                if self.workers > self.health.concurrency:
+                now = trio.current_time()
+                if self.workers > self.health.connection_cap(self.limits.connections, now):
                     return  # backing off: this destination runs fewer sessions for now
-                pause = self.health.pause_until - trio.current_time()
+                pause = self.health.pause_until - now
                 if pause > 0:
                     await trio.sleep(pause)
                 if not self.queue:
                     break
-                seat = None
-                if self.limiter is not None:
-                    seat = await self._shared_seat(self.limiter)
+                gate = self.gate
+                source = gate.source(trio.current_time()) if gate is not None else ROUND_ROBIN
+                if isinstance(source, Wait):  # suspended or capped: the queue waits
+                    self._hold_queue(source)
+                    break
+                shared, seat = self.shared, None
+                if shared is not None:
+                    seat = await shared.seat(
+                        self.limits.connections, self._wants_seat,
+                        lambda: self.workers - self.active_sessions > 1)
                     if seat is None:
                         return  # no work left, or another task already waits for a seat
                 try:
                     async with owner.connection_slot():
-                        session = await self._connect()
+                        session = await self._connect(source)
                         if session is None:
                             continue
                         self.active_sessions += 1
-                        if self._seats_short:
+                        if shared is not None and shared.seats_short:
                             self._spawn_workers()  # the next one waits for the next seat
                         try:
                             await self._serve(session)
@@ -317,9 +299,8 @@ class Pool:
                             self.active_sessions -= 1
                             await session.quit()
                 finally:
-                    if seat is not None and self.limiter is not None:
-                        with trio.CancelScope(shield=True):
-                            await self.limiter.release(seat)
+                    if shared is not None and seat is not None:
+                        await shared.release(seat)
         finally:
             self.workers -= 1
             if self.queue and not owner.stopping:
@@ -327,11 +308,31 @@ class Pool:
             elif self.idle:
                 owner.pool_idle(self)
 
-    async def _connect(self) -> SMTPSession | None:
+    def _wants_seat(self) -> bool:
+        return bool(self.queue) and not self.owner.stopping
+
+    def _hold_queue(self, wait: Wait) -> None:
+        for item in self.take_queued():
+            self.owner.hold(item, wait.delay, wait.reply)
+
+    def _granted(
+        self, gate: PoolGate, items: list[Item], source: str | None
+    ) -> tuple[list[Item], Grant | None]:
+        """The part of ``items`` the warm-up cap lets ``source`` send now (and
+        its count, to give back what is not sent); the rest goes back to the
+        queue's front."""
+        granted, grant = gate.grant(len(items), source)
+        if granted < len(items):
+            for item in reversed(items[granted:]):
+                self.queue.appendleft(item)
+            items = items[:granted]
+        return items, grant
+
+    async def _connect(self, source: str | SourceChoice | None) -> SMTPSession | None:
         """A session; on total failure defer a transaction's worth of the queue
         (an authentication failure stops the run instead: see ``Engine.abort``)."""
         try:
-            return await self.connector.connect(pipelining=self.health.pipelining)
+            return await self.connector.connect(pipelining=self.health.pipelining, source=source)
         except SMTPAuthError as exc:
             # a wrong password is no recipient's fault: bouncing them would be
             # permanent, and every reconnect would refuse the next batch
@@ -339,46 +340,63 @@ class Pool:
             return None
         except SMTPError as exc:
             self.health.failure(trio.current_time())
-            if self.limiter is not None:
-                await self._share_pause(self.limiter, exc.reply)
+            if self.shared is not None:
+                await self.shared.pause(self.health.pause, exc.reply)
+            self.owner.connection_failed(
+                self.destination, exc.reply, exc.host, self.health.pause_until)
             # nobody can be delivered right now: defer what the next session would have taken
             n = min(len(self.queue), self.limits.max_rcpts)
             taken = [self.queue.popleft() for _ in range(n)]
             verdict = classify(None, exc.reply)
             for item in taken:
                 self.owner.attempted(item, exc.reply, verdict, exc.host)
+            if self.gate is not None:
+                chosen = None if isinstance(source, SourceChoice) else source
+                self._react_to(self.gate, (exc.reply,), chosen, taken[0].job if taken else None)
             return None
 
     async def _serve(self, session: SMTPSession) -> None:
         limits = self.limits
         owner = self.owner
         host = session.peer_name  # the name, and how the session is secured
-        window = 1 if self._interval else self._window
+        source = session.config.source_address
+        health = self.health
+        gate = self.gate
         while session.is_usable and not owner.stopping:
+            now = trio.current_time()
+            if gate is not None and not gate.may_go_on(source, self.active_sessions, now):
+                return
+            interval = health.interval(self._interval, now)
+            window = 1 if interval else self._window
             budget = min(window, limits.messages_per_connection - session.transactions)
             if budget <= 0:
                 return
             items = await self._take(budget)
             if not items:
                 return
+            grant = None
+            if gate is not None:
+                items, grant = self._granted(gate, items, source)
+                if not items:
+                    return  # the cap is reached: the worker holds the queue next
             envelopes, groups = self._envelopes(items)
             if not envelopes:
                 continue
-            batch = _Batch(envelopes, groups)
-            results = await self._send(session, batch, window)
+            batch = Batch(envelopes, groups, source, grant)
+            results = await self._send(session, batch, window, interval)
             if results is None:
                 return  # cut short: the connection is closed
             for result in results:
                 self._settle_next(host, batch, result)
-            if self._session_ended(session) and self.limiter is not None:
+            if self._session_ended(session, batch) and self.shared is not None:
                 error = session.error
-                await self._share_pause(self.limiter, None if error is None else error.reply)
+                await self.shared.pause(self.health.pause, None if error is None else error.reply)
             if session.pipelining_broken:
                 self.health.pipelining = False
                 return
 
     async def _send(
-        self, session: SMTPSession, batch: _Batch, window: int
+        self, session: SMTPSession, batch: Batch, window: int, interval: float
     ) -> list[TransactionResult] | None:
         """Run ``batch`` on ``session``: the results not yet settled, or ``None``
         when it was cut short (cancelled, or a job's in-doubt hook failed) --
@@ -390,13 +408,15 @@ class Pool:
         self._batches.add(batch)
         try:
             with batch.scope:
-                if self._interval:
-                    if self.limiter is not None:
-                        await self._shared_tokens(self.limiter, len(envelopes))
-                    await self._pace()
+                if interval:
+                    if self.shared is not None and self.limits.rate is not None:
+                        # the shaping file's rate holds in sum; a reply rule's
+                        # slower pacing (``interval``) stays this process's
+                        await self.shared.take(self.limits.rate, len(envelopes), len(self.queue))
+                    await self._pace(interval)
                 # a paced destination gets one message per start; otherwise the
                 # session may keep pulling work, up to its messages per connection
-                refill = None if self._interval else self._refiller(
+                refill = None if interval else self._refiller(
                     batch, window,
                     limits.messages_per_connection - session.transactions - len(envelopes),
                 )
@@ -425,7 +445,7 @@ class Pool:
     def _stopping(self) -> bool:
         return self.owner.stopping
 
-    def _refiller(self, batch: _Batch, window: int, budget: int) -> Refill:
+    def _refiller(self, batch: Batch, window: int, budget: int) -> Refill:
         """The session's ``refill``: more queued transactions (a fair share, up to
         a window) while the connection has budget, so every session keeps its
         pipeline full to the end and none waits a round trip between batches."""
@@ -434,7 +454,17 @@ class Pool:
         def refill() -> list[Envelope]:
             nonlocal budget
             while budget > 0 and not owner.stopping and self._ready():
-                envelopes, more = self._envelopes(self._take_ready(min(window, budget)))
+                gate = self.gate
+                if gate is not None and not gate.may_go_on(
+                    batch.source, self.active_sessions, trio.current_time()
+                ):
+                    return []  # a reply rule acted: this session takes nothing more
+                items = self._take_ready(min(window, budget))
+                if gate is not None:
+                    items, batch.grant = self._granted(gate, items, batch.source)
+                    if not items:
+                        return []
+                envelopes, more = self._envelopes(items)
                 budget -= max(1, len(envelopes))
                 if envelopes:  # (an unrenderable message was settled instead)
                     batch.extend(envelopes, more)
@@ -443,7 +473,7 @@ class Pool:
 
         return refill
 
-    async def _data_end(self, batch: _Batch, envelopes: Sequence[Envelope]) -> None:
+    async def _data_end(self, batch: Batch, envelopes: Sequence[Envelope]) -> None:
         """The session's ``on_data_end``: these ends of data are about to leave,
         once each job's in-doubt hook (the journal's durable mark) has
         returned.  Only then are they noted as possibly sent: a batch cut short
@@ -465,10 +495,10 @@ class Pool:
                 raise _HookFailed from exc
         batch.sent.update(map(id, envelopes))
 
-    async def _pace(self) -> None:
+    async def _pace(self, interval: float) -> None:
         now = trio.current_time()
         start = max(now, self._next_start)
-        self._next_start = start + self._interval
+        self._next_start = start + interval
         if start > now:
             await trio.sleep_until(start)
 
@@ -495,11 +525,23 @@ class Pool:
             groups.append([item])
         return envelopes, groups
 
-    def _settle_next(self, host: str, batch: _Batch, result: TransactionResult) -> None:
-        if settle(self.owner, self.requeue, batch.pop(), result, host):
+    def _settle_next(self, host: str, batch: Batch, result: TransactionResult) -> None:
+        group = batch.pop()
+        if settle(self.owner, self.requeue, group, result, host):
             self.health.success()
+        gate = self.gate
+        if gate is not None:  # (no rules, no caps: no reply is ever looked at)
+            self._react_to(gate, result.replies, batch.source, group[0].job)
+            if not result.attempted:
+                gate.unsent(batch.grant, len(group))
 
-    def _interrupted(self, batch: _Batch) -> None:
+    def _react_to(
+        self, gate: PoolGate, replies: Sequence[Reply], source: str | None, job: Job | None
+    ) -> None:
+        for rule, reply in gate.matches(replies):
+            self.owner.react(self, rule, reply, source, job)
+
+    def _interrupted(self, batch: Batch) -> None:
         """A batch cut short: whoever's end of data may have left is in doubt;
         the rest was not sent (and goes back to the queue, or ends deferred
         when its job is closed)."""
@@ -507,63 +549,20 @@ class Pool:
         while batch.pending:
             maybe_sent = id(batch.pending[0][0]) in batch.sent
             group = batch.pop()
+            if not maybe_sent and self.gate is not None:
+                self.gate.unsent(batch.grant, len(group))
             for item in group:
                 if maybe_sent:
                     owner.in_doubt(item, INTERRUPTED_IN_DOUBT, None)
                 else:
                     owner.unattempted(item, INTERRUPTED, self.requeue)
 
-    def _session_ended(self, session: SMTPSession) -> bool:
+    def _session_ended(self, session: SMTPSession, batch: Batch) -> bool:
         """Whether the session ended in a failure the destination backs off for."""
         error = session.error
-        if error is not None and (session.transactions == 0 or error.code == 421):
+        failed = error is not None and (session.transactions == 0 or error.code == 421)
+        if failed:
             self.health.failure(trio.current_time())
-            return True
-        return False
-
-    # -- limits shared with other processes (only with a limiter) ---------------
-
-    async def _shared_seat(self, limiter: DestinationLimiter) -> Seat | None:
-        """Wait for one of the destination's shared connection seats (polling:
-        a seat frees when another process closes a connection); ``None`` when
-        the queue emptied or the run stops first, or another of this pool's
-        tasks is already waiting (one poller per pool, not one per task)."""
-        key = self.destination.key
-        poll = 0.02
-        first = True
-        while self.queue and not self.owner.stopping:
-            seat = await limiter.acquire(key, self.limits.connections)
-            if seat is not None:
-                if first:
-                    self._seats_short = False
-                return seat
-            first = False
-            self._seats_short = True
-            if self.workers - self.active_sessions > 1:
-                return None
-            paused = await limiter.paused(key)
-            await trio.sleep(max(paused, poll))
-            poll = min(0.2, poll * 2)
-        return None
-
-    async def _shared_tokens(self, limiter: DestinationLimiter, n: int) -> None:
-        """Wait until ``n`` messages conform to the destination's shared rate."""
-        rate = self.limits.rate
-        assert rate is not None
-        burst = burst_for(rate)
-        while self._tokens < n:
-            # ahead only for work queued here: a token taken and never spent is
-            # a message the destination could have had from another worker
-            ahead = min(burst, n + len(self.queue))
-            granted, wait = await limiter.take(
-                self.destination.key, rate, burst, max(n - self._tokens, ahead))
-            self._tokens += granted
-            if self._tokens < n:
-                await trio.sleep(max(wait, 0.001))
-        self._tokens -= n
-
-    async def _share_pause(self, limiter: DestinationLimiter, reply: Reply | None) -> None:
-        """This process backs off (``health``): so does every other one."""
-        if self.health.pause > 0:
-            with trio.CancelScope(shield=True):
-                await limiter.pause(self.destination.key, self.health.pause, reply)
+        if error is not None and self.gate is not None:
+            self._react_to(self.gate, (error.reply,), batch.source, batch.job)
+        return failed
