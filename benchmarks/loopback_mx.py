@@ -37,7 +37,8 @@ def _common_free_port(hosts: int) -> int:
 class LoopbackMX:
     """The DNS server and the sinks; ``stop()`` ends them all."""
 
-    def __init__(self, domains: int, mx_hosts: int, *, domain_format: str = "d{}.test") -> None:
+    def __init__(self, domains: int, mx_hosts: int, *, domain_format: str = "d{}.test",
+                 sink_args: tuple[str, ...] = ()) -> None:
         self.mx_hosts = mx_hosts
         self.procs: list[subprocess.Popen[bytes]] = []
         self.stats_files: list[Path] = []
@@ -56,7 +57,7 @@ class LoopbackMX:
                 self.stats_files.append(stats)
                 self.procs.append(subprocess.Popen(
                     [sys.executable, "-m", "bulkmail", "sink", "--host", f"127.0.0.{k + 1}",
-                     "--port", str(self.mx_port), "--stats-file", str(stats)],
+                     "--port", str(self.mx_port), "--stats-file", str(stats), *sink_args],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 ))
             for k in range(mx_hosts):

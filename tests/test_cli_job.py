@@ -328,10 +328,11 @@ async def test_the_journal_is_opened_by_location(tmp_path: Path) -> None:
         base = base[: base.index("--journal")]
         by_url = await run([*base, "--journal", f"sqlite:{journal}"], tmp_path)
         by_path = await run([*base, "--journal", str(journal)], tmp_path)
-        server = await run([*base, "--journal", "postgresql://mail@db.test/bulk"], tmp_path)
+        # a PostgreSQL journal where no server listens: a clear usage error
+        server = await run([*base, "--journal", "postgresql://mail@127.0.0.1:9/bulk"], tmp_path)
         nursery.cancel_scope.cancel()
     assert by_url.returncode == 0, by_url.stderr
     assert journal.is_file() and not (tmp_path / "sqlite:").exists()
     assert by_path.returncode == 0 and b"2 already final, 0 to send" in by_path.stderr
-    assert server.returncode == 2 and b"not available yet" in server.stderr
+    assert server.returncode == 2 and b"127.0.0.1" in server.stderr, server.stderr
     assert len(server.stderr.splitlines()) == 1

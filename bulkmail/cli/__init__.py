@@ -35,7 +35,7 @@ exit status: 0 all final, 2 bad input, 75 some deferred (run it again)
 
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "send": ("bulkmail.cli.send_command",
+    "send": ("bulkmail.cli.send_entry",
              "send a message or template to a recipients file, resumably"),
     "sink": ("bulkmail.cli.sink_command",
              "run a local SMTP server that accepts and counts mail (tests, benchmarks)"),

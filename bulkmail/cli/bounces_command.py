@@ -17,8 +17,10 @@ from pathlib import Path
 
 from ..bounce_class import DEFAULT_SUPPRESS, RulesError, classify_diagnostic, parse_classes
 from ..dsn import BounceReport, read_dsn
-from ..journal import JournalError, SQLiteJournal, StateChange, open_journal, sqlite_path
+from ..journal import JournalError, SQLiteJournal, StateChange, sqlite_path
+from ..journals import open_any_journal
 from ..results import Status
+from ..store import PgJournal
 from ..suppression import Suppression, SuppressionError, SuppressionStore
 
 EX_OK, EX_SKIPPED, EX_USAGE = 0, 1, 2
@@ -26,7 +28,8 @@ EX_OK, EX_SKIPPED, EX_USAGE = 0, 1, 2
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dsn", nargs="+", metavar="FILE", help="bounce messages (RFC 5322 files)")
-    p.add_argument("--journal", required=True, help="the run's journal")
+    p.add_argument("--journal", required=True,
+                   help="the run's journal (a file, or postgresql://...?job=ID)")
     p.add_argument("--suppress", metavar="FILE",
                    help="append hard-bounced addresses here (each once)")
     p.add_argument("--verp-sender", metavar="ADDR",
@@ -40,17 +43,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        journal_file = sqlite_path(args.journal)
-        if journal_file is None:
-            open_journal(args.journal)  # says which backend is not available yet
+        journal_file = sqlite_path(args.journal)  # None: a job in PostgreSQL
     except JournalError as exc:
         print(f"bulkmail bounces: {exc}", file=sys.stderr)
         return EX_USAGE
-    assert journal_file is not None
-    args.journal = journal_file
-    if not Path(args.journal).is_file():
-        print(f"bulkmail bounces: no journal at {args.journal}", file=sys.stderr)
-        return EX_USAGE
+    if journal_file is not None:
+        args.journal = journal_file
+        if not Path(args.journal).is_file():
+            print(f"bulkmail bounces: no journal at {args.journal}", file=sys.stderr)
+            return EX_USAGE
     try:
         classes = parse_classes(args.suppress_classes)
     except RulesError as exc:
@@ -100,10 +101,12 @@ def run(args: argparse.Namespace) -> int:
     return EX_SKIPPED if skipped else EX_OK
 
 
-def _record(journal_path: str, failed: list[BounceReport]) -> tuple[list[StateChange], list[str]]:
+def _record(journal_at: str, failed: list[BounceReport]) -> tuple[list[StateChange], list[str]]:
     """Record the bounces of recipients the journal knows (as it stores them)."""
-    journal = SQLiteJournal(journal_path)
+    journal = open_any_journal(journal_at)
     try:
+        if not isinstance(journal, SQLiteJournal | PgJournal):
+            raise JournalError(f"journal {journal_at!r} cannot match bounces to recipients")
         stored = journal.stored_addresses(sorted({r.recipient for r in failed}))
         changes: dict[str, StateChange] = {}
         for report in failed:

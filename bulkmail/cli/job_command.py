@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 from ..durable import reply_of
 from ..journal.base import Outcome
@@ -96,15 +97,38 @@ def job_spec(args: argparse.Namespace) -> JobSpec:
 
 
 def _create(args: argparse.Namespace) -> int:
+    print(create_job(args))
+    return EX_OK
+
+
+def job_identity(spec: JobSpec, recipients: str) -> dict[str, str]:
+    """What makes a job itself: ``send --journal postgresql://`` resumes the job
+    with the same identity instead of creating a second one."""
+    return {
+        "sender": spec.sender,
+        "message_sha256": hashlib.sha256(spec.message).hexdigest(),
+        "recipients": recipients,
+    }
+
+
+def find_job(store: PgStore, identity: dict[str, str]) -> int | None:
+    """The newest fully loaded, not cancelled job with ``identity``."""
+    with store.db.using() as conn:
+        row = conn.execute(
+            "SELECT id FROM jobs WHERE identity = %s::jsonb AND state <> 'cancelled'"
+            " AND coalesce((options->>%s)::boolean, true) ORDER BY id DESC LIMIT 1",
+            (json.dumps(identity), LOADED),
+        ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def create_job(args: argparse.Namespace) -> int:
+    """Store the job ``args`` describe and load its recipients; its id."""
     spec = job_spec(args)
     suppressed = read_suppressions(args.suppress) if args.suppress else frozenset()
     if args.recipients != "-" and not Path(args.recipients).is_file():
         raise InputError(f"cannot read {args.recipients}: no such file")
-    identity = {
-        "sender": spec.sender,
-        "message_sha256": hashlib.sha256(spec.message).hexdigest(),
-        "recipients": args.recipients,
-    }
+    identity = job_identity(spec, args.recipients)
     intake = _Intake(suppressed)
     with PgStore(args.db) as store:
         # not "loaded" until every recipient is in: a worker must not finish
@@ -122,8 +146,7 @@ def _create(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"job {job}: {loaded:,} recipients to send, {len(intake.held_back):,} suppressed,"
               f" {intake.repeats:,} repeats dropped")
-    print(job)
-    return EX_OK
+    return job
 
 
 class _Intake:
@@ -170,15 +193,19 @@ def _status(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def write_report(store: PgStore, job: int, out: TextIO) -> None:
+    """The job's recipients as JSON Lines, the columns of ``send --report``."""
+    for record in store.journal(job).iter_records():
+        result = Result(record.address, record.status, reply_of(record),
+                        record.attempts, record.host, record.possible_duplicate)
+        out.write(json.dumps(result.as_dict(), ensure_ascii=False) + "\n")
+    out.flush()
+
+
 def _report(args: argparse.Namespace) -> int:
     with PgStore(args.db) as store:
-        out = sys.stdout
         try:
-            for record in store.journal(args.job).iter_records():
-                result = Result(record.address, record.status, reply_of(record),
-                                record.attempts, record.host, record.possible_duplicate)
-                out.write(json.dumps(result.as_dict(), ensure_ascii=False) + "\n")
-            out.flush()
+            write_report(store, args.job, sys.stdout)
         except BrokenPipeError:  # `| head`: the reader has what it wanted
             # (Python's advice: no second error when stdout is flushed at exit)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

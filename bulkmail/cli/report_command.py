@@ -13,13 +13,15 @@ from collections import Counter
 from pathlib import Path
 
 from ..bounce_class import BounceClassifier, RulesError, load_rules
-from ..journal import Journal, JournalError, open_journal, sqlite_path
+from ..journal import Journal, JournalError, sqlite_path
+from ..journals import open_any_journal
 from ..results import Status, Summary
 from .summary import ClassCounts, render_summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("journal", help="a journal written by 'bulkmail send'")
+    parser.add_argument("journal", help="a journal written by 'bulkmail send', or a job in"
+                                        " PostgreSQL: postgresql://...?job=ID")
     parser.add_argument("--bounce-rules", metavar="FILE.toml",
                         help="classification rules, tried before the built-in ones"
                              " (the file given to 'send --bounce-rules')")
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         if path is not None and not Path(path).is_file():
             print(f"bulkmail report: no journal at {path}", file=sys.stderr)
             return 2
-        journal = open_journal(args.journal)
+        journal = open_any_journal(args.journal)
         try:
             summary, pending_doubt = _summarise(journal)
             classes = _classes(journal, classifier)

@@ -5,6 +5,8 @@ Modules, leaves first (each imports only modules above it in this list):
 * ``policy``    what one reply means for one recipient (``classify``)
 * ``health``    a destination's backoff and pacing, and the actions reply
   rules put in force there (``ShapingAction``)
+* ``limiter``   the seam for per-destination limits shared with other
+  processes (connection seats, rate tokens, pauses); ``None`` in one process
 * ``job``       a job (``Job``, its frozen ``JobOptions``) and its ``Item``s
 * ``retry``     the per-recipient retry schedule and the loop that keeps it
 * ``settle``    a transaction's result -> each recipient's outcome

@@ -32,6 +32,7 @@ from .connector import ConnectionFailure, ConnectionObserver, Connector
 from .health import HealthRegistry, ShapingAction
 from .intake import Intake, Recipients
 from .job import Item, Job, JobOptions
+from .limiter import DestinationLimiter
 from .observed import EngineState
 from .policy import Verdict, classify
 from .pool import Pool
@@ -91,6 +92,8 @@ class Engine:
         self.metrics = config.metrics
         if self.metrics is not None:
             self.metrics.view = EngineState(self.pools, self._health, self._retries)
+        #: limits shared with other processes (store workers); None: this one alone
+        self.destination_limiter: DestinationLimiter | None = None
         #: destinations a ``bounce-rest`` rule closed, per job, with the reply they get
         self._bounce_rest: dict[Job, dict[str, Reply]] = {}
         if config.wall_clock is not None:

@@ -31,6 +31,7 @@ from .connector import ROUND_ROBIN, Connector, SourceChoice
 from .gate import PoolGate, Wait
 from .health import DestinationHealth, rate_interval
 from .job import Item, Job
+from .limiter import DestinationLimiter, SharedDestination
 from .policy import classify
 from .settle import Outcomes, settle
 
@@ -39,6 +40,10 @@ INTERRUPTED = synthetic_reply(451, "4.3.2", "transaction interrupted; not sent")
 INTERRUPTED_IN_DOUBT = synthetic_reply(
     451, "4.4.2", "transaction interrupted after end of data; delivery in doubt"
 )
+
+
+#: longest a session idles on a seat shared with other processes (a limiter's)
+SHARED_IDLE = 0.5
 
 
 class PoolOwner(Outcomes, Protocol):
@@ -81,6 +86,10 @@ class PoolOwner(Outcomes, Protocol):
     def connection_failed(self, destination: Destination, reply: Reply, host: str | None,
                           pause_until: float) -> None:
         """No host of ``destination`` could be reached (once per attempt, not per recipient)."""
+
+    @property
+    def destination_limiter(self) -> DestinationLimiter | None:
+        """Limits shared with other processes (``None``: this process alone)."""
 
 
 class _HookFailed(Exception):
@@ -125,6 +134,10 @@ class Pool:
         ) if reactions or warmup is not None else None
         #: this destination's metrics hooks (no-ops when nothing is measured)
         self._site = metrics.site(destination.key) if metrics is not None else NOT_MEASURED
+        # -- limits shared with other processes (delivery/limiter.py); None here
+        # costs nothing: every use below is behind one ``is not None``
+        limiter = owner.destination_limiter
+        self.shared = None if limiter is None else SharedDestination(limiter, destination.key)
 
     def __repr__(self) -> str:
         idle = self.workers - self.active_sessions
@@ -181,6 +194,8 @@ class Pool:
         per_worker = self.limits.max_rcpts if shared else 1
         backlog = -(-len(self.queue) // per_worker)  # ceil
         wanted = min(wanted, max(1, backlog))
+        if self.shared is not None and self.shared.seats_short:  # one task waits for a seat
+            wanted = min(wanted, self.active_sessions + 1)
         while self.workers < wanted:
             self.workers += 1
             self.owner.nursery.start_soon(self._worker, name=f"pool {self.destination.key}")
@@ -212,7 +227,10 @@ class Pool:
 
     async def _take(self, budget: int) -> list[Item] | None:
         """Wait for work; ``None`` when idle long enough (or others need the slot)."""
-        deadline = trio.current_time() + self.limits.idle_timeout
+        idle = self.limits.idle_timeout
+        if self.shared is not None:  # its seat is shared: idling on it starves other workers
+            idle = min(idle, SHARED_IDLE)
+        deadline = trio.current_time() + idle
         while not self._ready():
             if not self.queue and self.owner.connection_waiters():
                 return None  # hand the connection slot to a destination with work
@@ -270,22 +288,38 @@ class Pool:
                 if isinstance(source, Wait):  # suspended or capped: the queue waits
                     self._hold_queue(source)
                     break
-                async with owner.connection_slot():
-                    session = await self._connect(source)
-                    if session is None:
-                        continue
-                    self.active_sessions += 1
-                    try:
-                        await self._serve(session)
-                    finally:
-                        self.active_sessions -= 1
-                        await session.quit()
+                shared, seat = self.shared, None
+                if shared is not None:
+                    seat = await shared.seat(
+                        self.limits.connections, self._wants_seat,
+                        lambda: self.workers - self.active_sessions > 1)
+                    if seat is None:
+                        return  # no work left, or another task already waits for a seat
+                try:
+                    async with owner.connection_slot():
+                        session = await self._connect(source)
+                        if session is None:
+                            continue
+                        self.active_sessions += 1
+                        if shared is not None and shared.seats_short:
+                            self._spawn_workers()  # the next one waits for the next seat
+                        try:
+                            await self._serve(session)
+                        finally:
+                            self.active_sessions -= 1
+                            await session.quit()
+                finally:
+                    if shared is not None and seat is not None:
+                        await shared.release(seat)
         finally:
             self.workers -= 1
             if self.queue and not owner.stopping:
                 self._spawn_workers()
             elif self.idle:
                 owner.pool_idle(self)
+
+    def _wants_seat(self) -> bool:
+        return bool(self.queue) and not self.owner.stopping
 
     def _hold_queue(self, wait: Wait) -> None:
         for item in self.take_queued():
@@ -321,6 +355,8 @@ class Pool:
         except SMTPError as exc:
             site.connect(exc)
             self.health.failure(trio.current_time())
+            if self.shared is not None:
+                await self.shared.pause(self.health.pause, exc.reply)
             self.owner.connection_failed(
                 self.destination, exc.reply, exc.host, self.health.pause_until)
             # nobody can be delivered right now: defer what the next session would have taken
@@ -369,7 +405,9 @@ class Pool:
                 return  # cut short: the connection is closed
             for result in results:
                 self._settle_next(host, batch, result)
-            self._session_ended(session, batch)
+            if self._session_ended(session, batch) and self.shared is not None:
+                error = session.error
+                await self.shared.pause(self.health.pause, None if error is None else error.reply)
             if session.pipelining_broken:
                 self.health.pipelining = False
                 return
@@ -388,6 +426,10 @@ class Pool:
         try:
             with batch.scope:
                 if interval:
+                    if self.shared is not None and self.limits.rate is not None:
+                        # the shaping file's rate holds in sum; a reply rule's
+                        # slower pacing (``interval``) stays this process's
+                        await self.shared.take(self.limits.rate, len(envelopes), len(self.queue))
                     await self._pace(interval)
                 # a paced destination gets one message per start; otherwise the
                 # session may keep pulling work, up to its messages per connection
@@ -534,9 +576,12 @@ class Pool:
                 else:
                     owner.unattempted(item, INTERRUPTED, self.requeue)
 
-    def _session_ended(self, session: SMTPSession, batch: Batch) -> None:
+    def _session_ended(self, session: SMTPSession, batch: Batch) -> bool:
+        """Whether the session ended in a failure the destination backs off for."""
         error = session.error
-        if error is not None and (session.transactions == 0 or error.code == 421):
+        failed = error is not None and (session.transactions == 0 or error.code == 421)
+        if failed:
             self.health.failure(trio.current_time())
         if error is not None and self.gate is not None:
             self._react_to(self.gate, (error.reply,), batch.source, batch.job)
+        return failed

@@ -1,9 +1,10 @@
 """``open_journal(url)``: the one place that maps a journal location to its backend.
 
-``PATH`` or ``sqlite:PATH`` is the SQLite file backend; ``postgresql://...``
-is reserved for the PostgreSQL backend (a separate piece of work) and refused
-clearly until it exists.  Add a backend here and nowhere else: the CLI's
-``send``, ``report`` and ``bounces`` all open journals through this function.
+``PATH`` or ``sqlite:PATH`` is the SQLite file backend.  ``postgresql://``
+URLs name the PostgreSQL job store, which builds on this package and so
+cannot be imported from it: :func:`bulkmail.journals.open_any_journal` routes
+them (``report`` and ``bounces`` open journals through it), and this function
+refuses them with a pointer there.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def open_journal(
     path = sqlite_path(url)
     if path is None:
         raise JournalError(
-            f"journal {os.fspath(url)!r}: PostgreSQL journals are not available yet;"
-            " use a file path (or sqlite:PATH)"
+            f"journal {os.fspath(url)!r}: a PostgreSQL journal is opened by"
+            " bulkmail.journals.open_any_journal (or bulkmail.store.open_pg_journal)"
         )
     return SQLiteJournal(path, synchronous=synchronous, lock=lock)

@@ -84,8 +84,9 @@ def finish_if_done(db: Database, job: int) -> bool:
         row = conn.execute(
             "UPDATE jobs SET state = 'done' WHERE id = %s AND state = 'active'"
             " AND NOT EXISTS (SELECT 1 FROM recipients WHERE job = %s"
-            "   AND (state IN ('pending', 'in_flight', 'in_doubt')"
-            "        OR (state = 'deferred' AND next_attempt <> 'infinity')))"
+            "   AND (state IN ('pending', 'in_flight')"
+            # in doubt or deferred for good (next attempt infinity) is final here
+            "        OR (state IN ('in_doubt', 'deferred') AND next_attempt <> 'infinity')))"
             " RETURNING id",
             (job, job),
         ).fetchone()

@@ -59,6 +59,31 @@ class PgJournal:
             ).fetchall()
         return {str(row[0]): _record(row) for row in rows}
 
+    def stored_addresses(self, addresses: Sequence[str]) -> dict[str, str]:
+        """Each of ``addresses`` the job knows, mapped to the form it stores
+        (the SQLite journal's rules: exact; else the same local part with the
+        domain in another case; else case-insensitively, if only one matches).
+        Unknown ones are left out, so ``bulkmail bounces`` never adds a row."""
+        found = {a: a for a in self.lookup(addresses)}
+        missing = [a for a in addresses if a not in found]
+        if not missing:
+            return found
+        with self.db.using() as conn:
+            rows = conn.execute(
+                "SELECT address FROM recipients WHERE job = %s AND lower(address) = ANY(%s)",
+                (self.job, [a.lower() for a in missing]),
+            ).fetchall()
+        candidates: dict[str, list[str]] = {}
+        for (stored,) in rows:
+            candidates.setdefault(str(stored).lower(), []).append(str(stored))
+        for address in missing:
+            matches = candidates.get(address.lower(), [])
+            local = address.rpartition("@")[0]
+            pick = [m for m in matches if m.rpartition("@")[0] == local] or matches
+            if len(pick) == 1:
+                found[address] = pick[0]
+        return found
+
     def record(self, changes: Sequence[StateChange]) -> None:
         groups: list[tuple[list[str], Outcome]] = []
         for change in changes:

@@ -89,6 +89,28 @@ RETURNING r.job, r.destination, r.address, r.variables, r.state, r.attempts,
 """
 
 
+# Every statement that locks several recipient rows a worker leases locks them
+# in id order first (the heartbeat, the group commit, a release): two of one
+# worker's transactions on different connections then wait for each other
+# instead of deadlocking (they did, when each updated in its own scan order).
+LOCK_LEASED = "SELECT id FROM recipients WHERE lease_owner = %s ORDER BY id FOR UPDATE"
+
+
+def lock_rows(conn: Any, writes: Sequence[tuple[int, Sequence[str]]]) -> None:
+    """Lock the rows of ``writes`` (job, addresses) in id order, in the caller's
+    transaction, before updating them one write at a time."""
+    jobs = [job for job, addresses in writes for _ in addresses]
+    addresses = [a for _, group in writes for a in group]
+    if addresses:
+        conn.execute(
+            "SELECT r.id FROM recipients AS r"
+            " JOIN unnest(%s::bigint[], %s::text[]) AS w(job, address)"
+            "   ON r.job = w.job AND r.address = w.address"
+            " ORDER BY r.id FOR UPDATE OF r",
+            (jobs, addresses),
+        )
+
+
 def new_owner_id() -> str:
     """A lease owner name for this worker: readable in the database (host and
     pid), unique even when a pid is reused."""
@@ -160,13 +182,16 @@ def heartbeat(db: Database, owner: str, lease_seconds: float) -> int:
     """
     with db.using() as conn, conn.transaction():
         cur = conn.execute(
-            "UPDATE recipients SET lease_expires = now() + make_interval(secs => %s)"
-            " WHERE lease_owner = %s",
+            "UPDATE recipients AS r SET lease_expires = now() + make_interval(secs => %s)"
+            " FROM (" + LOCK_LEASED + ") AS l WHERE r.id = l.id",
             (float(lease_seconds), owner),
         )
         leased = cur.rowcount
         conn.execute(
-            "UPDATE seats SET expires = now() + make_interval(secs => %s) WHERE holder = %s",
+            "UPDATE seats AS s SET expires = now() + make_interval(secs => %s)"
+            " FROM (SELECT destination, slot FROM seats WHERE holder = %s"
+            "       ORDER BY destination, slot FOR UPDATE) AS l"
+            " WHERE s.destination = l.destination AND s.slot = l.slot",
             (float(lease_seconds), owner),
         )
     return leased
@@ -182,6 +207,7 @@ def mark_in_doubt(db: Database, owner: str, job: int, addresses: Sequence[str]) 
     another worker, who will send it.
     """
     with db.using() as conn, conn.transaction():
+        lock_rows(conn, [(job, addresses)])
         return apply_fenced(conn, job, owner, [(addresses, IN_DOUBT)], release=False)
 
 
@@ -194,6 +220,7 @@ def complete(
     them (taken over after its lease expired): the new owner's result counts.
     """
     with db.using() as conn, conn.transaction():
+        lock_rows(conn, [(job, addresses) for addresses, _ in groups])
         applied = apply_fenced(conn, job, owner, groups, release=True)
     return {a for addresses, _ in groups for a in addresses} - applied
 
@@ -206,6 +233,7 @@ def commit_writes(db: Database, owner: str, writes: Sequence[Write]) -> list[set
     """Apply ``writes`` in order in one transaction (the async writer's group
     commit); per write, the addresses ``owner`` still leased and so wrote."""
     with db.using() as conn, conn.transaction():
+        lock_rows(conn, [(job, addresses) for job, addresses, _, _ in writes])
         return [
             apply_fenced(conn, job, owner, [(addresses, outcome)], release=release_)
             for job, addresses, outcome, release_ in writes
@@ -223,6 +251,8 @@ def release(db: Database, owner: str, job: int | None = None,
         raise StoreError("releasing addresses needs their job")
     with db.using() as conn, conn.transaction():
         if addresses is not None:
+            assert job is not None
+            lock_rows(conn, [(job, addresses)])
             cur = conn.execute(
                 "UPDATE recipients SET lease_owner = NULL, lease_expires = NULL"
                 " WHERE job = %s AND address = ANY(%s) AND lease_owner = %s",
@@ -230,12 +260,17 @@ def release(db: Database, owner: str, job: int | None = None,
             )
             return cur.rowcount
         cur = conn.execute(
-            "UPDATE recipients SET lease_owner = NULL, lease_expires = NULL"
-            " WHERE lease_owner = %s AND (%s::bigint IS NULL OR job = %s)",
+            "UPDATE recipients AS r SET lease_owner = NULL, lease_expires = NULL"
+            " FROM (" + LOCK_LEASED + ") AS l"
+            " WHERE r.id = l.id AND (%s::bigint IS NULL OR r.job = %s)",
             (owner, job, job),
         )
         if job is None:
             conn.execute(
-                "UPDATE seats SET holder = NULL, expires = NULL WHERE holder = %s", (owner,)
+                "UPDATE seats AS s SET holder = NULL, expires = NULL"
+                " FROM (SELECT destination, slot FROM seats WHERE holder = %s"
+                "       ORDER BY destination, slot FOR UPDATE) AS l"
+                " WHERE s.destination = l.destination AND s.slot = l.slot",
+                (owner,),
             )
         return cur.rowcount

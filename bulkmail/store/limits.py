@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from .connection import Database
 
 __all__ = [
-    "Pause", "TokenGrant", "acquire_seats", "pause_destination", "paused", "release_seats",
-    "take_tokens",
+    "Pause", "TokenGrant", "acquire_seats", "pause_destination", "pause_left", "paused",
+    "release_seats", "take_tokens",
 ]
 
 _ACQUIRE = """
@@ -171,3 +171,14 @@ def paused(db: Database, destination: str) -> Pause | None:
             (destination,),
         ).fetchone()
     return None if row is None else Pause(float(row[0]), row[1], row[2], row[3])
+
+
+def pause_left(db: Database, destination: str) -> float:
+    """Seconds ``destination`` stays paused, by the server's clock (0: not paused)."""
+    with db.using() as conn:
+        row = conn.execute(
+            "SELECT extract(epoch FROM paused_until - now())::float8 FROM destinations"
+            " WHERE name = %s AND paused_until > now()",
+            (destination,),
+        ).fetchone()
+    return 0.0 if row is None else max(0.0, float(row[0]))

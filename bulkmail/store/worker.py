@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ from .errors import StoreError
 from .job_spec import JobSpec
 from .job_state import job_ended, load_job, open_jobs
 from .leases import Claim, new_owner_id
-from .retrying import RetryingStore
+from .limiter import PgDestinationLimiter
 from .store import PgStore
 from .worker_hooks import InFlight, install_store_hooks, send_claimed
 
@@ -74,11 +75,11 @@ class JobRun:
         base = outcome_of(result)
         attempts = earlier_attempts + result.attempts
         if result.status is Status.IN_DOUBT:
-            # in doubt a second time: never sent a third time.  The store would
-            # hand an in-doubt row out again, so it is kept as deferred for good
-            # (flagged, with its reply): the job can end, the report shows it
-            return Outcome(Status.DEFERRED, base.code, base.enhanced, base.reply, attempts,
-                           base.host, None, True)
+            # in doubt a second time: final, never sent a third time.  No next
+            # attempt (infinity): no claim hands it out again, and the job can
+            # end with it (``finish_if_done``), as ``send`` ends such a recipient
+            return Outcome(Status.IN_DOUBT, base.code, base.enhanced, base.reply, attempts,
+                           base.host, math.inf, True)
         if result.status is not Status.DEFERRED:
             return Outcome(base.status, base.code, base.enhanced, base.reply, attempts,
                            base.host, None, base.possible_duplicate)
@@ -181,7 +182,7 @@ class Worker:
         ids = list(self.jobs) if self.settings.job is None else [self.settings.job]
         for job in ids:
             counts = await self.store.call(functools.partial(PgStore.counts, job=job))
-            if any(status not in FINAL for status in counts):
+            if any(status not in FINAL and status is not Status.IN_DOUBT for status in counts):
                 return EX_TEMPFAIL
         return EX_OK
 
@@ -276,12 +277,14 @@ async def run_worker(
     stopped, or failed) every lease still held is given back.
 
     The engine's own retries are switched off (``retry_for=0``): deferrals go
-    back to the store.  A deadlock between the worker's own transactions is
-    retried (:mod:`~bulkmail.store.retrying`); a failed heartbeat or commit raises StoreError and a
-    lost lease :class:`~bulkmail.store.worker_hooks.LeaseLost` (in an
-    exception group): the worker stops taking work and nothing is lost.
+    back to the store.  Its transactions lock shared rows in one order (see
+    ``leases.LOCK_LEASED``), so they never deadlock each other; a failed
+    heartbeat or commit raises StoreError and a lost lease
+    :class:`~bulkmail.store.worker_hooks.LeaseLost` (in an exception group):
+    the worker stops taking work and nothing is lost.
     """
-    store = await RetryingStore.open(url, connections=3)
+    # four connections: heartbeat, group commit, claims, and the shared limits
+    store = await AsyncStore.open(url, connections=4)
     owner = new_owner_id()
     try:
         writer = StoreWriter(store, owner)
@@ -291,6 +294,9 @@ async def run_worker(
             await background.start(keep_leases, store, owner, settings.lease)
             async with Mailer(replace(config, retry_for=0.0)) as mailer:
                 install_store_hooks(mailer, writer, in_flight)
+                # the shaping file's caps, rates and backoff hold for all workers together
+                mailer.engine.destination_limiter = PgDestinationLimiter(
+                    store, owner, settings.lease)
                 worker = Worker(store, writer, mailer, owner, in_flight, settings,
                                 on_results=on_results)
                 if on_start is not None:

@@ -1,0 +1,163 @@
+"""Scenario e: one job, several ``bulkmail worker`` processes, through PostgreSQL (issue 17).
+
+    python benchmarks/scenario_e.py [--scale 1.0] [--db URL] [--latency 20]
+                                    [--mx-hosts 4] [--connections 8] [--lease 10]
+
+200,000 recipients (times ``--scale``) over 200 domains, hosted by
+``--mx-hosts`` MX hosts (one bulkmail sink each, answering after
+``--latency`` ms per reply batch: round-trip bound), a personalised message
+(one transaction per recipient).  One ``job create``, then 1, 2 and 3
+workers with the per-destination connection cap (the shaping file's, held
+cluster-wide through PostgreSQL) raised with them: ``--connections`` per
+worker per MX site.  Then 3 workers with one SIGKILLed once half the
+recipients are final: time to finish (its leases expire after ``--lease``
+seconds) and the copies the sinks received beyond one per recipient.
+Prints each run and the ratios (goal: >= 1.8x with 2 workers, >= 2.5x with 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from loopback_mx import LoopbackMX
+from psycopg import sql
+
+MESSAGE = ("From: news@sender.test\nTo: ${email}\nSubject: the newsletter\n\n"
+           "Hello ${email}, this is the newsletter.\n")
+
+
+def bulkmail(*args: str) -> list[str]:
+    return [sys.executable, "-m", "bulkmail", *args]
+
+
+def in_schema(db: str, schema: str) -> str:
+    return f"{db}{'&' if '?' in db else '?'}schema={schema}"
+
+
+def query(db: str, schema: str, text: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        return list(conn.execute(text.encode()).fetchall())
+
+
+def run_workers(args: argparse.Namespace, work: Path, rcpts: Path, workers: int, *,
+                kill_at_half: bool = False) -> dict[str, Any]:
+    """A fresh schema and a fresh loopback MX world; ``workers`` workers on one job."""
+    schema = f"bench_e_{uuid.uuid4().hex[:12]}"
+    url = in_schema(args.db, schema)
+    shaping = work / "shaping.toml"
+    shaping.write_text(f"[default]\nconnections = {args.connections * workers}\n")
+    world = LoopbackMX(args.domains, args.mx_hosts, sink_args=("--latency", str(args.latency)))
+    try:
+        created = subprocess.run(
+            bulkmail("job", "create", "--db", url, "--sender", "news@sender.test",
+                     "--recipients", str(rcpts), "--message", str(work / "msg.eml"), "--quiet"),
+            capture_output=True, text=True, check=True)
+        job = created.stdout.split()[-1]
+        total = args.recipients
+        started = time.perf_counter()
+        procs = [
+            subprocess.Popen(
+                bulkmail("worker", "--db", url, "--job", job, "--tls", "none", "--quiet",
+                         "--shaping", str(shaping), "--lease", f"{args.lease}s",
+                         *world.send_options()),
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            for _ in range(workers)
+        ]
+        killed_at = None
+        if kill_at_half:
+            while True:
+                done = query(args.db, schema, "SELECT count(*) FROM recipients WHERE state"
+                             " IN ('delivered', 'bounced')")[0][0]
+                assert isinstance(done, int)
+                if done >= total // 2:
+                    procs[0].kill()
+                    killed_at = time.perf_counter() - started
+                    break
+                time.sleep(0.05)
+        statuses = [p.wait() for p in procs]
+        wall = time.perf_counter() - started
+        errors = [p.stderr.read().decode()[-500:] for p in procs if p.stderr is not None]
+        counters = world.counters()
+        states = dict(query(args.db, schema, "SELECT state, count(*) FROM recipients GROUP BY 1"))
+        flagged = query(args.db, schema,
+                        "SELECT count(*) FROM recipients WHERE possible_duplicate")[0][0]
+    finally:
+        world.stop()
+        with psycopg.connect(args.db, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                sql.Identifier(schema)))
+    expected = statuses[1:] if kill_at_half else statuses
+    if any(status != 0 for status in expected):
+        raise SystemExit(f"a worker failed: {statuses} {errors}")
+    received = int(counters.get("recipients", 0))
+    return {
+        "workers": workers, "killed": kill_at_half, "seconds": wall, "recipients": total,
+        "per_second": total / wall, "received": received, "extra_copies": received - total,
+        "flagged": flagged, "states": states, "killed_at": killed_at,
+        "max_sessions": counters.get("max_active_sessions"),
+    }
+
+
+def show(r: dict[str, Any]) -> None:
+    label = f"{r['workers']} worker(s)" + (", one killed at half" if r["killed"] else "")
+    line = (f"  {label:<32} {r['recipients']:>8,} rcpts {r['seconds']:7.1f} s"
+            f" {r['per_second']:9,.0f}/s  received {r['received']:,}"
+            f" (+{r['extra_copies']}), flagged {r['flagged']}")
+    if r["killed_at"] is not None:
+        line += f", killed at {r['killed_at']:.1f} s"
+    print(line, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--domains", type=int, default=200)
+    parser.add_argument("--mx-hosts", type=int, default=4)
+    parser.add_argument("--latency", type=int, default=20, help="sink round trip, ms")
+    parser.add_argument("--connections", type=int, default=8,
+                        help="connections per worker per MX site (the cap is this x workers)")
+    parser.add_argument("--lease", type=float, default=10.0)
+    parser.add_argument("--json", metavar="FILE", help="also write the rows here")
+    args = parser.parse_args()
+    args.recipients = max(args.domains, int(200_000 * args.scale))
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        rcpts = work / "rcpts.txt"
+        with open(rcpts, "w") as f:
+            f.writelines(f"r{i}@d{i % args.domains}.test\n" for i in range(args.recipients))
+        (work / "msg.eml").write_text(MESSAGE)
+        print(f"scenario e: {args.recipients:,} recipients, {args.domains} domains on"
+              f" {args.mx_hosts} MX sites, {args.latency} ms round trip,"
+              f" {args.connections} connections per worker per site", flush=True)
+        rows: list[dict[str, Any]] = []
+        for workers in (1, 2, 3):
+            rows.append(run_workers(args, work, rcpts, workers))
+            show(rows[-1])
+        rows.append(run_workers(args, work, rcpts, 3, kill_at_half=True))
+        show(rows[-1])
+    one = float(rows[0]["seconds"])
+    for r in rows[1:3]:
+        print(f"  {r['workers']} workers: {one / float(r['seconds']):.2f}x one worker"
+              f" (goal {'1.8' if r['workers'] == 2 else '2.5'}x)")
+    killed = rows[3]
+    print(f"  one of 3 killed at half: {float(killed['seconds']):.1f} s to finish"
+          f" ({float(killed['seconds']) / float(rows[2]['seconds']):.2f}x the unkilled run),"
+          f" {killed['extra_copies']} extra copies, all flagged: "
+          f"{int(killed['flagged']) >= int(killed['extra_copies'])}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
