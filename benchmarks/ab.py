@@ -7,9 +7,11 @@ A change that claims "no slower" shows this: each checkout runs its own CLI
 (``<checkout>/.venv/bin/bulkmail``), in alternating order every round so drift
 in the machine's state (page cache, thermal, a neighbour) falls on both sides
 alike.  The sinks are fixed for both sides: Postfix's smtp-sink for a and b
-when installed (else the project's sink), and the *before* checkout's own sink
-for c (20 ms round trip) and d, so the measuring stick does not move with the
-change under test.  Prints every run and the mean ratio after/before per
+when installed (else the project's sink), and the project's sink of the
+interpreter running this script for c (20 ms round trip) and d -- the same
+for both sides, so the measuring stick does not move with the change under
+test (run it with the newer checkout's Python: an older sink may lack
+options this harness passes).  Prints every run and the mean ratio after/before per
 scenario (below 1.00 is faster).
 """
 

@@ -8,7 +8,6 @@ import sys
 import trio
 
 from ..observe import RunMetrics
-from ..observe.http import serve_metrics
 from .inputs import InputError
 from .options import host_port
 
@@ -30,6 +29,8 @@ async def start_metrics(
     nursery: trio.Nursery, metrics: RunMetrics, address: tuple[str, int], quiet: bool
 ) -> None:
     """Serve ``metrics`` in ``nursery``; a port that cannot be bound is bad input."""
+    from ..observe.http import serve_metrics  # prometheus-client: only with --metrics
+
     host, port = address
     try:
         bound = await nursery.start(serve_metrics, metrics.registry(), host, port)
