@@ -38,8 +38,8 @@ def port(text: str, *, allow_zero: bool = False) -> int:
         value = int(text.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not (0 if allow_zero else 1) <= value <= 65535:
-        lowest = 0 if allow_zero else 1
+    lowest = 0 if allow_zero else 1
+    if not lowest <= value <= 65535:
         raise argparse.ArgumentTypeError(f"port must be {lowest}-65535, not {value}")
     return value
 
@@ -63,12 +63,16 @@ def positive_duration(text: str) -> float:
     return seconds
 
 
-def non_negative(text: str) -> float:
-    """A finite number >= 0 (a latency in milliseconds, ...)."""
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def non_negative(text: str) -> float:
+    """A finite number >= 0 (a latency in milliseconds, ...)."""
+    value = _number(text)
     if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text!r}")
     return value
@@ -76,10 +80,7 @@ def non_negative(text: str) -> float:
 
 def probability(text: str) -> float:
     """A probability, 0 to 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = _number(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text!r}")
     return value
