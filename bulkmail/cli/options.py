@@ -86,10 +86,11 @@ def probability(text: str) -> float:
     return value
 
 
-def host_port(text: str, default_port: int) -> tuple[str, int]:
+def host_port(text: str, default_port: int, *, allow_zero: bool = False) -> tuple[str, int]:
     """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 address ->
     (host, port).  An empty host, an empty or non-numeric port, a port out of
-    range or stray characters are ArgumentTypeError."""
+    range (0 only where ``allow_zero``: a listening address) or stray characters
+    are ArgumentTypeError."""
     text = text.strip()
     if text.startswith("["):
         host, bracket, rest = text[1:].partition("]")
@@ -107,7 +108,7 @@ def host_port(text: str, default_port: int) -> tuple[str, int]:
     if port_text is None:
         return host, default_port
     try:
-        return host, port(port_text)
+        return host, port(port_text, allow_zero=allow_zero)
     except argparse.ArgumentTypeError as exc:
         raise argparse.ArgumentTypeError(f"bad port in {text!r}: {exc}") from None
 
