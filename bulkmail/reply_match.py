@@ -1,8 +1,9 @@
 """Matching an SMTP reply against a pattern: code, enhanced code, text.
 
 One small matcher shared by everything that acts on what a server said: the
-bounce classes (:mod:`bulkmail.bounce_class`) and, later, reply-driven shaping
-rules -- so a rule file reads the same way wherever it is used::
+bounce classes (:mod:`bulkmail.bounce_class`) and the reply-driven shaping
+rules (:mod:`bulkmail.reactions`) -- so a rule file reads the same way wherever
+it is used::
 
     code = "421"             # full match on the three digits
     enhanced = '4\\.7\\.0'   # full match on the RFC 3463 code ("" when absent)

@@ -61,6 +61,10 @@ class CoalescingCache(Generic[K, V]):
         """A lookup of ``key`` is in flight."""
         return key in self._flights
 
+    def discard(self, key: K) -> None:
+        """Forget ``key``'s entry (a lookup in flight is not affected)."""
+        self._entries.pop(key, None)
+
     def put(self, key: K, value: V, ttl: float) -> None:
         if ttl <= 0 or self.max_size <= 0:
             return

@@ -22,7 +22,7 @@ from pathlib import Path
 from ..arf import Complaint, NotAComplaint, original_message_id, read_complaint
 from ..journal import JournalError, SQLiteJournal
 from ..message_ids import recipients_for_message_ids
-from ..suppression import Suppression, SuppressionError, SuppressionStore, normalise
+from ..suppression import SuppressionError, SuppressionStore, normalise
 
 EX_OK, EX_SKIPPED, EX_USAGE = 0, 1, 2
 
@@ -93,7 +93,7 @@ def _record(store: SuppressionStore, complaint: Complaint, path: Path,
     for recipient in complaint.recipients:
         try:
             address = normalise(stored.get(recipient, recipient))
-            new = store.add_many([Suppression(address, "complaint", None, source)]) == 1
+            new = store.add(address, "complaint", source=source)
         except SuppressionError as exc:
             skipped.append(f"{path}: {exc}")
             continue

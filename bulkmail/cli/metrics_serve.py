@@ -16,9 +16,7 @@ def metrics_address(text: str) -> tuple[str, int]:
     """``ADDR:PORT`` (``[v6]:PORT``); the port is required (0 picks a free one,
     printed at the start of the run)."""
     text = text.strip()
-    if text.endswith(":0"):  # host_port() refuses port 0, which is right for servers
-        return host_port(text[:-1] + "1", -1)[0], 0
-    host, port = host_port(text, -1)
+    host, port = host_port(text, -1, allow_zero=True)
     if port == -1:
         raise argparse.ArgumentTypeError(f"{text.strip()!r}: expected ADDR:PORT,"
                                          " e.g. 127.0.0.1:9464")

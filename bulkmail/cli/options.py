@@ -38,8 +38,8 @@ def port(text: str, *, allow_zero: bool = False) -> int:
         value = int(text.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not (0 if allow_zero else 1) <= value <= 65535:
-        lowest = 0 if allow_zero else 1
+    lowest = 0 if allow_zero else 1
+    if not lowest <= value <= 65535:
         raise argparse.ArgumentTypeError(f"port must be {lowest}-65535, not {value}")
     return value
 
@@ -63,12 +63,16 @@ def positive_duration(text: str) -> float:
     return seconds
 
 
-def non_negative(text: str) -> float:
-    """A finite number >= 0 (a latency in milliseconds, ...)."""
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def non_negative(text: str) -> float:
+    """A finite number >= 0 (a latency in milliseconds, ...)."""
+    value = _number(text)
     if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text!r}")
     return value
@@ -76,19 +80,17 @@ def non_negative(text: str) -> float:
 
 def probability(text: str) -> float:
     """A probability, 0 to 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = _number(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text!r}")
     return value
 
 
-def host_port(text: str, default_port: int) -> tuple[str, int]:
+def host_port(text: str, default_port: int, *, allow_zero: bool = False) -> tuple[str, int]:
     """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 address ->
     (host, port).  An empty host, an empty or non-numeric port, a port out of
-    range or stray characters are ArgumentTypeError."""
+    range (0 only where ``allow_zero``: a listening address) or stray characters
+    are ArgumentTypeError."""
     text = text.strip()
     if text.startswith("["):
         host, bracket, rest = text[1:].partition("]")
@@ -106,7 +108,7 @@ def host_port(text: str, default_port: int) -> tuple[str, int]:
     if port_text is None:
         return host, default_port
     try:
-        return host, port(port_text)
+        return host, port(port_text, allow_zero=allow_zero)
     except argparse.ArgumentTypeError as exc:
         raise argparse.ArgumentTypeError(f"bad port in {text!r}: {exc}") from None
 

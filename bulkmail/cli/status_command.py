@@ -152,25 +152,24 @@ def render(status: JobStatus, now: float, top: int, name: str) -> str:
     return "\n".join(lines)
 
 
+def _sum(rows: list[tuple[str, DomainRow]]) -> DomainRow:
+    """One row adding up ``rows`` (the TOTAL line, the "others" line)."""
+    summed = DomainRow()
+    for _, row in rows:
+        summed.total += row.total
+        summed.buckets = [a + b for a, b in zip(summed.buckets, row.buckets, strict=True)]
+    return summed
+
+
 def _table(status: JobStatus, top: int) -> list[str]:
     """qshape's layout: a row per domain, T then one column per age bucket."""
     heads = ["T", *(str(b) for b in AGE_BUCKETS), f"{AGE_BUCKETS[-1]}+"]
     ranked = sorted(status.domains.items(), key=lambda kv: (-kv[1].total, kv[0]))
     shown = ranked[:top]
     rest = ranked[top:]
-    rows: list[tuple[str, DomainRow]] = []
-    total_row = DomainRow()
-    for _, row in ranked:
-        total_row.total += row.total
-        total_row.buckets = [a + b for a, b in zip(total_row.buckets, row.buckets, strict=True)]
-    rows.append(("TOTAL", total_row))
-    rows.extend(shown)
+    rows: list[tuple[str, DomainRow]] = [("TOTAL", _sum(ranked)), *shown]
     if rest:
-        others = DomainRow()
-        for _, row in rest:
-            others.total += row.total
-            others.buckets = [a + b for a, b in zip(others.buckets, row.buckets, strict=True)]
-        rows.append((f"({len(rest)} others)", others))
+        rows.append((f"({len(rest)} others)", _sum(rest)))
     width = max(12, *(len(name) for name, _ in rows))
     out = [f"{'':>{width}} " + " ".join(f"{h:>6}" for h in heads) + "   last deferral",
            f"{'':>{width}} {'':>6} minutes since the state last changed"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 
 from ..suppression import REASONS, SuppressionError, SuppressionStore
 
@@ -54,28 +55,31 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _add(store: SuppressionStore, args: argparse.Namespace) -> int:
-    refused = 0
-    for address in args.addresses:
-        try:
-            new = store.add(address, args.reason, source="bulkmail suppress add")
-        except SuppressionError as exc:
-            print(f"bulkmail suppress: {exc}", file=sys.stderr)
-            refused += 1
-            continue
-        print(f"{address}: {'suppressed' if new else 'already suppressed'}")
-    return EX_PARTLY if refused else EX_OK
+    return _each_address(
+        args.addresses,
+        lambda address: store.add(address, args.reason, source="bulkmail suppress add"),
+        ("suppressed", "already suppressed"),
+    )
 
 
 def _remove(store: SuppressionStore, args: argparse.Namespace) -> int:
+    return _each_address(args.addresses, store.remove, ("removed", "was not suppressed"))
+
+
+def _each_address(
+    addresses: list[str], change: Callable[[str], bool], said: tuple[str, str]
+) -> int:
+    """Apply ``change`` to each address, saying ``said[0]`` when it changed the
+    store and ``said[1]`` when not; a refused address is said and the rest go on."""
     refused = 0
-    for address in args.addresses:
+    for address in addresses:
         try:
-            removed = store.remove(address)
+            changed = change(address)
         except SuppressionError as exc:
             print(f"bulkmail suppress: {exc}", file=sys.stderr)
             refused += 1
             continue
-        print(f"{address}: {'removed' if removed else 'was not suppressed'}")
+        print(f"{address}: {said[0] if changed else said[1]}")
     return EX_PARTLY if refused else EX_OK
 
 

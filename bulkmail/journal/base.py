@@ -18,7 +18,7 @@ from ..results import FINAL, Status
 
 __all__ = [
     "FINAL", "Journal", "JournalError", "JournalWriteError", "Outcome", "RecipientRecord",
-    "StateChange", "Status",
+    "StateChange", "Status", "grouped_by_outcome",
 ]
 
 
@@ -71,6 +71,19 @@ class Outcome:
     host: str | None = None
     next_attempt: float | None = None
     possible_duplicate: bool = False
+
+
+def grouped_by_outcome(changes: Sequence[StateChange]) -> list[tuple[list[str], Outcome]]:
+    """``changes`` as ``record_outcomes`` takes them: consecutive changes with the
+    same outcome (a transaction's recipients, usually) share one group, in order."""
+    groups: list[tuple[list[str], Outcome]] = []
+    for change in changes:
+        outcome = change.outcome
+        if groups and groups[-1][1] == outcome:
+            groups[-1][0].append(change.address)
+        else:
+            groups.append(([change.address], outcome))
+    return groups
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,15 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
-from .base import JournalError, JournalWriteError, Outcome, RecipientRecord, StateChange, Status
+from .base import (
+    JournalError,
+    JournalWriteError,
+    Outcome,
+    RecipientRecord,
+    StateChange,
+    Status,
+    grouped_by_outcome,
+)
 from .lock import JobLock
 
 __all__ = ["LOOKUP_CHUNK", "SCHEMA_VERSION", "SQLiteJournal"]
@@ -279,14 +287,7 @@ class SQLiteJournal:
         return found
 
     def record(self, changes: Sequence[StateChange]) -> None:
-        groups: list[tuple[list[str], Outcome]] = []
-        for change in changes:
-            outcome = change.outcome
-            if groups and groups[-1][1] == outcome:
-                groups[-1][0].append(change.address)
-            else:
-                groups.append(([change.address], outcome))
-        self.record_outcomes(groups)
+        self.record_outcomes(grouped_by_outcome(changes))
 
     def record_outcomes(self, groups: Sequence[tuple[Sequence[str], Outcome]]) -> None:
         now = time.time()

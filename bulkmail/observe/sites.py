@@ -25,7 +25,7 @@ transaction or per connection, never per recipient where it can be avoided.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from enum import IntEnum
 
 #: the label of everything outside the top sites
@@ -168,8 +168,3 @@ class SiteTable:
         if self.has_other():
             rows.append((OTHER, self.other(slot)))
         return rows
-
-
-def slot_sum(table: SiteTable, slots: Sequence[Slot]) -> float:
-    """The true total of some slots over every site (what a report counts)."""
-    return sum(table.totals[slot] for slot in slots)

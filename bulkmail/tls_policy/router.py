@@ -6,26 +6,26 @@ domains on one provider's MX hosts may publish different policies); a
 domain without one gets the inner destination unchanged, so pools stay
 shared.  A domain whose policy excludes every MX host is a routing error
 (``451 4.7.5``, deferred, no pool, no connection).  Plans are reused for
-``refresh`` seconds, and concurrent lookups of one domain share one.
+``refresh`` seconds, and concurrent lookups of one domain share one (a
+:class:`~bulkmail.ttl_cache.CoalescingCache`, bounded like the MX answers).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import trio
-
 from ..protocol.replies import Reply
 from ..routing import Destination, Resolved, Router, RoutingError
+from ..ttl_cache import CoalescingCache
 from .planner import PolicyDestination, TLSPolicies
 
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
+    #: the MX answer the plan was made for (a new answer needs a new plan)
     inner: Destination
     #: the destination with its plan, or why no host of it may be used
     outer: Destination | Reply
-    expires: float
 
 
 def _unwrap(outcome: Destination | Reply) -> Destination:
@@ -40,36 +40,27 @@ class PolicyRouter:
     def __init__(self, inner: Router, policies: TLSPolicies) -> None:
         self.inner = inner
         self.policies = policies
-        self._plans: dict[str, _Entry] = {}
-        self._flights: dict[str, trio.Event] = {}
+        self._plans: CoalescingCache[str, _Entry] = CoalescingCache(
+            policies.dns.config.cache_size
+        )
 
     async def route(self, domain: str) -> Destination:
         inner = await self.inner.route(domain)
         while True:
-            entry = self._plans.get(domain)
-            if entry is not None and entry.inner is inner \
-                    and trio.current_time() < entry.expires:
+            entry = await self._plans.fetch(domain, lambda: self._plan(domain, inner))
+            if entry.inner is inner:
                 return _unwrap(entry.outer)
-            flight = self._flights.get(domain)
-            if flight is None:
-                break
-            await flight.wait()
-        flight = self._flights[domain] = trio.Event()
-        try:
-            plan = await self.policies.plan(domain, inner)
-            outer: Destination | Reply = inner
-            if plan is not None:
-                refused = plan.refuse_all(inner)
-                outer = refused.reply if refused is not None else PolicyDestination(
-                    f"{inner.key}|tls:{domain}", inner.hosts, plan
-                )
-            self._plans[domain] = _Entry(
-                inner, outer, trio.current_time() + self.policies.config.refresh
+            self._plans.discard(domain)  # planned for an older MX answer: plan again
+
+    async def _plan(self, domain: str, inner: Destination) -> tuple[_Entry, float]:
+        plan = await self.policies.plan(domain, inner)
+        outer: Destination | Reply = inner
+        if plan is not None:
+            refused = plan.refuse_all(inner)
+            outer = refused.reply if refused is not None else PolicyDestination(
+                f"{inner.key}|tls:{domain}", inner.hosts, plan
             )
-        finally:
-            del self._flights[domain]
-            flight.set()
-        return _unwrap(outer)
+        return _Entry(inner, outer), self.policies.config.refresh
 
     def prefetch(self, domain: str) -> bool:
         """Warm the inner router's MX answer, but report nothing: the TLS plan
@@ -82,11 +73,6 @@ class PolicyRouter:
 
     def peek(self, domain: str) -> Destination | None:
         entry = self._plans.get(domain)
-        if entry is None:
+        if entry is None or isinstance(entry.outer, Reply):
             return None
-        inner = self.inner.peek(domain)
-        outer = entry.outer
-        if inner is not entry.inner or isinstance(outer, Reply) \
-                or trio.current_time() >= entry.expires:
-            return None
-        return outer
+        return entry.outer if self.inner.peek(domain) is entry.inner else None

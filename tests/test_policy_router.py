@@ -1,0 +1,34 @@
+"""The TLS-plan router keeps at most as many domains' plans as the MX router
+keeps answers (the "nothing unbounded" invariant), and still shares them."""
+
+from __future__ import annotations
+
+import random
+
+import trio
+
+from bulkmail.routing import DNSConfig, MXRouter
+from bulkmail.tls_policy.planner import TLSPolicies
+from bulkmail.tls_policy.router import PolicyRouter
+from bulkmail.tls_policy.settings import TLSPolicyConfig
+
+from .dnsserver import DNSServer
+
+
+async def test_plans_are_bounded_by_the_dns_cache_size() -> None:
+    async with trio.open_nursery() as nursery:
+        server = DNSServer()
+        await nursery.start(server.serve)
+        for n in range(3):
+            server.add(f"d{n}.test", "MX", "10 mx.site.test.")
+        server.add("mx.site.test", "A", "127.0.0.1")
+        dns = DNSConfig(nameservers=(("127.0.0.1", server.port),), mx_port=2525, cache_size=2)
+        policies = TLSPolicies(TLSPolicyConfig(policy="opportunistic"), dns)
+        router = PolicyRouter(MXRouter(dns, rng=random.Random(1)), policies)
+        for n in range(3):
+            await router.route(f"d{n}.test")
+        assert len(router._plans) == 2  # d0's plan went with d0's MX answer
+        assert router.peek("d2.test") is not None  # a kept plan is still served
+        assert router.peek("d0.test") is None
+        policies.close()
+        nursery.cancel_scope.cancel()
