@@ -271,7 +271,9 @@ def suppress_from_result(
     if bounce_class not in classes:
         return False
     try:
-        return store.add(result.recipient, "bounce", bounce_class=bounce_class,
-                         source=str(result.reply))
+        normalise(result.recipient)
     except SuppressionError:  # an address the engine already bounced as malformed
         return False
+    # a store that cannot be written raises: a failed write is not "already there"
+    return store.add(result.recipient, "bounce", bounce_class=bounce_class,
+                     source=str(result.reply))

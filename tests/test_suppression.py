@@ -109,6 +109,20 @@ def test_hard_bounces_are_suppressed_from_results_soft_ones_not(tmp_path: Path) 
         assert suppress_from_result(s, full, frozenset({"mailbox-full"}))
 
 
+def test_a_store_that_cannot_be_written_is_an_error_not_already_suppressed(
+    tmp_path: Path,
+) -> None:
+    """A failed write must not look like "this address was already there":
+    the caller has to learn that suppressions are being lost."""
+    s = store(tmp_path)
+    s.close()
+    dead = Result("dead@x.org", Status.BOUNCED, reply("550 5.1.1 User unknown"))
+    with pytest.raises(SuppressionError):
+        suppress_from_result(s, dead)
+    malformed = Result("not an address", Status.BOUNCED, reply("553 5.1.3 bad address"))
+    assert not suppress_from_result(s, malformed)  # refused at intake already: nothing to add
+
+
 def suppress(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bulkmail", "suppress", *args],
                           capture_output=True, text=True, check=False)
