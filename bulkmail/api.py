@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .config import Security, SessionConfig, Timeouts
-from .delivery.engine import CANCELLED, Engine, EngineConfig
+from .delivery.engine import CANCELLED, BatchBy, Engine, EngineConfig
 from .delivery.job import InDoubtHook, Job, JobOptions, Presettle, ResultCallback, ResultsCallback
 from .delivery.retry import RetryPolicy
 from .errors import SMTPError, synthetic_reply
@@ -75,6 +75,10 @@ class MailerConfig:
     window: int = 32
     linger: float = 0.05
     seed: int | None = None
+    #: ``"domain"``: a transaction holds one domain's recipients (a provider may
+    #: apply per-domain policy at RCPT); ``"site"``: domains with the same MX
+    #: host set share transactions (fewer, fuller ones)
+    batch_by: BatchBy = "domain"
     #: MX delivery only (a relay gets ``secure``): MTA-STS by default, DANE on request
     tls_policy: TLSPolicyConfig = field(default_factory=TLSPolicyConfig)
 
@@ -103,6 +107,7 @@ class MailerConfig:
             max_pending=self.max_pending,
             linger=self.linger,
             seed=self.seed,
+            batch_by=self.batch_by,
         )
 
     def router(self, policies: TLSPolicies | None = None) -> Router:

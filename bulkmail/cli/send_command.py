@@ -108,6 +108,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="connections across all destinations (default 200)")
     p.add_argument("--max-rcpts", type=at_least(1), default=50, metavar="N",
                    help="recipients per transaction (default 50)")
+    p.add_argument("--batch-by", choices=("domain", "site"), default="domain",
+                   help="a transaction holds one domain's recipients (default), or any"
+                        " recipients whose domains share an MX host set (site)")
     p.add_argument("--shaping", metavar="FILE.toml",
                    help="per-destination limits and timeouts (see README)")
     p.add_argument("--source-address", action="append", default=[], metavar="ADDR",
@@ -215,6 +218,7 @@ def build_config(args: argparse.Namespace) -> MailerConfig:
         retry=RetryPolicy(first_delay=args.retry_first),
         retry_for=args.retry_for,
         timeouts=args.timeouts,
+        batch_by=args.batch_by,
         **extra,
     )
 

@@ -13,6 +13,7 @@ import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import trio
 
@@ -37,6 +38,12 @@ MAX_FREE_RETRIES = 3
 STOPPED = synthetic_reply(451, "4.3.2", "run stopped before this recipient was attempted")
 CANCELLED = synthetic_reply(451, "4.3.2", "run cancelled before this recipient was attempted")
 
+#: domains whose pool key (their site's, or their own under a shaping rule)
+#: is remembered; starts over when full (only kept when there are rules)
+MAX_POOL_KEYS = 10_000
+
+BatchBy = Literal["domain", "site"]
+
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
@@ -50,6 +57,13 @@ class EngineConfig:
     max_pending: int = 20_000
     linger: float = 0.05
     seed: int | None = None
+    #: ``"domain"``: a transaction holds one domain's recipients; ``"site"``:
+    #: recipients of different domains with the same MX hosts share transactions
+    batch_by: BatchBy = "domain"
+
+    def __post_init__(self) -> None:
+        if self.batch_by not in ("domain", "site"):
+            raise ValueError(f"batch_by must be 'domain' or 'site', not {self.batch_by!r}")
 
 
 class Engine:
@@ -70,7 +84,13 @@ class Engine:
         self._health = HealthRegistry(pipelining=config.session.use_pipelining)
         self._retries = RetryQueue(nursery, self.dispatch)
         self._resolving: dict[str, list[Item]] = {}
+        self._pool_keys: dict[str, tuple[Destination, str]] = {}
         self._jobs: set[Job] = set()
+        #: domains resolved ahead by the router (no task each) / by a task of their own
+        self.prefetched = 0
+        self.resolve_tasks = 0
+        self._prefetch_scope = trio.CancelScope()
+        nursery.start_soon(self._run_prefetcher)
 
     def __repr__(self) -> str:
         state = "aborted" if self.aborted else "stopping" if self.stopping else "running"
@@ -145,6 +165,7 @@ class Engine:
                 self.abandon(item)
         for item in self._retries.take():
             self.abandon(item)
+        self._prefetch_scope.cancel()  # nothing more to resolve: let the nursery end
         self.wake_pools()
 
     def abort(self, reason: Reply) -> None:
@@ -180,45 +201,95 @@ class Engine:
         if destination is not None:
             self._to_pool(item, destination, domain)
             return
-        # one resolving task per domain, however many recipients wait on it
+        # one lookup per domain, however many recipients wait on it
         waiting = self._resolving.get(domain)
         if waiting is not None:
             waiting.append(item)
             return
         self._resolving[domain] = [item]
+        if self.router.prefetch(domain):
+            self.prefetched += 1  # the router's prefetcher resolves it: no task here
+            return
+        # cached as a failure, the prefetch queue full, or a router that does
+        # not report prefetches (PolicyRouter): one task awaits route()
+        self.resolve_tasks += 1
         self.nursery.start_soon(self._resolve, domain)
 
-    async def _resolve(self, domain: str) -> None:
-        try:
-            destination = await self.router.route(domain)
-        except RoutingError as exc:
-            # (stop() may have settled this domain's waiters meanwhile)
-            verdict = classify(None, exc.reply)
-            for item in self._resolving.pop(domain, []):
-                self.attempted(item, exc.reply, verdict, None)
+    async def _run_prefetcher(self) -> None:
+        with self._prefetch_scope:
+            await self.router.run_prefetcher(self._on_resolved)
+
+    def _on_resolved(self, domain: str, outcome: Destination | RoutingError) -> None:
+        """A domain's lookup ended: its waiting recipients go to their pool
+        (or are settled with the routing error).  stop() may have settled
+        them meanwhile, and a domain prefetched by someone else has nobody."""
+        waiting = self._resolving.pop(domain, None)
+        if not waiting:
             return
-        for item in self._resolving.pop(domain, []):
-            self._to_pool(item, destination, domain)
+        if isinstance(outcome, RoutingError):
+            verdict = classify(None, outcome.reply)
+            for item in waiting:
+                self.attempted(item, outcome.reply, verdict, None)
+            return
+        for item in waiting:
+            self._to_pool(item, outcome, domain)
+
+    async def _resolve(self, domain: str) -> None:
+        outcome: Destination | RoutingError
+        try:
+            outcome = await self.router.route(domain)
+        except RoutingError as exc:
+            outcome = exc
+        self._on_resolved(domain, outcome)
 
     def _to_pool(self, item: Item, destination: Destination, domain: str) -> None:
-        pool = self.pools.get(destination.key)
+        item.domain = domain
+        key = destination.key
+        if self.config.shaping.rules:  # else every domain takes its site's pool
+            key = self._pool_key(destination, domain)
+        pool = self.pools.get(key)
         if pool is None:
-            hosts = [h.name for h in destination.hosts]
-            limits = self.config.shaping.limits_for(domain, hosts)
-            session = self.config.session  # the destination's own stage deadlines, if any
-            session = replace(session, timeouts=limits.session_timeouts(session.timeouts))
-            connector = Connector(session, destination, limits.source_addresses, self.rng)
-            pool = Pool(
-                self, destination, limits, self._health.of(destination.key, limits.connections),
-                connector, linger=self.config.linger,
-                window=self.config.session.chunking_window,
-            )
-            self.pools[destination.key] = pool
+            pool = self.pools[key] = self._open_pool(key, destination, domain)
         pool.add(item)
 
+    def _pool_key(self, destination: Destination, domain: str) -> str:
+        """The site's key, or ``site|pattern`` for a domain a shaping rule of
+        its own sets apart (remembered per domain, boundedly)."""
+        known = self._pool_keys.get(domain)
+        if known is not None and known[0] is destination:
+            return known[1]
+        hosts = [h.name for h in destination.hosts]
+        rule = self.config.shaping.own_rule(domain, hosts)
+        key = destination.key if rule is None else f"{destination.key}|{rule.pattern}"
+        if len(self._pool_keys) >= MAX_POOL_KEYS:
+            self._pool_keys.clear()
+        self._pool_keys[domain] = (destination, key)
+        return key
+
+    def _open_pool(self, key: str, destination: Destination, domain: str) -> Pool:
+        shaping = self.config.shaping
+        hosts = [h.name for h in destination.hosts]
+        # a site's limits come from its host names, never from whichever of
+        # its domains happened to arrive first
+        rule = shaping.site_rule(hosts) if key == destination.key \
+            else shaping.own_rule(domain, hosts)
+        limits = shaping.default if rule is None else rule.limits
+        if key != destination.key:
+            destination = replace(destination, key=key)
+        session = self.config.session  # the destination's own stage deadlines, if any
+        session = replace(session, timeouts=limits.session_timeouts(session.timeouts))
+        connector = Connector(session, destination, limits.source_addresses, self.rng)
+        return Pool(
+            self, destination, limits, self._health.of(key, limits.connections),
+            connector, linger=self.config.linger,
+            window=self.config.session.chunking_window, batch_by=self.config.batch_by,
+        )
+
     def pool_idle(self, pool: Pool) -> None:
-        if self.pools.get(pool.destination.key) is pool and pool.idle:
-            del self.pools[pool.destination.key]
+        key = pool.destination.key
+        if self.pools.get(key) is pool and pool.idle:
+            del self.pools[key]
+            self._health.release(key)  # kept only while it remembers a failure
 
     def wake_pools(self) -> None:
         for pool in list(self.pools.values()):

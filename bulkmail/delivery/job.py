@@ -60,6 +60,8 @@ class Item:
     last_host: str | None = None
     #: times its end of data went out without a reply (a resumed in-doubt one starts at 1)
     doubts: int = 0
+    #: its routing domain, set as it enters a pool (per-domain batching groups by it)
+    domain: str = ""
 
     def attempt(self, reply: Reply, host: str | None, now: float) -> None:
         """Count one attempt that got ``reply`` (from ``host``, when known)."""

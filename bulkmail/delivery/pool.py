@@ -24,6 +24,7 @@ from ..routing import Destination
 from ..session import Envelope, Refill, SMTPSession, TransactionResult
 from ..shaping import PoolLimits
 from .connector import Connector
+from .domain_queue import DomainQueue, transactions
 from .health import DestinationHealth, rate_interval
 from .job import Item, Job
 from .policy import classify
@@ -133,6 +134,7 @@ class Pool:
         *,
         linger: float,
         window: int,
+        batch_by: str = "domain",
     ) -> None:
         self.owner = owner
         self.destination = destination
@@ -140,7 +142,12 @@ class Pool:
         self.health = health
         self.connector = connector
         self.linger = linger
-        self.queue: deque[Item] = deque()
+        #: ``"domain"``: a transaction holds one domain's recipients; ``"site"``:
+        #: any of this destination's (RFC 5321 lets one transaction span domains)
+        self.batch_by = batch_by
+        self.queue: deque[Item] | DomainQueue = (
+            DomainQueue(limits.max_rcpts) if batch_by == "domain" else deque()
+        )
         self.workers = 0
         self.active_sessions = 0
         self._window = max(1, window)
@@ -180,6 +187,8 @@ class Pool:
 
     def take_queued(self, job: Job | None = None) -> list[Item]:
         """Remove and return the queued items (all, or ``job``'s)."""
+        if isinstance(self.queue, DomainQueue):
+            return self.queue.take(job)
         if job is None:
             taken = list(self.queue)
             self.queue.clear()
@@ -443,8 +452,7 @@ class Pool:
         if not job.content.personalised:
             shared = job.content.render(items[0].recipient)
             step = 1 if job.one_per_transaction else self.limits.max_rcpts
-            for start in range(0, len(items), step):
-                group = items[start : start + step]
+            for group in transactions(items, step, by_domain=self.batch_by == "domain"):
                 envelopes.append(job.envelope([i.recipient.address for i in group], shared))
                 groups.append(group)
             return envelopes, groups
