@@ -55,6 +55,7 @@ def write_recipients(path: Path, recipients: int, domains: int) -> None:
 def run_once(
     work: Path, recipients: int, domains: int, mx_hosts: int, *, connections: int,
     batch_by: str | None, profile: Path | None = None, report: bool = False,
+    tls_policy: str | None = None,
 ) -> dict[str, object]:
     """One ``bulkmail send`` against a fresh loopback MX world; wall, RSS, counts."""
     rcpts = work / f"rcpts-{recipients}-{domains}.txt"
@@ -76,6 +77,8 @@ def run_once(
             cmd += ["--report", str(work / "report.jsonl")]
         if batch_by is not None:
             cmd += ["--batch-by", batch_by]
+        if tls_policy is not None:
+            cmd += ["--tls-policy", tls_policy]
         if profile is not None:
             cmd = ["py-spy", "record", "--format", "raw", "-r", "200", "-o", str(profile),
                    "--", *cmd]
@@ -188,6 +191,8 @@ def main() -> None:
     p.add_argument("--mx-hosts", type=int, default=20)
     p.add_argument("--connections", type=int, default=10)
     p.add_argument("--batch-by", choices=("domain", "site"), default=None)
+    p.add_argument("--tls-policy", choices=("opportunistic", "mta-sts"), default=None,
+                   help="the CLI's --tls-policy (its default: mta-sts, one TXT lookup per domain)")
     p.add_argument("--profile", type=Path, default=None, help="py-spy collapsed stacks here")
     p.add_argument("--attempts", action="store_true",
                    help="write a report and count attempts per recipient (costs time)")
@@ -200,7 +205,8 @@ def main() -> None:
         start = time.perf_counter()
         result = run_once(Path(tmp), args.recipients, args.domains, args.mx_hosts,
                           connections=args.connections, batch_by=args.batch_by,
-                          profile=args.profile, report=args.attempts)
+                          profile=args.profile, report=args.attempts,
+                          tls_policy=args.tls_policy)
         r = row(f"{args.domains:,} domains / {args.mx_hosts} MX", args.recipients, result)
         show(r)
         report = Path(tmp) / "report.jsonl"

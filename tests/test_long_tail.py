@@ -234,3 +234,20 @@ async def test_cli_batch_by_site_shares_transactions_across_domains(tmp_path: Pa
         results[batch_by] = domains_per_message(sink.messages)
     assert max(results["site"]) > 1
     assert set(results["domain"]) == {1}
+
+
+async def test_intake_resolves_domains_ahead_of_admission() -> None:
+    """With room for 10 recipients, intake reads further and prefetches their
+    domains: most recipients find their route cached when admitted (the
+    engine's dispatch-time prefetch count stays far below one per domain)."""
+    domains = [f"d{n}.test" for n in range(200)]
+    async with trio.open_nursery() as nursery:
+        sink, dns = await start_world(nursery, domains)
+        async with Mailer(mx_config(sink, dns, max_pending=10)) as mailer:
+            summary = await mailer.send(
+                "news@sender.test", MESSAGE, [f"u@{d}" for d in domains]
+            )
+            assert mailer.engine.prefetched + mailer.engine.resolve_tasks < 100
+        nursery.cancel_scope.cancel()
+    assert summary.delivered == len(domains)
+    assert Counter(rdtype for _, rdtype, _ in dns.queries)["MX"] == len(domains)

@@ -79,7 +79,10 @@ class Engine:
         #: why the run was aborted (see :meth:`abort`)
         self.aborted: Reply | None = None
         self.rng = random.Random(config.seed)
-        self.intake = Intake(config.max_pending, dispatch=self.dispatch, invalid=self.invalid)
+        self.intake = Intake(
+            config.max_pending, dispatch=self.dispatch, invalid=self.invalid,
+            prefetch=router.prefetch,
+        )
         self._limiter = trio.CapacityLimiter(config.total_connections)
         self._health = HealthRegistry(pipelining=config.session.use_pipelining)
         self._retries = RetryQueue(nursery, self.dispatch)
