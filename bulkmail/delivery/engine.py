@@ -227,6 +227,8 @@ class Engine:
         (or are settled with the routing error).  stop() may have settled
         them meanwhile, and a domain prefetched by someone else has nobody."""
         waiting = self._resolving.pop(domain, None)
+        if not self._resolving:
+            self._resolving = {}  # a dict keeps its peak's table when emptied
         if not waiting:
             return
         if isinstance(outcome, RoutingError):
