@@ -251,3 +251,21 @@ async def test_intake_resolves_domains_ahead_of_admission() -> None:
         nursery.cancel_scope.cancel()
     assert summary.delivered == len(domains)
     assert Counter(rdtype for _, rdtype, _ in dns.queries)["MX"] == len(domains)
+
+
+async def test_by_domain_a_session_counts_transactions_not_recipients() -> None:
+    """100 one-recipient domains at one site, 10 messages per connection: a
+    take by domain is 100 transactions' worth of items, and must still end
+    each session after 10 of them."""
+    domains = [f"d{n}.test" for n in range(100)]
+    limits = PoolLimits(connections=1, messages_per_connection=10)
+    async with trio.open_nursery() as nursery:
+        sink, dns = await start_world(nursery, domains)
+        async with Mailer(mx_config(sink, dns, limits=limits, linger=0.5)) as mailer:
+            summary = await mailer.send(
+                "news@sender.test", MESSAGE, [f"u@{d}" for d in domains]
+            )
+        nursery.cancel_scope.cancel()
+    assert summary.delivered == 100
+    assert sink.stats.messages == 100
+    assert sink.stats.sessions >= 10

@@ -125,3 +125,25 @@ def transactions(items: list[Item], step: int, *, by_domain: bool) -> list[list[
         else:
             group.append(item)
     return groups
+
+
+def take_transactions(
+    q: DomainQueue, job: Job, per_txn: int, budget: int, limit: int
+) -> list[Item]:
+    """Up to ``budget`` transactions (and ``limit`` items) of ``job`` from a
+    queue by domain: a transaction ends where the domain changes, so the
+    window and ``messages_per_connection`` count transactions, not items."""
+    taken: list[Item] = []
+    transactions = size = 0
+    domain = None
+    while q and len(taken) < limit and q[0].job is job:
+        head = q[0]
+        if head.domain != domain or size >= per_txn:
+            if transactions >= budget:
+                break
+            transactions += 1
+            size = 0
+            domain = head.domain
+        taken.append(q.popleft())
+        size += 1
+    return taken

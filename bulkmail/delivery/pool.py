@@ -24,7 +24,7 @@ from ..routing import Destination
 from ..session import Envelope, Refill, SMTPSession, TransactionResult
 from ..shaping import PoolLimits
 from .connector import Connector
-from .domain_queue import DomainQueue, transactions
+from .domain_queue import DomainQueue, take_transactions, transactions
 from .health import DestinationHealth, rate_interval
 from .job import Item, Job
 from .policy import classify
@@ -210,6 +210,8 @@ class Pool:
         shared = bool(self.queue) and not self.queue[0].job.one_per_transaction
         per_worker = self.limits.max_rcpts if shared else 1
         backlog = -(-len(self.queue) // per_worker)  # ceil
+        if isinstance(self.queue, DomainQueue):  # at least a transaction per domain
+            backlog = max(backlog, self.queue.domains)
         wanted = min(wanted, max(1, backlog))
         while self.workers < wanted:
             self.workers += 1
@@ -266,11 +268,14 @@ class Pool:
             # instead of queueing behind one (a window's tail is a round trip each)
             limit = min(limit, max(1, -(-len(q) // self.workers)))
         flush = head.job.input_done or trio.current_time() - self._oldest >= self.linger
-        if not flush:
-            # only whole transactions while more recipients may still come
-            limit = min(limit, (len(q) // per_txn) * per_txn)
-        while q and len(taken) < limit and q[0].job is job:
-            taken.append(q.popleft())
+        if isinstance(q, DomainQueue):
+            taken = take_transactions(q, job, per_txn, budget, limit)
+        else:
+            if not flush:
+                # only whole transactions while more recipients may still come
+                limit = min(limit, (len(q) // per_txn) * per_txn)
+            while q and len(taken) < limit and q[0].job is job:
+                taken.append(q.popleft())
         if q:
             self._oldest = trio.current_time()
         return taken
