@@ -80,7 +80,10 @@ async def test_a_second_run_is_refused_while_the_first_holds_the_job_and_takes_o
     message = tmp_path / "msg.eml"
     message.write_bytes(b"Subject: ${email}\n\nx\n")
     async with trio.open_nursery() as nursery:
-        sink = await start_sink(nursery, latency=0.1)
+        # DATA, not BDAT: a round trip per message keeps the first run busy for
+        # ~20 s, long after the second has started (BDAT windows finished it
+        # in about a second, before a loaded machine had started the second)
+        sink = await start_sink(nursery, latency=0.1, chunking=False)
         args = send_args(tmp_path, sink.port, rcpts, message, "--connections", "2", "--quiet")
         first = await trio.lowlevel.open_process(args, cwd=tmp_path)
         while sink.stats.messages < 5:

@@ -137,6 +137,7 @@ class DNSServer:
         if (
             rdtype is None or qclass != 1 or name not in self.names or name in self.rcodes
             or name in self.blackholed or name in self.truncated
+            or name in self.authenticated  # AD is set by _build
             or (name, "CNAME") in self.records
         ):
             return None
