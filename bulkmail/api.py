@@ -20,7 +20,7 @@ import trio
 
 from .config import Security, SessionConfig, Timeouts
 from .delivery.connector import ConnectionObserver
-from .delivery.engine import CANCELLED, Engine, EngineConfig
+from .delivery.engine import CANCELLED, BatchBy, Engine, EngineConfig
 from .delivery.health import ShapingAction
 from .delivery.job import InDoubtHook, Job, JobOptions, Presettle, ResultCallback, ResultsCallback
 from .delivery.retry import RetryPolicy
@@ -86,6 +86,11 @@ class MailerConfig:
     #: seconds since the epoch for warm-up windows (None: the system clock, read
     #: through trio's clock so a virtual clock moves it too)
     wall_clock: Callable[[], float] | None = None
+    #: ``"site"`` (default, as before the option existed): domains with the same
+    #: MX host set share transactions (fewer, fuller ones); ``"domain"``: a
+    #: transaction holds one domain's recipients (for a provider that applies
+    #: per-domain policy at RCPT -- the 452/5xx handling covers it either way)
+    batch_by: BatchBy = "site"
     #: MX delivery only (a relay gets ``secure``): MTA-STS by default, DANE on request
     tls_policy: TLSPolicyConfig = field(default_factory=TLSPolicyConfig)
     #: called at once when no host of a destination can be reached (a down or
@@ -132,6 +137,7 @@ class MailerConfig:
             wall_clock=self.wall_clock,
             on_connection_failure=self.on_connection_failure,
             metrics=self.metrics,
+            batch_by=self.batch_by,
         )
 
     def router(self, policies: TLSPolicies | None = None) -> Router:

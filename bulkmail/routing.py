@@ -258,6 +258,8 @@ class MXRouter:
                     continue
                 domain = next(iter(self._ahead))
                 del self._ahead[domain]
+                if not self._ahead:
+                    self._ahead = {}  # a dict keeps its peak's table when emptied
                 self._prefetching.add(domain)
                 nursery.start_soon(resolve, domain)
 

@@ -123,11 +123,30 @@ class Shaping:
     warmup: tuple[WarmupRule, ...] = ()
 
     def limits_for(self, domain: str, hosts: Iterable[str] = ()) -> PoolLimits:
-        names = [domain, *hosts]
+        """The limits for ``domain`` hosted on ``hosts``: the first rule matching
+        the domain or one of its MX host names, else the default."""
+        rule = self.rule_for([domain, *hosts])
+        return self.default if rule is None else rule.limits
+
+    def rule_for(self, names: Iterable[str]) -> Rule | None:
+        names = list(names)
         for rule in self.rules:
             if rule.matches(names):
-                return rule.limits
-        return self.default
+                return rule
+        return None
+
+    def site_rule(self, hosts: Iterable[str]) -> Rule | None:
+        """The rule for a site (a set of MX hosts), chosen by its host names
+        alone: a pool shared by many domains never takes one domain's rule."""
+        return self.rule_for(hosts)
+
+    def own_rule(self, domain: str, hosts: Iterable[str]) -> Rule | None:
+        """The rule that sets ``domain`` apart from its site, if any: the first
+        rule matching it (by name or host) when that is not the site's rule.
+        Such a domain gets a pool of its own under that rule's limits."""
+        hosts = list(hosts)
+        rule = self.rule_for([domain, *hosts])
+        return None if rule is None or rule is self.site_rule(hosts) else rule
 
     def with_default(self, **changes: Any) -> Shaping:
         """A copy whose default (and every rule not overriding them) takes ``changes``."""

@@ -8,6 +8,7 @@ Modules, leaves first (each imports only modules above it in this list):
 * ``limiter``   the seam for per-destination limits shared with other
   processes (connection seats, rate tokens, pauses); ``None`` in one process
 * ``job``       a job (``Job``, its frozen ``JobOptions``) and its ``Item``s
+* ``domain_queue`` a pool's queue when transactions are per domain
 * ``retry``     the per-recipient retry schedule and the loop that keeps it
 * ``settle``    a transaction's result -> each recipient's outcome
 * ``connector`` opening a session to a destination (MX order, TLS fallback,

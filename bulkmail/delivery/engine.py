@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import trio
 
@@ -44,6 +45,12 @@ MAX_FREE_RETRIES = 3
 STOPPED = synthetic_reply(451, "4.3.2", "run stopped before this recipient was attempted")
 CANCELLED = synthetic_reply(451, "4.3.2", "run cancelled before this recipient was attempted")
 
+#: domains whose pool key (their site's, or their own under a shaping rule)
+#: is remembered; starts over when full (only kept when there are rules)
+MAX_POOL_KEYS = 10_000
+
+BatchBy = Literal["domain", "site"]
+
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
@@ -68,6 +75,14 @@ class EngineConfig:
     on_connection_failure: ConnectionObserver | None = None
     #: counters for ``--metrics`` (``bulkmail.observe``); None: nothing is counted
     metrics: RunMetrics | None = None
+    #: ``"site"`` (the default, as before ``batch_by`` existed): recipients of
+    #: different domains with the same MX hosts share transactions;
+    #: ``"domain"``: a transaction holds one domain's recipients
+    batch_by: BatchBy = "site"
+
+    def __post_init__(self) -> None:
+        if self.batch_by not in ("domain", "site"):
+            raise ValueError(f"batch_by must be 'domain' or 'site', not {self.batch_by!r}")
 
 
 class Engine:
@@ -83,11 +98,15 @@ class Engine:
         #: why the run was aborted (see :meth:`abort`)
         self.aborted: Reply | None = None
         self.rng = random.Random(config.seed)
-        self.intake = Intake(config.max_pending, dispatch=self.dispatch, invalid=self.invalid)
+        self.intake = Intake(
+            config.max_pending, dispatch=self.dispatch, invalid=self.invalid,
+            prefetch=router.prefetch,
+        )
         self._limiter = trio.CapacityLimiter(config.total_connections)
         self._health = HealthRegistry(pipelining=config.session.use_pipelining)
         self._retries = RetryQueue(nursery, self.dispatch)
         self._resolving: dict[str, list[Item]] = {}
+        self._pool_keys: dict[str, tuple[Destination, str]] = {}
         self._jobs: set[Job] = set()
         self.metrics = config.metrics
         if self.metrics is not None:
@@ -104,6 +123,12 @@ class Engine:
         self._warmup_counters: WarmupCounters | None = None
         #: failed connection attempts per destination key (only with an observer)
         self._connect_failures: dict[str, int] = {}
+
+        #: domains resolved ahead by the router (no task each) / by a task of their own
+        self.prefetched = 0
+        self.resolve_tasks = 0
+        self._prefetch_scope = trio.CancelScope()
+        nursery.start_soon(self._run_prefetcher)
 
     def close(self) -> None:
         """Release what outlives a run's tasks (the warm-up counters' file)."""
@@ -186,6 +211,7 @@ class Engine:
                 self.abandon(item)
         for item in self._retries.take():
             self.abandon(item)
+        self._prefetch_scope.cancel()  # nothing more to resolve: let the nursery end
         self.wake_pools()
 
     def abort(self, reason: Reply) -> None:
@@ -221,25 +247,48 @@ class Engine:
         if destination is not None:
             self._to_pool(item, destination, domain)
             return
-        # one resolving task per domain, however many recipients wait on it
+        # one lookup per domain, however many recipients wait on it
         waiting = self._resolving.get(domain)
         if waiting is not None:
             waiting.append(item)
             return
         self._resolving[domain] = [item]
+        if self.router.prefetch(domain):
+            self.prefetched += 1  # the router's prefetcher resolves it: no task here
+            return
+        # cached as a failure, the prefetch queue full, or a router that does
+        # not report prefetches (PolicyRouter): one task awaits route()
+        self.resolve_tasks += 1
         self.nursery.start_soon(self._resolve, domain)
 
-    async def _resolve(self, domain: str) -> None:
-        try:
-            destination = await self.router.route(domain)
-        except RoutingError as exc:
-            # (stop() may have settled this domain's waiters meanwhile)
-            verdict = classify(None, exc.reply)
-            for item in self._resolving.pop(domain, []):
-                self.attempted(item, exc.reply, verdict, None)
+    async def _run_prefetcher(self) -> None:
+        with self._prefetch_scope:
+            await self.router.run_prefetcher(self._on_resolved)
+
+    def _on_resolved(self, domain: str, outcome: Destination | RoutingError) -> None:
+        """A domain's lookup ended: its waiting recipients go to their pool
+        (or are settled with the routing error).  stop() may have settled
+        them meanwhile, and a domain prefetched by someone else has nobody."""
+        waiting = self._resolving.pop(domain, None)
+        if not self._resolving:
+            self._resolving = {}  # a dict keeps its peak's table when emptied
+        if not waiting:
             return
-        for item in self._resolving.pop(domain, []):
-            self._to_pool(item, destination, domain)
+        if isinstance(outcome, RoutingError):
+            verdict = classify(None, outcome.reply)
+            for item in waiting:
+                self.attempted(item, outcome.reply, verdict, None)
+            return
+        for item in waiting:
+            self._to_pool(item, outcome, domain)
+
+    async def _resolve(self, domain: str) -> None:
+        outcome: Destination | RoutingError
+        try:
+            outcome = await self.router.route(domain)
+        except RoutingError as exc:
+            outcome = exc
+        self._on_resolved(domain, outcome)
 
     def _to_pool(self, item: Item, destination: Destination, domain: str) -> None:
         if self._bounce_rest:  # (empty unless a bounce-rest rule fired)
@@ -247,24 +296,50 @@ class Engine:
             if closed is not None:
                 item.job.finish(item, Status.BOUNCED, closed)
                 return
-        pool = self.pools.get(destination.key)
-        if pool is None:
-            hosts = [h.name for h in destination.hosts]
-            shaping = self.config.shaping
-            limits = shaping.limits_for(domain, hosts)
-            session = self.config.session  # the destination's own stage deadlines, if any
-            session = replace(session, timeouts=limits.session_timeouts(session.timeouts))
-            connector = Connector(session, destination, limits.source_addresses, self.rng)
-            pool = Pool(
-                self, destination, limits, self._health.of(destination.key, limits.connections),
-                connector, linger=self.config.linger,
-                window=self.config.session.chunking_window, metrics=self.metrics,
-                reactions=rules_for(shaping.reactions, [domain, *hosts]),
-                warmup=self._warmup_gate([domain, *hosts]),
-            )
-            self.pools[destination.key] = pool
+        item.domain = domain
         item.site = destination.key
+        key = destination.key
+        if self.config.shaping.rules:  # else every domain takes its site's pool
+            key = self._pool_key(destination, domain)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = self._open_pool(key, destination, domain)
         pool.add(item)
+
+    def _pool_key(self, destination: Destination, domain: str) -> str:
+        """The site's key, or ``site|pattern`` for a domain a shaping rule of
+        its own sets apart (remembered per domain, boundedly)."""
+        known = self._pool_keys.get(domain)
+        if known is not None and known[0] is destination:
+            return known[1]
+        hosts = [h.name for h in destination.hosts]
+        rule = self.config.shaping.own_rule(domain, hosts)
+        key = destination.key if rule is None else f"{destination.key}|{rule.pattern}"
+        if len(self._pool_keys) >= MAX_POOL_KEYS:
+            self._pool_keys.clear()
+        self._pool_keys[domain] = (destination, key)
+        return key
+
+    def _open_pool(self, key: str, destination: Destination, domain: str) -> Pool:
+        shaping = self.config.shaping
+        hosts = [h.name for h in destination.hosts]
+        # a site's limits come from its host names, never from whichever of
+        # its domains happened to arrive first
+        rule = shaping.site_rule(hosts) if key == destination.key \
+            else shaping.own_rule(domain, hosts)
+        limits = shaping.default if rule is None else rule.limits
+        if key != destination.key:
+            destination = replace(destination, key=key)
+        session = self.config.session  # the destination's own stage deadlines, if any
+        session = replace(session, timeouts=limits.session_timeouts(session.timeouts))
+        connector = Connector(session, destination, limits.source_addresses, self.rng)
+        return Pool(
+            self, destination, limits, self._health.of(key, limits.connections),
+            connector, linger=self.config.linger,
+            window=self.config.session.chunking_window, batch_by=self.config.batch_by,
+            metrics=self.metrics, reactions=rules_for(shaping.reactions, [domain, *hosts]),
+            warmup=self._warmup_gate([domain, *hosts]),
+        )
 
     def _warmup_gate(self, names: list[str]) -> WarmupGate | None:
         rules = self.config.shaping.warmup
@@ -287,8 +362,10 @@ class Engine:
         observer(ConnectionFailure(key, reply, host, failures, next_try))
 
     def pool_idle(self, pool: Pool) -> None:
-        if self.pools.get(pool.destination.key) is pool and pool.idle:
-            del self.pools[pool.destination.key]
+        key = pool.destination.key
+        if self.pools.get(key) is pool and pool.idle:
+            del self.pools[key]
+            self._health.release(key)  # kept only while it remembers a failure
 
     def wake_pools(self) -> None:
         for pool in list(self.pools.values()):

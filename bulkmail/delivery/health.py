@@ -173,9 +173,9 @@ class DestinationHealth:
 
 
 class HealthRegistry:
-    """Each destination's health, kept while the engine lives: backoff and
-    quirks outlive a pool, so a destination that comes back after going idle
-    does not start from full speed again."""
+    """Each destination's health: backoff and quirks outlive a pool, so a
+    destination that comes back after going idle does not start from full
+    speed again; a healthy one is forgotten when its pool goes idle."""
 
     def __init__(self, *, pipelining: bool) -> None:
         self._pipelining = pipelining
@@ -192,6 +192,18 @@ class HealthRegistry:
             health.pipelining = self._pipelining
             self._health[key] = health
         return health
+
+    def release(self, key: str) -> None:
+        """Forget ``key``'s health if it is at full health (an idle pool's):
+        nothing to remember, and a long tail of domains must not leave an
+        entry each.  A destination still backing off keeps its entry."""
+        health = self._health.get(key)
+        if health is not None and not health.backing_off \
+                and health.pipelining == self._pipelining:
+            del self._health[key]
+
+    def __len__(self) -> int:
+        return len(self._health)
 
 
 def rate_interval(rate: float | None) -> float:

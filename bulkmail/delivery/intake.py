@@ -8,6 +8,7 @@ a domain are learnt once per domain, not per address).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
 from contextlib import aclosing
 
@@ -26,10 +27,15 @@ Recipients = Iterable[Recipient | str] | AsyncIterable[Recipient | str]
 MAX_INTAKE_DOMAINS = 100_000
 #: recipients admitted between two checkpoints (other tasks get to run)
 CHECKPOINT_EVERY = 256
+#: recipients read ahead of admission while ``max_pending`` are in memory:
+#: their domains are resolved meanwhile, so DNS overlaps delivery
+LOOKAHEAD = 20_000
 
 
 class Intake:
-    """Admits recipients into jobs, holding at most ``max_pending`` in memory."""
+    """Admits recipients into jobs, holding at most ``max_pending`` in memory,
+    and reading up to ``lookahead`` more whose domains ``prefetch`` resolves
+    ahead of their admission."""
 
     def __init__(
         self,
@@ -37,10 +43,14 @@ class Intake:
         *,
         dispatch: Callable[[Item, str], None],
         invalid: Callable[[Item, str], None],
+        prefetch: Callable[[str], object] | None = None,
+        lookahead: int = LOOKAHEAD,
     ) -> None:
         self.max_pending = max_pending
+        self.lookahead = lookahead if prefetch is not None else 0
         self._dispatch = dispatch
         self._invalid = invalid
+        self._prefetch = prefetch
         # recipients in memory; a producer at the cap waits for a refill mark,
         # not for each single slot (one wakeup per recipient cost ~15% at 10k/s)
         self._in_memory = 0
@@ -66,20 +76,54 @@ class Intake:
         until the source ends or the job closes."""
         admit = self._admit
         admitted = 0
-        async with aclosing(_chunks(recipients)) as chunks:
-            async for chunk in chunks:
+        # read but not yet admitted (at most ``lookahead``): when the job
+        # closes they are admitted anyway, so each ends deferred with a result
+        ahead: deque[Recipient | str] = deque()
+        try:
+            async with aclosing(_chunks(recipients)) as chunks:
+                async for chunk in chunks:
+                    self.now = trio.current_time()  # an item's queued_at, per chunk
+                    for recipient in chunk:
+                        if job.closed:
+                            return
+                        if not ahead and self._in_memory < self.max_pending:
+                            admit(job, recipient)  # no coroutine per recipient on the fast path
+                        elif not self.lookahead:
+                            await self._wait_for_room()
+                            self.now = trio.current_time()
+                            admit(job, recipient)
+                        else:
+                            ahead.append(recipient)
+                            self._look_ahead(recipient)
+                            self._admit_ahead(job, ahead)
+                            while len(ahead) >= self.lookahead and not job.closed:
+                                await self._wait_for_room()
+                                self.now = trio.current_time()
+                                self._admit_ahead(job, ahead)
+                        admitted += 1
+                        if admitted % CHECKPOINT_EVERY == 0:
+                            await trio.lowlevel.checkpoint()
+                            self.now = trio.current_time()
+            while ahead and not job.closed:
+                await self._wait_for_room()
                 self.now = trio.current_time()
-                for recipient in chunk:
-                    if job.closed:
-                        return
-                    if self._in_memory >= self.max_pending:
-                        await self._wait_for_room()
-                        self.now = trio.current_time()
-                    admit(job, recipient)  # no coroutine per recipient on the fast path
-                    admitted += 1
-                    if admitted % CHECKPOINT_EVERY == 0:
-                        await trio.lowlevel.checkpoint()
-                        self.now = trio.current_time()
+                self._admit_ahead(job, ahead)
+        finally:
+            while ahead:  # the job closed: they end deferred (it takes nothing new)
+                admit(job, ahead.popleft())
+
+    def _admit_ahead(self, job: Job, ahead: deque[Recipient | str]) -> None:
+        while ahead and self._in_memory < self.max_pending:
+            self._admit(job, ahead.popleft())
+
+    def _look_ahead(self, recipient: Recipient | str) -> None:
+        """Start resolving a recipient's domain before it is admitted."""
+        address = recipient if isinstance(recipient, str) else recipient.address
+        local, at, domain_part = address.strip().rpartition("@")
+        if at and local:
+            plain = (self._domains.get(domain_part) or self._learn_domain(domain_part))[1]
+            if plain is not None and self._prefetch is not None:
+                self._prefetch(plain)
 
     async def _wait_for_room(self) -> None:
         while self._in_memory > self._resume_at:

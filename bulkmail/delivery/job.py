@@ -68,6 +68,8 @@ class Item:
     queued_at: float = 0.0
     #: its destination's key once routed: its site in the metrics
     site: str | None = None
+    #: its routing domain, set as it enters a pool (per-domain batching groups by it)
+    domain: str = ""
 
     def attempt(self, reply: Reply, host: str | None, now: float) -> None:
         """Count one attempt that got ``reply`` (from ``host``, when known)."""

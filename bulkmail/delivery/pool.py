@@ -28,6 +28,7 @@ from ..shaping import PoolLimits
 from ..warmup import Grant, WarmupGate
 from .batch import Batch
 from .connector import ROUND_ROBIN, Connector, SourceChoice
+from .domain_queue import DomainQueue, take_transactions, transactions
 from .gate import PoolGate, Wait
 from .health import DestinationHealth, rate_interval
 from .job import Item, Job
@@ -112,6 +113,7 @@ class Pool:
         reactions: tuple[ReactionRule, ...] = (),
         warmup: WarmupGate | None = None,
         metrics: RunMetrics | None = None,
+        batch_by: str = "site",
     ) -> None:
         self.owner = owner
         self.destination = destination
@@ -119,7 +121,12 @@ class Pool:
         self.health = health
         self.connector = connector
         self.linger = linger
-        self.queue: deque[Item] = deque()
+        #: ``"domain"``: a transaction holds one domain's recipients; ``"site"``:
+        #: any of this destination's (RFC 5321 lets one transaction span domains)
+        self.batch_by = batch_by
+        self.queue: deque[Item] | DomainQueue = (
+            DomainQueue(limits.max_rcpts) if batch_by == "domain" else deque()
+        )
         self.workers = 0
         self.active_sessions = 0
         self._window = max(1, window)
@@ -169,6 +176,8 @@ class Pool:
 
     def take_queued(self, job: Job | None = None) -> list[Item]:
         """Remove and return the queued items (all, or ``job``'s)."""
+        if isinstance(self.queue, DomainQueue):
+            return self.queue.take(job)
         if job is None:
             taken = list(self.queue)
             self.queue.clear()
@@ -193,6 +202,8 @@ class Pool:
         shared = bool(self.queue) and not self.queue[0].job.one_per_transaction
         per_worker = self.limits.max_rcpts if shared else 1
         backlog = -(-len(self.queue) // per_worker)  # ceil
+        if isinstance(self.queue, DomainQueue):  # at least a transaction per domain
+            backlog = max(backlog, self.queue.domains)
         wanted = min(wanted, max(1, backlog))
         if self.shared is not None and self.shared.seats_short:  # one task waits for a seat
             wanted = min(wanted, self.active_sessions + 1)
@@ -259,11 +270,14 @@ class Pool:
             # instead of queueing behind one (a window's tail is a round trip each)
             limit = min(limit, max(1, -(-len(q) // self.workers)))
         flush = head.job.input_done or trio.current_time() - self._oldest >= self.linger
-        if not flush:
-            # only whole transactions while more recipients may still come
-            limit = min(limit, (len(q) // per_txn) * per_txn)
-        while q and len(taken) < limit and q[0].job is job:
-            taken.append(q.popleft())
+        if isinstance(q, DomainQueue):
+            taken = take_transactions(q, job, per_txn, budget, limit)
+        else:
+            if not flush:
+                # only whole transactions while more recipients may still come
+                limit = min(limit, (len(q) // per_txn) * per_txn)
+            while q and len(taken) < limit and q[0].job is job:
+                taken.append(q.popleft())
         if q:
             self._oldest = trio.current_time()
         return taken
@@ -528,8 +542,7 @@ class Pool:
         if not job.content.personalised:
             shared = job.content.render(items[0].recipient)
             step = 1 if job.one_per_transaction else self.limits.max_rcpts
-            for start in range(0, len(items), step):
-                group = items[start : start + step]
+            for group in transactions(items, step, by_domain=self.batch_by == "domain"):
                 envelopes.append(job.envelope([i.recipient.address for i in group], shared))
                 groups.append(group)
             return envelopes, groups
