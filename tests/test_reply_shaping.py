@@ -377,3 +377,25 @@ def test_the_contrib_provider_rules_match_their_documented_replies(
     rules = rules_for(shaping.reactions, [destination])
     found = first_match(rules, reply_of(line))
     assert (found.name if found is not None else None) == rule
+
+
+def test_an_idle_destination_under_a_suspension_keeps_its_health() -> None:
+    """The long-tail clean-up forgets an idle destination's health only when
+    nothing is in force: a suspension must survive its pool going idle, or
+    the next recipient there starts (and logs) the action all over again --
+    the CLI test above printed the line twice when that happened."""
+    from bulkmail.delivery.health import HealthRegistry
+
+    registry = HealthRegistry(pipelining=True)
+    health = registry.of("relay:127.0.0.1:25", 4)
+    reply = Reply(451, ("4.3.0 local part",), "4.3.0")
+    action = ShapingAction("suspend", "relay:127.0.0.1:25", reply, "r", 3600.0, 3600.0,
+                           3600.0, None, None, None)
+    assert health.apply(action)
+    registry.release("relay:127.0.0.1:25")
+    assert registry.of("relay:127.0.0.1:25", 4) is health
+    assert not health.apply(action)  # still in force: not started (nor logged) again
+    registry.release("idle:elsewhere")
+    other = registry.of("mx:mx.example.net", 4)
+    registry.release("mx:mx.example.net")
+    assert registry.of("mx:mx.example.net", 4) is not other  # nothing in force: forgotten

@@ -110,6 +110,11 @@ class DestinationHealth:
     def backing_off(self) -> bool:
         return self.concurrency < self.max_concurrency or self.pause > 0
 
+    @property
+    def holds_actions(self) -> bool:
+        """A reply rule's suspension or limit is (or was, until looked at) in force."""
+        return bool(self.suspended or self.sources_suspended or self.limited)
+
     # -- reply rules' actions ------------------------------------------------
 
     def apply(self, action: ShapingAction) -> bool:
@@ -198,7 +203,9 @@ class HealthRegistry:
         nothing to remember, and a long tail of domains must not leave an
         entry each.  A destination still backing off keeps its entry."""
         health = self._health.get(key)
-        if health is not None and not health.backing_off \
+        # (a reply rule's suspension must outlive the idle pool: forgetting it
+        # let the next recipient there start the action -- and its log line -- again)
+        if health is not None and not health.backing_off and not health.holds_actions \
                 and health.pipelining == self._pipelining:
             del self._health[key]
 
