@@ -263,10 +263,6 @@ class MXRouter:
                 self._prefetching.add(domain)
                 nursery.start_soon(resolve, domain)
 
-    @property
-    def prefetch_queued(self) -> int:
-        return len(self._ahead)
-
     # -- lookups -----------------------------------------------------------------
 
     async def _outcome(self, domain: str) -> tuple[Destination | Reply, float]:

@@ -148,11 +148,6 @@ class Shaping:
         rule = self.rule_for([domain, *hosts])
         return None if rule is None or rule is self.site_rule(hosts) else rule
 
-    def with_default(self, **changes: Any) -> Shaping:
-        """A copy whose default (and every rule not overriding them) takes ``changes``."""
-        default = replace(self.default, **changes)
-        return Shaping(default, self.rules, self.reactions, self.warmup)
-
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], base: PoolLimits | None = None) -> Shaping:
         """ShapingError (a ValueError) for anything it cannot use, naming the section."""

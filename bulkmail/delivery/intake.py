@@ -61,10 +61,6 @@ class Intake:
         #: per CHECKPOINT_EVERY recipients, not per recipient): ``Item.queued_at``
         self.now = 0.0
 
-    @property
-    def in_memory(self) -> int:
-        return self._in_memory
-
     def release(self, n: int = 1) -> None:
         """``n`` recipients have their results: room for more."""
         self._in_memory -= n
