@@ -13,6 +13,7 @@ from typing import Any
 
 import trio
 
+from ..dns_lookup import new_resolver
 from ..routing import DNSConfig
 
 
@@ -34,18 +35,10 @@ class PolicyDNS:
 
     def __init__(self, config: DNSConfig) -> None:
         import dns.asyncbackend
-        import dns.asyncresolver
         import dns.flags
-        import dns.nameserver
 
         self.config = config
-        resolver = dns.asyncresolver.Resolver(configure=not config.nameservers)
-        if config.nameservers:
-            resolver.nameservers = [
-                dns.nameserver.Do53Nameserver(ip, port) for ip, port in config.nameservers
-            ]
-        resolver.timeout = config.timeout
-        resolver.lifetime = config.lifetime
+        resolver = new_resolver(config)  # the MX router's, plus DNSSEC below
         # AD in the query asks for the AD bit back (RFC 6840 §5.7); DO for DNSSEC data
         resolver.flags = dns.flags.RD | dns.flags.AD
         resolver.use_edns(0, dns.flags.DO, 1232)
