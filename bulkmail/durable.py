@@ -55,14 +55,21 @@ def outcome_of(result: Result) -> Outcome:
 
 
 class OutcomeCache:
-    """One :class:`Outcome` object for a run of results that share everything but
-    the address (a transaction's recipients), so the writer stores them as one row."""
+    """One :class:`Outcome` object for every result that shares everything but
+    the address, so the writer stores a commit's deliveries as one row (it
+    merges submits of the same object).  Keyed by value, not by the last
+    result: results of ten connections interleave, and each connection parses
+    its own (equal) reply objects.  Cleared when it grows past ``limit``:
+    replies that carry a queue id are all different, and then only the
+    recipients of one transaction share an outcome."""
 
-    __slots__ = ("_last", "_outcome")
+    __slots__ = ("_last", "_outcome", "_known", "limit")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 1024) -> None:
         self._last: Result | None = None
         self._outcome: Outcome | None = None
+        self._known: dict[tuple[object, ...], Outcome] = {}
+        self.limit = limit
 
     def __call__(self, result: Result) -> Outcome:
         last = self._last
@@ -76,9 +83,17 @@ class OutcomeCache:
             and last.host == result.host
             and last.possible_duplicate == result.possible_duplicate
         ):
-            return self._outcome
-        self._outcome = outcome_of(result)
-        return self._outcome
+            return self._outcome  # a transaction's next recipient: no hashing
+        key = (result.reply, result.status, result.attempts, result.host,
+               result.possible_duplicate)
+        known = self._known
+        outcome = known.get(key)
+        if outcome is None:
+            if len(known) >= self.limit:
+                known.clear()
+            outcome = known[key] = outcome_of(result)
+        self._outcome = outcome
+        return outcome
 
 
 def reply_of(record: RecipientRecord) -> Reply | None:

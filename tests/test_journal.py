@@ -405,6 +405,76 @@ async def test_a_transactions_recipients_share_one_group(tmp_path: Path) -> None
     journal.close()
 
 
+async def test_alternating_marks_and_results_are_two_rows_per_commit(tmp_path: Path) -> None:
+    """A run's changes alternate (one transaction's mark, another's delivery):
+    each outcome's submits merge into its open group across the others."""
+    journal = CountingJournal(tmp_path / "j.sqlite")
+    groups: list[int] = []
+    record = journal.record_outcomes
+
+    def counting(batch: Sequence[tuple[Sequence[str], Outcome]]) -> None:
+        groups.extend(len(addresses) for addresses, _ in batch)
+        record(batch)
+
+    journal.record_outcomes = counting  # type: ignore[method-assign]
+    writer = JournalWriter(journal)
+    mark, sent = Outcome(Status.IN_DOUBT), Outcome(Status.DELIVERED, 250)
+    for i in range(40):
+        writer.submit_outcome(f"a{i}@x.test", mark)
+        if i:
+            writer.submit_outcome(f"a{i - 1}@x.test", sent)  # the previous one's result
+    await writer.flush()
+    # the merged marks come first: a{i}'s delivery still follows its own mark
+    assert groups == [40, 39]
+    found = journal.lookup([f"a{i}@x.test" for i in range(40)])
+    assert found.pop("a39@x.test").status is Status.IN_DOUBT
+    assert {r.status for r in found.values()} == {Status.DELIVERED}
+    journal.close()
+
+
+async def test_a_change_never_merges_past_an_older_change_of_its_address(
+    tmp_path: Path,
+) -> None:
+    """A retry's new mark must not land before its previous attempt's result:
+    that would leave the address deferred while its end of data is in flight."""
+    journal = CountingJournal(tmp_path / "j.sqlite")
+    writer = JournalWriter(journal)
+    mark = Outcome(Status.IN_DOUBT)
+    deferred = Outcome(Status.DEFERRED, 451, "4.3.0", "try later", 1)
+    writer.submit_outcome("other@x.test", mark)  # opens the mark group
+    writer.submit_outcome("x@x.test", mark)
+    writer.submit_outcome("x@x.test", deferred)  # the first attempt's result
+    writer.submit_outcome("x@x.test", mark)  # the retry: may not join the first group
+    writer.submit_outcome("late@x.test", mark)  # joins the newest mark group
+    await writer.flush()
+    found = journal.lookup(["x@x.test", "other@x.test", "late@x.test"])
+    assert {a: r.status for a, r in found.items()} == {
+        "x@x.test": Status.IN_DOUBT, "other@x.test": Status.IN_DOUBT,
+        "late@x.test": Status.IN_DOUBT,
+    }
+    assert found["x@x.test"].code == 451  # the deferral's reply is kept, the mark is newest
+    journal.close()
+
+
+async def test_a_durable_submit_merged_into_an_older_group_waits_for_its_commit(
+    tmp_path: Path,
+) -> None:
+    """With a commit cut at max_batch, a durable submit that joined an older
+    group returns once that group is committed -- not when as many addresses
+    as were submitted before it have been."""
+    journal = CountingJournal(tmp_path / "j.sqlite")
+    writer = JournalWriter(journal, max_batch=2)
+    mark, sent = Outcome(Status.IN_DOUBT), Outcome(Status.DELIVERED, 250)
+    writer.submit_outcome("a@x.test", mark)
+    writer.submit_outcome("b@x.test", sent)
+    writer.submit_outcome("c@x.test", sent)
+    await writer.submit_durable_outcome(["d@x.test"], mark)  # joins a@'s group
+    assert journal.lookup(["d@x.test"])["d@x.test"].status is Status.IN_DOUBT
+    await writer.flush()
+    assert journal.counts() == {Status.IN_DOUBT: 2, Status.DELIVERED: 2}
+    journal.close()
+
+
 async def test_a_lone_submit_is_committed_after_max_delay_without_flush(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
     committed = trio.Event()
