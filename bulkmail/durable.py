@@ -63,7 +63,7 @@ class OutcomeCache:
     replies that carry a queue id are all different, and then only the
     recipients of one transaction share an outcome."""
 
-    __slots__ = ("_last", "_outcome", "_known", "limit")
+    __slots__ = ("_known", "_last", "_outcome", "limit")
 
     def __init__(self, limit: int = 1024) -> None:
         self._last: Result | None = None
