@@ -399,3 +399,52 @@ def test_an_idle_destination_under_a_suspension_keeps_its_health() -> None:
     other = registry.of("mx:mx.example.net", 4)
     registry.release("mx:mx.example.net")
     assert registry.of("mx:mx.example.net", 4) is not other  # nothing in force: forgotten
+
+
+async def test_a_rule_can_match_the_bounce_class_of_the_reply(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """``class = "rate-limited"``: the sink's Gmail-style ``450 4.2.1 ... at a
+    rate that prevents ...`` suspends the destination; its ``451 4.3.0``
+    (class ``transient``) to the tempfail address before it does not."""
+    shaping = Shaping.from_mapping({
+        "default": {"connections": 1},
+        "reactions": [{"class": "rate-limited", "action": "suspend", "duration": "10m",
+                       "name": "slow-down"}],
+    })
+    actions: list[ShapingAction] = []
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, defer_rate=1.0, seed=1)
+        config = MailerConfig(relay=Relay("127.0.0.1", sink.port), secure="none",
+                              shaping=shaping, on_shaping_action=actions.append, window=1,
+                              retry_for=5)
+        async with Mailer(config) as mailer:
+            summary = await mailer.send("news@sender.test", TEMPLATE, [
+                Recipient("tempfail@example.test", {"name": "t"}), *people("example.test", 5),
+            ])
+        nursery.cancel_scope.cancel()
+    assert summary.deferred == 6
+    [action] = actions
+    assert (action.kind, action.rule) == ("suspend", "slow-down")
+    assert str(action.reply).startswith("450 4.2.1 The user you are trying to contact")
+    # the other four were held, not tried: one RCPT each for tempfail and u0
+    assert sink.stats.deferred == 2
+
+
+def test_class_in_a_rule_is_checked_and_may_list_several() -> None:
+    rule = Shaping.from_mapping({"reactions": [
+        {"class": ["rate-limited", "spam-block"], "code": "4..", "action": "suspend",
+         "duration": "1m"}]}).reactions[0]
+    assert rule.classes == {"rate-limited", "spam-block"}
+    greylisted = Reply(451, ("4.7.1 Greylisted, please try again later",), "4.7.1")
+    blocked = Reply(554, ("5.7.1 Client host [192.0.2.1] blocked using zen.spamhaus.org",),
+                    "5.7.1")
+    tempfail = Reply(451, ("4.3.0 Temporary failure",), "4.3.0")
+    assert first_match((rule,), greylisted) is rule  # rate-limited, and a 4xx
+    assert first_match((rule,), blocked) is None  # spam-block, but not a 4xx
+    assert first_match((rule,), tempfail) is None  # a 4xx, but transient
+    for bad, message in [("slow", "unknown bounce class"), ([], "a bounce class or a list"),
+                         (5, "a bounce class or a list")]:
+        with pytest.raises(ShapingError, match=r"\[\[reactions\]\] #1: .*" + message):
+            Shaping.from_mapping({"reactions": [{"class": bad, "action": "suspend",
+                                                 "duration": "1m"}]})
