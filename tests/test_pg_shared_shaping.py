@@ -162,6 +162,50 @@ async def test_tss04_seen_by_one_worker_suspends_the_destination_for_both(
         assert store.counts(job) == {Status.DELIVERED: 100}
 
 
+BOUNCE_REST = """
+[[reactions]]
+name = "blocked"
+code = "550"
+text = "Permanent failure requested"
+action = "bounce-rest"
+"""
+
+
+async def test_bounce_rest_bounces_the_rest_of_the_stored_job_for_every_worker(
+    store_url: str, tmp_path: Path,
+) -> None:
+    """One worker's 550 to ``permfail@`` bounces the rest of the job there:
+    what nobody had claimed yet at once, in the store, and what is claimed
+    afterwards -- by either worker -- without being sent."""
+    rules = tmp_path / "shaping.toml"
+    rules.write_text(BOUNCE_REST)
+    job = create_loading_job(store_url, max_rcpts=5, retry_for=600.0)
+    first = ["permfail@example.test"]
+    later = [f"u{i}@example.test" for i in range(40)]
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, record_messages=True)
+        args = ["--relay", f"127.0.0.1:{sink.port}", "--shaping", str(rules)]
+        one = await start_worker(store_url, job, args, "127.0.0.3")
+        with PgStore(store_url) as store:
+            store.load_recipients(job, first)
+        await wait_for(store_url, "SELECT count(*) = 1 FROM shaping_actions")
+        two = await start_worker(store_url, job, args, "127.0.0.4")
+        finish_loading(store_url, job, later)
+        for worker in (one, two):
+            status, err = await finish(worker)
+            assert status == 0, err
+        nursery.cancel_scope.cancel()
+    assert sink.stats.recipients == 0
+    with PgStore(store_url) as store:
+        assert store.counts(job) == {Status.BOUNCED: 41}
+    replies = column(store_url, "SELECT DISTINCT reply FROM recipients WHERE address <> "
+                                "'permfail@example.test'")
+    assert len(replies) == 1 and replies[0].startswith(
+        f"not sent: relay:127.0.0.1:{sink.port} answered \"550 5.7.1 Permanent failure")
+    assert replies[0].endswith("shaping rule blocked bounces the rest of this job there")
+    assert column(store_url, "SELECT job FROM shaping_actions") == [job]
+
+
 WARMUP = """
 [[warmup]]
 destination = "example.test"

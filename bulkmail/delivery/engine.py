@@ -389,6 +389,7 @@ class Engine:
             rule.action, pool.destination.key, reply, rule.name, rule.duration,
             now + rule.duration, self.wall_clock() + rule.duration,
             source if rule.action == "suspend-source" else None, rule.connections, rule.rate,
+            job,
         )
         if rule.action == "bounce-rest":
             if job is None or not self._close_destination(job, pool, action):

@@ -39,6 +39,9 @@ class ShapingAction:
     #: limit: the connection cap and rate (messages per second) meanwhile
     connections: int | None = None
     rate: float | None = None
+    #: the job (``delivery.job.Job``) whose reply it was, if known: a store
+    #: worker finds the stored job of a bounce-rest by it
+    job: object = field(default=None, compare=False, repr=False)
 
     def describe(self) -> str:
         """One log line: action, destination, how long, the triggering reply."""

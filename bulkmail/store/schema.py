@@ -127,6 +127,7 @@ CREATE TABLE shaping_actions (
     enhanced text,
     reply text NOT NULL,
     job bigint,
+    claim text,  -- bounce-rest: the job's claim destination (a domain) that bounces
     worker text NOT NULL
 );
 CREATE INDEX shaping_actions_until ON shaping_actions (until);

@@ -21,8 +21,8 @@ from .connection import Database
 from .limits import pause_destination
 
 __all__ = [
-    "ActionRecord", "actions_in_force", "describe_record", "first_day", "recent_actions",
-    "record_action", "release_warmup", "reserve_warmup", "warmup_counts",
+    "ActionRecord", "actions_in_force", "bounce_rest", "describe_record", "first_day",
+    "recent_actions", "record_action", "release_warmup", "reserve_warmup", "warmup_counts",
 ]
 
 
@@ -45,19 +45,21 @@ class ActionRecord:
     job: int | None
     worker: str
     at: float  #: unix time it was recorded
+    #: bounce-rest: the job's claim destination (a domain) whose rest bounces
+    claim: str | None = None
 
 
 _COLUMNS = (
     "id, destination, kind, source,"
     " extract(epoch FROM until - now())::float8, connections, rate, rule, code, enhanced,"
-    " reply, job, worker, extract(epoch FROM at)::float8"
+    " reply, job, worker, extract(epoch FROM at)::float8, claim"
 )
 
 
 def record_action(
     db: Database, *, destination: str, kind: str, source: str | None, duration: float,
     connections: int | None, rate: float | None, rule: str, code: int,
-    enhanced: str | None, reply: str, job: int | None, worker: str,
+    enhanced: str | None, reply: str, job: int | None, worker: str, claim: str | None = None,
 ) -> ActionRecord:
     """Log an action (in force for ``duration`` seconds from now, server time;
     bounce-rest: 0, for its job) and, for ``suspend``, pause the destination."""
@@ -66,25 +68,45 @@ def record_action(
     with db.using() as conn:
         row = conn.execute(
             "INSERT INTO shaping_actions (destination, kind, source, until, connections, rate,"
-            " rule, code, enhanced, reply, job, worker) VALUES (%(d)s, %(k)s, %(s)s,"
+            " rule, code, enhanced, reply, job, worker, claim) VALUES (%(d)s, %(k)s, %(s)s,"
             " CASE WHEN %(k)s = 'bounce-rest' THEN NULL"
             "  ELSE now() + make_interval(secs => %(secs)s) END,"
-            " %(c)s, %(r)s, %(rule)s, %(code)s, %(enh)s, %(reply)s, %(job)s, %(w)s)"
+            " %(c)s, %(r)s, %(rule)s, %(code)s, %(enh)s, %(reply)s, %(job)s, %(w)s, %(claim)s)"
             " RETURNING " + _COLUMNS,
             {"d": destination, "k": kind, "s": source, "secs": float(duration),
              "c": connections, "r": rate, "rule": rule, "code": code, "enh": enhanced,
-             "reply": reply, "job": job, "w": worker},
+             "reply": reply, "job": job, "w": worker, "claim": claim},
         ).fetchone()
     assert row is not None
     return ActionRecord(*row)
 
 
-def actions_in_force(db: Database) -> list[ActionRecord]:
-    """Every timed action not over yet (bounce-rest ones are per job: see
-    :func:`job_actions`)."""
+def bounce_rest(db: Database, job: int, destination: str, reply: str) -> int:
+    """A bounce-rest for ``job``: its recipients of ``destination`` (a claim's
+    destination) that nobody holds now end bounced with ``reply`` (550 5.7.1);
+    returns how many.  Rows locked in id order, skipping leased ones (a
+    worker that claims them later bounces them itself)."""
+    with db.using() as conn, conn.transaction():
+        ids = [row[0] for row in conn.execute(
+            "SELECT id FROM recipients WHERE job = %s AND destination = %s"
+            " AND state IN ('pending', 'deferred')"
+            " AND (lease_expires IS NULL OR lease_expires < now())"
+            " ORDER BY id FOR UPDATE SKIP LOCKED", (job, destination)).fetchall()]
+        if not ids:
+            return 0
+        return conn.execute(
+            "UPDATE recipients SET state = 'bounced', code = 550, enhanced = '5.7.1',"
+            " reply = %s, next_attempt = 'infinity', lease_owner = NULL, lease_expires = NULL,"
+            " updated_at = now() WHERE id = ANY(%s)", (reply, ids)).rowcount
+
+
+def actions_in_force(db: Database, after: int = 0) -> list[ActionRecord]:
+    """Every timed action not over yet, and the bounce-rest ones (for their
+    job, for good) recorded after id ``after``."""
     with db.using() as conn:
         rows = conn.execute(
-            "SELECT " + _COLUMNS + " FROM shaping_actions WHERE until > now() ORDER BY id"
+            "SELECT " + _COLUMNS + " FROM shaping_actions WHERE until > now()"
+            " OR (until IS NULL AND id > %s) ORDER BY id", (after,),
         ).fetchall()
     return [ActionRecord(*row) for row in rows]
 

@@ -40,6 +40,7 @@ from .aio import AsyncStore
 from .shaping import (
     ActionRecord,
     actions_in_force,
+    bounce_rest,
     first_day,
     record_action,
     release_warmup,
@@ -156,13 +157,18 @@ class SharedShaping:
         #: told of each action of another worker this one obeys (a log line)
         self.on_remote = on_remote
         self._engine: Engine | None = None
-        self._pending: list[ShapingAction] = []
+        #: the stored job and claim destination of an engine job (the worker's)
+        self.claim_of: Callable[[object], tuple[int, str] | None] = lambda job: None
+        self._pending: list[tuple[ShapingAction, tuple[int, str] | None]] = []
         self._lock = trio.Lock()
         self._applied: set[int] = set()
         #: limit actions in force: destination -> (unix time, connections, rate)
         self._limits: dict[str, tuple[float, int | None, float | None]] = {}
         #: address -> unix time its hold ends (read once, by :meth:`held_until`)
         self._holds: dict[str, float] = {}
+        #: bounce-rest actions: (stored job, claim destination) -> the bounce's reply
+        self._closed: dict[tuple[int, str], Reply] = {}
+        self._last_id = 0
 
     def attach(self, engine: Engine) -> None:
         """Share ``engine``'s warm-up counters and hear of its holds."""
@@ -175,7 +181,7 @@ class SharedShaping:
     def publish(self, action: ShapingAction) -> None:
         """``on_shaping_action``: record ``action`` for every worker (soon:
         by the poller, or before the seat of its session is given back)."""
-        self._pending.append(action)
+        self._pending.append((action, self.claim_of(action.job)))
         if action.kind == "limit":
             self._limit(action.destination, time.time() + action.duration,
                         action.connections, action.rate)
@@ -186,24 +192,29 @@ class SharedShaping:
         with trio.CancelScope(shield=True):
             async with self._lock:
                 while self._pending:
-                    action = self._pending[0]
-                    record = await self.store.call(
-                        functools.partial(_record, action=action, worker=self.worker))
+                    action, claim = self._pending[0]
+                    record = await self.store.call(functools.partial(
+                        _record, action=action, claim=claim, worker=self.worker))
                     self._applied.add(record.id)
                     self._pending.pop(0)
+                    self._note_closed(record)
 
     # -- the other workers' ------------------------------------------------------
 
     async def sync(self) -> None:
         """Record ours, then obey the other workers' actions in force."""
         await self.flush()
-        records = await self.store.call(lambda s: actions_in_force(s.db))
+        after = self._last_id
+        records = await self.store.call(lambda s: actions_in_force(s.db, after))
         for record in records:
+            self._last_id = max(self._last_id, record.id)
+            self._note_closed(record)
             if record.id in self._applied:
                 continue
             self._applied.add(record.id)
-            if record.worker != self.worker:
+            if record.worker != self.worker and record.kind != "bounce-rest":
                 self._obey(record)
+        self._applied &= {record.id for record in records}  # (bounded: those in force)
         if self.warmup.used:
             await self.warmup.refresh(time.time())
 
@@ -258,6 +269,17 @@ class SharedShaping:
             return rate
         return min(rate, limit[2])
 
+    def closed(self, job: int, destination: str) -> Reply | None:
+        """The bounce for recipients of ``job`` at ``destination`` (a claim's),
+        if a bounce-rest action closed it; None to send them."""
+        return self._closed.get((job, destination)) if self._closed else None
+
+    def _note_closed(self, record: ActionRecord) -> None:
+        if record.kind == "bounce-rest" and record.job is not None and record.claim:
+            self._closed[(record.job, record.claim)] = Reply(
+                550, (f"5.7.1 {bounce_text(record.destination, _reply(record), record.rule)}",),
+                "5.7.1")
+
     def held_until(self, address: str) -> float | None:
         """When the hold that deferred ``address`` ends (unix time), once."""
         return self._holds.pop(address, None)
@@ -272,14 +294,29 @@ class SharedShaping:
         self._limits[destination] = (until, connections, rate)
 
 
-def _record(s: PgStore, *, action: ShapingAction, worker: str) -> ActionRecord:
+def _record(s: PgStore, *, action: ShapingAction, claim: tuple[int, str] | None,
+            worker: str) -> ActionRecord:
+    """Log ``action``; a bounce-rest also bounces the rest of its stored job
+    there (the claim's destination) that no worker holds -- what other
+    workers hold now is still sent."""
     reply = action.reply
-    return record_action(
+    record = record_action(
         s.db, destination=action.destination, kind=action.kind, source=action.source,
         duration=action.duration, connections=action.connections, rate=action.rate,
         rule=action.rule, code=reply.code, enhanced=reply.enhanced, reply=reply.text,
-        job=None, worker=worker,
+        job=None if claim is None else claim[0], worker=worker,
+        claim=claim[1] if claim is not None and action.kind == "bounce-rest" else None,
     )
+    if action.kind == "bounce-rest" and claim is not None:
+        bounce_rest(s.db, claim[0], claim[1],
+                    bounce_text(action.destination, reply, action.rule))
+    return record
+
+
+def bounce_text(destination: str, reply: Reply, rule: str) -> str:
+    """What the rest of a job bounced by a bounce-rest action is told (as the engine does)."""
+    return (f"not sent: {destination} answered \"{reply}\" and shaping rule {rule}"
+            " bounces the rest of this job there")
 
 
 def _release(s: PgStore, *, key: _Key, count: int) -> None:

@@ -139,6 +139,10 @@ class Worker:
         self.claims = 0
         self.released = 0  #: recipients handed back unsent on stop
         self._slots = trio.Semaphore(settings.claims_in_flight)
+        #: id of a claim's result callback -> (stored job, claim's destination)
+        self._claims: dict[int, tuple[int, str]] = {}
+        if shaping is not None:
+            shaping.claim_of = self.claim_of
         self._wake = trio.Event()
 
     def stop(self) -> None:
@@ -176,6 +180,12 @@ class Worker:
                 idle = min(self.settings.max_idle, idle * 2)
         return await self._exit_status()
 
+    def claim_of(self, job: object) -> tuple[int, str] | None:
+        """The stored job and destination of the claim an engine job sends
+        (known by the result callback this worker gave it)."""
+        callback = getattr(getattr(job, "options", None), "on_results", None)
+        return None if callback is None else self._claims.get(id(callback))
+
     async def _all_done(self) -> bool:
         job = self.settings.job
         if job is not None:
@@ -210,6 +220,16 @@ class Worker:
     async def _send_claim(self, claim: Claim) -> None:
         try:
             run = await self.job_run(claim.job)
+            closed = None if self.shaping is None else self.shaping.closed(
+                claim.job, claim.destination)
+            if closed is not None:  # a bounce-rest action closed it for this job
+                by_attempts: dict[int, list[str]] = {}
+                for r in claim.recipients:
+                    by_attempts.setdefault(r.attempts, []).append(r.address)
+                for attempts, addresses in by_attempts.items():
+                    self.writer.submit_outcomes(claim.job, addresses, Outcome(
+                        Status.BOUNCED, closed.code, closed.enhanced, closed.text, attempts))
+                return
             claimed = {r.address: r for r in claim.recipients}
             unsent: list[str] = []
             reported: set[str] = set()
@@ -244,16 +264,20 @@ class Worker:
                 if self.on_results is not None:
                     self.on_results(results)
 
-            await send_claimed(
-                self.mailer, self.writer, self.in_flight, claim.job, run.spec.sender,
-                # a content object per claim: the engine this was written for puts
-                # queued items with the *same* content object in one transaction
-                # and settles it under the first item's send, so two claims of a
-                # job sharing one would get each other's results
-                run.spec.content(check=False),
-                [r.recipient() for r in claim.recipients],
-                on_results=record, verp=run.spec.verp,
-            )
+            self._claims[id(record)] = (claim.job, claim.destination)
+            try:
+                await send_claimed(
+                    self.mailer, self.writer, self.in_flight, claim.job, run.spec.sender,
+                    # a content object per claim: the engine this was written for puts
+                    # queued items with the *same* content object in one transaction
+                    # and settles it under the first item's send, so two claims of a
+                    # job sharing one would get each other's results
+                    run.spec.content(check=False),
+                    [r.recipient() for r in claim.recipients],
+                    on_results=record, verp=run.spec.verp,
+                )
+            finally:
+                del self._claims[id(record)]
             unreported = [a for a in claimed if a not in reported]
             if self.stopping:
                 unsent += unreported  # a stopping engine takes no more input
