@@ -286,3 +286,50 @@ def test_concurrent_reservations_never_pass_the_cap(store_url: str) -> None:
         t.join()
     assert sum(granted.values()) == cap
     assert column(store_url, "SELECT sent FROM warmup_sent") == [cap]
+
+
+async def test_a_limit_recorded_by_one_worker_lowers_the_shared_cap_and_rate_of_another(
+    store_url: str,
+) -> None:
+    """The data path without SMTP: worker A publishes a ``limit`` (2 sessions,
+    1/s for 10 minutes); worker B, on its own connection, reads it on its
+    next sync and hands out seats and tokens under it -- and a ``suspend``
+    pauses the destination's seats for everyone before any sync."""
+    from bulkmail.delivery.health import ShapingAction
+    from bulkmail.protocol.replies import Reply
+    from bulkmail.store.aio import AsyncStore
+    from bulkmail.store.limiter import PgDestinationLimiter
+    from bulkmail.store.shared_shaping import SharedShaping
+
+    reply = Reply(451, ("4.7.650 The mail server has been temporarily rate limited",), "4.7.650")
+    heard: list[tuple[ShapingAction, str]] = []
+    a_store, b_store = await AsyncStore.open(store_url), await AsyncStore.open(store_url)
+    try:
+        a = SharedShaping(a_store, "worker-a")
+        b = SharedShaping(b_store, "worker-b", on_remote=lambda act, who: heard.append((act, who)))
+        await b.sync()
+        a.publish(ShapingAction("limit", "mx:mx.outlook.test", reply, "outlook", 600.0, 600.0,
+                                time.time() + 600, None, 2, 1.0))
+        await a.flush()
+        assert b.cap("mx:mx.outlook.test", 8) == 8  # not read yet
+        await b.sync()
+        [(action, who)] = heard
+        assert (action.kind, action.connections, action.rate, who) == ("limit", 2, 1.0,
+                                                                      "worker-a")
+        assert 590 < action.duration <= 600 and str(action.reply) == str(reply)
+        assert b.cap("mx:mx.outlook.test", 8) == 2 and b.rate("mx:mx.outlook.test", 5.0) == 1.0
+        assert b.cap("mx:other.test", 8) == 8
+        limiter = PgDestinationLimiter(b_store, "worker-b", 30.0, b)
+        seats = [await limiter.acquire("mx:mx.outlook.test", 8) for _ in range(3)]
+        assert seats[2] is None and None not in seats[:2]  # 2, not 8
+        await b.sync()
+        assert len(heard) == 1  # obeyed once, not at every sync
+
+        a.publish(ShapingAction("suspend", "mx:mx.yahoo.test", reply, "tss04", 1800.0, 1800.0,
+                                time.time() + 1800, None, None, None))
+        await a.flush()
+        assert await limiter.acquire("mx:mx.yahoo.test", 8) is None  # paused at once
+        assert await limiter.paused("mx:mx.yahoo.test") > 1790
+    finally:
+        await a_store.aclose()
+        await b_store.aclose()
