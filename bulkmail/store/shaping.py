@@ -100,13 +100,14 @@ def bounce_rest(db: Database, job: int, destination: str, reply: str) -> int:
             " updated_at = now() WHERE id = ANY(%s)", (reply, ids)).rowcount
 
 
-def actions_in_force(db: Database, after: int = 0) -> list[ActionRecord]:
-    """Every timed action not over yet, and the bounce-rest ones (for their
-    job, for good) recorded after id ``after``."""
+def actions_in_force(db: Database) -> list[ActionRecord]:
+    """Every timed action not over yet, and the bounce-rest ones of active
+    jobs (they last for their job)."""
     with db.using() as conn:
         rows = conn.execute(
             "SELECT " + _COLUMNS + " FROM shaping_actions WHERE until > now()"
-            " OR (until IS NULL AND id > %s) ORDER BY id", (after,),
+            " OR (until IS NULL AND job IN (SELECT id FROM jobs WHERE state = 'active'))"
+            " ORDER BY id"
         ).fetchall()
     return [ActionRecord(*row) for row in rows]
 

@@ -168,7 +168,6 @@ class SharedShaping:
         self._holds: dict[str, float] = {}
         #: bounce-rest actions: (stored job, claim destination) -> the bounce's reply
         self._closed: dict[tuple[int, str], Reply] = {}
-        self._last_id = 0
 
     def attach(self, engine: Engine) -> None:
         """Share ``engine``'s warm-up counters and hear of its holds."""
@@ -204,10 +203,8 @@ class SharedShaping:
     async def sync(self) -> None:
         """Record ours, then obey the other workers' actions in force."""
         await self.flush()
-        after = self._last_id
-        records = await self.store.call(lambda s: actions_in_force(s.db, after))
+        records = await self.store.call(lambda s: actions_in_force(s.db))
         for record in records:
-            self._last_id = max(self._last_id, record.id)
             self._note_closed(record)
             if record.id in self._applied:
                 continue
