@@ -448,3 +448,35 @@ def test_class_in_a_rule_is_checked_and_may_list_several() -> None:
         with pytest.raises(ShapingError, match=r"\[\[reactions\]\] #1: .*" + message):
             Shaping.from_mapping({"reactions": [{"class": bad, "action": "suspend",
                                                  "duration": "1m"}]})
+
+
+async def test_another_workers_suspension_holds_a_destination_until_it_ends(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """``Engine.apply_shared`` (what a store worker does with an action it read
+    from PostgreSQL): a destination without a pool yet gets the suspension
+    when its pool opens; its recipients wait the 20 minutes, no attempt spent,
+    then go."""
+    reply = Reply(421, ("4.7.0 [TSS04] Messages temporarily deferred",), "4.7.0")
+    shaping = Shaping.from_mapping({"reactions": [
+        {"code": "421", "text": "TSS04", "action": "suspend", "duration": "20m"}]})
+    delivered_at: list[float] = []
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        config = MailerConfig(relay=Relay("127.0.0.1", sink.port), secure="none",
+                              shaping=shaping, retry_for=3600)
+        async with Mailer(config) as mailer:
+            now = trio.current_time()
+            key = f"relay:127.0.0.1:{sink.port}"
+            mailer.engine.apply_shared(ShapingAction(
+                "suspend", key, reply, "tss04", 1200.0, now + 1200, 0.0))
+            start = trio.current_time()
+
+            def record(result: Result) -> None:
+                delivered_at.append(trio.current_time() - start)
+
+            summary = await mailer.send("news@sender.test", TEMPLATE, people("example.test", 5),
+                                        on_result=record)
+        nursery.cancel_scope.cancel()
+    assert summary.delivered == 5
+    assert min(delivered_at) >= 1200 and max(delivered_at) < 1260
