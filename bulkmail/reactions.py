@@ -13,8 +13,11 @@ destination pattern (or every destination) and names an action::
     action = "suspend"                  # suspend | suspend-source | limit | bounce-rest
     duration = "1h"
 
-``limit`` also takes ``connections`` and/or ``rate``.  The first matching rule
-wins.  Replies are matched by :class:`~bulkmail.reply_match.ReplyPattern`,
+``class = "rate-limited"`` (or a list of classes) matches the reply's bounce
+class (:mod:`bulkmail.bounce_class`, with the ``--bounce-rules`` in force)
+instead of, or as well as, its parts: one rule for every provider's way of
+saying "slow down".  ``limit`` also takes ``connections`` and/or ``rate``.
+The first matching rule wins.  Replies are matched by :class:`~bulkmail.reply_match.ReplyPattern`,
 the bounce classifier's matcher, so both rule files read the same way.
 This module only describes and matches; the engine applies the action to
 the destination's health (:mod:`bulkmail.delivery.health`).  Pure, no I/O.
@@ -26,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .bounce_class import CLASSES, classify
 from .config import parse_duration
 from .destination_match import pattern_matches
 from .protocol.replies import Reply
@@ -33,7 +37,7 @@ from .reply_match import ReplyPattern
 
 ACTIONS = ("suspend", "suspend-source", "limit", "bounce-rest")
 
-_KEYS = frozenset({"destination", "code", "enhanced", "text", "action", "duration",
+_KEYS = frozenset({"destination", "code", "enhanced", "text", "class", "action", "duration",
                    "connections", "rate", "name"})
 
 
@@ -52,6 +56,13 @@ class ReactionRule:
     rate: float | None = None
     #: shown in the log line (default: the index in the file)
     name: str = ""
+    #: bounce classes the reply must have (empty: any)
+    classes: frozenset[str] = frozenset()
+
+    def matches(self, code: int, enhanced: str | None, text: str) -> bool:
+        if not self.match.matches(code, enhanced, text):
+            return False
+        return not self.classes or classify(code, enhanced, text) in self.classes
 
     def applies_to(self, names: Iterable[str]) -> bool:
         return self.destination is None or pattern_matches(self.destination, names)
@@ -68,9 +79,10 @@ def parse_reaction(
     action = table.get("action")
     if action not in ACTIONS:
         raise ValueError(f"action must be one of {', '.join(ACTIONS)}, not {action!r}")
-    if not any(key in table for key in ("code", "enhanced", "text")):
-        raise ValueError("a rule needs at least one of code, enhanced, text")
+    if not any(key in table for key in ("code", "enhanced", "text", "class")):
+        raise ValueError("a rule needs at least one of code, enhanced, text, class")
     match = ReplyPattern.from_table(table)  # PatternError is a ValueError
+    classes = _classes(table.get("class"))
     destination = table.get("destination")
     if destination is not None and (not isinstance(destination, str) or not destination):
         raise ValueError(f"destination must be a pattern string, not {destination!r}")
@@ -98,7 +110,21 @@ def parse_reaction(
     name = table.get("name", f"reactions #{index}")
     if not isinstance(name, str):
         raise ValueError(f"name must be a string, not {name!r}")
-    return ReactionRule(match, action, duration, destination, connections, rate, name)
+    return ReactionRule(match, action, duration, destination, connections, rate, name, classes)
+
+
+def _classes(value: object) -> frozenset[str]:
+    """``class = "rate-limited"`` or ``class = ["rate-limited", "spam-block"]``."""
+    if value is None:
+        return frozenset()
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"class must be a bounce class or a list of them, not {value!r}")
+    unknown = sorted(set(names) - set(CLASSES))
+    if unknown:
+        raise ValueError(f"unknown bounce class(es) {', '.join(unknown)}; known: "
+                         f"{', '.join(CLASSES)}")
+    return frozenset(names)
 
 
 def rules_for(rules: Iterable[ReactionRule], names: Iterable[str]) -> tuple[ReactionRule, ...]:
@@ -113,6 +139,6 @@ def first_match(rules: tuple[ReactionRule, ...], reply: Reply) -> ReactionRule |
     """The first rule matching ``reply`` (only ever asked for failure replies)."""
     code, enhanced, text = reply.code, reply.enhanced, reply.text
     for rule in rules:
-        if rule.match.matches(code, enhanced, text):
+        if rule.matches(code, enhanced, text):
             return rule
     return None

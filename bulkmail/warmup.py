@@ -13,8 +13,12 @@ shaping file describes each schedule::
     start = 2026-11-30               # day 1 (default: the first day it is used)
 
 Windows are UTC days (or hours).  Each (egress address, pattern) pair has its
-own count, kept in :class:`~bulkmail.warmup_store.WarmupCounters` so a
-restart does not grant a fresh day.  Recipients past the cap are not sent
+own count, kept in :class:`~bulkmail.warmup_store.WarmupCounters` (a file) so
+a restart does not grant a fresh day -- or, for store workers, in PostgreSQL
+(``bulkmail.store.shared_shaping``), so workers sharing an egress address
+share its cap.  Shared counters cannot answer without a round trip, so the
+pool awaits :meth:`WarmupGate.prepare` before it takes recipients; the
+synchronous calls then only hand out what was reserved.  Recipients past the cap are not sent
 and not bounced: the pool holds them, deferred with a reply naming the cap
 and the next window, until that window opens.
 """
@@ -25,16 +29,39 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from .destination_match import pattern_matches
 from .errors import synthetic_reply
 from .protocol.replies import Reply
-from .warmup_store import WarmupCounters
 
 _KEYS = frozenset({"destination", "sources", "daily", "hourly", "growth", "until", "start"})
 #: the count key of the address the operating system picks (no source address set)
 DEFAULT_SOURCE = "default"
+
+
+class Counters(Protocol):
+    """Where the counts live: :class:`~bulkmail.warmup_store.WarmupCounters`
+    (a file, every call atomic), or a store shared by workers (``shared``:
+    its sync calls hand out what the async ones reserved ahead)."""
+
+    shared: bool
+
+    def first_day(self, source: str, pattern: str, today: date) -> date: ...
+
+    def sent(self, source: str, pattern: str, window: int) -> int: ...
+
+    def reserve(self, source: str, pattern: str, window: int, wanted: int, cap: int) -> int: ...
+
+    def release(self, source: str, pattern: str, window: int, count: int) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def load_first_day(self, source: str, pattern: str, today: date) -> None: ...
+
+    async def reserve_ahead(
+        self, source: str, pattern: str, window: int, wanted: int, cap: int
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +166,7 @@ class WarmupGate:
     def __init__(
         self,
         rules: tuple[WarmupRule, ...],
-        counters: WarmupCounters,
+        counters: Counters,
         wall_clock: Callable[[], float],
     ) -> None:
         self._rules = rules
@@ -163,11 +190,33 @@ class WarmupGate:
         key = (source, rule.destination)
         first = rule.start or self._first_days.get(key)
         if first is None:
-            first = self._first_days[key] = self._counters.first_day(
-                source, rule.destination, today
-            )
+            first = self._counters.first_day(source, rule.destination, today)
+            if not self._counters.shared:  # (shared ones keep what the store said)
+                self._first_days[key] = first
         window = int(now // rule.seconds) * rule.seconds
         return rule, window, rule.cap((today - first).days)
+
+    @property
+    def shared(self) -> bool:
+        return self._counters.shared
+
+    async def prepare(self, source: str | None, wanted: int) -> None:
+        """Shared counters: reserve ``wanted`` from the store now, for the
+        :meth:`reserve` that follows (which cannot wait).  Nothing to do with
+        a file: its reserve is atomic by itself."""
+        counters = self._counters
+        if not counters.shared:
+            return
+        key = source or DEFAULT_SOURCE
+        rule = self._rule(key)
+        if rule is None:
+            return
+        if rule.start is None:
+            today = datetime.fromtimestamp(self._clock(), UTC).date()
+            await counters.load_first_day(key, rule.destination, today)
+        state = self._state(key)
+        if state is not None and state[2] is not None:
+            await counters.reserve_ahead(key, rule.destination, state[1], wanted, state[2])
 
     def reserve(self, source: str | None, wanted: int) -> tuple[int, Grant | None]:
         """Count up to ``wanted`` recipients from ``source``: (granted, grant to
@@ -209,7 +258,7 @@ class WarmupGate:
 def gate_for(
     rules: Iterable[WarmupRule],
     names: Iterable[str],
-    counters: WarmupCounters,
+    counters: Counters,
     wall_clock: Callable[[], float],
 ) -> WarmupGate | None:
     """The gate for a destination known by ``names``; None when no schedule covers it

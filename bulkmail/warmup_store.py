@@ -2,8 +2,9 @@
 
 A new sending IP must grow its volume slowly, provider by provider; the
 counts that enforce that must survive a restart (else every restart would
-grant a fresh day's cap) and, later, be shared by the workers of a cluster.
-One small SQLite file (beside the journal) holds them::
+grant a fresh day's cap).  One small SQLite file (beside the journal) holds
+them for ``send``; store workers keep the same counts in PostgreSQL
+(``bulkmail.store.shaping``), shared by all of them::
 
     warmup_start (source, pattern, first_day)        day 1 of each schedule
     warmup_sent  (source, pattern, window, sent)     recipients per window
@@ -12,6 +13,7 @@ One small SQLite file (beside the journal) holds them::
 what is left of the cap in one transaction, so two workers sharing the
 file (or, later, a PostgreSQL table with the same two statements) can
 never overshoot together.  Rows of windows older than a week are dropped.
+(PostgreSQL does it in one statement: ``store/shaping.py``.)
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ CREATE TABLE IF NOT EXISTS warmup_sent (
 
 class WarmupCounters:
     """Counters in SQLite (``":memory:"`` for a run that keeps none)."""
+
+    #: every call is atomic by itself: nothing to reserve ahead
+    shared = False
 
     def __init__(self, path: str = ":memory:", *, now: float | None = None) -> None:
         self.path = path
@@ -62,6 +67,14 @@ class WarmupCounters:
             (source, pattern),
         ).fetchone()
         return date.fromisoformat(row[0])
+
+    async def load_first_day(self, source: str, pattern: str, today: date) -> None:
+        """(For shared counters only: a file answers :meth:`first_day` at once.)"""
+
+    async def reserve_ahead(
+        self, source: str, pattern: str, window: int, wanted: int, cap: int
+    ) -> None:
+        """(For shared counters only: :meth:`reserve` is atomic here.)"""
 
     def sent(self, source: str, pattern: str, window: int) -> int:
         row = self._db.execute(

@@ -399,3 +399,84 @@ def test_an_idle_destination_under_a_suspension_keeps_its_health() -> None:
     other = registry.of("mx:mx.example.net", 4)
     registry.release("mx:mx.example.net")
     assert registry.of("mx:mx.example.net", 4) is not other  # nothing in force: forgotten
+
+
+async def test_a_rule_can_match_the_bounce_class_of_the_reply(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """``class = "rate-limited"``: the sink's Gmail-style ``450 4.2.1 ... at a
+    rate that prevents ...`` suspends the destination; its ``451 4.3.0``
+    (class ``transient``) to the tempfail address before it does not."""
+    shaping = Shaping.from_mapping({
+        "default": {"connections": 1},
+        "reactions": [{"class": "rate-limited", "action": "suspend", "duration": "10m",
+                       "name": "slow-down"}],
+    })
+    actions: list[ShapingAction] = []
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, defer_rate=1.0, seed=1)
+        config = MailerConfig(relay=Relay("127.0.0.1", sink.port), secure="none",
+                              shaping=shaping, on_shaping_action=actions.append, window=1,
+                              retry_for=5)
+        async with Mailer(config) as mailer:
+            summary = await mailer.send("news@sender.test", TEMPLATE, [
+                Recipient("tempfail@example.test", {"name": "t"}), *people("example.test", 5),
+            ])
+        nursery.cancel_scope.cancel()
+    assert summary.deferred == 6
+    [action] = actions
+    assert (action.kind, action.rule) == ("suspend", "slow-down")
+    assert str(action.reply).startswith("450 4.2.1 The user you are trying to contact")
+    # the other four were held, not tried: one RCPT each for tempfail and u0
+    assert sink.stats.deferred == 2
+
+
+def test_class_in_a_rule_is_checked_and_may_list_several() -> None:
+    rule = Shaping.from_mapping({"reactions": [
+        {"class": ["rate-limited", "spam-block"], "code": "4..", "action": "suspend",
+         "duration": "1m"}]}).reactions[0]
+    assert rule.classes == {"rate-limited", "spam-block"}
+    greylisted = Reply(451, ("4.7.1 Greylisted, please try again later",), "4.7.1")
+    blocked = Reply(554, ("5.7.1 Client host [192.0.2.1] blocked using zen.spamhaus.org",),
+                    "5.7.1")
+    tempfail = Reply(451, ("4.3.0 Temporary failure",), "4.3.0")
+    assert first_match((rule,), greylisted) is rule  # rate-limited, and a 4xx
+    assert first_match((rule,), blocked) is None  # spam-block, but not a 4xx
+    assert first_match((rule,), tempfail) is None  # a 4xx, but transient
+    for bad, message in [("slow", "unknown bounce class"), ([], "a bounce class or a list"),
+                         (5, "a bounce class or a list")]:
+        with pytest.raises(ShapingError, match=r"\[\[reactions\]\] #1: .*" + message):
+            Shaping.from_mapping({"reactions": [{"class": bad, "action": "suspend",
+                                                 "duration": "1m"}]})
+
+
+async def test_another_workers_suspension_holds_a_destination_until_it_ends(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """``Engine.apply_shared`` (what a store worker does with an action it read
+    from PostgreSQL): a destination without a pool yet gets the suspension
+    when its pool opens; its recipients wait the 20 minutes, no attempt spent,
+    then go."""
+    reply = Reply(421, ("4.7.0 [TSS04] Messages temporarily deferred",), "4.7.0")
+    shaping = Shaping.from_mapping({"reactions": [
+        {"code": "421", "text": "TSS04", "action": "suspend", "duration": "20m"}]})
+    delivered_at: list[float] = []
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        config = MailerConfig(relay=Relay("127.0.0.1", sink.port), secure="none",
+                              shaping=shaping, retry_for=3600)
+        async with Mailer(config) as mailer:
+            now = trio.current_time()
+            key = f"relay:127.0.0.1:{sink.port}"
+            mailer.engine.apply_shared(ShapingAction(
+                "suspend", key, reply, "tss04", 1200.0, now + 1200, 0.0))
+            start = trio.current_time()
+
+            def record(result: Result) -> None:
+                delivered_at.append(trio.current_time() - start)
+
+            summary = await mailer.send("news@sender.test", TEMPLATE, people("example.test", 5),
+                                        on_result=record)
+        nursery.cancel_scope.cancel()
+    assert summary.delivered == 5
+    assert min(delivered_at) >= 1200 and max(delivered_at) < 1260

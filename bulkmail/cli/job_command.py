@@ -27,6 +27,7 @@ from ..results import Result, Status
 from ..store import PgStore, StoreError
 from ..store.job_spec import JobSpec
 from ..store.job_state import LOADED, mark_loaded
+from ..store.shaping import describe_record, recent_actions
 from .inputs import InputError, read_message, read_recipients, read_suppressions
 from .send_command import decorations
 from .send_options import JOB_OPTIONS, add_send_options
@@ -177,6 +178,7 @@ def _status(args: argparse.Namespace) -> int:
     with PgStore(args.db) as store:
         info = store.get_job(args.job)
         counts = store.counts(args.job)
+        actions = recent_actions(store.db, info.created)
         with store.db.using() as conn:
             row = conn.execute(
                 "SELECT count(*) FILTER (WHERE lease_owner IS NOT NULL AND lease_expires > now()),"
@@ -190,6 +192,10 @@ def _status(args: argparse.Namespace) -> int:
     print(f"{'total':<12}{sum(counts.values()):>12,}")
     print(f"{'leased':<12}{leased:>12,}")
     print(f"{'possible duplicates':<20}{duplicates:>4,}")
+    if actions:  # reply rules that acted on its destinations (shared by every job)
+        print(f"shaping actions since the job was created (last {len(actions)}):")
+        for action in actions:
+            print("  " + describe_record(action))
     return EX_OK
 
 

@@ -19,6 +19,7 @@ from dataclasses import replace
 import trio
 
 from ..api import MailerConfig
+from ..delivery.health import ShapingAction
 from ..observe import RunMetrics
 from ..results import Result
 from ..store import PgStore, StoreError
@@ -118,9 +119,22 @@ async def _work(args: argparse.Namespace, config: MailerConfig, settings: Worker
             metrics = RunMetrics(args.metrics_sites)
             config = replace(config, metrics=metrics)
             await start_metrics(nursery, metrics, args.metrics, args.quiet)
+        def log(line: str) -> None:  # reply rules' actions: logged even when --quiet
+            if progress.enabled:
+                progress.message(line)
+            else:
+                print(line, file=sys.stderr, flush=True)
+
+        def on_action(action: ShapingAction) -> None:
+            log(action.describe())
+
+        def on_remote(action: ShapingAction, worker: str) -> None:
+            log(f"{action.describe()} [from worker {worker}]")
+
+        config = replace(config, on_shaping_action=on_action)
         try:
             status = await run_worker(args.db, config, settings, on_results=on_results,
-                                      on_start=workers.append)
+                                      on_start=workers.append, on_remote_action=on_remote)
         finally:
             progress.close()
         nursery.cancel_scope.cancel()

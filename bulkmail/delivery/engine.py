@@ -27,7 +27,7 @@ from ..reactions import ReactionRule, rules_for
 from ..results import Status
 from ..routing import Destination, Router, RoutingError, domain_of
 from ..shaping import Shaping
-from ..warmup import WarmupGate, gate_for
+from ..warmup import Counters, WarmupGate, gate_for
 from ..warmup_store import WarmupCounters
 from .connector import ConnectionFailure, ConnectionObserver, Connector
 from .health import HealthRegistry, ShapingAction
@@ -121,6 +121,9 @@ class Engine:
             epoch = time.time() - trio.current_time()
             self.wall_clock = lambda: epoch + trio.current_time()
         self._warmup_counters: WarmupCounters | None = None
+        #: store workers: warm-up counters and hold notes shared through the store
+        self.shared_warmup: Counters | None = None
+        self.on_hold: Callable[[str, float], None] | None = None
         #: failed connection attempts per destination key (only with an observer)
         self._connect_failures: dict[str, int] = {}
 
@@ -345,6 +348,8 @@ class Engine:
         rules = self.config.shaping.warmup
         if not rules:
             return None
+        if self.shared_warmup is not None:
+            return gate_for(rules, names, self.shared_warmup, self.wall_clock)
         if self._warmup_counters is None:
             path = self.config.warmup_store or ":memory:"
             self._warmup_counters = WarmupCounters(path, now=self.wall_clock())
@@ -384,6 +389,7 @@ class Engine:
             rule.action, pool.destination.key, reply, rule.name, rule.duration,
             now + rule.duration, self.wall_clock() + rule.duration,
             source if rule.action == "suspend-source" else None, rule.connections, rule.rate,
+            job,
         )
         if rule.action == "bounce-rest":
             if job is None or not self._close_destination(job, pool, action):
@@ -426,9 +432,20 @@ class Engine:
         if deadline is None:
             deadline = job.started + self.config.retry.lifetime
         if job.closed or due > deadline:
+            if self.on_hold is not None:  # (a store worker: its next attempt is then)
+                self.on_hold(item.recipient.address, delay)
             job.finish(item, Status.DEFERRED, reply)
             return
         self._retries.schedule(item, due)
+
+    def apply_shared(self, action: ShapingAction) -> None:
+        """Another worker's reply rule acted (read from the shared store): obey
+        it as if a reply here had triggered it (not reported again)."""
+        self._health.apply_shared(action, trio.current_time())
+        pool = self.pools.get(action.destination)
+        if pool is not None and action.kind == "suspend":
+            for item in pool.take_queued():
+                self.hold(item, action.until - trio.current_time(), action.reply)
 
     # -- outcomes ------------------------------------------------------------------
 

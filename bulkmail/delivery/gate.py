@@ -7,13 +7,15 @@ whether it may go on (a rule may have suspended it or lowered the cap) and
 how many of the recipients it took the warm-up cap lets it send.  The state
 itself lives in :class:`~bulkmail.delivery.health.DestinationHealth`, shared
 by every pool and job using the destination; this module only reads it.
-No I/O besides the warm-up counters.
+No I/O besides the warm-up counters (awaited only when a store shares them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+
+import trio
 
 from ..protocol.replies import Reply
 from ..reactions import ReactionRule, first_match
@@ -89,6 +91,15 @@ class PoolGate:
         if health.suspension(now) is not None or health.source_suspension(source, now):
             return False
         return sessions <= health.connection_cap(self.cap, now)
+
+    async def prepare(self, wanted: int, source: str | None) -> None:
+        """Before :meth:`grant`: shared warm-up counters (store workers) reserve
+        in the store, shielded -- the pool holds recipients taken from its
+        queue meanwhile, which a cancellation must not lose.  No await at all
+        without them."""
+        if self.warmup is not None and self.warmup.shared:
+            with trio.CancelScope(shield=True):
+                await self.warmup.prepare(source, wanted)
 
     def grant(self, wanted: int, source: str | None) -> tuple[int, Grant | None]:
         """How many of ``wanted`` recipients ``source`` may send now (counted)."""

@@ -4,8 +4,8 @@ reply rules took (suspensions, lowered caps).
 
 An action is data (:class:`ShapingAction`) applied by one method,
 :meth:`DestinationHealth.apply`: the engine applies the ones its own replies
-trigger, and a shared store could apply the ones other workers recorded the
-same way -- the record carries its wall-clock expiry for that.
+trigger, and store workers apply the ones other workers recorded the same
+way (:meth:`HealthRegistry.apply_shared`; ``bulkmail.store.shared_shaping``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ class ShapingAction:
     #: limit: the connection cap and rate (messages per second) meanwhile
     connections: int | None = None
     rate: float | None = None
+    #: the job (``delivery.job.Job``) whose reply it was, if known: a store
+    #: worker finds the stored job of a bounce-rest by it
+    job: object = field(default=None, compare=False, repr=False)
 
     def describe(self) -> str:
         """One log line: action, destination, how long, the triggering reply."""
@@ -185,6 +188,8 @@ class HealthRegistry:
     def __init__(self, *, pipelining: bool) -> None:
         self._pipelining = pipelining
         self._health: dict[str, DestinationHealth] = {}
+        #: other workers' actions for destinations without a health here yet
+        self._shared: dict[str, list[ShapingAction]] = {}
 
     def items(self) -> Iterator[tuple[str, DestinationHealth]]:
         """Every destination's health, by key (for a scrape of the metrics)."""
@@ -196,7 +201,23 @@ class HealthRegistry:
             health = DestinationHealth(max_concurrency)
             health.pipelining = self._pipelining
             self._health[key] = health
+            for action in self._shared.pop(key, ()):
+                health.apply(action)
         return health
+
+    def apply_shared(self, action: ShapingAction, now: float) -> bool:
+        """Another worker's action: in force here now if the destination has a
+        health, else from when it gets one (its pool opens).  True if it was
+        not in force before."""
+        health = self._health.get(action.destination)
+        if health is not None:
+            return health.apply(action)
+        waiting = [a for a in self._shared.get(action.destination, ()) if a.until > now]
+        self._shared[action.destination] = [*waiting, action]
+        if len(self._shared) > 10_000:  # bounded: drop those over
+            self._shared = {k: v for k, v in self._shared.items()
+                            if any(a.until > now for a in v)}
+        return True
 
     def release(self, key: str) -> None:
         """Forget ``key``'s health if it is at full health (an idle pool's):

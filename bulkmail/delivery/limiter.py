@@ -29,6 +29,8 @@ __all__ = ["DestinationLimiter", "Seat", "SharedDestination", "burst_for"]
 
 #: a held connection seat, as the limiter hands it out (opaque to the pool)
 Seat = object
+#: longest wait for a seat of a paused destination before looking again
+PAUSE_RECHECK = 1.0
 
 
 class DestinationLimiter(Protocol):
@@ -93,7 +95,10 @@ class SharedDestination:
             if another_waits():
                 return None
             paused = await self.limiter.paused(self.key)
-            await trio.sleep(max(paused, poll))
+            # a long pause (another worker's reply rule suspended it) is looked
+            # at again each second: once this process has read the action, its
+            # pool holds the queue (``Engine.apply_shared``) and stops wanting
+            await trio.sleep(min(max(paused, poll), PAUSE_RECHECK))
             poll = min(0.2, poll * 2)
         return None
 

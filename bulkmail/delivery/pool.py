@@ -407,6 +407,7 @@ class Pool:
                 return
             grant = None
             if gate is not None:
+                await gate.prepare(len(items), source)  # shared warm-up counters (workers)
                 items, grant = self._granted(gate, items, source)
                 if not items:
                     return  # the cap is reached: the worker holds the queue next

@@ -109,8 +109,50 @@ CREATE TABLE rates (
 );
 """
 
+# reply rules' actions and warm-up counters, shared by every worker
+_V2 = """
+-- what a reply rule did, why, until when: the log and, while in force, the
+-- state every worker obeys (until NULL: bounce-rest, for its job)
+CREATE TABLE shaping_actions (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at timestamptz NOT NULL DEFAULT now(),
+    destination text NOT NULL,
+    kind text NOT NULL,
+    source text,
+    until timestamptz,
+    connections integer,
+    rate double precision,
+    rule text NOT NULL,
+    code integer NOT NULL,
+    enhanced text,
+    reply text NOT NULL,
+    job bigint,
+    claim text,  -- bounce-rest: the job's claim destination (a domain) that bounces
+    worker text NOT NULL
+);
+CREATE INDEX shaping_actions_until ON shaping_actions (until);
+CREATE INDEX shaping_actions_job ON shaping_actions (job);
+
+-- IP warm-up: day 1 of each (egress address, pattern) schedule, and the
+-- recipients counted per window (unix seconds of its start)
+CREATE TABLE warmup_start (
+    source text NOT NULL,
+    pattern text NOT NULL,
+    first_day date NOT NULL,
+    PRIMARY KEY (source, pattern)
+);
+CREATE TABLE warmup_sent (
+    source text NOT NULL,
+    pattern text NOT NULL,
+    window_start bigint NOT NULL,
+    sent integer NOT NULL CHECK (sent >= 0),
+    granted integer NOT NULL DEFAULT 0,  -- what the last reserve got (RETURNING)
+    PRIMARY KEY (source, pattern, window_start)
+);
+"""
+
 #: (version, SQL), in order; append, never edit a released one
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1),)
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

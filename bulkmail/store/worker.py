@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 import trio
 
 from ..api import Mailer, MailerConfig
+from ..delivery.health import ShapingAction
 from ..durable import outcome_of
 from ..errors import synthetic_reply
 from ..journal.base import Outcome
@@ -33,6 +34,7 @@ from .job_spec import JobSpec
 from .job_state import job_ended, load_job, open_jobs
 from .leases import Claim, new_owner_id
 from .limiter import PgDestinationLimiter
+from .shared_shaping import SharedShaping
 from .store import PgStore
 from .worker_hooks import InFlight, install_store_hooks, send_claimed
 
@@ -68,12 +70,19 @@ class JobRun:
         return self.started + self.spec.retry_for
 
     def outcome(self, result: Result, earlier_attempts: int, now: float,
-                dues: dict[int, float | None]) -> Outcome:
+                dues: dict[int, float | None], held: float | None = None) -> Outcome:
         """The store's record of ``result``: attempts counted over all workers,
         and for a deferral its next attempt (shared by a call's recipients
-        with the same attempt count, so they stay one write)."""
+        with the same attempt count, so they stay one write; ``held``: when
+        the hold that deferred it ends)."""
         base = outcome_of(result)
         attempts = earlier_attempts + result.attempts
+        if held is not None and result.status is Status.DEFERRED:
+            # held back (a reply rule's suspension, a warm-up cap): no attempt
+            # spent, and due when the hold ends, not after a retry's delay
+            return Outcome(Status.DEFERRED, base.code, base.enhanced, base.reply, attempts,
+                           base.host, held if held <= self.retry_until else None,
+                           base.possible_duplicate)
         if result.status is Status.IN_DOUBT:
             # in doubt a second time: final, never sent a third time.  No next
             # attempt (infinity): no claim hands it out again, and the job can
@@ -114,8 +123,10 @@ class Worker:
         settings: WorkerSettings,
         *,
         on_results: Callable[[Sequence[Result]], None] | None = None,
+        shaping: SharedShaping | None = None,
     ) -> None:
         self.store = store
+        self.shaping = shaping
         self.writer = writer
         self.mailer = mailer
         self.owner = owner
@@ -128,6 +139,10 @@ class Worker:
         self.claims = 0
         self.released = 0  #: recipients handed back unsent on stop
         self._slots = trio.Semaphore(settings.claims_in_flight)
+        #: id of a claim's result callback -> (stored job, claim's destination)
+        self._claims: dict[int, tuple[int, str]] = {}
+        if shaping is not None:
+            shaping.claim_of = self.claim_of
         self._wake = trio.Event()
 
     def stop(self) -> None:
@@ -165,6 +180,12 @@ class Worker:
                 idle = min(self.settings.max_idle, idle * 2)
         return await self._exit_status()
 
+    def claim_of(self, job: object) -> tuple[int, str] | None:
+        """The stored job and destination of the claim an engine job sends
+        (known by the result callback this worker gave it)."""
+        callback = getattr(getattr(job, "options", None), "on_results", None)
+        return None if callback is None else self._claims.get(id(callback))
+
     async def _all_done(self) -> bool:
         job = self.settings.job
         if job is not None:
@@ -199,6 +220,16 @@ class Worker:
     async def _send_claim(self, claim: Claim) -> None:
         try:
             run = await self.job_run(claim.job)
+            closed = None if self.shaping is None else self.shaping.closed(
+                claim.job, claim.destination)
+            if closed is not None:  # a bounce-rest action closed it for this job
+                by_attempts: dict[int, list[str]] = {}
+                for r in claim.recipients:
+                    by_attempts.setdefault(r.attempts, []).append(r.address)
+                for attempts, addresses in by_attempts.items():
+                    self.writer.submit_outcomes(claim.job, addresses, Outcome(
+                        Status.BOUNCED, closed.code, closed.enhanced, closed.text, attempts))
+                return
             claimed = {r.address: r for r in claim.recipients}
             unsent: list[str] = []
             reported: set[str] = set()
@@ -215,7 +246,11 @@ class Worker:
                             and result.attempts == 0):
                         unsent.append(address)  # never tried: back as it was, for anyone
                         continue
-                    outcome = run.outcome(result, known.attempts if known else 0, now, dues)
+                    held = None
+                    if self.shaping is not None and result.status is Status.DEFERRED:
+                        held = self.shaping.held_until(address)
+                    outcome = run.outcome(result, known.attempts if known else 0, now, dues,
+                                          held)
                     groups.setdefault(outcome, []).append(address)
                 try:
                     for outcome, addresses in groups.items():
@@ -229,16 +264,20 @@ class Worker:
                 if self.on_results is not None:
                     self.on_results(results)
 
-            await send_claimed(
-                self.mailer, self.writer, self.in_flight, claim.job, run.spec.sender,
-                # a content object per claim: the engine this was written for puts
-                # queued items with the *same* content object in one transaction
-                # and settles it under the first item's send, so two claims of a
-                # job sharing one would get each other's results
-                run.spec.content(check=False),
-                [r.recipient() for r in claim.recipients],
-                on_results=record, verp=run.spec.verp,
-            )
+            self._claims[id(record)] = (claim.job, claim.destination)
+            try:
+                await send_claimed(
+                    self.mailer, self.writer, self.in_flight, claim.job, run.spec.sender,
+                    # a content object per claim: the engine this was written for puts
+                    # queued items with the *same* content object in one transaction
+                    # and settles it under the first item's send, so two claims of a
+                    # job sharing one would get each other's results
+                    run.spec.content(check=False),
+                    [r.recipient() for r in claim.recipients],
+                    on_results=record, verp=run.spec.verp,
+                )
+            finally:
+                del self._claims[id(record)]
             unreported = [a for a in claimed if a not in reported]
             if self.stopping:
                 unsent += unreported  # a stopping engine takes no more input
@@ -271,6 +310,7 @@ async def run_worker(
     *,
     on_results: Callable[[Sequence[Result]], None] | None = None,
     on_start: Callable[[Worker], None] | None = None,
+    on_remote_action: Callable[[ShapingAction, str], None] | None = None,
 ) -> int:
     """One worker from start to exit status: database connections, group-commit
     writer, heartbeat, one Mailer, the claim loop; on the way out (done,
@@ -283,25 +323,33 @@ async def run_worker(
     :class:`~bulkmail.store.worker_hooks.LeaseLost` (in an exception group):
     the worker stops taking work and nothing is lost.
     """
-    # four connections: heartbeat, group commit, claims, and the shared limits
-    store = await AsyncStore.open(url, connections=4)
+    # five connections: heartbeat, group commit, claims, the shared limits and
+    # the shared reply rules' actions
+    store = await AsyncStore.open(url, connections=5)
     owner = new_owner_id()
     try:
         writer = StoreWriter(store, owner)
         in_flight = InFlight()
+        shaping = SharedShaping(store, owner, on_remote=on_remote_action)
+        config = replace(config, retry_for=0.0,
+                         on_shaping_action=_also(config.on_shaping_action, shaping.publish))
         async with trio.open_nursery() as background:
             await background.start(writer.run)
             await background.start(keep_leases, store, owner, settings.lease)
-            async with Mailer(replace(config, retry_for=0.0)) as mailer:
+            async with Mailer(config) as mailer:
                 install_store_hooks(mailer, writer, in_flight)
-                # the shaping file's caps, rates and backoff hold for all workers together
+                # the shaping file's caps, rates and backoff hold for all workers
+                # together, and so do its reply rules' actions and warm-up caps
+                shaping.attach(mailer.engine)
+                await background.start(shaping.run)
                 mailer.engine.destination_limiter = PgDestinationLimiter(
-                    store, owner, settings.lease)
+                    store, owner, settings.lease, shaping)
                 worker = Worker(store, writer, mailer, owner, in_flight, settings,
-                                on_results=on_results)
+                                on_results=on_results, shaping=shaping)
                 if on_start is not None:
                     on_start(worker)
                 status = await worker.run()
+            await shaping.aclose()
             await writer.aclose()
             background.cancel_scope.cancel()
         return status
@@ -310,3 +358,16 @@ async def run_worker(
             with contextlib.suppress(StoreError):  # gone: the leases expire by themselves
                 await store.release(owner)
             await store.aclose()
+
+
+def _also(
+    first: Callable[[ShapingAction], None] | None, then: Callable[[ShapingAction], None],
+) -> Callable[[ShapingAction], None]:
+    if first is None:
+        return then
+
+    def both(action: ShapingAction) -> None:
+        first(action)
+        then(action)
+
+    return both
