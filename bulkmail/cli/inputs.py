@@ -148,19 +148,23 @@ def _csv_rows(
     header_lines: int,
 ) -> Iterator[Recipient]:
     reader = csv.reader(f)
+    width = len(columns)
+    named = [(i, name) for i, name in enumerate(columns) if name]
+    all_named = len(named) == width  # then a full row zips straight into its variables
     for row in reader:
-        if not row or not any(cell.strip() for cell in row):
+        joined = "".join(row)
+        if not joined.strip():  # blank, or every cell blank
             continue
         address = row[email_index].strip() if email_index < len(row) else ""
-        joined = "".join(row)
         if not (joined.isascii() or _is_utf8(joined)):
             refused = _refuse(address or joined, header_lines + reader.line_num, on_refused)
             if refused is not None:
                 yield refused
             continue
-        variables = {
-            name: row[i] if i < len(row) else "" for i, name in enumerate(columns) if name
-        }
+        if all_named and len(row) == width:
+            variables = dict(zip(columns, row))  # a third of the comprehension's cost
+        else:
+            variables = {name: row[i] if i < len(row) else "" for i, name in named}
         yield Recipient(address or "<missing email>", variables)
 
 

@@ -125,8 +125,13 @@ class JournalWriter:
         the number of the group it went to."""
         last = self._last
         found = self._open.get(id(outcome))
-        if found is not None and all(last.get(a, -1) <= found[0] for a in addresses):
+        if found is not None:
             number, group = found
+            for address in addresses:
+                if last.get(address, 0) > number:
+                    found = None  # it would pass this address's newer change
+                    break
+        if found is not None:
             group.extend(addresses)
         else:
             self._made += 1
@@ -173,11 +178,13 @@ class JournalWriter:
         """Commit queued changes until ``aclose()``; a commit error propagates from here."""
         if self._running:
             raise RuntimeError("JournalWriter.run() is already running")
-        self._check()
+        if self._error is not None:
+            raise self._error  # a commit failed (perhaps a waiter's own): it propagates here
         self._running = True
         self._closing = False
         try:
             task_status.started()
+            gathered = False
             while not (self._closing and not self._queue):
                 if self._error is not None:
                     raise self._error  # a waiter's own commit failed: fail here too
@@ -185,11 +192,17 @@ class JournalWriter:
                     await self._wakeup.wait()
                     self._wakeup = trio.Event()
                     continue
-                if self._queued < self.max_batch and not self._urgent and not self._closing:
+                # an inline journal's waiters commit themselves (``_wait_for``)
+                urgent = self._urgent and not self.journal.commits_inline
+                if (not gathered and self._queued < self.max_batch and not urgent
+                        and not self._closing):
                     # let a group gather: a few ms buys hundreds of changes per commit
                     with trio.move_on_after(self.max_delay):
                         await self._wakeup.wait()
                     self._wakeup = trio.Event()
+                    gathered = True
+                    continue  # (the queue may have been committed meanwhile)
+                gathered = False
                 await self._commit_batch()
         finally:
             self._running = False
@@ -210,7 +223,10 @@ class JournalWriter:
         if not inline:
             self._wakeup.set()
         try:
-            await trio.lowlevel.checkpoint()
+            # not a cancellation point: a waiter whose group run() tried to
+            # commit must see that commit's error, not the cancellation that
+            # run()'s failure brings (a cancelled caller stops at its next one)
+            await trio.lowlevel.cancel_shielded_checkpoint()
             while self._done < number:
                 try:
                     committed = inline and self._commit_here()

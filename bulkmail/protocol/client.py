@@ -36,6 +36,11 @@ class Stage(Enum):
     EXPN = "expn"
     QUIT = "quit"
 
+    # Members are singletons: identity hashing is exact, and it is C code --
+    # Enum's own __hash__ is a Python call, 7 per message in dict lookups
+    # (reply handlers, stage timeouts) on the hot path.
+    __hash__ = object.__hash__
+
 
 #: Codes that only make sense as the answer to particular commands.  Anything
 #: else in the 2xx/4xx/5xx range is accepted everywhere (servers vary widely).
