@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -36,7 +37,8 @@ MESSAGE = ("From: news@sender.test\nTo: ${email}\nSubject: the newsletter\n\n"
 
 
 def bulkmail(*args: str) -> list[str]:
-    return [sys.executable, "-m", "bulkmail", *args]
+    wrapper = os.environ.get("BULKMAIL_BENCH_WRAPPER")  # a script run as "-m bulkmail"
+    return [sys.executable, *([wrapper] if wrapper else ["-m", "bulkmail"]), *args]
 
 
 def in_schema(db: str, schema: str) -> str:
@@ -47,6 +49,14 @@ def query(db: str, schema: str, text: str) -> list[tuple[object, ...]]:
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
         return list(conn.execute(text.encode()).fetchall())
+
+
+def profile_wrap(args: argparse.Namespace, n: int) -> list[str]:
+    """py-spy in front of the first worker with ``--py-spy DIR`` (raw folded stacks)."""
+    if not args.py_spy:
+        return []
+    out = Path(args.py_spy) / f"worker-{uuid.uuid4().hex[:6]}.txt"
+    return ["py-spy", "record", "-f", "raw", "-r", "200", "-o", str(out), "--"]
 
 
 def run_workers(args: argparse.Namespace, work: Path, rcpts: Path, workers: int, *,
@@ -67,11 +77,12 @@ def run_workers(args: argparse.Namespace, work: Path, rcpts: Path, workers: int,
         started = time.perf_counter()
         procs = [
             subprocess.Popen(
-                bulkmail("worker", "--db", url, "--job", job, "--tls", "none", "--quiet",
-                         "--shaping", str(shaping), "--lease", f"{args.lease}s",
-                         *world.send_options()),
+                [*(profile_wrap(args, n) if n == 0 else []),
+                 *bulkmail("worker", "--db", url, "--job", job, "--tls", "none", "--quiet",
+                           "--shaping", str(shaping), "--lease", f"{args.lease}s",
+                           *world.send_options())],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            for _ in range(workers)
+            for n in range(workers)
         ]
         killed_at = None
         if kill_at_half:
@@ -129,6 +140,11 @@ def main() -> None:
                         help="connections per worker per MX site (the cap is this x workers)")
     parser.add_argument("--lease", type=float, default=10.0)
     parser.add_argument("--json", metavar="FILE", help="also write the rows here")
+    parser.add_argument("--workers", default="1,2,3",
+                        help="worker counts to run, comma-separated (the first is the baseline)")
+    parser.add_argument("--no-kill", action="store_true", help="skip the run with a SIGKILL")
+    parser.add_argument("--py-spy", metavar="DIR",
+                        help="profile the first worker of each run with py-spy into DIR")
     args = parser.parse_args()
     args.recipients = max(args.domains, int(200_000 * args.scale))
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,20 +157,24 @@ def main() -> None:
               f" {args.mx_hosts} MX sites, {args.latency} ms round trip,"
               f" {args.connections} connections per worker per site", flush=True)
         rows: list[dict[str, Any]] = []
-        for workers in (1, 2, 3):
+        counts = [int(n) for n in args.workers.split(",")]
+        for workers in counts:
             rows.append(run_workers(args, work, rcpts, workers))
             show(rows[-1])
-        rows.append(run_workers(args, work, rcpts, 3, kill_at_half=True))
-        show(rows[-1])
+        if not args.no_kill:
+            rows.append(run_workers(args, work, rcpts, max(counts), kill_at_half=True))
+            show(rows[-1])
     one = float(rows[0]["seconds"])
-    for r in rows[1:3]:
-        print(f"  {r['workers']} workers: {one / float(r['seconds']):.2f}x one worker"
-              f" (goal {'1.8' if r['workers'] == 2 else '2.5'}x)")
-    killed = rows[3]
-    print(f"  one of 3 killed at half: {float(killed['seconds']):.1f} s to finish"
-          f" ({float(killed['seconds']) / float(rows[2]['seconds']):.2f}x the unkilled run),"
-          f" {killed['extra_copies']} extra copies, all flagged: "
-          f"{int(killed['flagged']) >= int(killed['extra_copies'])}")
+    for r in rows[1:len(counts)]:
+        goal = {2: " (goal 1.8x)", 3: " (goal 2.5x)"}.get(int(r["workers"]), "")
+        print(f"  {r['workers']} workers: {one / float(r['seconds']):.2f}x"
+              f" {rows[0]['workers']} worker(s){goal}")
+    if not args.no_kill:
+        killed, unkilled = rows[-1], rows[len(counts) - 1]
+        print(f"  one of {killed['workers']} killed at half: {float(killed['seconds']):.1f} s"
+              f" to finish ({float(killed['seconds']) / float(unkilled['seconds']):.2f}x"
+              f" the unkilled run), {killed['extra_copies']} extra copies, all flagged: "
+              f"{int(killed['flagged']) >= int(killed['extra_copies'])}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
 
