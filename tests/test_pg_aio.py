@@ -9,7 +9,8 @@ import trio
 
 from bulkmail.journal import Outcome, Status
 from bulkmail.store import PgStore, StoreError
-from bulkmail.store.aio import AsyncStore, StoreWriter, keep_leases
+from bulkmail.store.aio import AsyncStore, keep_leases
+from bulkmail.store.writer import StoreWriter
 from tests.pgutil import pg_url, store_url, travel
 
 __all__ = ["pg_url", "store_url"]  # fixtures, imported for pytest

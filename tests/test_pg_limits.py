@@ -65,6 +65,8 @@ def test_a_dead_workers_seats_come_back(store_url: str, store: PgStore) -> None:
     assert store.acquire_seats("mx.example", 2, "alive", 30) == []
     travel(store_url, "UPDATE seats SET expires = now() - interval '1 second'"
                       " WHERE holder = 'dead'")
+    travel(store_url, "UPDATE seat_wants SET until = now() - interval '1 second'"
+                      " WHERE holder = 'dead'")  # long gone, as the lease's time went by
     assert store.acquire_seats("mx.example", 2, "alive", 30, count=2) == [0, 1]
     assert store.release_seats("mx.example", [0, 1], "dead") == 0  # not its seats any more
 

@@ -11,7 +11,7 @@ from bulkmail import Mailer, MailerConfig, Relay
 from bulkmail.message import Recipient
 from bulkmail.results import Result
 from bulkmail.store import PgStore
-from bulkmail.store.aio import AsyncStore, StoreWriter
+from bulkmail.store.aio import AsyncStore
 from bulkmail.store.worker_hooks import (
     InFlight,
     LeaseLost,
@@ -19,6 +19,7 @@ from bulkmail.store.worker_hooks import (
     mark_or_refuse,
     send_claimed,
 )
+from bulkmail.store.writer import StoreWriter
 from tests.pgutil import column, pg_url, store_url, travel
 from tests.sinkutil import start_sink
 

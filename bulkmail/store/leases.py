@@ -264,6 +264,7 @@ def release(db: Database, owner: str, job: int | None = None,
             (owner, job, job),
         )
         if job is None:
+            conn.execute("DELETE FROM seat_wants WHERE holder = %s", (owner,))
             conn.execute(
                 "UPDATE seats AS s SET holder = NULL, expires = NULL"
                 " FROM (SELECT destination, slot FROM seats WHERE holder = %s"

@@ -3,15 +3,23 @@ workers: connection seats, GCRA tokens and pauses held in PostgreSQL, so a
 destination's cap, rate and backoff hold for every worker together.
 
 Seats are leased to the worker's owner id: its heartbeat keeps them, and a
-dead worker's seats expire with its leases and are free again.
+dead worker's seats expire with its leases and are free again.  While other
+workers want a destination's seats, ``keep_shares`` tells this worker's pools
+how many of theirs are beyond its fair share (``surplus``): that many sessions
+end after their transaction in flight and give their seats back.
 """
 
 from __future__ import annotations
+
+import functools
+
+import trio
 
 from ..delivery.limiter import Seat
 from ..protocol.replies import Reply
 from .aio import AsyncStore
 from .limits import pause_left
+from .store import PgStore
 
 __all__ = ["PgDestinationLimiter"]
 
@@ -23,15 +31,32 @@ class PgDestinationLimiter:
         self.store = store
         self.holder = holder
         self.lease_seconds = lease_seconds
+        self._caps: dict[str, int] = {}  #: the cap last asked for, per destination
+        self._surplus: dict[str, int] = {}
 
     async def acquire(self, destination: str, cap: int) -> Seat | None:
+        self._caps[destination] = cap
         slots = await self.store.acquire_seats(destination, cap, self.holder, self.lease_seconds)
         return (destination, slots[0]) if slots else None
 
     async def release(self, seat: Seat) -> None:
         assert isinstance(seat, tuple)
         destination, slot = seat
+        if self._surplus.get(destination):
+            self._surplus[destination] -= 1
         await self.store.release_seats(destination, [slot], self.holder)
+
+    def surplus(self, destination: str) -> int:
+        return self._surplus.get(destination, 0)
+
+    async def keep_shares(self, interval: float = 0.25) -> None:
+        """Every ``interval``, learn how many seats beyond its fair share this
+        worker holds, per destination (until cancelled)."""
+        while True:
+            await trio.sleep(interval)
+            ask = functools.partial(PgStore.seat_surplus, holder=self.holder,
+                                    caps=dict(self._caps))
+            self._surplus = await self.store.call(ask)
 
     async def take(self, destination: str, rate: float, burst: int,
                    wanted: int) -> tuple[int, float]:

@@ -109,8 +109,19 @@ CREATE TABLE rates (
 );
 """
 
+# v2: a worker that found no free seat of a destination says so until a time;
+# holders then keep to a fair share of its cap (store/limits.py)
+_V2 = """
+CREATE TABLE seat_wants (
+    destination text NOT NULL,
+    holder text NOT NULL,
+    until timestamptz NOT NULL,
+    PRIMARY KEY (destination, holder)
+);
+"""
+
 #: (version, SQL), in order; append, never edit a released one
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1),)
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

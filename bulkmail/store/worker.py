@@ -27,7 +27,7 @@ from ..errors import synthetic_reply
 from ..journal.base import Outcome
 from ..policy import RetryPolicy
 from ..results import FINAL, Result, Status
-from .aio import AsyncStore, StoreWriter, keep_leases
+from .aio import AsyncStore, keep_leases
 from .errors import StoreError
 from .job_spec import JobSpec
 from .job_state import job_ended, load_job, open_jobs
@@ -35,12 +35,18 @@ from .leases import Claim, new_owner_id
 from .limiter import PgDestinationLimiter
 from .store import PgStore
 from .worker_hooks import InFlight, install_store_hooks, send_claimed
+from .writer import StoreWriter
 
 __all__ = [
-    "EX_OK", "EX_TEMPFAIL", "JobRun", "Worker", "WorkerSettings", "run_worker",
+    "EX_OK", "EX_TEMPFAIL", "STORE_CONNECTIONS", "JobRun", "Worker", "WorkerSettings",
+    "run_worker",
 ]
 
 EX_OK, EX_TEMPFAIL = 0, 75
+
+#: database connections per worker: heartbeat, two in-doubt mark commits at
+#: once, result commits, claims, the shared limits and the seat shares
+STORE_CONNECTIONS = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,8 +289,7 @@ async def run_worker(
     :class:`~bulkmail.store.worker_hooks.LeaseLost` (in an exception group):
     the worker stops taking work and nothing is lost.
     """
-    # four connections: heartbeat, group commit, claims, and the shared limits
-    store = await AsyncStore.open(url, connections=4)
+    store = await AsyncStore.open(url, connections=STORE_CONNECTIONS)
     owner = new_owner_id()
     try:
         writer = StoreWriter(store, owner)
@@ -295,8 +300,9 @@ async def run_worker(
             async with Mailer(replace(config, retry_for=0.0)) as mailer:
                 install_store_hooks(mailer, writer, in_flight)
                 # the shaping file's caps, rates and backoff hold for all workers together
-                mailer.engine.destination_limiter = PgDestinationLimiter(
-                    store, owner, settings.lease)
+                limiter = PgDestinationLimiter(store, owner, settings.lease)
+                mailer.engine.destination_limiter = limiter
+                background.start_soon(limiter.keep_shares)
                 worker = Worker(store, writer, mailer, owner, in_flight, settings,
                                 on_results=on_results)
                 if on_start is not None:
