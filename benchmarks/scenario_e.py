@@ -12,7 +12,13 @@ cluster-wide through PostgreSQL) raised with them: ``--connections`` per
 worker per MX site.  Then 3 workers with one SIGKILLed once half the
 recipients are final: time to finish (its leases expire after ``--lease``
 seconds) and the copies the sinks received beyond one per recipient.
-Prints each run and the ratios (goal: >= 1.8x with 2 workers, >= 2.5x with 3).
+Prints each run and the ratios (goal: >= 1.8x with 2 workers, >= 2.5x with 3),
+and the CPU per recipient of the processes it started and of PostgreSQL.
+
+``--workers 1,2`` picks the runs, ``--no-kill`` skips the last one,
+``--py-spy DIR`` profiles the first worker of each run, and the environment's
+``BULKMAIL_BENCH_WRAPPER=script.py`` runs bulkmail through a script (one that
+times store calls, say) instead of ``-m bulkmail``.
 """
 
 from __future__ import annotations
@@ -59,6 +65,20 @@ def profile_wrap(args: argparse.Namespace, n: int) -> list[str]:
     return ["py-spy", "record", "-f", "raw", "-r", "200", "-o", str(out), "--"]
 
 
+def postmaster_cpu(db: str) -> float | None:
+    """CPU seconds of PostgreSQL's ended backends (the postmaster's reaped
+    children), when it runs on this machine; ``None`` otherwise."""
+    try:
+        with psycopg.connect(db, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        ppid = Path(f"/proc/{row[0]}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        fields = Path(f"/proc/{ppid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, AssertionError, IndexError, ValueError):
+        return None
+
+
 def run_workers(args: argparse.Namespace, work: Path, rcpts: Path, workers: int, *,
                 kill_at_half: bool = False) -> dict[str, Any]:
     """A fresh schema and a fresh loopback MX world; ``workers`` workers on one job."""
@@ -74,6 +94,7 @@ def run_workers(args: argparse.Namespace, work: Path, rcpts: Path, workers: int,
             capture_output=True, text=True, check=True)
         job = created.stdout.split()[-1]
         total = args.recipients
+        pg_before, children_before = postmaster_cpu(args.db), os.times()
         started = time.perf_counter()
         procs = [
             subprocess.Popen(
@@ -97,6 +118,9 @@ def run_workers(args: argparse.Namespace, work: Path, rcpts: Path, workers: int,
                 time.sleep(0.05)
         statuses = [p.wait() for p in procs]
         wall = time.perf_counter() - started
+        children = os.times()
+        client_cpu = (children.children_user + children.children_system
+                      - children_before.children_user - children_before.children_system)
         errors = [p.stderr.read().decode()[-500:] for p in procs if p.stderr is not None]
         counters = world.counters()
         states = dict(query(args.db, schema, "SELECT state, count(*) FROM recipients GROUP BY 1"))
@@ -107,6 +131,7 @@ def run_workers(args: argparse.Namespace, work: Path, rcpts: Path, workers: int,
         with psycopg.connect(args.db, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
                 sql.Identifier(schema)))
+    pg_after = postmaster_cpu(args.db)  # the workers' backends have ended by now
     expected = statuses[1:] if kill_at_half else statuses
     if any(status != 0 for status in expected):
         raise SystemExit(f"a worker failed: {statuses} {errors}")
@@ -116,6 +141,11 @@ def run_workers(args: argparse.Namespace, work: Path, rcpts: Path, workers: int,
         "per_second": total / wall, "received": received, "extra_copies": received - total,
         "flagged": flagged, "states": states, "killed_at": killed_at,
         "max_sessions": counters.get("max_active_sessions"),
+        # CPU of the workers (and job create, sinks, DNS: processes that ended)
+        # and of PostgreSQL's backends; on a shared machine the latter
+        # includes anyone else's sessions that ended meanwhile
+        "workers_cpu": client_cpu,
+        "pg_cpu": None if pg_before is None or pg_after is None else pg_after - pg_before,
     }
 
 
@@ -126,6 +156,10 @@ def show(r: dict[str, Any]) -> None:
             f" (+{r['extra_copies']}), flagged {r['flagged']}")
     if r["killed_at"] is not None:
         line += f", killed at {r['killed_at']:.1f} s"
+    cpu = f"client cpu {1e6 * r['workers_cpu'] / r['recipients']:.0f} us/rcpt"
+    if r["pg_cpu"] is not None:
+        cpu += f", postgres {1e6 * r['pg_cpu'] / r['recipients']:.0f} us/rcpt"
+    line += f"\n  {'':<32} {cpu}"
     print(line, flush=True)
 
 

@@ -114,6 +114,7 @@ class StoreWriter:
         self._marks = _Lane(mark_commits, 0.0)
         self._results = _Lane(1, max_delay)
         self._closing = False
+        self._hurry = 0  #: flushes waiting
         self._running = False
         self._error: Exception | None = None
         self._progress = trio.Event()  # set (and replaced) after each commit, and when run() stops
@@ -144,9 +145,13 @@ class StoreWriter:
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
         marks, results = self._marks.next_seq, self._results.next_seq
+        self._hurry += 1  # results linger no longer
         self._results.wakeup.set()
-        await self._wait(self._marks, lambda: self._marks.committed_below() >= marks)
-        await self._wait(self._results, lambda: self._results.committed_below() >= results)
+        try:
+            await self._wait(self._marks, lambda: self._marks.committed_below() >= marks)
+            await self._wait(self._results, lambda: self._results.committed_below() >= results)
+        finally:
+            self._hurry -= 1
 
     async def _wait(self, lane: _Lane, done: Callable[[], bool]) -> None:
         """Until ``done()``: committed by run(), or here when run() is not
@@ -195,14 +200,18 @@ class StoreWriter:
             if not lane.can_start():
                 await self._progress.wait()
                 continue
-            if lane.linger and lane.queued < self.max_batch and not self._closing:
+            if lane.linger and not self._in_a_hurry(lane):
                 with trio.move_on_after(lane.linger):
-                    while lane.queued < self.max_batch and not self._closing:
+                    while not self._in_a_hurry(lane):
                         await lane.wakeup.wait()
                         lane.wakeup = trio.Event()
             if lane.can_start():
                 nursery.start_soon(self._commit, lane, lane.take(self.max_batch))
                 await trio.lowlevel.checkpoint()
+
+    def _in_a_hurry(self, lane: _Lane) -> bool:
+        """Commit the lane's writes now: a full batch, a flush, or closing."""
+        return lane.queued >= self.max_batch or bool(self._hurry) or self._closing
 
     async def _commit(self, lane: _Lane, batch: list[tuple[int, Write, _Waiter | None]]) -> None:
         first = batch[0][0]
