@@ -27,7 +27,7 @@ from .connection import Database
 
 __all__ = [
     "Pause", "TokenGrant", "acquire_seats", "pause_destination", "pause_left", "paused",
-    "release_seats", "seat_surplus", "take_tokens",
+    "release_seats", "seat_shares", "seat_surplus", "take_tokens",
 ]
 
 # the others that want seats of the destination now, and what the holder has
@@ -52,8 +52,10 @@ WHERE s.destination = %(destination)s AND s.slot = free.slot
 RETURNING s.slot
 """
 
-#: how long a worker that found no seat counts as wanting one
-WANT_SECONDS = 1.0
+#: how long a worker that found no seat counts as wanting one: longer than
+#: the gaps between a busy worker's claims, so shares do not swing (and
+#: sessions end and reconnect) each time one worker's queue runs dry briefly
+WANT_SECONDS = 3.0
 
 
 def acquire_seats(
@@ -109,6 +111,14 @@ def seat_surplus(db: Database, holder: str, caps: Mapping[str, int]) -> dict[str
     """Per destination of ``caps`` where ``holder`` holds seats: how many more
     than its fair share it holds (``cap`` over the workers wanting seats there,
     itself included), 0 when within it."""
+    return {d: max(0, held - share) for d, (held, share) in seat_shares(db, holder, caps).items()}
+
+
+def seat_shares(
+    db: Database, holder: str, caps: Mapping[str, int],
+) -> dict[str, tuple[int, int]]:
+    """Per destination of ``caps`` where ``holder`` holds seats: (seats held,
+    its fair share now)."""
     if not caps:
         return {}
     with db.using() as conn:
@@ -121,7 +131,7 @@ def seat_surplus(db: Database, holder: str, caps: Mapping[str, int]) -> dict[str
             {"holder": holder, "names": list(caps)},
         ).fetchall()
     return {
-        str(name): max(0, int(held) - math.ceil(caps[str(name)] / (1 + int(others))))
+        str(name): (int(held), math.ceil(caps[str(name)] / (1 + int(others))))
         for name, held, others in rows
     }
 

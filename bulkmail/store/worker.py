@@ -44,9 +44,10 @@ __all__ = [
 
 EX_OK, EX_TEMPFAIL = 0, 75
 
-#: database connections per worker: heartbeat, two in-doubt mark commits at
-#: once, result commits, claims, the shared limits and the seat shares
-STORE_CONNECTIONS = 7
+#: database connections per worker: heartbeat, claims, the shared limits and
+#: the seat shares, plus the writer's (two in-doubt mark commits at once, and
+#: result commits)
+STORE_CONNECTIONS, WRITER_CONNECTIONS = 7, 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,10 +290,17 @@ async def run_worker(
     :class:`~bulkmail.store.worker_hooks.LeaseLost` (in an exception group):
     the worker stops taking work and nothing is lost.
     """
-    store = await AsyncStore.open(url, connections=STORE_CONNECTIONS)
+    # the group commits get connections of their own: an in-doubt mark (on
+    # every transaction's path) never waits behind seat polls and claims
+    store = await AsyncStore.open(url, connections=STORE_CONNECTIONS - WRITER_CONNECTIONS)
+    try:
+        commits = await AsyncStore.open(url, connections=WRITER_CONNECTIONS)
+    except BaseException:
+        await store.aclose()
+        raise
     owner = new_owner_id()
     try:
-        writer = StoreWriter(store, owner)
+        writer = StoreWriter(commits, owner, mark_commits=WRITER_CONNECTIONS - 1)
         in_flight = InFlight()
         async with trio.open_nursery() as background:
             await background.start(writer.run)
@@ -316,3 +324,4 @@ async def run_worker(
             with contextlib.suppress(StoreError):  # gone: the leases expire by themselves
                 await store.release(owner)
             await store.aclose()
+            await commits.aclose()
