@@ -12,13 +12,20 @@ cluster-wide through PostgreSQL) raised with them: ``--connections`` per
 worker per MX site.  Then 3 workers with one SIGKILLed once half the
 recipients are final: time to finish (its leases expire after ``--lease``
 seconds) and the copies the sinks received beyond one per recipient.
-Prints each run and the ratios (goal: >= 1.8x with 2 workers, >= 2.5x with 3).
+Prints each run and the ratios (goal: >= 1.8x with 2 workers, >= 2.5x with 3),
+and the CPU per recipient of the processes it started and of PostgreSQL.
+
+``--workers 1,2`` picks the runs, ``--no-kill`` skips the last one,
+``--py-spy DIR`` profiles the first worker of each run, and the environment's
+``BULKMAIL_BENCH_WRAPPER=script.py`` runs bulkmail through a script (one that
+times store calls, say) instead of ``-m bulkmail``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -36,7 +43,8 @@ MESSAGE = ("From: news@sender.test\nTo: ${email}\nSubject: the newsletter\n\n"
 
 
 def bulkmail(*args: str) -> list[str]:
-    return [sys.executable, "-m", "bulkmail", *args]
+    wrapper = os.environ.get("BULKMAIL_BENCH_WRAPPER")  # a script run as "-m bulkmail"
+    return [sys.executable, *([wrapper] if wrapper else ["-m", "bulkmail"]), *args]
 
 
 def in_schema(db: str, schema: str) -> str:
@@ -47,6 +55,28 @@ def query(db: str, schema: str, text: str) -> list[tuple[object, ...]]:
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
         return list(conn.execute(text.encode()).fetchall())
+
+
+def profile_wrap(args: argparse.Namespace, n: int) -> list[str]:
+    """py-spy in front of the first worker with ``--py-spy DIR`` (raw folded stacks)."""
+    if not args.py_spy:
+        return []
+    out = Path(args.py_spy) / f"worker-{uuid.uuid4().hex[:6]}.txt"
+    return ["py-spy", "record", "-f", "raw", "-r", "200", "-o", str(out), "--"]
+
+
+def postmaster_cpu(db: str) -> float | None:
+    """CPU seconds of PostgreSQL's ended backends (the postmaster's reaped
+    children), when it runs on this machine; ``None`` otherwise."""
+    try:
+        with psycopg.connect(db, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        ppid = Path(f"/proc/{row[0]}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        fields = Path(f"/proc/{ppid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, AssertionError, IndexError, ValueError):
+        return None
 
 
 def run_workers(args: argparse.Namespace, work: Path, rcpts: Path, workers: int, *,
@@ -64,14 +94,16 @@ def run_workers(args: argparse.Namespace, work: Path, rcpts: Path, workers: int,
             capture_output=True, text=True, check=True)
         job = created.stdout.split()[-1]
         total = args.recipients
+        pg_before, children_before = postmaster_cpu(args.db), os.times()
         started = time.perf_counter()
         procs = [
             subprocess.Popen(
-                bulkmail("worker", "--db", url, "--job", job, "--tls", "none", "--quiet",
-                         "--shaping", str(shaping), "--lease", f"{args.lease}s",
-                         *world.send_options()),
+                [*(profile_wrap(args, n) if n == 0 else []),
+                 *bulkmail("worker", "--db", url, "--job", job, "--tls", "none", "--quiet",
+                           "--shaping", str(shaping), "--lease", f"{args.lease}s",
+                           *world.send_options())],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            for _ in range(workers)
+            for n in range(workers)
         ]
         killed_at = None
         if kill_at_half:
@@ -86,6 +118,9 @@ def run_workers(args: argparse.Namespace, work: Path, rcpts: Path, workers: int,
                 time.sleep(0.05)
         statuses = [p.wait() for p in procs]
         wall = time.perf_counter() - started
+        children = os.times()
+        client_cpu = (children.children_user + children.children_system
+                      - children_before.children_user - children_before.children_system)
         errors = [p.stderr.read().decode()[-500:] for p in procs if p.stderr is not None]
         counters = world.counters()
         states = dict(query(args.db, schema, "SELECT state, count(*) FROM recipients GROUP BY 1"))
@@ -96,6 +131,7 @@ def run_workers(args: argparse.Namespace, work: Path, rcpts: Path, workers: int,
         with psycopg.connect(args.db, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
                 sql.Identifier(schema)))
+    pg_after = postmaster_cpu(args.db)  # the workers' backends have ended by now
     expected = statuses[1:] if kill_at_half else statuses
     if any(status != 0 for status in expected):
         raise SystemExit(f"a worker failed: {statuses} {errors}")
@@ -105,6 +141,11 @@ def run_workers(args: argparse.Namespace, work: Path, rcpts: Path, workers: int,
         "per_second": total / wall, "received": received, "extra_copies": received - total,
         "flagged": flagged, "states": states, "killed_at": killed_at,
         "max_sessions": counters.get("max_active_sessions"),
+        # CPU of the workers (and job create, sinks, DNS: processes that ended)
+        # and of PostgreSQL's backends; on a shared machine the latter
+        # includes anyone else's sessions that ended meanwhile
+        "workers_cpu": client_cpu,
+        "pg_cpu": None if pg_before is None or pg_after is None else pg_after - pg_before,
     }
 
 
@@ -115,6 +156,10 @@ def show(r: dict[str, Any]) -> None:
             f" (+{r['extra_copies']}), flagged {r['flagged']}")
     if r["killed_at"] is not None:
         line += f", killed at {r['killed_at']:.1f} s"
+    cpu = f"client cpu {1e6 * r['workers_cpu'] / r['recipients']:.0f} us/rcpt"
+    if r["pg_cpu"] is not None:
+        cpu += f", postgres {1e6 * r['pg_cpu'] / r['recipients']:.0f} us/rcpt"
+    line += f"\n  {'':<32} {cpu}"
     print(line, flush=True)
 
 
@@ -129,6 +174,11 @@ def main() -> None:
                         help="connections per worker per MX site (the cap is this x workers)")
     parser.add_argument("--lease", type=float, default=10.0)
     parser.add_argument("--json", metavar="FILE", help="also write the rows here")
+    parser.add_argument("--workers", default="1,2,3",
+                        help="worker counts to run, comma-separated (the first is the baseline)")
+    parser.add_argument("--no-kill", action="store_true", help="skip the run with a SIGKILL")
+    parser.add_argument("--py-spy", metavar="DIR",
+                        help="profile the first worker of each run with py-spy into DIR")
     args = parser.parse_args()
     args.recipients = max(args.domains, int(200_000 * args.scale))
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,20 +191,24 @@ def main() -> None:
               f" {args.mx_hosts} MX sites, {args.latency} ms round trip,"
               f" {args.connections} connections per worker per site", flush=True)
         rows: list[dict[str, Any]] = []
-        for workers in (1, 2, 3):
+        counts = [int(n) for n in args.workers.split(",")]
+        for workers in counts:
             rows.append(run_workers(args, work, rcpts, workers))
             show(rows[-1])
-        rows.append(run_workers(args, work, rcpts, 3, kill_at_half=True))
-        show(rows[-1])
+        if not args.no_kill:
+            rows.append(run_workers(args, work, rcpts, max(counts), kill_at_half=True))
+            show(rows[-1])
     one = float(rows[0]["seconds"])
-    for r in rows[1:3]:
-        print(f"  {r['workers']} workers: {one / float(r['seconds']):.2f}x one worker"
-              f" (goal {'1.8' if r['workers'] == 2 else '2.5'}x)")
-    killed = rows[3]
-    print(f"  one of 3 killed at half: {float(killed['seconds']):.1f} s to finish"
-          f" ({float(killed['seconds']) / float(rows[2]['seconds']):.2f}x the unkilled run),"
-          f" {killed['extra_copies']} extra copies, all flagged: "
-          f"{int(killed['flagged']) >= int(killed['extra_copies'])}")
+    for r in rows[1:len(counts)]:
+        goal = {2: " (goal 1.8x)", 3: " (goal 2.5x)"}.get(int(r["workers"]), "")
+        print(f"  {r['workers']} workers: {one / float(r['seconds']):.2f}x"
+              f" {rows[0]['workers']} worker(s){goal}")
+    if not args.no_kill:
+        killed, unkilled = rows[-1], rows[len(counts) - 1]
+        print(f"  one of {killed['workers']} killed at half: {float(killed['seconds']):.1f} s"
+              f" to finish ({float(killed['seconds']) / float(unkilled['seconds']):.2f}x"
+              f" the unkilled run), {killed['extra_copies']} extra copies, all flagged: "
+              f"{int(killed['flagged']) >= int(killed['extra_copies'])}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
 

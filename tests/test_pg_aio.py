@@ -9,7 +9,8 @@ import trio
 
 from bulkmail.journal import Outcome, Status
 from bulkmail.store import PgStore, StoreError
-from bulkmail.store.aio import AsyncStore, StoreWriter, keep_leases
+from bulkmail.store.aio import AsyncStore, keep_leases
+from bulkmail.store.writer import StoreWriter
 from tests.pgutil import pg_url, store_url, travel
 
 __all__ = ["pg_url", "store_url"]  # fixtures, imported for pytest
@@ -168,4 +169,49 @@ async def test_a_flush_after_cancellation_still_saves(store_url: str) -> None:
     assert writer.pending == 0
     with PgStore(store_url) as s:
         assert s.counts(job) == {Status.DELIVERED: 4}
+    await store.aclose()
+
+
+async def test_an_in_doubt_mark_never_waits_for_results(store_url: str) -> None:
+    # results linger (here: until a flush) to fill big commits; a mark is on a
+    # transaction's critical path and commits at once, on a lane of its own
+    job = make_job(store_url, 40, domains=1)
+    store = await AsyncStore.open(store_url, connections=3)
+    writer = StoreWriter(store, "w", max_delay=3600)
+    claim = await store.claim("w", 40, 30, job=job)
+    assert claim is not None
+    addresses = [r.address for r in claim.recipients]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        writer.submit_outcomes(job, addresses[:20], DELIVERED)
+        marked = await writer.mark_in_doubt(job, addresses[20:])
+        assert marked == set(addresses[20:])
+        assert writer.pending == 20  # the results still wait
+        with PgStore(store_url) as s:
+            assert s.counts(job) == {Status.PENDING: 20, Status.IN_DOUBT: 20}
+        await writer.flush()  # a flush does not wait out the lingering
+        assert writer.pending == 0
+        with PgStore(store_url) as s:
+            assert s.counts(job) == {Status.DELIVERED: 20, Status.IN_DOUBT: 20}
+        await writer.aclose()
+    await store.aclose()
+
+
+async def test_marks_from_many_transactions_share_commits(store_url: str) -> None:
+    job = make_job(store_url, 200, domains=1)
+    store = await AsyncStore.open(store_url, connections=3)
+    writer = StoreWriter(store, "w")
+    claim = await store.claim("w", 200, 30, job=job)
+    assert claim is not None
+    addresses = [r.address for r in claim.recipients]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        async with trio.open_nursery() as transactions:
+            for address in addresses:
+                transactions.start_soon(writer.mark_in_doubt, job, [address])
+        await writer.aclose()
+    # two commits at once at most, the rest queued meanwhile: a handful, not 200
+    assert writer.commits < 50
+    with PgStore(store_url) as s:
+        assert s.counts(job) == {Status.IN_DOUBT: 200}
     await store.aclose()

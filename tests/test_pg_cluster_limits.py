@@ -69,6 +69,50 @@ async def test_a_connection_cap_holds_across_workers(
         assert store.counts(job) == {Status.DELIVERED: len(everyone)}
 
 
+def seats_by_pid(store_url: str) -> dict[int, int]:
+    """Seats held now, per worker process (its pid is in its owner id)."""
+    with PgStore(store_url) as store, store.db.using() as conn:
+        rows = conn.execute("SELECT holder, count(*) FROM seats WHERE holder IS NOT NULL"
+                            " AND expires > now() GROUP BY holder").fetchall()
+    return {int(holder.split(":")[1]): int(n) for holder, n in rows}
+
+
+async def test_a_worker_started_late_gets_its_share_of_the_seats(
+    store_url: str, tmp_path: Path,
+) -> None:
+    cap = 4
+    # enough for the run to outlast the second worker's start several times
+    # (a session pipelines many transactions per round trip: ~300/s here)
+    everyone = addresses(3000, 3)  # personalised: one transaction each
+    job = create_loading_job(store_url, max_rcpts=5)
+    rules = shaping(tmp_path, f"[default]\nconnections = {cap}\n")
+    options = ("--shaping", rules, "--connections", str(cap), "--claim-size", "20")
+    most: dict[int, int] = {}
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, record_messages=True, latency=0.1)
+        first = await start_worker(store_url, job, sink, SOURCES[0], *options)
+        finish_loading(store_url, job, everyone)
+        with trio.fail_after(30):  # the first takes every seat: it is alone
+            while seats_by_pid(store_url).get(first.pid, 0) < cap:
+                await trio.sleep(0.01)
+        second = await start_worker(store_url, job, sink, SOURCES[1], *options)
+        while second.returncode is None and len(sink.messages) < len(everyone):
+            held = seats_by_pid(store_url)
+            assert sum(held.values()) <= cap
+            for pid, n in held.items():
+                most[pid] = max(most.get(pid, 0), n)
+            await trio.sleep(0.01)
+        for process in (first, second):
+            status, err = await finish(process)
+            assert status == 0, err
+        nursery.cancel_scope.cancel()
+
+    # the first gave its surplus back: the second held half the cap, not more
+    assert most.get(second.pid) == cap // 2
+    copies = received(sink)
+    assert set(copies) == set(everyone) and max(copies.values()) == 1
+
+
 async def test_a_rate_holds_across_workers(store_url: str, tmp_path: Path) -> None:
     rate = 25.0  # per second, for the destination: 3 workers alone would send 75
     everyone = addresses(320, 4)

@@ -8,8 +8,12 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+import trio
 
+from bulkmail.delivery.limiter import SharedDestination
 from bulkmail.store import PgStore
+from bulkmail.store.aio import AsyncStore
+from bulkmail.store.limiter import PgDestinationLimiter
 from tests.pgutil import pg_url, store_url, travel
 
 __all__ = ["pg_url", "store_url"]  # fixtures, imported for pytest
@@ -65,6 +69,8 @@ def test_a_dead_workers_seats_come_back(store_url: str, store: PgStore) -> None:
     assert store.acquire_seats("mx.example", 2, "alive", 30) == []
     travel(store_url, "UPDATE seats SET expires = now() - interval '1 second'"
                       " WHERE holder = 'dead'")
+    travel(store_url, "UPDATE seat_wants SET until = now() - interval '1 second'"
+                      " WHERE holder = 'dead'")  # long gone, as the lease's time went by
     assert store.acquire_seats("mx.example", 2, "alive", 30, count=2) == [0, 1]
     assert store.release_seats("mx.example", [0, 1], "dead") == 0  # not its seats any more
 
@@ -82,6 +88,45 @@ def test_a_raised_cap_adds_seats_and_a_lowered_one_hands_out_fewer(store: PgStor
     store.release_seats("mx.example", [0, 1, 2], "w1")
     store.release_seats("mx.example", [1, 2], "w2")
     assert store.acquire_seats("mx.example", 2, "w3", 30, count=3) == [0, 1]
+
+
+def test_while_another_worker_wants_seats_each_keeps_to_a_fair_share(
+    store_url: str, store: PgStore,
+) -> None:
+    caps = {"mx.example": 4}
+    assert store.acquire_seats("mx.example", 4, "first", 30, count=4) == [0, 1, 2, 3]
+    assert store.seat_surplus("first", caps) == {"mx.example": 0}  # nobody else wants
+    assert store.acquire_seats("mx.example", 4, "second", 30) == []  # says it wants
+    assert store.seat_surplus("first", caps) == {"mx.example": 2}  # 4 held, a share of 2
+    store.release_seats("mx.example", [2, 3], "first")  # the surplus sessions end
+    assert store.acquire_seats("mx.example", 4, "first", 30) == []  # not beyond its share
+    assert store.acquire_seats("mx.example", 4, "second", 30, count=4) == [2, 3]
+    assert store.seat_surplus("first", caps) == {"mx.example": 0}
+    # the second stops wanting (its want lapses): the first may take what is free
+    store.release_seats("mx.example", [2, 3], "second")
+    travel(store_url, "UPDATE seat_wants SET until = now() - interval '1 second'")
+    assert store.acquire_seats("mx.example", 4, "first", 30, count=2) == [2, 3]
+
+
+async def test_the_limiter_learns_its_surplus_and_counts_seats_given_back(
+    store_url: str, store: PgStore,
+) -> None:
+    astore = await AsyncStore.open(store_url, connections=1)
+    limiter = PgDestinationLimiter(astore, "first", 30)
+    shared = SharedDestination(limiter, "mx.example")
+    seats = [await limiter.acquire("mx.example", 2) for _ in range(2)]
+    assert None not in seats
+    assert store.acquire_seats("mx.example", 2, "second", 30) == []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(limiter.keep_shares, 0.01)
+        with trio.fail_after(10):
+            while not shared.surplus():
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert limiter.surplus("mx.example") == 1
+    await shared.release(seats[0])  # one session ended: no surplus left
+    assert not shared.surplus()
+    await astore.aclose()
 
 
 # rate

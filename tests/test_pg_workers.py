@@ -14,6 +14,7 @@ import trio
 
 from bulkmail.journal import Status
 from bulkmail.store import PgStore
+from bulkmail.store.worker import STORE_CONNECTIONS
 from tests.pg_workers import (
     addresses,
     create_loading_job,
@@ -120,7 +121,7 @@ async def test_worker_that_loses_the_database_stops_and_loses_nothing(store_url:
             while len(sink.messages) < 20:
                 await trio.sleep(0.01)
         assert travel(store_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                                 " WHERE application_name = %s", (name,)) == 5
+                                 " WHERE application_name = %s", (name,)) == STORE_CONNECTIONS
         status, err = await finish(victim)
         assert status == 75, err
         assert "lost the database connection" in err and err.count("\n") == 1, err

@@ -10,7 +10,9 @@ sharing a job across processes and machines install a
   holds for all workers together),
 * takes rate *tokens* before each message it paces (the rate holds in sum),
 * asks whether the destination is *paused* before connecting, and pauses it
-  for everyone after a 421 or a failed connection.
+  for everyone after a 421 or a failed connection,
+* ends a session between transactions while the process holds more than its
+  fair share of seats that other processes want (``surplus``).
 
 The PostgreSQL implementation is ``bulkmail.store.limiter``.
 """
@@ -46,6 +48,10 @@ class DestinationLimiter(Protocol):
                    wanted: int) -> tuple[int, float]:
         """Up to ``wanted`` messages' worth of ``destination``'s ``rate`` (per
         second, ``burst`` at once): (granted, seconds until the next conforms)."""
+
+    def surplus(self, destination: str) -> int:
+        """Seats of ``destination`` held beyond this process's fair share (other
+        processes want them): that many sessions should end and give theirs back."""
 
     async def paused(self, destination: str) -> float:
         """Seconds ``destination`` stays paused (0: not paused)."""
@@ -101,6 +107,11 @@ class SharedDestination:
             await trio.sleep(min(max(paused, poll), PAUSE_RECHECK))
             poll = min(0.2, poll * 2)
         return None
+
+    def surplus(self) -> bool:
+        """Whether a session should end now and give its seat back: this process
+        holds more than its share and others wait (checked between transactions)."""
+        return self.limiter.surplus(self.key) > 0
 
     async def release(self, seat: Seat) -> None:
         with trio.CancelScope(shield=True):

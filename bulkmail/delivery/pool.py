@@ -240,6 +240,8 @@ class Pool:
         """Wait for work; ``None`` when idle long enough (or others need the slot)."""
         idle = self.limits.idle_timeout
         if self.shared is not None:  # its seat is shared: idling on it starves other workers
+            if self.shared.surplus():
+                return None  # other processes want this destination's seats: give one back
             idle = min(idle, SHARED_IDLE)
         deadline = trio.current_time() + idle
         while not self._ready():
@@ -486,6 +488,8 @@ class Pool:
         def refill() -> list[Envelope]:
             nonlocal budget
             while budget > 0 and not owner.stopping and self._ready():
+                if self.shared is not None and self.shared.surplus():
+                    return []  # this session gives its seat back (see _take)
                 gate = self.gate
                 if gate is not None and not gate.may_go_on(
                     batch.source, self.active_sessions, trio.current_time()

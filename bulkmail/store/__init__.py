@@ -4,7 +4,8 @@
 COPY, ``leases`` hands them out to workers a destination at a time,
 ``limits`` holds per-destination seats, rates and pauses cluster-wide,
 ``journal`` shows one job through the :class:`~bulkmail.journal.base.Journal`
-protocol, ``store`` puts it behind one object and ``aio`` behind trio.
+protocol, ``store`` puts it behind one object and ``aio`` behind trio;
+``writer`` is a worker's group commits.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from ..message import Recipient
 from ..results import Status
 from .connection import Database
 from .errors import StoreError
-from .outcomes import apply_fenced
+from .outcomes import FencedWrite, apply_fenced, needs_transaction
 
 __all__ = [
     "IN_DOUBT", "Claim", "ClaimedRecipient", "Write", "claim", "commit_writes", "complete",
@@ -158,7 +158,7 @@ def claim(
     for attempt in range(_CLAIM_TRIES):
         query = _CLAIM.format(skip="SKIP LOCKED" if attempt < _CLAIM_TRIES - 1 else "")
         with db.using() as conn:
-            rows = conn.execute(query.encode(), params).fetchall()
+            rows = conn.execute(query.encode(), params, prepare=False).fetchall()
         if rows:
             first = rows[0]
             return Claim(
@@ -199,6 +199,9 @@ def heartbeat(db: Database, owner: str, lease_seconds: float) -> int:
 
 IN_DOUBT = Outcome(Status.IN_DOUBT)
 
+#: one queued write of the group commit: job, addresses, outcome, release the leases?
+Write = FencedWrite
+
 
 def mark_in_doubt(db: Database, owner: str, job: int, addresses: Sequence[str]) -> set[str]:
     """Commit ``addresses`` as in doubt, keeping the lease; the addresses marked.
@@ -206,9 +209,7 @@ def mark_in_doubt(db: Database, owner: str, job: int, addresses: Sequence[str]) 
     Send the end of data only to those returned: any other was taken over by
     another worker, who will send it.
     """
-    with db.using() as conn, conn.transaction():
-        lock_rows(conn, [(job, addresses)])
-        return apply_fenced(conn, job, owner, [(addresses, IN_DOUBT)], release=False)
+    return commit_writes(db, owner, [(job, addresses, IN_DOUBT, False)])[0]
 
 
 def complete(
@@ -219,25 +220,22 @@ def complete(
     Returns the addresses *not* written because ``owner`` no longer leases
     them (taken over after its lease expired): the new owner's result counts.
     """
-    with db.using() as conn, conn.transaction():
-        lock_rows(conn, [(job, addresses) for addresses, _ in groups])
-        applied = apply_fenced(conn, job, owner, groups, release=True)
-    return {a for addresses, _ in groups for a in addresses} - applied
-
-
-#: one queued write of the group commit: job, addresses, outcome, release the leases?
-Write = tuple[int, Sequence[str], Outcome, bool]
+    applied = commit_writes(db, owner, [(job, addresses, o, True) for addresses, o in groups])
+    return {a for addresses, _ in groups for a in addresses}.difference(*applied)
 
 
 def commit_writes(db: Database, owner: str, writes: Sequence[Write]) -> list[set[str]]:
     """Apply ``writes`` in order in one transaction (the async writer's group
-    commit); per write, the addresses ``owner`` still leased and so wrote."""
-    with db.using() as conn, conn.transaction():
-        lock_rows(conn, [(job, addresses) for job, addresses, _, _ in writes])
-        return [
-            apply_fenced(conn, job, owner, [(addresses, outcome)], release=release_)
-            for job, addresses, outcome, release_ in writes
-        ]
+    commit); per write, the addresses ``owner`` still leased and so wrote.
+
+    Usually a single statement, committed on its own: one round trip for
+    every mark and result of the batch."""
+    with db.using() as conn:
+        if needs_transaction(writes):  # several statements: lock all rows first, in order
+            with conn.transaction():
+                lock_rows(conn, [(job, addresses) for job, addresses, _, _ in writes])
+                return apply_fenced(conn, owner, writes)
+        return apply_fenced(conn, owner, writes)
 
 
 def release(db: Database, owner: str, job: int | None = None,
@@ -266,6 +264,7 @@ def release(db: Database, owner: str, job: int | None = None,
             (owner, job, job),
         )
         if job is None:
+            conn.execute("DELETE FROM seat_wants WHERE holder = %s", (owner,))
             conn.execute(
                 "UPDATE seats AS s SET holder = NULL, expires = NULL"
                 " FROM (SELECT destination, slot FROM seats WHERE holder = %s"

@@ -4,7 +4,11 @@
   connection needs a slot, taken with ``FOR UPDATE SKIP LOCKED`` (never
   waiting) and held by the worker's lease.  The primary key and ``slot < K``
   make K the most there can be; a dead worker's seats expire with its
-  heartbeat and are free again.
+  heartbeat and are free again.  A worker that finds none free says so for a
+  second (``seat_wants``); while others want, a worker takes seats only up
+  to a fair share, K over the workers wanting, and one holding more gives the
+  surplus back (:func:`seat_surplus`): the first worker to start no longer
+  keeps every seat while the others' recipients wait.
 * **Rate**: a GCRA per destination, advanced in one atomic statement that
   takes up to ``wanted`` tokens at once, so a worker pays one round trip for a
   transaction's worth of messages.  Time is the server's clock (one clock for
@@ -15,16 +19,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .connection import Database
 
 __all__ = [
     "Pause", "TokenGrant", "acquire_seats", "pause_destination", "pause_left", "paused",
-    "release_seats", "take_tokens",
+    "release_seats", "seat_shares", "seat_surplus", "take_tokens",
 ]
 
+# the others that want seats of the destination now, and what the holder has
+_OTHERS_WANTING = (
+    "(SELECT count(*) FROM seat_wants WHERE destination = %(destination)s"
+    " AND until > now() AND holder <> %(holder)s)"
+)
 _ACQUIRE = """
 UPDATE seats AS s SET holder = %(holder)s, expires = now() + make_interval(secs => %(ttl)s)
 FROM (SELECT slot FROM seats
@@ -32,26 +42,37 @@ FROM (SELECT slot FROM seats
         AND (holder IS NULL OR expires < now())
         AND NOT EXISTS (SELECT 1 FROM destinations
                         WHERE name = %(destination)s AND paused_until > now())
-      ORDER BY slot LIMIT %(count)s
+      ORDER BY slot
+      LIMIT greatest(0, least(%(count)s,
+          ceil(%(cap)s::float8 / (1 + """ + _OTHERS_WANTING + """))::integer
+          - (SELECT count(*) FROM seats WHERE destination = %(destination)s
+             AND holder = %(holder)s AND expires >= now())))
       FOR UPDATE SKIP LOCKED) AS free
 WHERE s.destination = %(destination)s AND s.slot = free.slot
 RETURNING s.slot
 """
 
+#: how long a worker that found no seat counts as wanting one: longer than
+#: the gaps between a busy worker's claims, so shares do not swing (and
+#: sessions end and reconnect) each time one worker's queue runs dry briefly
+WANT_SECONDS = 3.0
+
 
 def acquire_seats(
     db: Database, destination: str, cap: int, holder: str, lease_seconds: float, count: int = 1,
 ) -> list[int]:
-    """Up to ``count`` free seats of ``destination`` (cap ``cap``) for ``holder``.
+    """Up to ``count`` free seats of ``destination`` (cap ``cap``) for ``holder``,
+    but no more than its fair share while other workers want seats.
 
-    Returns the slots taken, possibly none (all held, or the destination is
-    paused).  Never waits for another acquirer.  Seats are held until
+    Returns the slots taken, possibly none (all held, the share reached, or
+    the destination is paused); coming up short records that ``holder``
+    wants seats.  Never waits for another acquirer.  Seats are held until
     :func:`release_seats`, or until ``holder``'s heartbeat stops.
     """
     if cap < 1 or count < 1:
         raise ValueError("cap and count must be positive")
     params = {"destination": destination, "cap": cap, "holder": holder,
-              "ttl": float(lease_seconds), "count": count}
+              "ttl": float(lease_seconds), "count": count, "want": WANT_SECONDS}
     with db.using() as conn:
         slots = [int(r[0]) for r in conn.execute(_ACQUIRE.encode(), params).fetchall()]
         if len(slots) < count:
@@ -64,17 +85,55 @@ def acquire_seats(
             if created:
                 params["count"] = count - len(slots)
                 slots += [int(r[0]) for r in conn.execute(_ACQUIRE.encode(), params).fetchall()]
+        if len(slots) < count:
+            conn.execute(
+                "INSERT INTO seat_wants (destination, holder, until)"
+                " VALUES (%(destination)s, %(holder)s, now() + make_interval(secs => %(want)s))"
+                " ON CONFLICT (destination, holder) DO UPDATE SET until = excluded.until",
+                params,
+            )
     return slots
 
 
 def release_seats(db: Database, destination: str, slots: Sequence[int], holder: str) -> int:
-    """Give seats back; returns how many ``holder`` still held."""
+    """Give seats back; returns how many ``holder`` still held.  A worker giving
+    seats back wants none for now: its want ends (it says so again when short)."""
     with db.using() as conn:
         return conn.execute(
-            "UPDATE seats SET holder = NULL, expires = NULL"
+            "WITH unwant AS (DELETE FROM seat_wants WHERE destination = %s AND holder = %s)"
+            " UPDATE seats SET holder = NULL, expires = NULL"
             " WHERE destination = %s AND slot = ANY(%s) AND holder = %s",
-            (destination, list(slots), holder),
+            (destination, holder, destination, list(slots), holder),
         ).rowcount
+
+
+def seat_surplus(db: Database, holder: str, caps: Mapping[str, int]) -> dict[str, int]:
+    """Per destination of ``caps`` where ``holder`` holds seats: how many more
+    than its fair share it holds (``cap`` over the workers wanting seats there,
+    itself included), 0 when within it."""
+    return {d: max(0, held - share) for d, (held, share) in seat_shares(db, holder, caps).items()}
+
+
+def seat_shares(
+    db: Database, holder: str, caps: Mapping[str, int],
+) -> dict[str, tuple[int, int]]:
+    """Per destination of ``caps`` where ``holder`` holds seats: (seats held,
+    its fair share now)."""
+    if not caps:
+        return {}
+    with db.using() as conn:
+        rows = conn.execute(
+            "SELECT s.destination, count(*),"
+            " (SELECT count(*) FROM seat_wants AS w WHERE w.destination = s.destination"
+            "  AND w.until > now() AND w.holder <> %(holder)s)"
+            " FROM seats AS s WHERE s.holder = %(holder)s AND s.destination = ANY(%(names)s)"
+            " GROUP BY s.destination",
+            {"holder": holder, "names": list(caps)},
+        ).fetchall()
+    return {
+        str(name): (int(held), math.ceil(caps[str(name)] / (1 + int(others))))
+        for name, held, others in rows
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -151,8 +151,19 @@ CREATE TABLE warmup_sent (
 );
 """
 
+# v3: a worker that found no free seat of a destination says so until a time;
+# holders then keep to a fair share of its cap (store/limits.py)
+_V3 = """
+CREATE TABLE seat_wants (
+    destination text NOT NULL,
+    holder text NOT NULL,
+    until timestamptz NOT NULL,
+    PRIMARY KEY (destination, holder)
+);
+"""
+
 #: (version, SQL), in order; append, never edit a released one
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2))
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

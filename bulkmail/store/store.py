@@ -121,6 +121,12 @@ class PgStore:
     def release_seats(self, destination: str, slots: Sequence[int], holder: str) -> int:
         return limits.release_seats(self.db, destination, slots, holder)
 
+    def seat_surplus(self, holder: str, caps: Mapping[str, int]) -> dict[str, int]:
+        return limits.seat_surplus(self.db, holder, caps)
+
+    def seat_shares(self, holder: str, caps: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+        return limits.seat_shares(self.db, holder, caps)
+
     def take_tokens(self, destination: str, rate: float, burst: int, wanted: int, *,
                     now: float | None = None) -> limits.TokenGrant:
         return limits.take_tokens(self.db, destination, rate, burst, wanted, now=now)

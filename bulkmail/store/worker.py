@@ -28,7 +28,7 @@ from ..errors import synthetic_reply
 from ..journal.base import Outcome
 from ..policy import RetryPolicy
 from ..results import FINAL, Result, Status
-from .aio import AsyncStore, StoreWriter, keep_leases
+from .aio import AsyncStore, keep_leases
 from .errors import StoreError
 from .job_spec import JobSpec
 from .job_state import job_ended, load_job, open_jobs
@@ -37,12 +37,19 @@ from .limiter import PgDestinationLimiter
 from .shared_shaping import SharedShaping
 from .store import PgStore
 from .worker_hooks import InFlight, install_store_hooks, send_claimed
+from .writer import StoreWriter
 
 __all__ = [
-    "EX_OK", "EX_TEMPFAIL", "JobRun", "Worker", "WorkerSettings", "run_worker",
+    "EX_OK", "EX_TEMPFAIL", "STORE_CONNECTIONS", "JobRun", "Worker", "WorkerSettings",
+    "run_worker",
 ]
 
 EX_OK, EX_TEMPFAIL = 0, 75
+
+#: database connections per worker: heartbeat, claims, the shared limits and
+#: the seat shares, plus the writer's (two in-doubt mark commits at once, and
+#: result commits)
+STORE_CONNECTIONS, WRITER_CONNECTIONS = 8, 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,12 +330,18 @@ async def run_worker(
     :class:`~bulkmail.store.worker_hooks.LeaseLost` (in an exception group):
     the worker stops taking work and nothing is lost.
     """
-    # five connections: heartbeat, group commit, claims, the shared limits and
-    # the shared reply rules' actions
-    store = await AsyncStore.open(url, connections=5)
+    # heartbeat, claims, the shared limits and the shared reply rules' actions;
+    # the group commits get connections of their own: an in-doubt mark (on
+    # every transaction's path) never waits behind seat polls and claims
+    store = await AsyncStore.open(url, connections=STORE_CONNECTIONS - WRITER_CONNECTIONS)
+    try:
+        commits = await AsyncStore.open(url, connections=WRITER_CONNECTIONS)
+    except BaseException:
+        await store.aclose()
+        raise
     owner = new_owner_id()
     try:
-        writer = StoreWriter(store, owner)
+        writer = StoreWriter(commits, owner, mark_commits=WRITER_CONNECTIONS - 1)
         in_flight = InFlight()
         shaping = SharedShaping(store, owner, on_remote=on_remote_action)
         config = replace(config, retry_for=0.0,
@@ -342,8 +355,9 @@ async def run_worker(
                 # together, and so do its reply rules' actions and warm-up caps
                 shaping.attach(mailer.engine)
                 await background.start(shaping.run)
-                mailer.engine.destination_limiter = PgDestinationLimiter(
-                    store, owner, settings.lease, shaping)
+                limiter = PgDestinationLimiter(store, owner, settings.lease, shaping)
+                mailer.engine.destination_limiter = limiter
+                background.start_soon(limiter.keep_shares)
                 worker = Worker(store, writer, mailer, owner, in_flight, settings,
                                 on_results=on_results, shaping=shaping)
                 if on_start is not None:
@@ -358,6 +372,7 @@ async def run_worker(
             with contextlib.suppress(StoreError):  # gone: the leases expire by themselves
                 await store.release(owner)
             await store.aclose()
+            await commits.aclose()
 
 
 def _also(

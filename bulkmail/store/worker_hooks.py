@@ -16,8 +16,8 @@ from typing import Any
 from ..api import Mailer
 from ..message import Content, Recipient
 from ..results import Result, Summary
-from .aio import StoreWriter
 from .errors import StoreError
+from .writer import StoreWriter
 
 __all__ = [
     "PER_JOB_HOOKS", "InFlight", "LeaseLost", "install_store_hooks", "mark_or_refuse",
