@@ -100,7 +100,7 @@ class ClientProtocol:
         Data that arrived while nothing was owed is a server speaking out of
         turn -- the STARTTLS injection family of bugs -- and aborts.
         """
-        if self.has_unsolicited_data:
+        if not self._pending and self._parser.in_progress:  # has_unsolicited_data, inline
             raise RemoteProtocolError("server sent data before the command it would answer")
         if count == 1:
             self._pending.append(stage)
@@ -118,7 +118,9 @@ class ClientProtocol:
         if not self._pending:
             raise RemoteProtocolError(f"reply without a command: {reply}", str(reply).encode())
         stage = self._pending[0]
-        if reply.code != 421 and not reply_fits(stage, reply.code):
+        code = reply.code
+        only = _ONLY_FOR.get(code)  # reply_fits, inline: this runs for every reply
+        if code != 421 and (300 <= code < 400 if only is None else stage not in only):
             raise RemoteProtocolError(
                 f"reply {reply.code} cannot answer {stage.value.upper()}", str(reply).encode()
             )

@@ -168,7 +168,7 @@ class ClientConnection:
         stage, reply = item
         count = 1
         if stage is Stage.RCPT:
-            txn = self._pipeline.head
+            txn = self._pipeline.inflight[0]
             left = len(txn.sendable) - txn.rcpt_at - 1
             if left:
                 count += protocol.take_repeats(Stage.RCPT, left)
@@ -179,8 +179,9 @@ class ClientConnection:
         return stage, reply, count
 
     def _take_replies(self) -> None:
+        next_reply = self.next_reply
         while self._event is None:
-            item = self.next_reply()
+            item = next_reply()
             if item is None:
                 if self._eof and self.failure is None:
                     stage = self._protocol.expected
@@ -189,15 +190,20 @@ class ClientConnection:
                         451, "4.4.2", f"server closed the connection{awaiting}"
                     ))
                 return
-            self._dispatch(*item)
+            stage, reply, count = item
+            handler = self._pipeline.handlers.get(stage)
+            if handler is not None:  # a transaction's reply: the common case, inline
+                handler(self._pipeline.inflight[0], reply, count)
+                if reply.code == 421 and self.failure is None:
+                    self._close(Failure.UNAVAILABLE, reply)  # the 421 rule
+            else:
+                self._dispatch(stage, reply, count)
             if self.failure is not None:
                 return
 
     def _dispatch(self, stage: Stage, reply: Reply, count: int) -> None:
-        handler = self._pipeline.handlers.get(stage)
-        if handler is not None:
-            handler(self._pipeline.head, reply, count)
-        elif stage is Stage.RSET:
+        """A reply outside a transaction (``_take_replies`` handles those)."""
+        if stage is Stage.RSET:
             pass  # (a refused RSET shows at the MAIL after it)
         elif self._handshake is not None:
             if stage is Stage.GREETING:

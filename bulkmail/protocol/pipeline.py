@@ -129,6 +129,11 @@ class Pipeline:
         return self._inflight[0]
 
     @property
+    def inflight(self) -> deque[Transaction]:
+        """Written and not yet answered, oldest (the next reply's) first."""
+        return self._inflight
+
+    @property
     def settled(self) -> bool:
         """Every transaction of the batch has its result."""
         return not self._unreported
