@@ -210,22 +210,20 @@ class JournalUnwritable(SMTPError):
 
 def _in_doubt_marker(writer: JournalWriter, resent: set[str]) -> InDoubtHook:
     async def in_doubt(addresses: Sequence[str]) -> None:
+        # one coroutine, not two: it runs (and is resumed) for every transaction
         try:
-            await _mark(addresses)
+            if resent and not resent.isdisjoint(addresses):
+                again = [a for a in addresses if a in resent]
+                first = [a for a in addresses if a not in resent]
+                if first:
+                    writer.submit_outcomes(first, IN_DOUBT)
+                await writer.submit_durable_outcome(again, IN_DOUBT_AGAIN)
+            else:
+                await writer.submit_durable_outcome(addresses, IN_DOUBT)
         except JournalError as exc:
             raise JournalUnwritable(
                 synthetic_reply(451, "4.3.0", f"not sent: the journal cannot be written ({exc})")
             ) from exc
-
-    async def _mark(addresses: Sequence[str]) -> None:
-        if resent and not resent.isdisjoint(addresses):
-            again = [a for a in addresses if a in resent]
-            first = [a for a in addresses if a not in resent]
-            if first:
-                writer.submit_outcomes(first, IN_DOUBT)
-            await writer.submit_durable_outcome(again, IN_DOUBT_AGAIN)
-            return
-        await writer.submit_durable_outcome(addresses, IN_DOUBT)
 
     return in_doubt
 
