@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from . import dns_wire
+from .dns_client import ClientStopped, UDPClient
 from .errors import synthetic_reply
 from .protocol.replies import Reply
 
@@ -148,7 +149,9 @@ class DNSLookup:
         # explicit: the default backend is sniffed once per process and then sticks
         self._backend = dns.asyncbackend.get_backend("trio")
         self._slots = trio.CapacityLimiter(config.max_queries)
-        self._server = _first_server(self._resolver)
+        self._servers = _plain_servers(self._resolver)
+        self._server = self._servers[0] if self._servers else None
+        self._client: UDPClient | None = None
         self._ids = random.Random(os.urandom(16))
         #: queries sent, and resends after local exhaustion (for tests and reports)
         self.sent = 0
@@ -163,17 +166,22 @@ class DNSLookup:
         import dns.exception
         import dns.name
 
-        try:
-            qname = dns.name.from_text(name)
-        except dns.exception.DNSException as exc:
-            raise routing_error(553, "5.1.3", f"invalid domain {name!r}: {exc}", 0.0) from exc
+        question = dns_wire.question(name, rdtype)
+        qname = None
+        if question is None:  # not a plain host name: is it a name at all?
+            try:
+                qname = dns.name.from_text(name)
+            except dns.exception.DNSException as exc:
+                raise routing_error(
+                    553, "5.1.3", f"invalid domain {name!r}: {exc}", 0.0
+                ) from exc
         pause = EXHAUSTION_FIRST_PAUSE
         give_up = trio.current_time() + self.config.exhaustion_patience
         while True:
             async with self._slots:
                 self.sent += 1
                 try:
-                    return await self._attempt(qname, name, rdtype)
+                    return await self._attempt(qname, question, name, rdtype)
                 except _Exhausted as exc:
                     cause = exc.cause
             # our own shortage, not the DNS's answer: wait (the slot given
@@ -188,21 +196,29 @@ class DNSLookup:
             await trio.sleep(pause)
             pause = min(pause * 2, EXHAUSTION_MAX_PAUSE)
 
-    async def _attempt(self, qname: Any, name: str, rdtype: str) -> Records:
+    async def _attempt(
+        self, qname: Any, question: bytes | None, name: str, rdtype: str
+    ) -> Records:
         """One query, bounded by ``lifetime`` on trio's clock.
 
         dnspython measures its own lifetime on the wall clock, so the trio
         deadline is what holds under a mock clock; both agree in real time.
         """
         import dns.exception
+        import dns.name
         import dns.resolver
 
         config = self.config
-        failure = f"DNS temporary failure for {name} {rdtype}"
         with trio.move_on_after(config.lifetime):
-            plain, truncated = await self._plain(name, rdtype)
+            plain, truncated = (
+                await self._plain(question, name, rdtype) if question is not None
+                else (None, False)
+            )
             if plain is not None:
                 return plain
+            failure = f"DNS temporary failure for {name} {rdtype}"
+            if qname is None:
+                qname = dns.name.from_text(name)
             try:
                 answer = await self._resolver.resolve(
                     qname, rdtype, search=False, lifetime=config.lifetime,
@@ -222,19 +238,59 @@ class DNSLookup:
                 tuple(_plain_rdata(rd) for rd in answer),
                 float(answer.chaining_result.minimum_ttl),
             )
-        raise routing_error(451, "4.4.3", f"{failure}: no answer within {config.lifetime:g}s")
+        raise routing_error(
+            451, "4.4.3",
+            f"DNS temporary failure for {name} {rdtype}: no answer within {config.lifetime:g}s",
+        )
 
-    async def _plain(self, name: str, rdtype: str) -> tuple[Records | None, bool]:
-        """The plain case in bytes (:mod:`dns_wire`), over a socket of its own.
+    async def serve(
+        self, *, task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Keep shared UDP sockets to the nameservers (:mod:`dns_client`) open
+        until cancelled; the owner runs this in its nursery.  Meanwhile plain
+        queries go over them; without it (or when its sockets cannot be
+        opened) each query opens a socket of its own."""
+        if self._client is not None or not self._servers:
+            task_status.started(False)
+            return
+        client = self._client = UDPClient(self._servers, self.config.timeout)
+        try:
+            await client.run(task_status=task_status)
+        finally:
+            if self._client is client:
+                self._client = None
 
-        (None, truncated) for any other answer, no answer within ``timeout``,
-        or a network error, which dnspython then meets and reports (over TCP
-        straight away when the answer was truncated).
+    @property
+    def client(self) -> UDPClient | None:
+        """The shared-socket client while :meth:`serve` runs (for tests and reports)."""
+        return self._client
+
+    async def _plain(
+        self, question: bytes, name: str, rdtype: str
+    ) -> tuple[Records | None, bool]:
+        """The plain case in bytes (:mod:`dns_wire`): over the shared sockets
+        while :meth:`serve` runs (sent again every ``timeout`` until the
+        lifetime ends), else over a socket of its own.
+
+        (None, truncated) for any other answer, no answer within ``timeout``
+        on a socket of its own, or a network error, which dnspython then
+        meets and reports (over TCP straight away when the answer was truncated).
         """
         server = self._server
-        question = dns_wire.question(name, rdtype) if server is not None else None
-        if server is None or question is None:
+        if server is None:
             return None, False
+        client = self._client
+        if client is not None:
+            try:
+                data = await client.exchange(question, dns_wire.query(0, question))
+            except ClientStopped:
+                pass  # its sockets are gone or refused: a socket of our own below
+            except OSError as exc:
+                if exc.errno in LOCAL_EXHAUSTION:
+                    raise _Exhausted(exc) from exc
+                return None, False
+            else:
+                return self._read(data, question, name, rdtype)
         qid = self._ids.getrandbits(16)
         family = trio.socket.AF_INET6 if ":" in server[0] else trio.socket.AF_INET
         try:
@@ -252,16 +308,22 @@ class DNSLookup:
                         data = await sock.recv(65535)
                         if data[:2] != qid.to_bytes(2, "big"):
                             continue  # a stray or late datagram: keep waiting
-                        parsed = dns_wire.answer(data, qid, question, rdtype)
-                        if parsed is not None:
-                            return Records(*parsed), False
-                        if dns_wire.truncated(data):
-                            return None, True
-                        return self._from_response(data, name, rdtype), False
+                        return self._read(data, question, name, rdtype)
             except OSError as exc:
                 if exc.errno in LOCAL_EXHAUSTION:
                     raise _Exhausted(exc) from exc
         return None, False
+
+    def _read(
+        self, data: bytes, question: bytes, name: str, rdtype: str
+    ) -> tuple[Records | None, bool]:
+        """A reply to our question: the plain case from bytes, the rest by dnspython."""
+        parsed = dns_wire.answer(data, (data[0] << 8) | data[1], question, rdtype)
+        if parsed is not None:
+            return Records(*parsed), False
+        if dns_wire.truncated(data):
+            return None, True
+        return self._from_response(data, name, rdtype), False
 
     def _from_response(self, data: bytes, name: str, rdtype: str) -> Records | None:
         """A response that is not the plain case, read by dnspython as its
@@ -319,20 +381,25 @@ class DNSLookup:
         return float(min(ttls)) if ttls else self.config.negative_ttl
 
 
-def _first_server(resolver: Any) -> tuple[str, int] | None:
-    """(address, port) of the resolver's first plain-DNS nameserver, if any."""
+def _plain_servers(resolver: Any) -> tuple[tuple[str, int], ...]:
+    """(address, port) of the resolver's plain-DNS nameservers, in order, up to
+    the first that is not one (DNS over HTTPS or TLS is left to dnspython)."""
     import dns.nameserver
 
-    for server in resolver.nameservers[:1]:
+    servers: list[tuple[str, int]] = []
+    for server in resolver.nameservers:
         if isinstance(server, dns.nameserver.Do53Nameserver):
-            return str(server.address), int(server.port)
+            servers.append((str(server.address), int(server.port)))
+            continue
         if isinstance(server, str):
             try:
                 ipaddress.ip_address(server)
             except ValueError:
-                return None
-            return server, int(resolver.port)
-    return None
+                break
+            servers.append((server, int(resolver.port)))
+            continue
+        break
+    return tuple(servers)
 
 
 def _plain_rdata(rd: Any) -> object:

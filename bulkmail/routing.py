@@ -234,7 +234,11 @@ class MXRouter:
     async def run_prefetcher(self, on_resolved: Resolved | None = None) -> None:
         """Resolve prefetched domains, half of ``max_queries`` of them at a time
         (so lookups somebody waits for get the other half), until cancelled;
-        each outcome goes to ``on_resolved(domain, Destination | RoutingError)``."""
+        each outcome goes to ``on_resolved(domain, Destination | RoutingError)``.
+
+        It also keeps the resolver's shared UDP sockets open meanwhile (its
+        receiver task lives in this nursery, so in the engine's), for every
+        lookup, prefetched or not."""
         limit = trio.Semaphore(max(1, self.config.max_queries // 2))
 
         async def resolve(domain: str) -> None:
@@ -249,6 +253,7 @@ class MXRouter:
                 on_resolved(domain, outcome)
 
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.dns.serve)
             while True:
                 while not self._ahead:
                     await self._ahead_wakeup.park()
