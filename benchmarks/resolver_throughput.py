@@ -78,7 +78,8 @@ def measure(domains: int, mx_hosts: int, max_queries: int, shared: bool) -> dict
     return {"domains": domains, "max_queries": max_queries, "seconds": seconds,
             "domains_per_s": domains / seconds,
             "cpu_us_per_query": cpu / max(queries, 1) * 1e6,
-            "server_us_per_query": server_cpu / max(queries, 1) * 1e6, "queries_per_s": queries / seconds,
+            "server_us_per_query": server_cpu / max(queries, 1) * 1e6,
+            "queries_per_s": queries / seconds,
             "failures": failures}
 
 

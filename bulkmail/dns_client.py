@@ -23,9 +23,10 @@ import errno
 import os
 import random
 import socket
-import struct
 
 import trio
+
+from . import dns_wire
 
 #: bytes of a reply we read (a UDP answer is at most 65,535 bytes)
 MAX_DATAGRAM = 65535
@@ -39,7 +40,7 @@ class ClientStopped(Exception):
 class _Pending:
     """One query waiting for its reply."""
 
-    __slots__ = ("question", "task", "reply", "stopped")
+    __slots__ = ("question", "reply", "stopped", "task")
 
     def __init__(self, question: bytes) -> None:
         self.question = question
@@ -70,6 +71,8 @@ class UDPClient:
         self.ignored = 0
         #: queries sent again after ``timeout`` without a reply
         self.retransmits = 0
+        #: datagrams sent (first sends and resends)
+        self.sent = 0
 
     @property
     def running(self) -> bool:
@@ -106,17 +109,18 @@ class UDPClient:
             for sock in sockets:
                 sock.close()
 
-    async def exchange(self, question: bytes, render: bytes) -> bytes:
-        """Send ``render`` (a query; its ID bytes are replaced) and return the
-        reply that carries its ID and ``question``; sent again every ``timeout``
-        to the next server, until the caller's deadline.  OSError for a local
-        send failure; :class:`ClientStopped` when the client cannot serve."""
+    async def exchange(self, question: bytes, deadline: float) -> bytes | None:
+        """The reply to a recursive query of ``question`` (:func:`dns_wire.query`)
+        that carries its ID and question, or None if none came by ``deadline``
+        (trio's clock); sent again every ``timeout``, to the next server.
+        OSError for a local send failure; :class:`ClientStopped` when the
+        client cannot serve."""
         if not self._sockets:
             raise ClientStopped()
         pending = _Pending(question.lower())
         qid = self._new_id()
         self._pending[qid] = pending
-        wire = struct.pack("!H", qid) + render[2:]
+        wire = dns_wire.query(qid, question)
         try:
             attempt = 0
             while True:
@@ -125,23 +129,27 @@ class UDPClient:
                     raise ClientStopped()
                 await self._send(sockets[attempt % len(sockets)], wire)
                 if pending.reply is None and not pending.stopped:
-                    with trio.move_on_after(self.timeout):
+                    resend = trio.current_time() + self.timeout
+                    # one cancel scope per attempt, ending at the earlier deadline
+                    with trio.move_on_at(min(resend, deadline)):
                         await self._wait(pending)
                 if pending.reply is not None:
                     return pending.reply
                 if pending.stopped:
                     raise ClientStopped()
+                if trio.current_time() >= deadline:
+                    return None
                 attempt += 1
                 self.retransmits += 1
         finally:
             if self._pending.get(qid) is pending:
                 del self._pending[qid]
 
-    @staticmethod
-    async def _send(sock: socket.socket, wire: bytes) -> None:
+    async def _send(self, sock: socket.socket, wire: bytes) -> None:
         while True:
             try:
                 sock.send(wire)
+                self.sent += 1
                 return
             except BlockingIOError:
                 await trio.lowlevel.wait_writable(sock)

@@ -177,13 +177,19 @@ class DNSLookup:
                 ) from exc
         pause = EXHAUSTION_FIRST_PAUSE
         give_up = trio.current_time() + self.config.exhaustion_patience
+        slots = self._slots
         while True:
-            async with self._slots:
+            try:
+                slots.acquire_nowait()  # no scheduler pass when a slot is free
+            except trio.WouldBlock:
+                await slots.acquire()
+            try:
                 self.sent += 1
-                try:
-                    return await self._attempt(qname, question, name, rdtype)
-                except _Exhausted as exc:
-                    cause = exc.cause
+                return await self._attempt(qname, question, name, rdtype)
+            except _Exhausted as exc:
+                cause = exc.cause
+            finally:
+                slots.release()
             # our own shortage, not the DNS's answer: wait (the slot given
             # back) for descriptors or buffers to free up, then ask again
             self.exhaustion_waits += 1
@@ -209,9 +215,17 @@ class DNSLookup:
         import dns.resolver
 
         config = self.config
-        with trio.move_on_after(config.lifetime):
+        deadline = trio.current_time() + config.lifetime
+        shared = None
+        client = self._client
+        if client is not None and question is not None:
+            shared = await self._shared(client, question, name, rdtype, deadline)
+            if shared is not None and shared[0] is not None:
+                return shared[0]
+        with trio.move_on_at(deadline):
             plain, truncated = (
-                await self._plain(question, name, rdtype) if question is not None
+                shared if shared is not None
+                else await self._plain(question, name, rdtype) if question is not None
                 else (None, False)
             )
             if plain is not None:
@@ -238,10 +252,33 @@ class DNSLookup:
                 tuple(_plain_rdata(rd) for rd in answer),
                 float(answer.chaining_result.minimum_ttl),
             )
-        raise routing_error(
+        raise self._no_answer(name, rdtype)
+
+    def _no_answer(self, name: str, rdtype: str) -> RoutingError:
+        return routing_error(
             451, "4.4.3",
-            f"DNS temporary failure for {name} {rdtype}: no answer within {config.lifetime:g}s",
+            f"DNS temporary failure for {name} {rdtype}:"
+            f" no answer within {self.config.lifetime:g}s",
         )
+
+    async def _shared(
+        self, client: UDPClient, question: bytes, name: str, rdtype: str, deadline: float
+    ) -> tuple[Records | None, bool] | None:
+        """The plain query over the shared sockets (sent again every ``timeout``
+        until ``deadline``): like :meth:`_plain`, or None when the client
+        cannot serve (its sockets are gone or refused) and a socket of our own
+        should be tried."""
+        try:
+            data = await client.exchange(question, deadline)
+        except ClientStopped:
+            return None
+        except OSError as exc:
+            if exc.errno in LOCAL_EXHAUSTION:
+                raise _Exhausted(exc) from exc
+            return None, False
+        if data is None:
+            raise self._no_answer(name, rdtype)
+        return self._read(data, question, name, rdtype)
 
     async def serve(
         self, *, task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED
@@ -268,29 +305,15 @@ class DNSLookup:
     async def _plain(
         self, question: bytes, name: str, rdtype: str
     ) -> tuple[Records | None, bool]:
-        """The plain case in bytes (:mod:`dns_wire`): over the shared sockets
-        while :meth:`serve` runs (sent again every ``timeout`` until the
-        lifetime ends), else over a socket of its own.
+        """The plain case in bytes (:mod:`dns_wire`), over a socket of its own.
 
-        (None, truncated) for any other answer, no answer within ``timeout``
-        on a socket of its own, or a network error, which dnspython then
-        meets and reports (over TCP straight away when the answer was truncated).
+        (None, truncated) for any other answer, no answer within ``timeout``,
+        or a network error, which dnspython then meets and reports (over TCP
+        straight away when the answer was truncated).
         """
         server = self._server
         if server is None:
             return None, False
-        client = self._client
-        if client is not None:
-            try:
-                data = await client.exchange(question, dns_wire.query(0, question))
-            except ClientStopped:
-                pass  # its sockets are gone or refused: a socket of our own below
-            except OSError as exc:
-                if exc.errno in LOCAL_EXHAUSTION:
-                    raise _Exhausted(exc) from exc
-                return None, False
-            else:
-                return self._read(data, question, name, rdtype)
         qid = self._ids.getrandbits(16)
         family = trio.socket.AF_INET6 if ":" in server[0] else trio.socket.AF_INET
         try:

@@ -99,11 +99,16 @@ def _literal(domain: str) -> str | None:
 
 
 def _is_ip(text: str) -> bool:
+    if ":" not in text and not _IPV4_CHARS.issuperset(text):
+        return False  # a host name (asked per MX host: no exception raised for it)
     try:
         ipaddress.ip_address(text)
     except ValueError:
         return False
     return True
+
+
+_IPV4_CHARS = frozenset("0123456789.")
 
 
 def _order(addresses: Iterable[str]) -> tuple[str, ...]:
@@ -239,34 +244,30 @@ class MXRouter:
         It also keeps the resolver's shared UDP sockets open meanwhile (its
         receiver task lives in this nursery, so in the engine's), for every
         lookup, prefetched or not."""
-        limit = trio.Semaphore(max(1, self.config.max_queries // 2))
-
-        async def resolve(domain: str) -> None:
-            try:
-                outcome: Destination | RoutingError = await self.route(domain)
-            except RoutingError as exc:
-                outcome = exc  # cached either way
-            finally:
-                self._prefetching.discard(domain)
-                limit.release()
-            if on_resolved is not None:
-                on_resolved(domain, outcome)
-
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.dns.serve)
+        async def worker() -> None:
             while True:
                 while not self._ahead:
                     await self._ahead_wakeup.park()
-                await limit.acquire()
-                if not self._ahead:
-                    limit.release()
-                    continue
                 domain = next(iter(self._ahead))
                 del self._ahead[domain]
                 if not self._ahead:
                     self._ahead = {}  # a dict keeps its peak's table when emptied
                 self._prefetching.add(domain)
-                nursery.start_soon(resolve, domain)
+                try:
+                    outcome: Destination | RoutingError = await self.route(domain)
+                except RoutingError as exc:
+                    outcome = exc  # cached either way
+                finally:
+                    self._prefetching.discard(domain)
+                if on_resolved is not None:
+                    on_resolved(domain, outcome)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.dns.serve)
+            # a fixed crew, not a task per domain: spawning one cost as much
+            # as the rest of a cached-host lookup
+            for _ in range(max(1, self.config.max_queries // 2)):
+                nursery.start_soon(worker)
 
     # -- lookups -----------------------------------------------------------------
 
