@@ -1,13 +1,16 @@
 """DNS queries for routing: bounded in number, and honest about whose fault a failure is.
 
-dnspython opens a socket per query.  A hundred thousand domains resolved at
-once would take that many descriptors: the table runs out (EMFILE), the
-loopback or the resolver drops datagrams, and dnspython reports our own
-exhaustion as "All nameservers failed".  So at most ``max_queries`` queries
-are in flight, and a query that fails for a local resource (EMFILE, ENFILE,
-ENOBUFS, ENOMEM) is not the DNS's answer: it waits and is sent again, and
-only a shortage that outlasts ``exhaustion_patience`` becomes a (transient)
-failure that says what ran out.
+While :meth:`DNSLookup.serve` runs (the router's prefetcher runs it in the
+engine's nursery) plain queries share long-lived UDP sockets
+(:mod:`dns_client`); otherwise each query opens a socket, and dnspython,
+which reads every answer that is not the plain case, opens one per query
+too.  A hundred thousand domains resolved at once would take that many
+descriptors: the table runs out (EMFILE), the loopback or the resolver drops
+datagrams, and dnspython reports our own exhaustion as "All nameservers
+failed".  So at most ``max_queries`` queries are in flight, and a query that
+fails for a local resource (EMFILE, ENFILE, ENOBUFS, ENOMEM) is not the DNS's
+answer: it waits and is sent again, and only a shortage that outlasts
+``exhaustion_patience`` becomes a (transient) failure that says what ran out.
 """
 
 from __future__ import annotations
@@ -59,13 +62,18 @@ class DNSConfig:
     negative_ttl: float = 300.0
     #: cache time of SERVFAIL / timeouts, so a broken zone is not hammered
     failure_ttl: float = 30.0
-    #: queries in flight at once (each holds a socket): a burst of domains
-    #: queues here instead of exhausting descriptors or flooding the resolver
+    #: queries in flight at once: a burst of domains queues here instead of
+    #: flooding the resolver, or exhausting descriptors when each query has a
+    #: socket of its own (when ``DNSLookup.serve`` is not running)
     max_queries: int = 64
     #: seconds a query waits out local resource exhaustion before failing
     exhaustion_patience: float = 120.0
-    #: domains queued by ``prefetch`` (more are not queued)
-    prefetch_queue: int = 10_000
+    #: domains queued by ``prefetch`` (more are not queued, and the engine
+    #: gives each of those a task): room for every domain of the 20,000
+    #: recipients in memory and the 20,000 intake reads ahead, at ~100 bytes
+    #: each -- with 10,000 a 100,000-domain list spent 60 MB and a third of
+    #: its time on the task per domain
+    prefetch_queue: int = 50_000
 
     def __post_init__(self) -> None:
         if self.max_queries < 1:
