@@ -109,18 +109,25 @@ class UDPClient:
             for sock in sockets:
                 sock.close()
 
-    async def exchange(self, question: bytes, deadline: float) -> bytes | None:
-        """The reply to a recursive query of ``question`` (:func:`dns_wire.query`)
-        that carries its ID and question, or None if none came by ``deadline``
-        (trio's clock); sent again every ``timeout``, to the next server.
-        OSError for a local send failure; :class:`ClientStopped` when the
-        client cannot serve."""
+    async def exchange(
+        self, question: bytes, deadline: float, query: bytes | None = None
+    ) -> bytes | None:
+        """The reply to ``query`` (a whole query message whose first two bytes,
+        the ID, are replaced; by default a plain recursive query of
+        ``question``, :func:`dns_wire.query`) that carries its ID and
+        ``question`` (the question section's bytes), or None if none came by
+        ``deadline`` (trio's clock); sent again every ``timeout``, to the next
+        server.  OSError for a local send failure; :class:`ClientStopped`
+        when the client cannot serve."""
         if not self._sockets:
             raise ClientStopped()
         pending = _Pending(question.lower())
         qid = self._new_id()
         self._pending[qid] = pending
-        wire = dns_wire.query(qid, question)
+        wire = (
+            dns_wire.query(qid, question) if query is None
+            else qid.to_bytes(2, "big") + query[2:]
+        )
         try:
             attempt = 0
             while True:

@@ -157,7 +157,7 @@ class DNSLookup:
         # explicit: the default backend is sniffed once per process and then sticks
         self._backend = dns.asyncbackend.get_backend("trio")
         self._slots = trio.CapacityLimiter(config.max_queries)
-        self._servers = _plain_servers(self._resolver)
+        self._servers = plain_servers(self._resolver)
         self._server = self._servers[0] if self._servers else None
         self._client: UDPClient | None = None
         self._ids = random.Random(os.urandom(16))
@@ -412,7 +412,7 @@ class DNSLookup:
         return float(min(ttls)) if ttls else self.config.negative_ttl
 
 
-def _plain_servers(resolver: Any) -> tuple[tuple[str, int], ...]:
+def plain_servers(resolver: Any) -> tuple[tuple[str, int], ...]:
     """(address, port) of the resolver's plain-DNS nameservers, in order, up to
     the first that is not one (DNS over HTTPS or TLS is left to dnspython)."""
     import dns.nameserver

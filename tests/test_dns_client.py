@@ -17,6 +17,7 @@ import trio.testing
 from bulkmail.dns_client import UDPClient
 from bulkmail.dns_lookup import DNSLookup, Records
 from bulkmail.routing import DNSConfig, Host, MXRouter, RoutingError
+from bulkmail.tls_policy.lookup import LookupFailed, PolicyDNS
 
 from .dnsserver import DNSServer
 
@@ -175,3 +176,31 @@ async def test_without_its_nursery_the_client_is_gone_and_lookups_still_work(
         owner.cancel_scope.cancel()
     assert router.dns.client is None
     assert (await router.route("later.test")).key == "mx:mx.later.test"  # a socket of its own
+
+
+async def test_policy_lookups_go_over_the_shared_socket_with_the_ad_bit(
+    nursery: trio.Nursery, server: DNSServer
+) -> None:
+    server.add("_mta-sts.signed.test", "TXT", '"v=STSv1; id=1"', ttl=120)
+    server.authenticate("_mta-sts.signed.test")
+    server.add("_mta-sts.plain.test", "TXT", '"v=STSv1; id=2"')
+    server.add("_25._tcp.mx.big.test", "TLSA", "3 1 1 " + "ab" * 32)
+    server.authenticate("_25._tcp.mx.big.test")
+    server.force_truncation("_25._tcp.mx.big.test")
+    server.set_rcode("_mta-sts.broken.test", dns.rcode.SERVFAIL)
+    lookup = PolicyDNS(DNSConfig(nameservers=(("127.0.0.1", server.port),)))
+    assert await nursery.start(lookup.serve) is True
+
+    signed = await lookup.query("_mta-sts.signed.test", "TXT")
+    assert signed.authenticated and signed.ttl == 120.0
+    assert await lookup.txt("_mta-sts.plain.test") == (["v=STSv1; id=2"], 300.0)
+    assert not (await lookup.query("_mta-sts.plain.test", "TXT")).authenticated
+    missing = await lookup.query("_mta-sts.missing.test", "TXT")
+    assert missing.rdata == () and not missing.authenticated
+    tlsa = await lookup.query("_25._tcp.mx.big.test", "TLSA")  # truncated: TCP
+    assert tlsa.authenticated and len(tlsa.rdata) == 1
+    with pytest.raises(LookupFailed, match="SERVFAIL"):
+        await lookup.query("_mta-sts.broken.test", "TXT")
+    assert server.queries.count(("_25._tcp.mx.big.test", "TLSA", "tcp")) == 1
+    assert {t for n, _, t in server.queries if n != "_25._tcp.mx.big.test"} == {"udp"}
+    assert lookup.client is not None and lookup.client.sent == 6  # one each, no resolver
