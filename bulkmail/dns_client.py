@@ -107,6 +107,7 @@ class UDPClient:
             self._sockets = []
             self._stop_all()
             for sock in sockets:
+                trio.lowlevel.notify_closing(sock)  # a send waiting on it gives up
                 sock.close()
 
     async def exchange(
@@ -159,7 +160,10 @@ class UDPClient:
                 self.sent += 1
                 return
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
+                try:
+                    await trio.lowlevel.wait_writable(sock)
+                except trio.ClosedResourceError as exc:  # the client stopped meanwhile
+                    raise ClientStopped() from exc
             except ConnectionRefusedError as exc:  # an ICMP error from an earlier send
                 raise ClientStopped() from exc
 
