@@ -4,7 +4,10 @@ what it meant with a socket per query -- all against loopback servers."""
 
 from __future__ import annotations
 
+import json
 import random
+import resource
+import sys
 from typing import Any
 
 import dns.message
@@ -204,3 +207,47 @@ async def test_policy_lookups_go_over_the_shared_socket_with_the_ad_bit(
     assert server.queries.count(("_25._tcp.mx.big.test", "TLSA", "tcp")) == 1
     assert {t for n, _, t in server.queries if n != "_25._tcp.mx.big.test"} == {"udp"}
     assert lookup.client is not None and lookup.client.sent == 6  # one each, no resolver
+
+
+FEW_DESCRIPTORS_CLIENT = """
+import json, sys, trio
+from bulkmail.routing import DNSConfig, MXRouter
+
+port, domains = int(sys.argv[1]), int(sys.argv[2])
+
+async def main():
+    router = MXRouter(DNSConfig(nameservers=(("127.0.0.1", port),), max_queries=256))
+    keys = set()
+
+    async def one(n):
+        keys.add((await router.route(f"d{n}.test")).key)
+
+    async with trio.open_nursery() as service:
+        await service.start(router.dns.serve)
+        async with trio.open_nursery() as nursery:
+            for n in range(domains):
+                nursery.start_soon(one, n)
+        service.cancel_scope.cancel()
+    print(json.dumps({"keys": sorted(keys), "waits": router.dns.exhaustion_waits}))
+
+trio.run(main)
+"""
+
+
+async def test_256_queries_in_flight_need_no_descriptor_each(server: DNSServer) -> None:
+    """With 48 descriptors to spare a socket per query would meet EMFILE at
+    once; over the shared socket 256 lookups in flight never do."""
+    domains = 1_000
+    for n in range(domains):
+        server.add(f"d{n}.test", "MX", "10 mx.site.test.")
+    server.add("mx.site.test", "A", "127.0.0.1")
+
+    def few_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    proc = await trio.run_process(
+        [sys.executable, "-c", FEW_DESCRIPTORS_CLIENT, str(server.port), str(domains)],
+        capture_stdout=True, capture_stderr=True, preexec_fn=few_descriptors, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert json.loads(proc.stdout) == {"keys": ["mx:mx.site.test"], "waits": 0}
