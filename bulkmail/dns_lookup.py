@@ -1,13 +1,16 @@
 """DNS queries for routing: bounded in number, and honest about whose fault a failure is.
 
-dnspython opens a socket per query.  A hundred thousand domains resolved at
-once would take that many descriptors: the table runs out (EMFILE), the
-loopback or the resolver drops datagrams, and dnspython reports our own
-exhaustion as "All nameservers failed".  So at most ``max_queries`` queries
-are in flight, and a query that fails for a local resource (EMFILE, ENFILE,
-ENOBUFS, ENOMEM) is not the DNS's answer: it waits and is sent again, and
-only a shortage that outlasts ``exhaustion_patience`` becomes a (transient)
-failure that says what ran out.
+While :meth:`DNSLookup.serve` runs (the router's prefetcher runs it in the
+engine's nursery) plain queries share long-lived UDP sockets
+(:mod:`dns_client`); otherwise each query opens a socket, and dnspython,
+which reads every answer that is not the plain case, opens one per query
+too.  A hundred thousand domains resolved at once would take that many
+descriptors: the table runs out (EMFILE), the loopback or the resolver drops
+datagrams, and dnspython reports our own exhaustion as "All nameservers
+failed".  So at most ``max_queries`` queries are in flight, and a query that
+fails for a local resource (EMFILE, ENFILE, ENOBUFS, ENOMEM) is not the DNS's
+answer: it waits and is sent again, and only a shortage that outlasts
+``exhaustion_patience`` becomes a (transient) failure that says what ran out.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from . import dns_wire
+from .dns_client import ClientStopped, UDPClient
 from .errors import synthetic_reply
 from .protocol.replies import Reply
 
@@ -58,13 +62,18 @@ class DNSConfig:
     negative_ttl: float = 300.0
     #: cache time of SERVFAIL / timeouts, so a broken zone is not hammered
     failure_ttl: float = 30.0
-    #: queries in flight at once (each holds a socket): a burst of domains
-    #: queues here instead of exhausting descriptors or flooding the resolver
+    #: queries in flight at once: a burst of domains queues here instead of
+    #: flooding the resolver, or exhausting descriptors when each query has a
+    #: socket of its own (when ``DNSLookup.serve`` is not running)
     max_queries: int = 64
     #: seconds a query waits out local resource exhaustion before failing
     exhaustion_patience: float = 120.0
-    #: domains queued by ``prefetch`` (more are not queued)
-    prefetch_queue: int = 10_000
+    #: domains queued by ``prefetch`` (more are not queued, and the engine
+    #: gives each of those a task): room for every domain of the 20,000
+    #: recipients in memory and the 20,000 intake reads ahead, at ~100 bytes
+    #: each -- with 10,000 a 100,000-domain list spent 60 MB and a third of
+    #: its time on the task per domain
+    prefetch_queue: int = 50_000
 
     def __post_init__(self) -> None:
         if self.max_queries < 1:
@@ -148,7 +157,9 @@ class DNSLookup:
         # explicit: the default backend is sniffed once per process and then sticks
         self._backend = dns.asyncbackend.get_backend("trio")
         self._slots = trio.CapacityLimiter(config.max_queries)
-        self._server = _first_server(self._resolver)
+        self._servers = plain_servers(self._resolver)
+        self._server = self._servers[0] if self._servers else None
+        self._client: UDPClient | None = None
         self._ids = random.Random(os.urandom(16))
         #: queries sent, and resends after local exhaustion (for tests and reports)
         self.sent = 0
@@ -163,19 +174,30 @@ class DNSLookup:
         import dns.exception
         import dns.name
 
-        try:
-            qname = dns.name.from_text(name)
-        except dns.exception.DNSException as exc:
-            raise routing_error(553, "5.1.3", f"invalid domain {name!r}: {exc}", 0.0) from exc
+        question = dns_wire.question(name, rdtype)
+        qname = None
+        if question is None:  # not a plain host name: is it a name at all?
+            try:
+                qname = dns.name.from_text(name)
+            except dns.exception.DNSException as exc:
+                raise routing_error(
+                    553, "5.1.3", f"invalid domain {name!r}: {exc}", 0.0
+                ) from exc
         pause = EXHAUSTION_FIRST_PAUSE
         give_up = trio.current_time() + self.config.exhaustion_patience
+        slots = self._slots
         while True:
-            async with self._slots:
+            try:
+                slots.acquire_nowait()  # no scheduler pass when a slot is free
+            except trio.WouldBlock:
+                await slots.acquire()
+            try:
                 self.sent += 1
-                try:
-                    return await self._attempt(qname, name, rdtype)
-                except _Exhausted as exc:
-                    cause = exc.cause
+                return await self._attempt(qname, question, name, rdtype)
+            except _Exhausted as exc:
+                cause = exc.cause
+            finally:
+                slots.release()
             # our own shortage, not the DNS's answer: wait (the slot given
             # back) for descriptors or buffers to free up, then ask again
             self.exhaustion_waits += 1
@@ -188,21 +210,37 @@ class DNSLookup:
             await trio.sleep(pause)
             pause = min(pause * 2, EXHAUSTION_MAX_PAUSE)
 
-    async def _attempt(self, qname: Any, name: str, rdtype: str) -> Records:
+    async def _attempt(
+        self, qname: Any, question: bytes | None, name: str, rdtype: str
+    ) -> Records:
         """One query, bounded by ``lifetime`` on trio's clock.
 
         dnspython measures its own lifetime on the wall clock, so the trio
         deadline is what holds under a mock clock; both agree in real time.
         """
         import dns.exception
+        import dns.name
         import dns.resolver
 
         config = self.config
-        failure = f"DNS temporary failure for {name} {rdtype}"
-        with trio.move_on_after(config.lifetime):
-            plain, truncated = await self._plain(name, rdtype)
+        deadline = trio.current_time() + config.lifetime
+        shared = None
+        client = self._client
+        if client is not None and question is not None:
+            shared = await self._shared(client, question, name, rdtype, deadline)
+            if shared is not None and shared[0] is not None:
+                return shared[0]
+        with trio.move_on_at(deadline):
+            plain, truncated = (
+                shared if shared is not None
+                else await self._plain(question, name, rdtype) if question is not None
+                else (None, False)
+            )
             if plain is not None:
                 return plain
+            failure = f"DNS temporary failure for {name} {rdtype}"
+            if qname is None:
+                qname = dns.name.from_text(name)
             try:
                 answer = await self._resolver.resolve(
                     qname, rdtype, search=False, lifetime=config.lifetime,
@@ -222,9 +260,59 @@ class DNSLookup:
                 tuple(_plain_rdata(rd) for rd in answer),
                 float(answer.chaining_result.minimum_ttl),
             )
-        raise routing_error(451, "4.4.3", f"{failure}: no answer within {config.lifetime:g}s")
+        raise self._no_answer(name, rdtype)
 
-    async def _plain(self, name: str, rdtype: str) -> tuple[Records | None, bool]:
+    def _no_answer(self, name: str, rdtype: str) -> RoutingError:
+        return routing_error(
+            451, "4.4.3",
+            f"DNS temporary failure for {name} {rdtype}:"
+            f" no answer within {self.config.lifetime:g}s",
+        )
+
+    async def _shared(
+        self, client: UDPClient, question: bytes, name: str, rdtype: str, deadline: float
+    ) -> tuple[Records | None, bool] | None:
+        """The plain query over the shared sockets (sent again every ``timeout``
+        until ``deadline``): like :meth:`_plain`, or None when the client
+        cannot serve (its sockets are gone or refused) and a socket of our own
+        should be tried."""
+        try:
+            data = await client.exchange(question, deadline)
+        except ClientStopped:
+            return None
+        except OSError as exc:
+            if exc.errno in LOCAL_EXHAUSTION:
+                raise _Exhausted(exc) from exc
+            return None, False
+        if data is None:
+            raise self._no_answer(name, rdtype)
+        return self._read(data, question, name, rdtype)
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Keep shared UDP sockets to the nameservers (:mod:`dns_client`) open
+        until cancelled; the owner runs this in its nursery.  Meanwhile plain
+        queries go over them; without it (or when its sockets cannot be
+        opened) each query opens a socket of its own."""
+        if self._client is not None or not self._servers:
+            task_status.started(False)
+            return
+        client = self._client = UDPClient(self._servers, self.config.timeout)
+        try:
+            await client.run(task_status=task_status)
+        finally:
+            if self._client is client:
+                self._client = None
+
+    @property
+    def client(self) -> UDPClient | None:
+        """The shared-socket client while :meth:`serve` runs (for tests and reports)."""
+        return self._client
+
+    async def _plain(
+        self, question: bytes, name: str, rdtype: str
+    ) -> tuple[Records | None, bool]:
         """The plain case in bytes (:mod:`dns_wire`), over a socket of its own.
 
         (None, truncated) for any other answer, no answer within ``timeout``,
@@ -232,8 +320,7 @@ class DNSLookup:
         straight away when the answer was truncated).
         """
         server = self._server
-        question = dns_wire.question(name, rdtype) if server is not None else None
-        if server is None or question is None:
+        if server is None:
             return None, False
         qid = self._ids.getrandbits(16)
         family = trio.socket.AF_INET6 if ":" in server[0] else trio.socket.AF_INET
@@ -252,16 +339,22 @@ class DNSLookup:
                         data = await sock.recv(65535)
                         if data[:2] != qid.to_bytes(2, "big"):
                             continue  # a stray or late datagram: keep waiting
-                        parsed = dns_wire.answer(data, qid, question, rdtype)
-                        if parsed is not None:
-                            return Records(*parsed), False
-                        if dns_wire.truncated(data):
-                            return None, True
-                        return self._from_response(data, name, rdtype), False
+                        return self._read(data, question, name, rdtype)
             except OSError as exc:
                 if exc.errno in LOCAL_EXHAUSTION:
                     raise _Exhausted(exc) from exc
         return None, False
+
+    def _read(
+        self, data: bytes, question: bytes, name: str, rdtype: str
+    ) -> tuple[Records | None, bool]:
+        """A reply to our question: the plain case from bytes, the rest by dnspython."""
+        parsed = dns_wire.answer(data, (data[0] << 8) | data[1], question, rdtype)
+        if parsed is not None:
+            return Records(*parsed), False
+        if dns_wire.truncated(data):
+            return None, True
+        return self._from_response(data, name, rdtype), False
 
     def _from_response(self, data: bytes, name: str, rdtype: str) -> Records | None:
         """A response that is not the plain case, read by dnspython as its
@@ -319,20 +412,25 @@ class DNSLookup:
         return float(min(ttls)) if ttls else self.config.negative_ttl
 
 
-def _first_server(resolver: Any) -> tuple[str, int] | None:
-    """(address, port) of the resolver's first plain-DNS nameserver, if any."""
+def plain_servers(resolver: Any) -> tuple[tuple[str, int], ...]:
+    """(address, port) of the resolver's plain-DNS nameservers, in order, up to
+    the first that is not one (DNS over HTTPS or TLS is left to dnspython)."""
     import dns.nameserver
 
-    for server in resolver.nameservers[:1]:
+    servers: list[tuple[str, int]] = []
+    for server in resolver.nameservers:
         if isinstance(server, dns.nameserver.Do53Nameserver):
-            return str(server.address), int(server.port)
+            servers.append((str(server.address), int(server.port)))
+            continue
         if isinstance(server, str):
             try:
                 ipaddress.ip_address(server)
             except ValueError:
-                return None
-            return server, int(resolver.port)
-    return None
+                break
+            servers.append((server, int(resolver.port)))
+            continue
+        break
+    return tuple(servers)
 
 
 def _plain_rdata(rd: Any) -> object:

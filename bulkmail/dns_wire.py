@@ -96,10 +96,15 @@ def answer(
     records: list[object] = []
     ttl = None
     for _ in range(ancount):
-        owner = _name(wire, at)
-        if owner is None or owner[1] + 10 > len(wire):
+        if wire[at : at + 2] == b"\xc0\x0c":
+            at += 2  # a pointer to the question's name (what servers send): no decoding
+        else:
+            owner = _name(wire, at)
+            if owner is None:
+                return None
+            at = owner[1]
+        if at + 10 > len(wire):
             return None
-        at = owner[1]
         rr_type, rr_class, rr_ttl, size = struct.unpack_from("!HHIH", wire, at)
         at += 10
         rdata = wire[at : at + size]

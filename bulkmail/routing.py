@@ -7,6 +7,7 @@ bounce (5xx) or defer (4xx).
 
 from __future__ import annotations
 
+import collections
 import functools
 import ipaddress
 import math
@@ -99,11 +100,16 @@ def _literal(domain: str) -> str | None:
 
 
 def _is_ip(text: str) -> bool:
+    if ":" not in text and not _IPV4_CHARS.issuperset(text):
+        return False  # a host name (asked per MX host: no exception raised for it)
     try:
         ipaddress.ip_address(text)
     except ValueError:
         return False
     return True
+
+
+_IPV4_CHARS = frozenset("0123456789.")
 
 
 def _order(addresses: Iterable[str]) -> tuple[str, ...]:
@@ -193,7 +199,10 @@ class MXRouter:
         # one Destination per (key, hosts): 100,000 domains at one provider
         # hold references, not copies
         self._interned: dict[tuple[str, tuple[Host, ...]], Destination] = {}
-        self._ahead: dict[str, None] = {}  # prefetch queue, in order, without repeats
+        # the prefetch queue, in order, and what is in it (no repeats): a dict
+        # taken from the front cost a scan over its deleted slots per take
+        self._ahead: collections.deque[str] = collections.deque()
+        self._queued: set[str] = set()
         self._prefetching: set[str] = set()  # taken from the queue, being resolved
         self._ahead_wakeup = trio.lowlevel.ParkingLot()
 
@@ -218,50 +227,53 @@ class MXRouter:
         overlap delivery to the current ones, with no task per domain.
         """
         domain = _canonical(domain)
-        ahead = self._ahead
-        if domain in ahead or domain in self._prefetching:
+        queued = self._queued
+        if domain in queued or domain in self._prefetching:
             return True
         if (
-            len(ahead) >= self.config.prefetch_queue
+            len(queued) >= self.config.prefetch_queue
             or self._routes.busy(domain)
             or self._routes.get(domain) is not None
         ):
             return False
-        ahead[domain] = None
+        queued.add(domain)
+        self._ahead.append(domain)
         self._ahead_wakeup.unpark()
         return True
 
     async def run_prefetcher(self, on_resolved: Resolved | None = None) -> None:
         """Resolve prefetched domains, half of ``max_queries`` of them at a time
         (so lookups somebody waits for get the other half), until cancelled;
-        each outcome goes to ``on_resolved(domain, Destination | RoutingError)``."""
-        limit = trio.Semaphore(max(1, self.config.max_queries // 2))
+        each outcome goes to ``on_resolved(domain, Destination | RoutingError)``.
 
-        async def resolve(domain: str) -> None:
-            try:
-                outcome: Destination | RoutingError = await self.route(domain)
-            except RoutingError as exc:
-                outcome = exc  # cached either way
-            finally:
-                self._prefetching.discard(domain)
-                limit.release()
-            if on_resolved is not None:
-                on_resolved(domain, outcome)
-
-        async with trio.open_nursery() as nursery:
+        It also keeps the resolver's shared UDP sockets open meanwhile (its
+        receiver task lives in this nursery, so in the engine's), for every
+        lookup, prefetched or not."""
+        async def worker() -> None:
             while True:
                 while not self._ahead:
                     await self._ahead_wakeup.park()
-                await limit.acquire()
-                if not self._ahead:
-                    limit.release()
-                    continue
-                domain = next(iter(self._ahead))
-                del self._ahead[domain]
-                if not self._ahead:
-                    self._ahead = {}  # a dict keeps its peak's table when emptied
+                domain = self._ahead.popleft()
+                self._queued.discard(domain)
+                if not self._queued:
+                    self._queued = set()  # a set keeps its peak's table when emptied
                 self._prefetching.add(domain)
-                nursery.start_soon(resolve, domain)
+                try:
+                    outcome: Destination | RoutingError = await self.route(domain)
+                except RoutingError as exc:
+                    outcome = exc  # cached either way
+                finally:
+                    self._prefetching.discard(domain)
+                if on_resolved is not None:
+                    on_resolved(domain, outcome)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.dns.serve)
+            # a fixed crew, not a task per domain spawned by a loop that
+            # yielded before each spawn: each worker takes its next domain
+            # as soon as one is done, so the lookups in flight stay at the limit
+            for _ in range(max(1, self.config.max_queries // 2)):
+                nursery.start_soon(worker)
 
     # -- lookups -----------------------------------------------------------------
 

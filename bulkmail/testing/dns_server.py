@@ -50,6 +50,8 @@ class DNSServer:
         self.rcodes: dict[str, dns.rcode.Rcode] = {}
         self.blackholed: set[str] = set()
         self.truncated: set[str] = set()
+        #: names whose next N queries over UDP go unanswered (a lost datagram)
+        self.dropped: dict[str, int] = {}
         #: names whose answers carry the AD bit, as from a validating resolver
         self.authenticated: set[str] = set()
         #: (name without trailing dot, type, "udp" | "tcp"), in arrival order
@@ -81,6 +83,12 @@ class DNSServer:
     def blackhole(self, name: str) -> None:
         """Never answer queries for ``name``, over UDP or TCP."""
         self.blackholed.add(_key(name))
+        self._answers.clear()
+
+    def drop(self, name: str, count: int = 1) -> None:
+        """Leave the next ``count`` UDP queries for ``name`` unanswered, as if
+        the datagrams were lost; later ones are answered."""
+        self.dropped[_key(name)] = count
         self._answers.clear()
 
     def force_truncation(self, name: str) -> None:
@@ -136,7 +144,7 @@ class DNSServer:
         rdtype = _TYPE_NAMES.get(qtype)
         if (
             rdtype is None or qclass != 1 or name not in self.names or name in self.rcodes
-            or name in self.blackholed or name in self.truncated
+            or name in self.blackholed or name in self.truncated or name in self.dropped
             or name in self.authenticated  # AD is set by _build
             or (name, "CNAME") in self.records
         ):
@@ -176,6 +184,11 @@ class DNSServer:
         if self.log_queries:
             self.queries.append((name.rstrip("."), rdtype, transport))
         if name in self.blackholed:
+            return None
+        if name in self.dropped and transport == "udp":
+            self.dropped[name] -= 1
+            if not self.dropped[name]:
+                del self.dropped[name]
             return None
         response = dns.message.make_response(query)
         response.flags |= dns.flags.AA

@@ -4,6 +4,10 @@ Built on the routing module's :class:`~bulkmail.routing.DNSConfig` (the same
 servers, timeouts and trio-clock bound as MX lookups), with one addition:
 every query asks for DNSSEC (DO, AD) and the answer says whether the
 resolver vouched for it (the AD bit), which DANE needs (RFC 7672 §1.3).
+While :meth:`PolicyDNS.serve` runs (the policy router's prefetcher runs it
+in the engine's nursery), queries go over shared UDP sockets
+(:mod:`~bulkmail.dns_client`) instead of a socket each through dnspython's
+resolver: MTA-STS asks one TXT per domain.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from typing import Any
 
 import trio
 
-from ..dns_lookup import new_resolver
+from ..dns_client import ClientStopped, UDPClient
+from ..dns_lookup import new_resolver, plain_servers
 from ..routing import DNSConfig
 
 
@@ -44,6 +49,28 @@ class PolicyDNS:
         resolver.use_edns(0, dns.flags.DO, 1232)
         self._resolver = resolver
         self._backend = dns.asyncbackend.get_backend("trio")
+        self._servers = plain_servers(resolver)
+        self._client: UDPClient | None = None
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Keep shared UDP sockets to the nameservers open until cancelled
+        (run it in the owner's nursery); meanwhile queries use them."""
+        if self._client is not None or not self._servers:
+            task_status.started(False)
+            return
+        client = self._client = UDPClient(self._servers, self.config.timeout)
+        try:
+            await client.run(task_status=task_status)
+        finally:
+            if self._client is client:
+                self._client = None
+
+    @property
+    def client(self) -> UDPClient | None:
+        """The shared-socket client while :meth:`serve` runs (for tests)."""
+        return self._client
 
     async def query(self, name: str, rdtype: str) -> Answer:
         import dns.exception
@@ -52,6 +79,11 @@ class PolicyDNS:
 
         lifetime = self.config.lifetime
         with trio.move_on_after(lifetime):
+            client = self._client
+            if client is not None:
+                shared = await self._shared(client, name, rdtype)
+                if shared is not None:
+                    return shared
             try:
                 answer = await self._resolver.resolve(
                     name, rdtype, search=False, lifetime=lifetime, backend=self._backend,
@@ -68,6 +100,60 @@ class PolicyDNS:
                 return Answer((), self.config.negative_ttl, secure)
             return Answer(tuple(answer.rrset), float(answer.rrset.ttl), secure)
         raise LookupFailed(f"{name} {rdtype}: no answer within {lifetime:g}s")
+
+    async def _shared(self, client: UDPClient, name: str, rdtype: str) -> Answer | None:
+        """The query over the shared sockets (TCP when the reply is truncated);
+        None when they cannot carry it and dnspython's resolver should ask."""
+        import dns.asyncquery
+        import dns.exception
+        import dns.flags
+        import dns.message
+        import dns.name
+        import dns.rcode
+        import dns.rdataclass
+        import dns.rdatatype
+        import dns.resolver
+
+        try:
+            qname = dns.name.from_text(name)
+            wanted = dns.rdatatype.from_text(rdtype)
+        except dns.exception.DNSException:
+            return None  # dnspython's resolver says what is wrong with it
+        query = dns.message.make_query(qname, wanted, use_edns=0, want_dnssec=True, payload=1232)
+        query.flags = dns.flags.RD | dns.flags.AD  # as the resolver's (see __init__)
+        wire = query.to_wire()
+        name_wire = qname.to_wire()
+        assert name_wire is not None
+        question = wire[12 : 12 + len(name_wire) + 4]  # the first name: never compressed
+        deadline = trio.current_time() + self.config.lifetime
+        try:
+            data = await client.exchange(question, deadline, wire)
+        except (ClientStopped, OSError):
+            return None
+        if data is None:
+            raise LookupFailed(f"{name} {rdtype}: no answer within {self.config.lifetime:g}s")
+        try:
+            response = dns.message.from_wire(data)
+            if response.flags & dns.flags.TC:
+                host, port = self._servers[0]
+                response = await dns.asyncquery.tcp(
+                    query, host, timeout=max(0.0, deadline - trio.current_time()), port=port,
+                    backend=self._backend,
+                )
+            rcode = response.rcode()
+            secure = bool(response.flags & dns.flags.AD)
+            if rcode == dns.rcode.NXDOMAIN:
+                return Answer((), self.config.negative_ttl, secure)
+            if rcode != dns.rcode.NOERROR:
+                answered = dns.rcode.to_text(rcode)
+                raise LookupFailed(f"{name} {rdtype}: the server answered {answered}")
+            assert isinstance(response, dns.message.QueryMessage)
+            rrset = dns.resolver.Answer(qname, wanted, dns.rdataclass.IN, response).rrset
+        except (dns.exception.DNSException, OSError) as exc:
+            raise LookupFailed(f"{name} {rdtype}: {exc}") from exc
+        if rrset is None:
+            return Answer((), self.config.negative_ttl, secure)
+        return Answer(tuple(rrset), float(rrset.ttl), secure)
 
     async def txt(self, name: str) -> tuple[list[str], float]:
         """The TXT strings at ``name`` (each record's strings joined), and their TTL."""

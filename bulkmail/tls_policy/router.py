@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import trio
+
 from ..protocol.replies import Reply
 from ..routing import Destination, Resolved, Router, RoutingError
 from ..ttl_cache import CoalescingCache
@@ -69,7 +71,11 @@ class PolicyRouter:
         return False
 
     async def run_prefetcher(self, on_resolved: Resolved | None = None) -> None:
-        await self.inner.run_prefetcher(None)
+        """The inner router's prefetcher, and the policy lookups' shared
+        sockets (:meth:`PolicyDNS.serve`) in the same nursery."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.policies.dns.serve)
+            await self.inner.run_prefetcher(None)
 
     def peek(self, domain: str) -> Destination | None:
         entry = self._plans.get(domain)

@@ -1,0 +1,233 @@
+"""Plain DNS queries over long-lived UDP sockets, replies matched by query ID.
+
+A socket per query cost more than the query: socket, connect, an epoll
+registration, close -- the resolver managed 3,000-5,000 lookups a second on
+loopback, and a list of 100,000 domains spent most of its time there.  Here
+one connected socket per nameserver (opened when the owner's nursery starts
+:meth:`UDPClient.run`) carries every query; one receiver task per socket reads
+replies and hands each to the query whose ID *and* question it carries --
+anything else (a stray, a late duplicate, a reply to a question we did not
+ask) is dropped.  A query with no reply within ``timeout`` is sent again, to
+the next nameserver, until the caller's lifetime runs out.
+
+Only bytes move here; building and reading messages is the caller's
+(:mod:`dns_wire`, dnspython).  A socket connected to the server accepts
+datagrams from that address alone, and IDs are random, but one source port
+serves many queries: this is a stub talking to a recursive resolver you
+configured, not a resolver talking to the internet.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import socket
+
+import trio
+
+from . import dns_wire
+
+#: bytes of a reply we read (a UDP answer is at most 65,535 bytes)
+MAX_DATAGRAM = 65535
+
+
+class ClientStopped(Exception):
+    """The client's sockets are gone (its nursery ended, or the server refused):
+    ask some other way."""
+
+
+class _Pending:
+    """One query waiting for its reply."""
+
+    __slots__ = ("question", "reply", "stopped", "task")
+
+    def __init__(self, question: bytes) -> None:
+        self.question = question
+        #: the task to wake, while it waits
+        self.task: trio.lowlevel.Task | None = None
+        self.reply: bytes | None = None
+        self.stopped = False
+
+
+class UDPClient:
+    """Queries to ``servers`` over one connected UDP socket each.
+
+    The sockets are plain non-blocking ones driven with trio's
+    ``wait_readable`` / ``wait_writable``: a send is one system call, and
+    one wake-up of the receiver reads every reply that has arrived -- trio's
+    socket wrapper would add two scheduler passes to each.
+    """
+
+    def __init__(self, servers: tuple[tuple[str, int], ...], timeout: float) -> None:
+        if not servers:
+            raise ValueError("no nameservers")
+        self.servers = servers
+        self.timeout = timeout
+        self._sockets: list[socket.socket] = []
+        self._pending: dict[int, _Pending] = {}
+        self._ids = random.Random(os.urandom(16))
+        #: datagrams dropped: no such query ID in flight, or not its question
+        self.ignored = 0
+        #: queries sent again after ``timeout`` without a reply
+        self.retransmits = 0
+        #: datagrams sent (first sends and resends)
+        self.sent = 0
+
+    @property
+    def running(self) -> bool:
+        return bool(self._sockets)
+
+    async def run(self, *, task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the sockets and read replies until cancelled.  ``started(False)``
+        when a socket cannot be opened (descriptors exhausted): callers then
+        use a socket per query, which waits for descriptors on its own."""
+        sockets: list[socket.socket] = []
+        try:
+            for host, port in self.servers:
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                sockets.append(sock)
+                sock.setblocking(False)
+                # replies to a burst arrive together: room for them in the kernel
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+                sock.connect((host, port))  # only the server's datagrams get through
+        except OSError:
+            for sock in sockets:
+                sock.close()
+            task_status.started(False)
+            return
+        self._sockets = sockets
+        try:
+            async with trio.open_nursery() as nursery:
+                for sock in sockets:
+                    nursery.start_soon(self._receive, sock)
+                task_status.started(True)
+        finally:
+            self._sockets = []
+            self._stop_all()
+            for sock in sockets:
+                trio.lowlevel.notify_closing(sock)  # a send waiting on it gives up
+                sock.close()
+
+    async def exchange(
+        self, question: bytes, deadline: float, query: bytes | None = None
+    ) -> bytes | None:
+        """The reply to ``query`` (a whole query message whose first two bytes,
+        the ID, are replaced; by default a plain recursive query of
+        ``question``, :func:`dns_wire.query`) that carries its ID and
+        ``question`` (the question section's bytes), or None if none came by
+        ``deadline`` (trio's clock); sent again every ``timeout``, to the next
+        server.  OSError for a local send failure; :class:`ClientStopped`
+        when the client cannot serve."""
+        if not self._sockets:
+            raise ClientStopped()
+        pending = _Pending(question.lower())
+        qid = self._new_id()
+        self._pending[qid] = pending
+        wire = (
+            dns_wire.query(qid, question) if query is None
+            else qid.to_bytes(2, "big") + query[2:]
+        )
+        try:
+            attempt = 0
+            while True:
+                sockets = self._sockets
+                if not sockets or pending.stopped:
+                    raise ClientStopped()
+                await self._send(sockets[attempt % len(sockets)], wire)
+                if pending.reply is None and not pending.stopped:
+                    resend = trio.current_time() + self.timeout
+                    # one cancel scope per attempt, ending at the earlier deadline
+                    with trio.move_on_at(min(resend, deadline)):
+                        await self._wait(pending)
+                if pending.reply is not None:
+                    return pending.reply
+                if pending.stopped:
+                    raise ClientStopped()
+                if trio.current_time() >= deadline:
+                    return None
+                attempt += 1
+                self.retransmits += 1
+        finally:
+            if self._pending.get(qid) is pending:
+                del self._pending[qid]
+
+    async def _send(self, sock: socket.socket, wire: bytes) -> None:
+        while True:
+            try:
+                sock.send(wire)
+                self.sent += 1
+                return
+            except BlockingIOError:
+                try:
+                    await trio.lowlevel.wait_writable(sock)
+                except trio.ClosedResourceError as exc:  # the client stopped meanwhile
+                    raise ClientStopped() from exc
+            except ConnectionRefusedError as exc:  # an ICMP error from an earlier send
+                raise ClientStopped() from exc
+
+    @staticmethod
+    async def _wait(pending: _Pending) -> None:
+        """Sleep until the receiver (or ``_stop_all``) wakes this task."""
+        pending.task = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            pending.task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def _new_id(self) -> int:
+        pending = self._pending
+        while True:
+            qid = self._ids.getrandbits(16)
+            if qid not in pending:
+                return qid
+
+    async def _receive(self, sock: socket.socket) -> None:
+        pending = self._pending
+        read = 0
+        while True:
+            try:
+                data = sock.recv(MAX_DATAGRAM)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                read = 0
+                continue
+            except OSError as exc:
+                if exc.errno == errno.ECONNREFUSED:
+                    # nobody listens there: the queries waiting on it learn now,
+                    # not after their lifetime (dnspython then reports the refusal)
+                    self._stop_all()
+                await trio.lowlevel.checkpoint()
+                continue
+            read += 1
+            if read % 64 == 0:
+                await trio.lowlevel.checkpoint()  # a flood must not starve the rest
+            if len(data) < 12 or not data[2] & 0x80:
+                self.ignored += 1  # too short for a header, or not a response
+                continue
+            waiting = pending.get((data[0] << 8) | data[1])
+            if (
+                waiting is None or waiting.reply is not None
+                or data[4:6] != b"\x00\x01"
+                or data[12 : 12 + len(waiting.question)].lower() != waiting.question
+            ):
+                self.ignored += 1
+                continue
+            waiting.reply = data
+            self._wake(waiting)
+
+    @staticmethod
+    def _wake(waiting: _Pending) -> None:
+        task = waiting.task
+        if task is not None:
+            waiting.task = None
+            trio.lowlevel.reschedule(task)
+
+    def _stop_all(self) -> None:
+        for waiting in self._pending.values():
+            if waiting.reply is None:
+                waiting.stopped = True
+                self._wake(waiting)
