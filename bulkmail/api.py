@@ -77,6 +77,8 @@ class MailerConfig:
     pipelining: bool = True
     chunking: bool = True
     window: int = 32
+    #: see ``EngineConfig.in_doubt_share``: what a crash may duplicate, as a share
+    in_doubt_share: float = 0.01
     linger: float = 0.05
     seed: int | None = None
     #: called with each action a ``[[reactions]]`` rule of the shaping file takes
@@ -132,6 +134,7 @@ class MailerConfig:
             max_pending=self.max_pending,
             linger=self.linger,
             seed=self.seed,
+            in_doubt_share=self.in_doubt_share,
             on_shaping_action=self.on_shaping_action,
             warmup_store=self.warmup_store,
             wall_clock=self.wall_clock,

@@ -93,6 +93,7 @@ class _Batch(NamedTuple):
     refill: Refill | None
     report: Callable[[TransactionResult], None]
     stopping: Callable[[], bool] | None
+    write_ahead: Callable[[], int] | None
 
 
 class SMTPSession:
@@ -253,6 +254,7 @@ class SMTPSession:
         refill: Refill | None = None,
         on_done: Callable[[TransactionResult], None] | None = None,
         stopping: Callable[[], bool] | None = None,
+        write_ahead: Callable[[], int] | None = None,
     ) -> list[TransactionResult]:
         """Run transactions back to back on this session.
 
@@ -260,7 +262,9 @@ class SMTPSession:
         when the mode had room to write ahead -- gets one result, in order:
         passed to ``on_done`` as soon as the read that finished it is handled,
         or returned at the end without ``on_done``.  ``on_data_end`` is awaited
-        before an end of data may leave, for just the transactions in flight.
+        before an end of data may leave, for just the transactions in flight;
+        ``write_ahead()`` (with CHUNKING) says how many may be in flight, asked
+        at the start and before each refill.
         Once ``stopping()`` is true no new MAIL is written: transactions in
         flight finish, the rest come back with ``attempted=False``.  If the
         session dies midway, the rest get the error's reply and ``self.error``
@@ -271,10 +275,11 @@ class SMTPSession:
         report = on_done or results.append
         if self.recorder is not None:
             report, refill = self.recorder.follow(envelopes, report, refill)
-        batch = _Batch(on_data_end, refill, report, stopping)
+        batch = _Batch(on_data_end, refill, report, stopping, write_ahead)
         self._conn.start_batch(
             envelopes, pipelining=config.use_pipelining, chunking=config.use_chunking,
-            window=config.chunking_window, mark=on_data_end is not None,
+            window=config.chunking_window if write_ahead is None else write_ahead(),
+            mark=on_data_end is not None,
         )
         await self._run(batch)
         return results
@@ -355,6 +360,8 @@ class SMTPSession:
                 conn.marked()
             elif event is Event.WANT_MORE:
                 assert batch is not None
+                if batch.write_ahead is not None:  # (the in-doubt budget moves)
+                    conn.set_window(batch.write_ahead())
                 conn.extend(batch.refill() if batch.refill is not None else ())
             elif event is Event.START_TLS:
                 scope.deadline, replies = math.inf, -1

@@ -78,6 +78,14 @@ def non_negative(text: str) -> float:
     return value
 
 
+def percent(text: str) -> float:
+    """A percentage, 0 to 100."""
+    value = _number(text)
+    if not 0.0 <= value <= 100.0:
+        raise argparse.ArgumentTypeError(f"must be a percentage from 0 to 100, not {text!r}")
+    return value
+
+
 def probability(text: str) -> float:
     """A probability, 0 to 1."""
     value = _number(text)

@@ -49,6 +49,7 @@ from .options import (
     at_least,
     duration,
     host_port,
+    percent,
     port,
     positive_duration,
     server_address,
@@ -130,9 +131,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="recipients per transaction (default 50)")
     p.add_argument("--window", type=at_least(1), default=32, metavar="N",
                    help="transactions a connection writes ahead of their replies with"
-                        " CHUNKING (default 32); they are in flight, so a crash may"
-                        " duplicate up to N per connection: 4 keeps a kill of 10"
-                        " connections under 1%% of 4,000 messages, at a third of the speed")
+                        " CHUNKING (default 32), within --max-in-doubt")
+    p.add_argument("--max-in-doubt", type=percent, default=1.0, metavar="PERCENT",
+                   help="all connections together keep at most this share of the"
+                        " recipients read so far in flight past their end of data"
+                        " (default 1): what a crash may duplicate, resent flagged;"
+                        " 0 leaves it to --window")
     p.add_argument("--batch-by", choices=("domain", "site"), default="site",
                    help="site (default): recipients whose domains share an MX host set"
                         " share transactions; domain: a transaction holds one domain's"
@@ -257,6 +261,7 @@ def build_config(args: argparse.Namespace) -> MailerConfig:
         shaping=shaping,
         total_connections=args.total_connections,
         window=args.window,
+        in_doubt_share=args.max_in_doubt / 100,
         retry=RetryPolicy(first_delay=args.retry_first),
         retry_for=args.retry_for,
         timeouts=args.timeouts,

@@ -41,6 +41,8 @@ from .retry import RetryPolicy, RetryQueue
 
 #: a dead pooled session may be replaced this many times per recipient for free
 MAX_FREE_RETRIES = 3
+#: transactions a BDAT session may always have in flight (``Engine.write_ahead``)
+MIN_WRITE_AHEAD = 2
 
 STOPPED = synthetic_reply(451, "4.3.2", "run stopped before this recipient was attempted")
 CANCELLED = synthetic_reply(451, "4.3.2", "run cancelled before this recipient was attempted")
@@ -79,6 +81,10 @@ class EngineConfig:
     #: different domains with the same MX hosts share transactions;
     #: ``"domain"``: a transaction holds one domain's recipients
     batch_by: BatchBy = "site"
+    #: all sessions together keep at most this share of the recipients admitted
+    #: so far in flight past their end of data (BDAT writes whole transactions
+    #: ahead): what a SIGKILL can duplicate.  0: only the window bounds it
+    in_doubt_share: float = 0.01
 
     def __post_init__(self) -> None:
         if self.batch_by not in ("domain", "site"):
@@ -237,6 +243,26 @@ class Engine:
 
     def connection_waiters(self) -> bool:
         return self._limiter.statistics().tasks_waiting > 0
+
+    def write_ahead(self, limit: int, per_transaction: float) -> int:
+        """How many transactions one BDAT session may have in flight: at most
+        ``limit`` (its window), and every session together at most
+        ``in_doubt_share`` of the recipients admitted so far -- but never
+        fewer than ``MIN_WRITE_AHEAD``.  Why a share: what is in flight when
+        the process is killed is sent again (flagged), so this bounds the
+        duplicates of a crash; a big list, where speed matters most, soon
+        earns the whole window (issue 15: 10 connections, 20 ms round trip
+        and 4,000 messages keep a kill under 1%, where a window of 32
+        duplicated 5.6-8%)."""
+        share = self.config.in_doubt_share
+        if share <= 0:
+            return limit
+        admitted = 0
+        for job in self._jobs:
+            admitted += job.outstanding + job.summary.total
+        sessions = max(1, self._limiter.borrowed_tokens)
+        budget = int(admitted * share / sessions / max(1.0, per_transaction))
+        return max(MIN_WRITE_AHEAD, min(limit, budget))
 
     # -- routing -------------------------------------------------------------------
 

@@ -60,6 +60,10 @@ class PoolOwner(Outcomes, Protocol):
     def connection_slot(self) -> AbstractAsyncContextManager[None]:
         """Held while a connection is open (the total connection cap)."""
 
+    def write_ahead(self, limit: int, per_transaction: float) -> int:
+        """Transactions one session may have in flight (BDAT): see ``Engine.write_ahead``."""
+        ...
+
     def connection_waiters(self) -> bool:
         """Another destination waits for a connection slot."""
 
@@ -462,6 +466,10 @@ class Pool:
                     # no new MAIL once the run stops; unstarted ones come
                     # back attempted=False and end deferred
                     stopping=self._stopping,
+                    write_ahead=functools.partial(
+                        self.owner.write_ahead, session.config.chunking_window,
+                        sum(len(e.recipients) for e in envelopes) / max(1, len(envelopes)),
+                    ),
                 )
         except _HookFailed:
             pass  # the job failed and closed itself; ``Mailer.send`` raises its error

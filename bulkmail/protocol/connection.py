@@ -314,6 +314,10 @@ class ClientConnection:
         """More transactions for the batch (after ``WANT_MORE``; none is fine)."""
         self._pipeline.extend(envelopes, self.extensions)
 
+    def set_window(self, window: int) -> None:
+        """With CHUNKING: transactions that may be in flight from now on."""
+        self._pipeline.set_window(window)
+
     def stop(self) -> None:
         """Write no new MAIL; what is in flight finishes, the rest comes back not sent."""
         self._pipeline.stop()

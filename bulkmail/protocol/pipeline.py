@@ -147,6 +147,12 @@ class Pipeline:
         self.may_ask = True
         self.extend(envelopes, ext)
 
+    def set_window(self, window: int) -> None:
+        """BDAT: how many transactions may be in flight from now on (the
+        caller's in-doubt budget moves as a run goes; see ``Engine.write_ahead``)."""
+        if self.mode is Mode.CHUNKING:
+            self._window = max(1, window)
+
     def extend(self, envelopes: Sequence[Envelope], ext: Extensions) -> None:
         for envelope in envelopes:
             txn = plan(envelope, ext)

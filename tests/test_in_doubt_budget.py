@@ -1,0 +1,71 @@
+"""The in-doubt budget: BDAT sessions together keep at most a share of the
+recipients admitted so far past their end of data, which bounds what a crash
+duplicates (issue 15), while a big list still earns the whole window."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import trio
+
+from bulkmail import Mailer, MailerConfig, Recipient, Relay, TemplateContent
+from bulkmail.delivery.engine import MIN_WRITE_AHEAD
+from bulkmail.results import Result
+from bulkmail.shaping import PoolLimits
+
+from .sinkutil import start_sink
+
+TEMPLATE = TemplateContent("Subject: issue ${n}\r\n\r\nHello ${n}\r\n")
+CONNECTIONS = 3
+
+
+async def _most_in_flight(recipients: int, share: float) -> tuple[int, int]:
+    """Send one personalised message per recipient over BDAT with a 10 ms round
+    trip; the most recipients ever marked in doubt without a result yet, and
+    how many were delivered."""
+    in_flight = most = delivered = 0
+
+    async def in_doubt(addresses: Sequence[str]) -> None:
+        nonlocal in_flight, most
+        in_flight += len(addresses)
+        most = max(most, in_flight)
+
+    def on_results(results: Sequence[Result]) -> None:
+        nonlocal in_flight, delivered
+        in_flight -= len(results)
+        delivered += sum(r.status.value == "delivered" for r in results)
+
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, latency=0.01)
+        config = MailerConfig(
+            relay=Relay("127.0.0.1", sink.port), secure="none",
+            limits=PoolLimits(connections=CONNECTIONS), window=32, in_doubt_share=share,
+        )
+        async with Mailer(config) as mailer:
+            await mailer.send(
+                "news@sender.test", TEMPLATE,
+                [Recipient(f"u{i}@example.test", {"n": str(i)}) for i in range(recipients)],
+                on_results=on_results, on_in_doubt=in_doubt,
+            )
+        nursery.cancel_scope.cancel()
+    return most, delivered
+
+
+async def test_a_small_list_keeps_its_in_doubt_recipients_within_the_budget() -> None:
+    # 1% of 600 is 6: two per session, the floor, however long the window
+    most, delivered = await _most_in_flight(600, 0.01)
+    assert delivered == 600
+    assert most <= CONNECTIONS * MIN_WRITE_AHEAD
+
+
+async def test_without_a_budget_the_window_alone_bounds_what_is_in_flight() -> None:
+    most, delivered = await _most_in_flight(600, 0.0)
+    assert delivered == 600
+    assert most > CONNECTIONS * MIN_WRITE_AHEAD  # (the sessions write far ahead)
+
+
+async def test_a_big_list_earns_a_wider_window_as_it_is_read() -> None:
+    # 10% of 3,000 allows 100 per session by the end: past the floor
+    most, delivered = await _most_in_flight(3000, 0.1)
+    assert delivered == 3000
+    assert most > CONNECTIONS * MIN_WRITE_AHEAD
