@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, NamedTuple, TypeVar
 
@@ -19,8 +18,8 @@ import trio
 
 from . import errors
 from .config import SessionConfig
-from .errors import SMTPConnectError, SMTPError, os_error_text, synthetic_reply
-from .lean_stream import lean, tls_transport
+from .deadlines import arm, stage_timeouts
+from .errors import SMTPError, synthetic_reply
 from .protocol import commands
 from .protocol.client import Stage
 from .protocol.connection import ClientConnection, Event, Failure
@@ -30,26 +29,18 @@ from .protocol.replies import Reply
 from .protocol.transaction import Envelope, TransactionResult
 from .results import PeerName, TLSStatus
 from .trace import Tee, Trace
+from .transport import TLSFailed, open_stream, start_tls
 
 __all__ = ["DataEndHook", "Envelope", "Refill", "SMTPSession", "Stage", "TransactionResult"]
 
 RECEIVE_SIZE = 65536
 _T = TypeVar("_T")
-#: how late a stage deadline may fire (RFC 5321's are minutes): a batch's
-#: cancel scope is moved once per this many seconds, not at every read and write
-DEADLINE_SLACK = 0.5
 #: the exception each way a session can end is raised as
 _ERRORS: dict[Failure, type[SMTPError]] = {
     Failure.UNAVAILABLE: errors.SMTPServerUnavailable, Failure.COMMAND: errors.SMTPCommandError,
     Failure.TLS: errors.SMTPTLSError, Failure.AUTH: errors.SMTPAuthError,
     Failure.PROTOCOL: errors.SMTPProtocolViolation, Failure.LOST: errors.SMTPConnectionLost,
     Failure.TIMEOUT: errors.SMTPTimeout,
-}
-#: the RFC 5321 §4.5.3.2 timeout the reply to each command is awaited with (else ``command``)
-_TIMEOUT_OF = {
-    Stage.GREETING: "greeting", Stage.EHLO: "ehlo", Stage.HELO: "ehlo", Stage.MAIL: "mail",
-    Stage.RCPT: "rcpt", Stage.DATA: "data_init", Stage.DATA_END: "data_done",
-    Stage.BDAT: "data_done", Stage.QUIT: "quit",
 }
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
@@ -63,17 +54,6 @@ Refill = Callable[[], Sequence[Envelope]]
 def _lost(text: str) -> Reply:
     """The reply for a session that failed on the network: deferral, never a bounce."""
     return synthetic_reply(451, "4.4.2", text)
-
-
-def _arm(scope: trio.CancelScope, timeout: float) -> None:
-    """Let ``scope`` expire ``timeout`` seconds from now, up to ``DEADLINE_SLACK`` late.
-
-    Moving a cancel scope's deadline costs ~2 us in trio (a plain attribute
-    ~0.15 us); the slack makes that once per half second of a busy session."""
-    deadline = trio.current_time() + timeout
-    current = scope.deadline
-    if not current - DEADLINE_SLACK <= deadline <= current:
-        scope.deadline = deadline + DEADLINE_SLACK
 
 
 class _FromConnection(Generic[_T]):
@@ -119,10 +99,7 @@ class SMTPSession:
         #: the error that ended this session; a closed session is never reused
         self.error: SMTPError | None = None
         self._closed = False
-        timeouts = config.timeouts
-        self._timeouts: dict[Stage | None, float] = {
-            stage: getattr(timeouts, _TIMEOUT_OF.get(stage, "command")) for stage in (*Stage, None)
-        }
+        self._timeouts = stage_timeouts(config.timeouts)
         #: what the read or write in flight waits for (None: a write), for its error
         self._waiting: tuple[Stage | None, float] = (None, 0.0)
         #: the certificate was checked (by the context, or config.tls_verify)
@@ -147,21 +124,8 @@ class SMTPSession:
         ``address`` is the IP to connect to (from routing); ``config.host`` is
         the name used for TLS verification.
         """
-        target = address or config.host
-        try:
-            with trio.fail_after(config.timeouts.connect):
-                stream: trio.abc.Stream = await trio.open_tcp_stream(
-                    target, config.port, local_address=config.source_address
-                )
-        except (OSError, trio.TooSlowError) as exc:
-            where = f"{target}:{config.port}"
-            why = (f"no answer within {config.timeouts.connect:g}s"
-                   if isinstance(exc, trio.TooSlowError) else os_error_text(exc))
-            reply = synthetic_reply(451, "4.4.1", f"cannot connect to {where}: {why}")
-            raise SMTPConnectError(reply, host=target) from exc
-        if config.secure != "tls" and isinstance(stream, trio.SocketStream):
-            stream = lean(stream) or stream  # plaintext until STARTTLS, if ever
-        session = cls(stream, config, peer=target)
+        stream = await open_stream(config, address)
+        session = cls(stream, config, peer=address or config.host)
         try:
             if config.secure == "tls":
                 await session._start_tls()
@@ -184,31 +148,12 @@ class SMTPSession:
         return PeerName(self.config.host, tls)
 
     async def _start_tls(self) -> None:
-        context = self.config.tls_context()
-        verify = self.config.tls_verify
-        sni = context.check_hostname or verify is not None
-        server_hostname = self.config.host if sni else None
-        ssl_stream = trio.SSLStream(
-            tls_transport(self._stream), context, server_hostname=server_hostname,
-            https_compatible=True,
-        )
         try:
-            with trio.fail_after(self.config.timeouts.tls):
-                await ssl_stream.do_handshake()
-        except (trio.BrokenResourceError, trio.TooSlowError, OSError) as exc:
-            cause = exc.__cause__ or exc
-            self._fail(Failure.TLS, synthetic_reply(421, "4.7.5", f"TLS handshake failed: {cause}"))
+            self._stream, self._verified = await start_tls(self._stream, self.config)
+        except TLSFailed as exc:
+            self._fail(Failure.TLS, exc.reply)
             assert self.error is not None
-            raise self.error from exc
-        if verify is not None:
-            try:
-                verify(ssl_stream)
-            except Exception as exc:  # the verifier's refusal: no mail over this session
-                self._fail(Failure.TLS, synthetic_reply(421, "4.7.5", f"TLS peer refused: {exc}"))
-                assert self.error is not None
-                raise self.error from exc
-        self._verified = verify is not None or context.verify_mode == ssl.CERT_REQUIRED
-        self._stream = ssl_stream
+            raise self.error from exc.__cause__
 
     async def command(self, line: bytes, stage: Stage) -> Reply:
         """Send one command outside a transaction and read its reply (lock-step)."""
@@ -289,7 +234,7 @@ class SMTPSession:
     async def _run(self, batch: _Batch | None = None) -> Event:
         """Drive the connection until it needs the caller; the event that says so.
 
-        One cancel scope for the whole run, its deadline moved (see ``_arm``)
+        One cancel scope for the whole run, its deadline moved (see ``deadlines.arm``)
         for each read and write: cheaper than a scope per I/O (~7 us each in
         trio), and inside structured concurrency, unlike a watchdog task."""
         try:
@@ -325,7 +270,7 @@ class SMTPSession:
                     stage = conn.awaiting
                     timeout = self._timeouts[stage]
                     self._waiting = (stage, timeout)
-                    _arm(scope, timeout)
+                    arm(scope, timeout)
                 try:
                     conn.receive_data(await stream.receive_some(RECEIVE_SIZE))
                 except _BROKEN as exc:
@@ -335,7 +280,7 @@ class SMTPSession:
                 # reply after it gets: that read then keeps this deadline
                 timeout = max(self.config.timeouts.data_block, self._timeouts[conn.awaiting])
                 self._waiting = (None, timeout)
-                _arm(scope, timeout)
+                arm(scope, timeout)
                 replies = -1  # the next read waits for a reply to this
                 try:
                     await stream.send_all(conn.data_to_send())
