@@ -16,6 +16,9 @@ Modules, leaves first (each imports only modules above it in this list):
 * ``batch``     the transactions one session runs, until each is settled
 * ``gate``      what reply rules and warm-up caps allow a pool right now
   (which source may connect, whether a session may go on)
+* ``batch_run`` running one batch on a session: pacing, refill, the in-doubt
+  hook before end of data, settling results or an interruption (the pool's
+  base class ``BatchRunner``)
 * ``pool``      sessions and queued work for one destination; it sees the
   engine only through the small ``PoolOwner`` protocol
 * ``intake``    admission: dedupe, presettle, validation, back-pressure
