@@ -23,7 +23,10 @@ Modules, leaves first (each imports only modules above it in this list):
   engine only through the small ``PoolOwner`` protocol
 * ``intake``    admission: dedupe, presettle, validation, back-pressure
 * ``observed``  the pools' state as a metrics scrape reads it (``--metrics``)
-* ``engine``    jobs, routing, pools, outcomes, stop / abort / cancel
+* ``engine_config`` the engine's settings for a run (``EngineConfig``)
+* ``outcomes``  each recipient's verdict applied: delivered, bounced, deferred
+  by the retry policy, in doubt (the engine's base class ``RecipientOutcomes``)
+* ``engine``    jobs, routing, pools, holds, stop / abort / cancel
 
 Nothing is imported here, so importing one module never drags in the rest.
 """
