@@ -20,7 +20,8 @@ import trio
 
 from .config import Security, SessionConfig, Timeouts
 from .delivery.connector import ConnectionObserver
-from .delivery.engine import CANCELLED, BatchBy, Engine, EngineConfig
+from .delivery.engine import CANCELLED, Engine
+from .delivery.engine_config import BatchBy, EngineConfig
 from .delivery.health import ShapingAction
 from .delivery.job import InDoubtHook, Job, JobOptions, Presettle, ResultCallback, ResultsCallback
 from .delivery.retry import RetryPolicy

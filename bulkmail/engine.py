@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .delivery.engine import MAX_FREE_RETRIES, Engine, EngineConfig
+from .delivery.engine import Engine
+from .delivery.engine_config import EngineConfig
 from .delivery.intake import MAX_INTAKE_DOMAINS
 from .delivery.job import (
     InDoubtHook,
@@ -13,6 +14,7 @@ from .delivery.job import (
     ResultCallback,
     ResultsCallback,
 )
+from .delivery.outcomes import MAX_FREE_RETRIES
 
 __all__ = [
     "MAX_FREE_RETRIES",

@@ -149,7 +149,8 @@ def test_the_delivery_pool_does_not_know_the_engine() -> None:
 def test_delivery_modules_import_only_those_listed_above_them() -> None:
     """The order ``bulkmail/delivery/__init__.py`` documents is the real one."""
     order = ["policy", "health", "limiter", "job", "domain_queue", "retry", "settle", "connector",
-             "batch", "gate", "pool", "intake", "observed", "engine"]
+             "batch", "gate", "batch_run", "pool", "intake", "observed", "engine_config",
+             "outcomes", "engine"]
     graph = import_graph()
     for position, name in enumerate(order):
         inside = {

@@ -16,11 +16,17 @@ Modules, leaves first (each imports only modules above it in this list):
 * ``batch``     the transactions one session runs, until each is settled
 * ``gate``      what reply rules and warm-up caps allow a pool right now
   (which source may connect, whether a session may go on)
+* ``batch_run`` running one batch on a session: pacing, refill, the in-doubt
+  hook before end of data, settling results or an interruption (the pool's
+  base class ``BatchRunner``)
 * ``pool``      sessions and queued work for one destination; it sees the
   engine only through the small ``PoolOwner`` protocol
 * ``intake``    admission: dedupe, presettle, validation, back-pressure
 * ``observed``  the pools' state as a metrics scrape reads it (``--metrics``)
-* ``engine``    jobs, routing, pools, outcomes, stop / abort / cancel
+* ``engine_config`` the engine's settings for a run (``EngineConfig``)
+* ``outcomes``  each recipient's verdict applied: delivered, bounced, deferred
+  by the retry policy, in doubt (the engine's base class ``RecipientOutcomes``)
+* ``engine``    jobs, routing, pools, holds, stop / abort / cancel
 
 Nothing is imported here, so importing one module never drags in the rest.
 """

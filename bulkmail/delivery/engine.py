@@ -2,97 +2,55 @@
 
 It routes each recipient to a destination, feeds that destination's pool,
 applies the reply policy to what comes back (as the pools' :class:`PoolOwner`
-and :class:`Outcomes`), and schedules retries.  Every recipient a job admits
-is counted as outstanding until it has a result, so a job cannot finish while
-anybody is unaccounted for -- also when it is stopped, aborted or cancelled.
+and :class:`Outcomes`, the latter from ``outcomes.py``), and schedules
+retries.  Every recipient a job admits is counted as outstanding until it has
+a result, so a job cannot finish while anybody is unaccounted for -- also
+when it is stopped, aborted or cancelled.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from dataclasses import replace
 
 import trio
 
-from ..config import SessionConfig
 from ..errors import synthetic_reply
 from ..message import Content
-from ..observe import RunMetrics
 from ..protocol.replies import Reply
 from ..reactions import ReactionRule, rules_for
 from ..results import Status
 from ..routing import Destination, Router, RoutingError, domain_of
-from ..shaping import Shaping
 from ..warmup import Counters, WarmupGate, gate_for
 from ..warmup_store import WarmupCounters
-from .connector import ConnectionFailure, ConnectionObserver, Connector
+from .connector import ConnectionFailure, Connector
+from .engine_config import EngineConfig
 from .health import HealthRegistry, ShapingAction
 from .intake import Intake, Recipients
 from .job import Item, Job, JobOptions
 from .limiter import DestinationLimiter
 from .observed import EngineState
-from .policy import Verdict, classify
+from .outcomes import STOPPED, RecipientOutcomes
+from .policy import classify
 from .pool import Pool
-from .retry import RetryPolicy, RetryQueue
+from .retry import RetryQueue
 
-#: a dead pooled session may be replaced this many times per recipient for free
-MAX_FREE_RETRIES = 3
 #: transactions a BDAT session may always have in flight (``Engine.write_ahead``)
 MIN_WRITE_AHEAD = 2
 
-STOPPED = synthetic_reply(451, "4.3.2", "run stopped before this recipient was attempted")
 CANCELLED = synthetic_reply(451, "4.3.2", "run cancelled before this recipient was attempted")
 
 #: domains whose pool key (their site's, or their own under a shaping rule)
 #: is remembered; starts over when full (only kept when there are rules)
 MAX_POOL_KEYS = 10_000
 
-BatchBy = Literal["domain", "site"]
 
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    session: SessionConfig
-    shaping: Shaping = field(default_factory=Shaping)
-    total_connections: int = 200
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    #: seconds a job keeps retrying deferred recipients (None: the retry policy's lifetime)
-    retry_for: float | None = None
-    #: recipients held in memory at once: the producer waits beyond this
-    max_pending: int = 20_000
-    linger: float = 0.05
-    seed: int | None = None
-    #: called with each action a reply rule takes (the CLI prints its ``describe()``)
-    on_shaping_action: Callable[[ShapingAction], None] | None = None
-    #: the SQLite file of the warm-up counters (None: kept in memory for this run)
-    warmup_store: str | None = None
-    #: seconds since the epoch (None: the trio clock mapped onto the system's,
-    #: so warm-up windows follow a virtual clock in tests)
-    wall_clock: Callable[[], float] | None = None
-    #: told at once when a destination cannot be reached (progress, logs)
-    on_connection_failure: ConnectionObserver | None = None
-    #: counters for ``--metrics`` (``bulkmail.observe``); None: nothing is counted
-    metrics: RunMetrics | None = None
-    #: ``"site"`` (the default, as before ``batch_by`` existed): recipients of
-    #: different domains with the same MX hosts share transactions;
-    #: ``"domain"``: a transaction holds one domain's recipients
-    batch_by: BatchBy = "site"
-    #: all sessions together keep at most this share of the recipients admitted
-    #: so far in flight past their end of data (BDAT writes whole transactions
-    #: ahead): what a SIGKILL can duplicate.  0: only the window bounds it
-    in_doubt_share: float = 0.01
-
-    def __post_init__(self) -> None:
-        if self.batch_by not in ("domain", "site"):
-            raise ValueError(f"batch_by must be 'domain' or 'site', not {self.batch_by!r}")
-
-
-class Engine:
-    """Pools, routing and retries for any number of jobs, inside one nursery."""
+class Engine(RecipientOutcomes):
+    """Pools, routing and retries for any number of jobs, inside one nursery
+    (what becomes of each recipient: :class:`RecipientOutcomes`)."""
 
     def __init__(self, config: EngineConfig, router: Router, nursery: trio.Nursery) -> None:
         self.config = config
@@ -248,7 +206,7 @@ class Engine:
         """How many transactions one BDAT session may have in flight: at most
         ``limit`` (its window), and every session together at most
         ``in_doubt_share`` of the recipients admitted so far -- but never
-        fewer than ``MIN_WRITE_AHEAD``.  Why a share: what is in flight when
+        fewer than ``MIN_WRITE_AHEAD`` (unless the window is).  Why a share: what is in flight when
         the process is killed is sent again (flagged), so this bounds the
         duplicates of a crash; a big list, where speed matters most, soon
         earns the whole window (issue 15: 10 connections, 20 ms round trip
@@ -262,7 +220,7 @@ class Engine:
             admitted += job.outstanding + job.summary.total
         sessions = max(1, self._limiter.borrowed_tokens)
         budget = int(admitted * share / sessions / max(1.0, per_transaction))
-        return max(MIN_WRITE_AHEAD, min(limit, budget))
+        return min(limit, max(MIN_WRITE_AHEAD, budget))  # (a window below the floor holds)
 
     # -- routing -------------------------------------------------------------------
 
@@ -472,84 +430,3 @@ class Engine:
         if pool is not None and action.kind == "suspend":
             for item in pool.take_queued():
                 self.hold(item, action.until - trio.current_time(), action.reply)
-
-    # -- outcomes ------------------------------------------------------------------
-
-    def invalid(self, item: Item, reason: str) -> None:
-        """Bounce a recipient we refuse to send to (bad address, bad template value)."""
-        item.job.finish(item, Status.BOUNCED, synthetic_reply(553, "5.1.3", reason))
-
-    def abandon(self, item: Item) -> None:
-        """Not sent in this run: it ends deferred (resumable), with its last
-        reply, or else the reason its job was closed."""
-        reply = item.last_reply or item.job.close_reason or STOPPED
-        item.job.finish(item, Status.DEFERRED, reply)
-
-    def unattempted(self, item: Item, reply: Reply, requeue: Callable[[Item], None]) -> None:
-        """Nothing reached the server for this item (dead pooled session): retry now."""
-        item.free_retries += 1
-        if item.free_retries > MAX_FREE_RETRIES:
-            self.attempted(item, reply, classify(None, reply), None)
-            return
-        requeue(item)
-
-    def delivered(self, items: Sequence[Item], reply: Reply, host: str) -> None:
-        """A transaction whose one reply accepted everyone."""
-        now = trio.current_time()
-        for item in items:
-            item.attempt(reply, host, now)
-        items[0].job.finish_all(items, Status.DELIVERED, reply)
-
-    def attempted(self, item: Item, reply: Reply, verdict: Verdict, host: str | None) -> None:
-        """One attempt, judged by the reply policy."""
-        now = trio.current_time()
-        item.attempt(reply, host, now)
-        if verdict is Verdict.DELIVERED:
-            item.job.finish(item, Status.DELIVERED, reply)
-        elif verdict is Verdict.BOUNCED:
-            item.job.finish(item, Status.BOUNCED, reply)
-        else:
-            self._defer(item, reply, now)
-
-    def in_doubt(self, item: Item, reply: Reply, host: str | None) -> None:
-        """Its end of data left and no reply came (RFC 1047): it may have been
-        delivered.  Resent ``RetryPolicy.in_doubt_resends`` times at most; in
-        doubt once more, it ends :attr:`Status.IN_DOUBT` and is not sent again."""
-        now = trio.current_time()
-        item.attempt(reply, host, now)
-        item.possible_duplicate = True
-        item.doubts += 1
-        if item.doubts > self.config.retry.in_doubt_resends:
-            reply = synthetic_reply(
-                451, "4.4.2",
-                f"end of data sent {item.doubts} times without a reply; not sent again"
-                f" ({reply.text})",
-            )
-            item.last_reply = reply
-            item.job.finish(item, Status.IN_DOUBT, reply)
-            return
-        reply = synthetic_reply(
-            451, "4.4.2", f"connection lost after end of data; delivery in doubt ({reply.text})"
-        )
-        item.last_reply = reply
-        self._defer(item, reply, now)
-
-    def _defer(self, item: Item, reply: Reply, now: float) -> None:
-        job = item.job
-        policy = self.config.retry
-        first = item.first_attempt if item.first_attempt is not None else now
-        due = policy.next_attempt(max(1, item.attempts), first, now, self.rng)
-        if due is None:
-            expired = synthetic_reply(
-                550,
-                "5.4.7",
-                f"delivery time expired after {item.attempts} attempts; last reply: {reply}",
-            )
-            job.finish(item, Status.BOUNCED, expired)
-            return
-        if job.closed or (job.retry_deadline is not None and due > job.retry_deadline):
-            job.finish(item, Status.DEFERRED, reply)
-            return
-        if self.metrics is not None:
-            self.metrics.deferral(item.site)
-        self._retries.schedule(item, due)

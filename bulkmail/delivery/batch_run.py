@@ -1,0 +1,258 @@
+"""Running one batch of transactions on a session: the pool's per-transaction path.
+
+:class:`BatchRunner` is a base class of :class:`~bulkmail.delivery.pool.Pool`
+(a mixin, so no call layer is added per transaction): it turns taken items
+into envelopes, paces and sends them pipelined, refills the session's window,
+awaits the in-doubt hook before each end of data, and settles every result --
+or, when a batch is cut short, settles each recipient as interrupted.  The
+pool keeps its queue, workers, seats and connecting; the attributes and
+methods declared below are the pool's.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import trio
+
+from ..errors import SMTPError, synthetic_reply
+from ..observe import SiteMetrics
+from ..protocol.replies import Reply
+from ..session import Envelope, Refill, SMTPSession, TransactionResult
+from ..shaping import PoolLimits
+from ..warmup import Grant
+from .batch import Batch
+from .domain_queue import DomainQueue, transactions
+from .gate import PoolGate
+from .health import DestinationHealth
+from .job import Item, Job
+from .limiter import SharedDestination
+from .settle import Outcomes, settle
+
+#: what a recipient of a transaction cut short (cancelled, or its job failed) is told
+INTERRUPTED = synthetic_reply(451, "4.3.2", "transaction interrupted; not sent")
+INTERRUPTED_IN_DOUBT = synthetic_reply(
+    451, "4.4.2", "transaction interrupted after end of data; delivery in doubt"
+)
+
+
+class BatchOwner(Outcomes, Protocol):
+    """What running a batch needs of the engine (a part of ``PoolOwner``)."""
+
+    @property
+    def stopping(self) -> bool:
+        """No new transaction may start (stop, abort)."""
+
+    def invalid(self, item: Item, reason: str) -> None:
+        """It cannot be sent at all (an unrenderable message): it bounces."""
+
+    def write_ahead(self, limit: int, per_transaction: float) -> int:
+        """Transactions one session may have in flight (BDAT): see ``Engine.write_ahead``."""
+
+
+class _HookFailed(Exception):
+    """A job's in-doubt hook raised (the job records the error itself)."""
+
+
+class BatchRunner:
+    """The pool's batches: sending them on a session and settling their results."""
+
+    owner: BatchOwner
+    limits: PoolLimits
+    health: DestinationHealth
+    batch_by: str
+    queue: deque[Item] | DomainQueue
+    active_sessions: int
+    gate: PoolGate | None
+    shared: SharedDestination | None
+    _site: SiteMetrics
+    _batches: set[Batch]
+    #: when the next paced message may start (``_pace``)
+    _next_start: float
+
+    if TYPE_CHECKING:  # the pool's own (taking work, reply rules)
+        def requeue(self, item: Item) -> None: ...
+        def _ready(self) -> bool: ...
+        def _take_ready(self, budget: int) -> list[Item]: ...
+        def _granted(
+            self, gate: PoolGate, items: list[Item], source: str | None
+        ) -> tuple[list[Item], Grant | None]: ...
+        def _react_to(
+            self, gate: PoolGate, replies: Sequence[Reply], source: str | None, job: Job | None
+        ) -> None: ...
+
+    async def _send(
+        self, session: SMTPSession, batch: Batch, window: int, interval: float
+    ) -> list[TransactionResult] | None:
+        """Run ``batch`` on ``session``: the results not yet settled, or ``None``
+        when it was cut short (cancelled, or a job's in-doubt hook failed) --
+        then every recipient in it has been settled as interrupted and the
+        connection, left mid-transaction, is closed without QUIT."""
+        limits = self.limits
+        host = session.peer_name  # the name, and how the session is secured
+        envelopes = [envelope for envelope, _ in batch.pending]
+        self._batches.add(batch)
+        try:
+            with batch.scope:
+                if interval:
+                    if self.shared is not None and self.limits.rate is not None:
+                        # the shaping file's rate holds in sum; a reply rule's
+                        # slower pacing (``interval``) stays this process's
+                        await self.shared.take(self.limits.rate, len(envelopes), len(self.queue))
+                    await self._pace(interval)
+                # a paced destination gets one message per start; otherwise the
+                # session may keep pulling work, up to its messages per connection
+                refill = None if interval else self._refiller(
+                    batch, window,
+                    limits.messages_per_connection - session.transactions - len(envelopes),
+                )
+                return await session.send_batch(
+                    envelopes,
+                    on_data_end=functools.partial(self._data_end, batch),
+                    refill=refill,
+                    on_done=functools.partial(self._settle_next, host, batch),
+                    # no new MAIL once the run stops; unstarted ones come
+                    # back attempted=False and end deferred
+                    stopping=self._stopping,
+                    write_ahead=functools.partial(
+                        self.owner.write_ahead, session.config.chunking_window,
+                        sum(len(e.recipients) for e in envelopes) / max(1, len(envelopes)),
+                    ),
+                )
+        except _HookFailed:
+            pass  # the job failed and closed itself; ``Mailer.send`` raises its error
+        except BaseException:
+            self._interrupted(batch)  # cancelled (or a bug): nobody is lost
+            await session.aclose()
+            raise
+        finally:
+            self._batches.discard(batch)
+        # here when the hook failed, or interrupt() cancelled batch.scope
+        self._interrupted(batch)
+        await session.aclose()
+        return None
+
+    def _stopping(self) -> bool:
+        return self.owner.stopping
+
+    def _refiller(self, batch: Batch, window: int, budget: int) -> Refill:
+        """The session's ``refill``: more queued transactions (a fair share, up to
+        a window) while the connection has budget, so every session keeps its
+        pipeline full to the end and none waits a round trip between batches."""
+        owner = self.owner
+
+        def refill() -> list[Envelope]:
+            nonlocal budget
+            while budget > 0 and not owner.stopping and self._ready():
+                if self.shared is not None and self.shared.surplus():
+                    return []  # this session gives its seat back (see _take)
+                gate = self.gate
+                if gate is not None and not gate.may_go_on(
+                    batch.source, self.active_sessions, trio.current_time()
+                ):
+                    return []  # a reply rule acted: this session takes nothing more
+                items = self._take_ready(min(window, budget))
+                if gate is not None:
+                    items, batch.grant = self._granted(gate, items, batch.source)
+                    if not items:
+                        return []
+                envelopes, more = self._envelopes(items)
+                budget -= max(1, len(envelopes))
+                if envelopes:  # (an unrenderable message was settled instead)
+                    batch.extend(envelopes, more)
+                    return envelopes
+            return []
+
+        return refill
+
+    async def _data_end(self, batch: Batch, envelopes: Sequence[Envelope]) -> None:
+        """The session's ``on_data_end``: these ends of data are about to leave,
+        once each job's in-doubt hook (the journal's durable mark) has
+        returned.  Only then are they noted as possibly sent: a batch cut short
+        while a hook runs (or by a hook that raised) sent none of them."""
+        for job, addresses in batch.marks(envelopes):
+            hook = job.options.on_in_doubt
+            assert hook is not None
+            try:
+                await hook(addresses)
+            except SMTPError:
+                # the hook's own refusal, with a reply (a journal that cannot
+                # be written): the session ends as if the connection were
+                # lost, and these ends of data never leave
+                raise
+            except Exception as exc:
+                # a bug or an unexpected failure: the job stops, and
+                # ``Mailer.send`` raises it; this end of data must not leave
+                job.fail(exc)
+                raise _HookFailed from exc
+        batch.sent.update(map(id, envelopes))
+
+    async def _pace(self, interval: float) -> None:
+        now = trio.current_time()
+        start = max(now, self._next_start)
+        self._next_start = start + interval
+        if start > now:
+            self._site.throttled(start - now)
+            await trio.sleep_until(start)
+
+    def _envelopes(self, items: list[Item]) -> tuple[list[Envelope], list[list[Item]]]:
+        """Group taken items into transactions; render personalised content now."""
+        job = items[0].job
+        envelopes: list[Envelope] = []
+        groups: list[list[Item]] = []
+        if not job.content.personalised:
+            shared = job.content.render(items[0].recipient)
+            step = 1 if job.one_per_transaction else self.limits.max_rcpts
+            for group in transactions(items, step, by_domain=self.batch_by == "domain"):
+                envelopes.append(job.envelope([i.recipient.address for i in group], shared))
+                groups.append(group)
+            return envelopes, groups
+        for item in items:
+            try:
+                message = job.content.render(item.recipient)
+            except ValueError as exc:  # TemplateValueError, MessageError: bad for this one
+                self.owner.invalid(item, str(exc))
+                continue
+            envelopes.append(job.envelope([item.recipient.address], message))
+            groups.append([item])
+        return envelopes, groups
+
+    def _settle_next(self, host: str, batch: Batch, result: TransactionResult) -> None:
+        self._site.transaction(result)
+        group = batch.pop()
+        if settle(self.owner, self.requeue, group, result, host):
+            self.health.success()
+        gate = self.gate
+        if gate is not None:  # (no rules, no caps: no reply is ever looked at)
+            self._react_to(gate, result.replies, batch.source, group[0].job)
+            if not result.attempted:
+                gate.unsent(batch.grant, len(group))
+
+    def _interrupted(self, batch: Batch) -> None:
+        """A batch cut short: whoever's end of data may have left is in doubt;
+        the rest was not sent (and goes back to the queue, or ends deferred
+        when its job is closed)."""
+        owner = self.owner
+        while batch.pending:
+            maybe_sent = id(batch.pending[0][0]) in batch.sent
+            group = batch.pop()
+            if not maybe_sent and self.gate is not None:
+                self.gate.unsent(batch.grant, len(group))
+            for item in group:
+                if maybe_sent:
+                    owner.in_doubt(item, INTERRUPTED_IN_DOUBT, None)
+                else:
+                    owner.unattempted(item, INTERRUPTED, self.requeue)
+
+    def _session_ended(self, session: SMTPSession, batch: Batch) -> bool:
+        """Whether the session ended in a failure the destination backs off for."""
+        error = session.error
+        failed = error is not None and (session.transactions == 0 or error.code == 421)
+        if failed:
+            self.health.failure(trio.current_time())
+        if error is not None and self.gate is not None:
+            self._react_to(self.gate, (error.reply,), batch.source, batch.job)
+        return failed
