@@ -310,6 +310,27 @@ async def test_a_paused_destination_shows_as_paused() -> None:
     assert total(samples, "bulkmail_recipients", state="retry_wait") == 1
 
 
+class At:
+    def __init__(self, queued_at: float) -> None:
+        self.queued_at = queued_at
+
+
+def test_latency_is_per_recipient_when_a_transaction_mixes_arrival_times() -> None:
+    """A retried recipient shares a transaction with newer ones: each recipient's
+    own wait is observed, the shared-time shortcut notwithstanding."""
+    metrics = RunMetrics()
+    new = At(99.0)
+    metrics.finished("s", Status.DELIVERED, None, [new, At(0.0), new, new], 100.0)
+    metrics.finished("s", Status.DELIVERED, None, [new] * 3, 100.0)
+    samples = parse(generate_latest(metrics.registry()).decode())
+    buckets = {labels["le"]: value for labels, value in
+               samples["bulkmail_delivery_latency_seconds_bucket"]
+               if labels["result"] == "delivered"}
+    assert buckets["1.0"] == 6 and buckets["60.0"] == 6 and buckets["300.0"] == 7
+    assert total(samples, "bulkmail_delivery_latency_seconds_sum",
+                 result="delivered") == 6 * 1.0 + 100.0
+
+
 def test_every_exposed_name_is_listed() -> None:
     names = {family.name for family in text_string_to_metric_families(
         generate_latest(RunMetrics().registry()).decode())}

@@ -239,16 +239,18 @@ class RunMetrics:
         and ``reply`` at ``now``: one group -- a transaction's recipients, or one."""
         self._count(self.none if key is None else self.sites.site(key), status, reply,
                     len(items))
-        # items taken in together share a queued_at (intake reads the clock per
-        # chunk): one observation per run of equal times, not one per recipient;
-        # a transaction's recipients usually all share one, found in C
+        # items taken in together share a queued_at -- the same float object:
+        # intake reads the clock per chunk -- so a transaction's recipients
+        # usually share one, found in C (list.count compares identity first)
         histogram = self.latency[status]
-        if len(items) == 1 or len(set(map(_QUEUED_AT, items))) == 1:
-            histogram.observe(now - items[0].queued_at, len(items))
+        n = len(items)
+        times = list(map(_QUEUED_AT, items)) if n > 1 else None
+        if times is None or times.count(times[0]) == n:
+            histogram.observe(now - items[0].queued_at, n)
             return
+        # else one observation per run of equal times, not one per recipient
         then, run = 0.0, 0
-        for item in items:
-            queued = item.queued_at
+        for queued in times:
             if queued != then:
                 if run:
                     histogram.observe(now - then, run)
