@@ -133,9 +133,9 @@ async def test_status_watch_redraws_and_a_missing_journal_is_exit_2(tmp_path: Pa
 
 @pytest.mark.parametrize(("fault", "waiting", "absent"), [
     # 450 to every RCPT: each recipient has a reply and waits for its retry
-    ({"defer_rate": 1.0}, "deferred 6 (waiting for a retry, the next in ", "in doubt"),
+    ({"defer_rate": 1.0}, "deferred 6 (retry scheduled, the earliest in ", "in doubt"),
     # the connection dropped after each end of data: no reply, delivery in doubt
-    ({"drop_rate": 1.0}, "in doubt 6 (end of data sent or being sent", "deferred"),
+    ({"drop_rate": 1.0}, "in doubt 6 (end of data sent, no reply recorded yet)", "deferred"),
 ])
 async def test_status_tells_deferred_from_in_doubt_during_a_run(
     tmp_path: Path, fault: dict[str, float], waiting: str, absent: str
@@ -175,7 +175,7 @@ async def test_status_tells_deferred_from_in_doubt_during_a_run(
     assert rows["a.test"][1:4] == ["3", deferred, in_doubt]
     if "defer_rate" in fault:  # the reason and the retry's time are there while it runs
         assert " ".join(rows["a.test"][14:]).startswith("450 4.2.1 ")
-        due = re.search(r"the next in (\d+)m\)", out)
+        due = re.search(r"the earliest in (\d+)m\)", out)
         assert due is not None and 40 <= int(due.group(1)) <= 72  # an hour, +-20% jitter
         assert sink.stats.messages == 0
     else:
@@ -236,7 +236,7 @@ def test_the_table_buckets_by_age_like_qshape() -> None:
     assert "recorded 6: delivered 1, bounced 1, deferred 3, in doubt 1" in text
     assert "4 still to send" in text
     assert "still to send 4: deferred 3 (no retry scheduled" in text
-    assert ", in doubt 1 (end of data sent or being sent, no reply recorded)" in text
+    assert ", in doubt 1 (end of data sent, no reply recorded yet)" in text
 
 
 def test_summing_in_sql_agrees_with_reading_every_record(tmp_path: Path) -> None:

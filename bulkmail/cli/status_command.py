@@ -231,15 +231,15 @@ def _waiting(status: JobStatus, now: float) -> list[str]:
     if deferred:
         due = status.next_retry
         if due is None:
-            when = "no retry scheduled: the run ended, a rerun retries them"
+            when = "no retry scheduled: the run ended; a rerun retries them"
         elif due >= now:
-            when = f"waiting for a retry, the next in {_ago(due - now)}"
+            when = f"retry scheduled, the earliest in {_ago(due - now)}"
         else:
-            when = f"waiting for a retry, the next was due {_ago(now - due)} ago"
+            when = f"retry scheduled, the earliest was due {_ago(now - due)} ago"
         parts.append(f"deferred {deferred:,} ({when})")
     if counts[Status.IN_DOUBT.value]:
         parts.append(f"in doubt {counts[Status.IN_DOUBT.value]:,}"
-                     " (end of data sent or being sent, no reply recorded)")
+                     " (end of data sent, no reply recorded yet)")
     for state in (Status.PENDING, Status.IN_FLIGHT):  # (a job in PostgreSQL)
         if counts[state.value]:
             parts.append(f"{state.value.replace('_', ' ')} {counts[state.value]:,}")
