@@ -3,7 +3,7 @@
     python benchmarks/throughput.py [--scenarios a,b,c,d,f] [--sinks bulkmail,postfix]
                                     [--connections 10] [--scale 1.0] [--peer-share 0.1]
                                     [--json results.json]
-    python benchmarks/throughput.py --metrics-ab ROUNDS [--scrape-every SECONDS]
+    python benchmarks/throughput.py --metrics-ab ROUNDS [--scrape-every SECONDS] [--callgrind]
 
 Scenarios (sizes times --scale):
   a  100,000 personalised messages, one recipient each, loopback
@@ -36,6 +36,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -166,7 +167,8 @@ def write_inputs(work: Path, messages: int, rcpts: int, domains: int, personalis
 
 def run_bulkmail(work: Path, sink: SinkProcess, connections: int, rcpts: int,
                  personalised: bool, journal: bool = True,
-                 processes: int = 1, extra: list[str] | None = None) -> dict[str, object]:
+                 processes: int = 1, extra: list[str] | None = None,
+                 wrap: list[str] | None = None) -> dict[str, object]:
     journal_path = work / "journal.sqlite"
     for old in work.glob("journal.sqlite*"):  # with --processes: its .partK-of-N shards too
         old.unlink()
@@ -176,7 +178,7 @@ def run_bulkmail(work: Path, sink: SinkProcess, connections: int, rcpts: int,
            "--tls", "none", "--connections", str(connections), "--max-rcpts", str(rcpts),
            "--quiet", "--processes", str(processes)]
     cmd += ["--journal", str(journal_path)] if journal else ["--no-journal"]
-    return measured(cmd + (extra or []), work)
+    return measured((wrap or []) + cmd + (extra or []), work)
 
 
 def run_peer(peer: str, sink: SinkProcess, messages: int, rcpts: int, connections: int,
@@ -304,12 +306,16 @@ def metrics_ab(args: argparse.Namespace, work: Path) -> None:
     every round, so drift in a busy machine falls on both sides), each checked
     against the sink's counts when it is the project's sink; prints each run,
     the medians and the median of the per-round ratios, of wall time and of
-    the process's CPU time (user + sys: on a busy machine the steadier one)."""
+    the process's CPU time (user + sys: on a busy machine the steadier one).
+    With ``--callgrind`` each run is counted in instructions under valgrind
+    instead (about 100 times slower, and nearly blind to the machine's load)."""
     n = int(200_000 * args.scale) // 50
     write_inputs(work, n, 50, 200, personalised=False)
     kind = "postfix" if os.path.exists(SMTP_SINK) and "postfix" in args.sinks else "bulkmail"
     walls: dict[str, list[float]] = {"plain": [], "metrics": []}
     cpus: dict[str, list[float]] = {"plain": [], "metrics": []}
+    wrap = (["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+            if args.callgrind else None)
     for rnd in range(args.metrics_ab):
         for side in (("plain", "metrics") if rnd % 2 == 0 else ("metrics", "plain")):
             sink = SinkProcess(kind)
@@ -321,7 +327,8 @@ def metrics_ab(args: argparse.Namespace, work: Path) -> None:
                 if args.scrape_every:
                     scraper = Scraper(port, args.scrape_every)
             try:
-                result = run_bulkmail(work, sink, args.connections, 50, False, extra=extra)
+                result = run_bulkmail(work, sink, args.connections, 50, False, extra=extra,
+                                      wrap=wrap)
                 counters = sink.counters()
             finally:
                 scrapes = scraper.stop() if scraper is not None else 0
@@ -331,15 +338,21 @@ def metrics_ab(args: argparse.Namespace, work: Path) -> None:
             wall = float(result["wall"])  # type: ignore[arg-type]
             walls[side].append(wall)
             cpus[side].append(float(result["cpu"]))  # type: ignore[arg-type]
+            if wrap is not None:  # "==pid== Collected : 123456789"
+                found = re.search(r"Collected : (\d+)", str(result["stderr"]))
+                assert found is not None, result["stderr"]
+                cpus[side][-1] = int(found.group(1)) / 1e9
             note = f"  {scrapes} scrapes" if scraper is not None else ""
+            unit = "G instructions" if wrap is not None else "s cpu"
             print(f"  b round {rnd + 1:<2} {side:<7} {wall:6.3f} s wall"
-                  f" {cpus[side][-1]:6.3f} s cpu {n * 50 / wall:>10,.0f} rcpt/s{note}",
+                  f" {cpus[side][-1]:6.3f} {unit} {n * 50 / wall:>10,.0f} rcpt/s{note}",
                   flush=True)
     print(f"b on {kind}'s sink, {args.metrics_ab} rounds:")
-    for what, values in (("wall", walls), ("cpu (user+sys)", cpus)):
+    cost = ("instructions", "G") if wrap is not None else ("cpu (user+sys)", "s")
+    for (what, unit), values in ((("wall", "s"), walls), (cost, cpus)):
         plain, metric = statistics.median(values["plain"]), statistics.median(values["metrics"])
         ratios = [m / p for p, m in zip(values["plain"], values["metrics"], strict=True)]
-        print(f"  {what}: median {plain:.3f} s without --metrics, {metric:.3f} s with"
+        print(f"  {what}: median {plain:.3f} {unit} without --metrics, {metric:.3f} {unit} with"
               f" ({metric / plain - 1:+.1%}); median of the rounds' ratios"
               f" {statistics.median(ratios) - 1:+.1%}")
 
@@ -464,6 +477,8 @@ def main() -> None:
                         " ROUNDS pairs; medians (on Postfix's sink when --sinks has it)")
     p.add_argument("--scrape-every", type=float, default=0.0, metavar="SECONDS",
                    help="with --metrics-ab: scrape the endpoint this often during a run")
+    p.add_argument("--callgrind", action="store_true",
+                   help="with --metrics-ab: count each run's instructions under valgrind")
     args = p.parse_args()
     args.processes = [int(n) for n in args.processes.split(",")]
     if shutil.which("bulkmail") is None:
