@@ -15,7 +15,8 @@ who got a temporary failure and waits for a retry, ``deferred`` with the
 reply and the retry's time.  At the end of a run the ones left are
 ``deferred`` without a retry time.  So the table's rows are recipients still
 to send, split into deferred and in doubt, and a domain's "last deferral"
-is the latest 4xx the journal holds for it.
+is the latest 4xx the journal holds for it.  One not yet tried has no row
+in a ``send`` journal (a PostgreSQL job lists it as pending).
 
 A SQLite journal is summed in SQL (``SQLiteJournal.tally`` and ``waiting``:
 two scans in SQLite's C, not a Python object per record), and ``--watch``
