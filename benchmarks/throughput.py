@@ -3,6 +3,7 @@
     python benchmarks/throughput.py [--scenarios a,b,c,d,f] [--sinks bulkmail,postfix]
                                     [--connections 10] [--scale 1.0] [--peer-share 0.1]
                                     [--json results.json]
+    python benchmarks/throughput.py --metrics-ab ROUNDS [--scrape-every SECONDS] [--callgrind]
 
 Scenarios (sizes times --scale):
   a  100,000 personalised messages, one recipient each, loopback
@@ -35,13 +36,17 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -57,8 +62,9 @@ RSS_WRAPPER = (
     "import resource, subprocess, sys, time, json\n"
     "t = time.perf_counter()\n"
     "p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE)\n"
+    "u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
     "print(json.dumps({'rc': p.returncode, 'wall': time.perf_counter() - t,"
-    " 'rss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,"
+    " 'rss_kb': u.ru_maxrss, 'cpu': u.ru_utime + u.ru_stime,"
     " 'stdout': p.stdout.decode()[-2000:], 'stderr': p.stderr.decode()[-2000:]}))\n"
 )
 
@@ -161,7 +167,8 @@ def write_inputs(work: Path, messages: int, rcpts: int, domains: int, personalis
 
 def run_bulkmail(work: Path, sink: SinkProcess, connections: int, rcpts: int,
                  personalised: bool, journal: bool = True,
-                 processes: int = 1) -> dict[str, object]:
+                 processes: int = 1, extra: list[str] | None = None,
+                 wrap: list[str] | None = None) -> dict[str, object]:
     journal_path = work / "journal.sqlite"
     for old in work.glob("journal.sqlite*"):  # with --processes: its .partK-of-N shards too
         old.unlink()
@@ -171,7 +178,7 @@ def run_bulkmail(work: Path, sink: SinkProcess, connections: int, rcpts: int,
            "--tls", "none", "--connections", str(connections), "--max-rcpts", str(rcpts),
            "--quiet", "--processes", str(processes)]
     cmd += ["--journal", str(journal_path)] if journal else ["--no-journal"]
-    return measured(cmd, work)
+    return measured((wrap or []) + cmd + (extra or []), work)
 
 
 def run_peer(peer: str, sink: SinkProcess, messages: int, rcpts: int, connections: int,
@@ -265,6 +272,89 @@ def scenario_d(args: argparse.Namespace, work: Path) -> list[Row]:
               f" peak RSS {rows[-1].rss_mb:.0f} MB {'ok' if verified else 'COUNT MISMATCH'}",
               flush=True)
     return rows
+
+
+class Scraper:
+    """GETs ``/metrics`` every ``interval`` seconds from a thread while a run goes
+    (what a Prometheus server does, faster): counts the scrapes that answered."""
+
+    def __init__(self, port: int, interval: float) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.interval = interval
+        self.answered = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as response:
+                    response.read()
+                self.answered += 1
+            except OSError:
+                pass  # not listening yet, or the run has ended
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.answered
+
+
+def metrics_ab(args: argparse.Namespace, work: Path) -> None:
+    """Scenario b without and with ``--metrics``, alternating (the order flips
+    every round, so drift in a busy machine falls on both sides), each checked
+    against the sink's counts when it is the project's sink; prints each run,
+    the medians and the median of the per-round ratios, of wall time and of
+    the process's CPU time (user + sys: on a busy machine the steadier one).
+    With ``--callgrind`` each run is counted in instructions under valgrind
+    instead (about 100 times slower, and nearly blind to the machine's load)."""
+    n = int(200_000 * args.scale) // 50
+    write_inputs(work, n, 50, 200, personalised=False)
+    kind = "postfix" if os.path.exists(SMTP_SINK) and "postfix" in args.sinks else "bulkmail"
+    walls: dict[str, list[float]] = {"plain": [], "metrics": []}
+    cpus: dict[str, list[float]] = {"plain": [], "metrics": []}
+    wrap = (["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+            if args.callgrind else None)
+    for rnd in range(args.metrics_ab):
+        for side in (("plain", "metrics") if rnd % 2 == 0 else ("metrics", "plain")):
+            sink = SinkProcess(kind)
+            scraper = None
+            extra: list[str] = []
+            if side == "metrics":
+                port = free_port()
+                extra = ["--metrics", f"127.0.0.1:{port}"]
+                if args.scrape_every:
+                    scraper = Scraper(port, args.scrape_every)
+            try:
+                result = run_bulkmail(work, sink, args.connections, 50, False, extra=extra,
+                                      wrap=wrap)
+                counters = sink.counters()
+            finally:
+                scrapes = scraper.stop() if scraper is not None else 0
+                sink.stop()
+            if counters is not None and counters["recipients"] != n * 50:
+                raise RuntimeError(f"{side}: the sink counted {counters}, not {n * 50}")
+            wall = float(result["wall"])  # type: ignore[arg-type]
+            walls[side].append(wall)
+            cpus[side].append(float(result["cpu"]))  # type: ignore[arg-type]
+            if wrap is not None:  # "==pid== Collected : 123456789"
+                found = re.search(r"Collected : (\d+)", str(result["stderr"]))
+                assert found is not None, result["stderr"]
+                cpus[side][-1] = int(found.group(1)) / 1e9
+            note = f"  {scrapes} scrapes" if scraper is not None else ""
+            unit = "G instructions" if wrap is not None else "s cpu"
+            print(f"  b round {rnd + 1:<2} {side:<7} {wall:6.3f} s wall"
+                  f" {cpus[side][-1]:6.3f} {unit} {n * 50 / wall:>10,.0f} rcpt/s{note}",
+                  flush=True)
+    print(f"b on {kind}'s sink, {args.metrics_ab} rounds:")
+    cost = ("instructions", "G") if wrap is not None else ("cpu (user+sys)", "s")
+    for (what, unit), values in ((("wall", "s"), walls), (cost, cpus)):
+        plain, metric = statistics.median(values["plain"]), statistics.median(values["metrics"])
+        ratios = [m / p for p, m in zip(values["plain"], values["metrics"], strict=True)]
+        print(f"  {what}: median {plain:.3f} {unit} without --metrics, {metric:.3f} {unit} with"
+              f" ({metric / plain - 1:+.1%}); median of the rounds' ratios"
+              f" {statistics.median(ratios) - 1:+.1%}")
 
 
 def compile_bytecode() -> None:
@@ -382,11 +472,22 @@ def main() -> None:
     p.add_argument("--peers", default=None,
                    help="comma-separated peers to run besides bulkmail (default: all)")
     p.add_argument("--json", default="bench-results.json")
+    p.add_argument("--metrics-ab", type=int, default=0, metavar="ROUNDS",
+                   help="only this: scenario b without and with --metrics, alternating,"
+                        " ROUNDS pairs; medians (on Postfix's sink when --sinks has it)")
+    p.add_argument("--scrape-every", type=float, default=0.0, metavar="SECONDS",
+                   help="with --metrics-ab: scrape the endpoint this often during a run")
+    p.add_argument("--callgrind", action="store_true",
+                   help="with --metrics-ab: count each run's instructions under valgrind")
     args = p.parse_args()
     args.processes = [int(n) for n in args.processes.split(",")]
     if shutil.which("bulkmail") is None:
         sys.exit("bulkmail is not installed in this environment (pip install -e .)")
     compile_bytecode()
+    if args.metrics_ab:
+        with tempfile.TemporaryDirectory() as tmp:
+            metrics_ab(args, Path(tmp))
+        return
     sinks = [s for s in args.sinks.split(",") if s != "postfix" or os.path.exists(SMTP_SINK)]
     rows: list[Row] = []
     tail: list[dict[str, object]] = []

@@ -23,7 +23,15 @@ from .delivery.connector import ConnectionObserver
 from .delivery.engine import CANCELLED, Engine
 from .delivery.engine_config import BatchBy, EngineConfig
 from .delivery.health import ShapingAction
-from .delivery.job import InDoubtHook, Job, JobOptions, Presettle, ResultCallback, ResultsCallback
+from .delivery.job import (
+    DeferredHook,
+    InDoubtHook,
+    Job,
+    JobOptions,
+    Presettle,
+    ResultCallback,
+    ResultsCallback,
+)
 from .delivery.retry import RetryPolicy
 from .errors import SMTPError, synthetic_reply
 from .message import Content, Recipient, as_content
@@ -272,6 +280,7 @@ class Mailer:
         verp: bool = False,
         on_in_doubt: InDoubtHook | None = None,
         presettle: Presettle | None = None,
+        on_deferred: DeferredHook | None = None,
     ) -> Summary:
         """Deliver ``message`` to every recipient; returns when each has a final result.
 
@@ -283,6 +292,9 @@ class Mailer:
         ``on_in_doubt`` is awaited with the recipients whose end of data is
         about to leave (a journal's durable mark); ``presettle`` may decide a
         recipient's result without sending it (suppressed, already final).
+        ``on_deferred`` hears of each retry scheduled after a temporary failure
+        (a :class:`Result` with status ``DEFERRED`` and the seconds until the
+        retry): the recipient is still outstanding, its result comes later.
 
         Every recipient handed in gets exactly one result, also when this call
         is cancelled: then queued ones end deferred, transactions in flight
@@ -302,7 +314,7 @@ class Mailer:
         engine = self.engine
         options = JobOptions(
             on_result=on_result, on_results=on_results, on_in_doubt=on_in_doubt,
-            presettle=presettle, verp=verp,
+            presettle=presettle, verp=verp, on_deferred=on_deferred,
         )
         job = engine.open_job(sender, as_content(message), options)
         try:

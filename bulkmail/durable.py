@@ -5,7 +5,10 @@ group commit that has reached the database -- before the end of data of their
 message leaves the process.  Everything else (delivered, bounced, deferred) is
 recorded asynchronously in group commits (within ``JournalWriter.max_delay``,
 5 ms, or 500 addresses): losing those on a kill only means the recipient is
-still "in doubt" on resume and is resent once, flagged.
+still "in doubt" on resume and is resent once, flagged.  A recipient that got
+a temporary failure is recorded ``deferred`` with its retry time as soon as
+the retry is scheduled (not only when the run ends), so the journal -- and
+``bulkmail status`` -- tells it from one whose end of data is in doubt.
 
 Resent at most once: the in-doubt mark of a recipient that is already a
 possible duplicate carries the flag, so a resume that finds a recipient in
@@ -17,6 +20,7 @@ the journal.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from itertools import islice
 
@@ -41,7 +45,7 @@ TWICE_IN_DOUBT = synthetic_reply(
 )
 
 
-def outcome_of(result: Result) -> Outcome:
+def outcome_of(result: Result, next_attempt: float | None = None) -> Outcome:
     reply = result.reply
     return Outcome(
         status=result.status,
@@ -50,6 +54,7 @@ def outcome_of(result: Result) -> Outcome:
         reply=reply.text if reply is not None else None,
         attempts=result.attempts,
         host=result.host,
+        next_attempt=next_attempt,
         possible_duplicate=result.possible_duplicate,
     )
 
@@ -193,9 +198,17 @@ async def send_durably(
             if on_results is not None:
                 on_results(results)
 
+        def deferred(result: Result, delay: float) -> None:
+            # waiting for its retry, with the reply that deferred it: no longer
+            # "in doubt" in the journal (a resume resends it unflagged, as it
+            # would after the run); the retry's own in-doubt mark comes later
+            if not writer.failed:
+                writer.submit_outcome(result.recipient, outcome_of(result, time.time() + delay))
+
         return await mailer.send(
             sender, message, stream, on_result=on_result, on_results=record, verp=verp,
             presettle=presettle, on_in_doubt=_in_doubt_marker(writer, resent),
+            on_deferred=deferred,
         )
     finally:
         pass  # per-job settings travel in JobOptions: nothing shared to undo

@@ -8,18 +8,20 @@ import re
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
+import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from bulkmail.cli.status_command import collect, render
-from bulkmail.journal import RecipientRecord
+from bulkmail.cli.status_command import collect, render, summed
+from bulkmail.journal import RecipientRecord, SQLiteJournal, StateChange
 from bulkmail.results import Status
 
 from .pgutil import pg_url, store_url
 from .test_cli_pg_job import create, worker_args
-from .test_cli_send import BULKMAIL, run, send_args, start_sink
+from .test_cli_send import BULKMAIL, journal_records, run, send_args, start_sink
 from .test_metrics import parse, scrape, total
 from .test_session_records import check_record
 
@@ -100,12 +102,14 @@ async def test_status_shows_deferred_domains_by_age_with_the_last_reason(tmp_pat
     out = status.stdout.decode()
     assert status.returncode == 0, status.stderr.decode()
     assert "deferred 30" in out and "30 still to send" in out
+    assert "still to send 30: deferred 30 (no retry scheduled" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
-    assert rows["TOTAL"][1:3] == ["30", "30"]  # all of them younger than 5 minutes
+    # T, deferred, in doubt, then all of them younger than 5 minutes
+    assert rows["TOTAL"][1:5] == ["30", "30", "0", "30"]
     assert rows["a.test"][1] == "10" and rows["b.test"][1] == "10"
     assert rows["(1"][2] == "10"  # "(1 others)": c.test
-    assert " ".join(rows["a.test"][12:]).startswith("450 4.2.1 ")  # the sink's deferral
-    assert len(rows["(1"]) == 13  # no reason for a sum of domains
+    assert " ".join(rows["a.test"][14:]).startswith("450 4.2.1 ")  # the sink's deferral
+    assert len(rows["(1"]) == 15  # no reason for a sum of domains
 
 
 async def test_status_watch_redraws_and_a_missing_journal_is_exit_2(tmp_path: Path) -> None:
@@ -127,6 +131,85 @@ async def test_status_watch_redraws_and_a_missing_journal_is_exit_2(tmp_path: Pa
     assert missing.stderr.decode().strip() == expected
 
 
+@pytest.mark.parametrize(("fault", "waiting", "absent"), [
+    # 450 to every RCPT: each recipient has a reply and waits for its retry
+    ({"defer_rate": 1.0}, "deferred 6 (retry scheduled, the earliest in ", "in doubt"),
+    # the connection dropped after each end of data: no reply, delivery in doubt
+    ({"drop_rate": 1.0}, "in doubt 6 (end of data sent, no reply recorded yet)", "deferred"),
+])
+async def test_status_tells_deferred_from_in_doubt_during_a_run(
+    tmp_path: Path, fault: dict[str, float], waiting: str, absent: str
+) -> None:
+    """Mid-run, every recipient waits for a retry an hour away: ``status`` says
+    whether the server deferred it or its end of data is in doubt; summing in
+    SQL and reading every record agree."""
+    rcpts, message = write_inputs(tmp_path, 6, ("a.test", "b.test"))
+    journal = tmp_path / "journal.sqlite"
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, **fault)
+        args = send_args(tmp_path, sink.port, rcpts, message, "--max-rcpts", "3",
+                         "--retry-first", "1h", "--retry-for", "2h")
+        proc = await trio.lowlevel.open_process(args, cwd=tmp_path, stderr=subprocess.PIPE)
+        out = ""
+        with trio.fail_after(60):
+            while "still to send 6: " not in out or absent in out.split("still to send")[1]:
+                await trio.sleep(0.1)
+                if journal.exists():
+                    status = await run([*BULKMAIL, "status", str(journal)], tmp_path)
+                    out = status.stdout.decode()
+        assert proc.returncode is None  # still running: the retries are an hour away
+        with SQLiteJournal(journal) as reader:
+            now = time.time()
+            by_sql = render(summed(reader, now), now, 10, "j")
+            by_record = render(collect(reader.iter_records(), now), now, 10, "j")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stderr is not None
+        while await proc.stderr.receive_some(4096):
+            pass
+        assert await proc.wait() == 75
+        nursery.cancel_scope.cancel()
+    assert waiting in out and "recorded 6: " + waiting.split(" (")[0] in out
+    assert by_sql == by_record
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    deferred, in_doubt = ("3", "0") if "defer_rate" in fault else ("0", "3")
+    assert rows["a.test"][1:4] == ["3", deferred, in_doubt]
+    if "defer_rate" in fault:  # the reason and the retry's time are there while it runs
+        assert " ".join(rows["a.test"][14:]).startswith("450 4.2.1 ")
+        due = re.search(r"the earliest in (\d+)m\)", out)
+        assert due is not None and 40 <= int(due.group(1)) <= 72  # an hour, +-20% jitter
+        assert sink.stats.messages == 0
+    else:
+        assert sink.stats.messages == 0 and "possible duplicates" not in out
+    after = await run([*BULKMAIL, "status", str(journal)], tmp_path)
+    # stopped: what waited ends deferred (flagged when its end of data was in doubt)
+    assert "still to send 6: deferred 6 (no retry scheduled" in after.stdout.decode()
+
+
+async def test_a_killed_run_resends_its_deferred_recipients_unflagged(tmp_path: Path) -> None:
+    """A recipient the server deferred is recorded so at once: a run killed while
+    it waits for its retry leaves it deferred, not in doubt, and the rerun sends
+    it without the possible-duplicate flag (the server had said no)."""
+    rcpts, message = write_inputs(tmp_path, 4)
+    journal = tmp_path / "journal.sqlite"
+    async with trio.open_nursery() as nursery:
+        deferring = await start_sink(nursery, defer_rate=1.0)
+        args = send_args(tmp_path, deferring.port, rcpts, message, "--retry-first", "1h")
+        proc = await trio.lowlevel.open_process(args, cwd=tmp_path)
+        with trio.fail_after(60):
+            while not journal.exists() or sum(
+                r.status is Status.DEFERRED for r in journal_records(journal).values()
+            ) < 4:
+                await trio.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        accepting = await start_sink(nursery)
+        rerun = await run(send_args(tmp_path, accepting.port, rcpts, message), tmp_path)
+        nursery.cancel_scope.cancel()
+    assert rerun.returncode == 0, rerun.stderr.decode()
+    assert accepting.stats.recipients == 4
+    assert not any(r.possible_duplicate for r in journal_records(journal).values())
+
+
 def test_the_table_buckets_by_age_like_qshape() -> None:
     now = 1_000_000.0
 
@@ -146,11 +229,46 @@ def test_the_table_buckets_by_age_like_qshape() -> None:
     assert job.recent == 1  # e, within the last minute
     x = job.domains["x.test"]
     assert x.total == 4 and x.buckets == [1, 1, 0, 0, 0, 0, 0, 0, 1, 1]
+    assert (x.deferred, x.in_doubt) == (3, 1)
     assert x.last_deferral is not None and x.last_deferral[1] == "451 4.7.1 the latest"
     assert "y.test" not in job.domains
     text = render(job, now, 10, "j")
     assert "recorded 6: delivered 1, bounced 1, deferred 3, in doubt 1" in text
     assert "4 still to send" in text
+    assert "still to send 4: deferred 3 (no retry scheduled" in text
+    assert ", in doubt 1 (end of data sent, no reply recorded yet)" in text
+
+
+def test_summing_in_sql_agrees_with_reading_every_record(tmp_path: Path) -> None:
+    """The same journal through ``summed`` (SQLite's GROUP BY) and ``collect``:
+    ages across qshape's buckets, the latest 4xx per domain, flags, rates."""
+    now = 1_000_000.0
+    changes = [
+        StateChange("a@x.test", Status.DEFERRED, 451, "4.7.1", "the latest", 1,
+                    next_attempt=now + 90),
+        StateChange("b@x.test", Status.DEFERRED, 421, "4.4.2", "earlier", 2,
+                    next_attempt=now + 30),
+        StateChange("c@X.test", Status.IN_DOUBT, possible_duplicate=True),
+        StateChange("d@y.test", Status.DELIVERED, 250),
+        StateChange("e@y.test", Status.BOUNCED, 550, "5.1.1", "no such user"),
+        StateChange("f@z.test", Status.DEFERRED, 450, None, "oldest"),
+    ]
+    minutes = {"a@x.test": 1, "b@x.test": 7, "c@X.test": 2000, "d@y.test": 0.5,
+               "e@y.test": 30, "f@z.test": 700}
+    with SQLiteJournal(tmp_path / "j.sqlite") as journal:
+        journal.record(changes)
+        journal.counts()  # folds the events into the recipients table
+        for address, age in minutes.items():  # (the journal stamps them with now)
+            journal._db.execute("UPDATE recipients SET updated_at = ? WHERE address = ?",
+                                (now - age * 60, address))
+        by_sql = summed(journal, now)
+        by_record = collect(journal.iter_records(), now)
+    assert by_sql == by_record
+    assert by_sql.next_retry == now + 30 and by_sql.recent == 1
+    x = by_sql.domains["x.test"]
+    assert (x.total, x.deferred, x.in_doubt) == (3, 2, 1)
+    assert x.last_deferral == (now - 60, "451 4.7.1 the latest")
+    assert render(by_sql, now, 10, "j") == render(by_record, now, 10, "j")
 
 
 async def test_a_worker_serves_its_own_metrics(store_url: str, tmp_path: Path) -> None:
@@ -199,6 +317,6 @@ async def test_status_of_a_job_in_postgresql(store_url: str, tmp_path: Path) -> 
     assert "deferred 12" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
     assert rows["a.test"][1] == rows["b.test"][1] == "6"
-    assert " ".join(rows["a.test"][12:]).startswith("450 4.2.1 ")
+    assert " ".join(rows["a.test"][14:]).startswith("450 4.2.1 ")
     unknown = await run([*BULKMAIL, "status", f"{store_url}&job=424242"], tmp_path)
     assert unknown.returncode == 2 and len(unknown.stderr.splitlines()) == 1

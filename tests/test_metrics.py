@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import socket
 from collections import defaultdict
+from collections.abc import Iterator
 from itertools import pairwise
 
 import trio
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
 
 from bulkmail.api import Mailer, MailerConfig, Relay
 from bulkmail.delivery.retry import RetryPolicy
@@ -127,6 +129,32 @@ async def test_the_endpoint_speaks_openmetrics_when_asked() -> None:
     assert body.rstrip().endswith("# EOF")
 
 
+async def test_the_registry_is_made_at_the_first_scrape() -> None:
+    """``--metrics`` passes ``RunMetrics.registry`` itself: prometheus-client is
+    imported (in a thread) and the registry made once, when first scraped."""
+    metrics = RunMetrics()
+    made: list[CollectorRegistry] = []
+
+    def registry() -> CollectorRegistry:
+        made.append(metrics.registry())
+        return made[-1]
+
+    async with trio.open_nursery() as nursery:
+        _, port = await nursery.start(serve_metrics, registry, "127.0.0.1", 0)
+        assert made == []
+        bodies: list[str] = []
+
+        async def one() -> None:
+            bodies.append((await scrape(port))[1])
+
+        async with trio.open_nursery() as scrapes:
+            for _ in range(3):
+                scrapes.start_soon(one)
+        nursery.cancel_scope.cancel()
+    assert len(made) == 1 and len(bodies) == 3
+    assert all("bulkmail_results_total" in body for body in bodies)
+
+
 def test_the_endpoint_answers_only_get_metrics() -> None:
     registry = RunMetrics().registry()
     assert answer(registry, b"GET /other HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 404")
@@ -169,14 +197,42 @@ async def test_many_sites_make_at_most_n_plus_one_series() -> None:
         assert max(per_labels.values()) <= 4, name
 
 
+class ManySites:
+    """What a scrape reads from an engine with a pool per site: every site has
+    recipients queued and in flight, a connection, and a health entry."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+
+    def queued(self) -> Iterator[tuple[str, int]]:
+        return ((key, 2) for key in self.keys)
+
+    def in_flight(self) -> Iterator[tuple[str, int]]:
+        return ((key, 1) for key in self.keys)
+
+    def connections(self) -> Iterator[tuple[str, int]]:
+        return ((key, 1) for key in self.keys)
+
+    def retry_waiting(self) -> Iterator[tuple[str, int]]:
+        return ((key, 1) for key in self.keys[::2])
+
+    def health(self) -> Iterator[tuple[str, float, int]]:
+        return ((key, 5.0 if i % 3 == 0 else 0.0, 4) for i, key in enumerate(self.keys))
+
+
 async def test_a_hundred_thousand_sites_stay_bounded() -> None:
-    """The counting side at full scale (no network): 100,000 sites, top 20."""
+    """The counting side at full scale (no network): 100,000 domains, each its
+    own site, top 20 -- every series of every metric, counters and gauges, has
+    at most 21 site labels per value of its other labels, and the sums hold."""
     metrics = RunMetrics(top_sites=20)
-    for i in range(100_000):
-        site = metrics.site(f"mx{i}.example")
+    keys = [f"mx:mx{i}.d{i}.example" for i in range(100_000)]
+    metrics.view = ManySites(keys)
+    for i, key in enumerate(keys):
+        site = metrics.site(key)
         for _ in range(1 + (i % 7 == 0)):
             site.connect(None)
-        metrics.deferral(f"mx{i}.example")
+        metrics.deferral(key)
+        metrics.finished(key, Status.DELIVERED, None, [Queued()] * (1 + i % 3), 1.0)
     samples = parse(generate_latest(metrics.registry()).decode())
     attempts = samples["bulkmail_connection_attempts_total"]
     ok = [labels["site"] for labels, _ in attempts if labels["result"] == "ok"]
@@ -184,6 +240,18 @@ async def test_a_hundred_thousand_sites_stay_bounded() -> None:
     assert total(samples, "bulkmail_connection_attempts_total") == 100_000 + 14_286
     assert len(samples["bulkmail_deferrals_total"]) == 21
     assert total(samples, "bulkmail_deferrals_total") == 100_000
+    assert total(samples, "bulkmail_results_total") == sum(1 + i % 3 for i in range(100_000))
+    assert total(samples, "bulkmail_recipients", state="queued") == 200_000
+    assert total(samples, "bulkmail_connections") == 100_000
+    assert total(samples, "bulkmail_destination_paused") == 33_334
+    assert total(samples, "bulkmail_sites") == 100_000
+    for name, rows in samples.items():
+        sites: dict[tuple[tuple[str, str], ...], set[str]] = defaultdict(set)
+        for labels, _ in rows:
+            if "site" in labels:
+                rest = tuple(sorted((k, v) for k, v in labels.items() if k != "site"))
+                sites[rest].add(labels["site"])
+        assert all(len(s) <= 21 for s in sites.values()), name
 
 
 def test_labels_follow_volume_and_counters_stay_monotonic() -> None:
@@ -240,6 +308,27 @@ async def test_a_paused_destination_shows_as_paused() -> None:
     assert 0 < total(samples, "bulkmail_destination_backoff_seconds", site=site) <= 1
     assert total(samples, "bulkmail_destination_concurrency", site=site) < 20
     assert total(samples, "bulkmail_recipients", state="retry_wait") == 1
+
+
+class At:
+    def __init__(self, queued_at: float) -> None:
+        self.queued_at = queued_at
+
+
+def test_latency_is_per_recipient_when_a_transaction_mixes_arrival_times() -> None:
+    """A retried recipient shares a transaction with newer ones: each recipient's
+    own wait is observed, the shared-time shortcut notwithstanding."""
+    metrics = RunMetrics()
+    new = At(99.0)
+    metrics.finished("s", Status.DELIVERED, None, [new, At(0.0), new, new], 100.0)
+    metrics.finished("s", Status.DELIVERED, None, [new] * 3, 100.0)
+    samples = parse(generate_latest(metrics.registry()).decode())
+    buckets = {labels["le"]: value for labels, value in
+               samples["bulkmail_delivery_latency_seconds_bucket"]
+               if labels["result"] == "delivered"}
+    assert buckets["1.0"] == 6 and buckets["60.0"] == 6 and buckets["300.0"] == 7
+    assert total(samples, "bulkmail_delivery_latency_seconds_sum",
+                 result="delivered") == 6 * 1.0 + 100.0
 
 
 def test_every_exposed_name_is_listed() -> None:

@@ -6,6 +6,7 @@ transactions against the project's sink on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,43 @@ async def test_every_record_of_a_starttls_auth_run_validates(tmp_path: Path) -> 
     assert all(code == 250 for t in transactions for code in t["replyCodes"])
     commands = [e["command"] for r in records for e in r["dialogue"] if "command" in e]
     assert commands.count("RCPT") == 12 and "AUTH" in commands and "STARTTLS" in commands
+
+
+async def test_every_line_of_a_trace_file_validates(tmp_path: Path) -> None:
+    """``bulkmail send --trace FILE`` over STARTTLS with AUTH, several
+    transactions per session: each line validates, no secret is written."""
+    from .test_cli_send import BULKMAIL
+
+    ca, server_ctx, _ = make_tls(tmp_path)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    recipients = [f"r{i}@dest.test" for i in range(12)]
+    (tmp_path / "list.txt").write_text("".join(f"{r}\n" for r in recipients))
+    (tmp_path / "msg.eml").write_bytes(b"From: news@sender.test\nSubject: x\n\ny\n")
+    trace = tmp_path / "trace.jsonl"
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery, ssl_context=server_ctx, auth=("news", "s3cret-pw"))
+        done = await trio.run_process(
+            [*BULKMAIL, "send", "--sender", "news@sender.test", "--recipients",
+             str(tmp_path / "list.txt"), "--message", str(tmp_path / "msg.eml"),
+             "--relay", f"localhost:{sink.port}", "--no-journal", "--quiet",
+             "--tls", "starttls", "--tls-ca", str(ca_file), "--auth-user", "news",
+             "--auth-password-env", "SMTP_PASSWORD", "--connections", "2",
+             "--max-rcpts", "2", "--trace", str(trace)],
+            env={**os.environ, "SMTP_PASSWORD": "s3cret-pw"}, capture_stderr=True,
+            check=False)
+        nursery.cancel_scope.cancel()
+    assert done.returncode == 0, done.stderr
+    assert "s3cret-pw" not in trace.read_text()
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert records
+    for record in records:
+        check_record(record)
+        assert record["secure"] == "starttls"
+        assert record["authentication"] == {"username": "news", "mechanism": "PLAIN"}
+    assert max(len(r["transactions"]) for r in records) >= 2  # several in one session
+    assert sorted(a for r in records for t in r["transactions"] for a in t["recipients"]) \
+        == sorted(recipients)
 
 
 async def test_sampling_keeps_one_session_in_n(tmp_path: Path) -> None:

@@ -27,11 +27,11 @@ async def start_metrics(
     nursery: trio.Nursery, metrics: RunMetrics, address: tuple[str, int], quiet: bool
 ) -> None:
     """Serve ``metrics`` in ``nursery``; a port that cannot be bound is bad input."""
-    from ..observe.http import serve_metrics  # prometheus-client: only with --metrics
+    from ..observe.http import serve_metrics
 
     host, port = address
-    try:
-        bound = await nursery.start(serve_metrics, metrics.registry(), host, port)
+    try:  # (prometheus-client is imported at the first scrape, not here)
+        bound = await nursery.start(serve_metrics, metrics.registry, host, port)
     except OSError as exc:
         raise InputError(f"--metrics {host}:{port}: {exc.strerror or exc}") from exc
     if not quiet or port == 0:  # a port picked for you is worth a line even when quiet

@@ -8,15 +8,21 @@ the job writes to -- the job's totals, whatever machine sent them.
 Read from the journal only (``open_journal``, no job lock: a running
 ``send`` keeps writing while this reads; SQLite's WAL lets both go on), so it
 works during a run, after one, and from another terminal.  What the journal
-knows during a run: final results (delivered, bounced, suppressed), and an
-in-doubt mark for everyone whose message is being sent -- a recipient
-waiting for a retry keeps that mark (with the reply that deferred it) until
-it ends; at the end of a run the ones left are ``deferred``.  So the table's
-rows are recipients *in flight or waiting* (in doubt) and *deferred*, and a
-domain's "last deferral" is the latest 4xx the journal holds for it.
+knows during a run: final results (delivered, bounced, suppressed); an
+in-doubt mark for everyone whose end of data is being sent (or was, and no
+reply is recorded: after a crash, or a lost connection); and, for everyone
+who got a temporary failure and waits for a retry, ``deferred`` with the
+reply and the retry's time.  At the end of a run the ones left are
+``deferred`` without a retry time.  So the table's rows are recipients still
+to send, split into deferred and in doubt, and a domain's "last deferral"
+is the latest 4xx the journal holds for it.  One not yet tried has no row
+in a ``send`` journal (a PostgreSQL job lists it as pending).
 
-The age of a recipient is the time since its state last changed (the
-journal keeps no arrival time), bucketed like Postfix's ``qshape``.
+A SQLite journal is summed in SQL (``SQLiteJournal.tally`` and ``waiting``:
+two scans in SQLite's C, not a Python object per record), and ``--watch``
+keeps it open between redraws; other journals (PostgreSQL) are read record
+by record.  The age of a recipient is the time since its state last changed
+(the journal keeps no arrival time), bucketed like Postfix's ``qshape``.
 """
 
 from __future__ import annotations
@@ -29,7 +35,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..journal import Journal, JournalError, RecipientRecord, open_journal, sqlite_path
+from ..journal import (
+    Journal,
+    JournalError,
+    RecipientRecord,
+    SQLiteJournal,
+    open_journal,
+    sqlite_path,
+)
 from ..results import Status
 from .options import at_least, positive_duration
 
@@ -61,9 +74,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 @dataclass
 class DomainRow:
     total: int = 0
+    #: of ``total``: waiting for a retry (or left deferred), and in doubt
+    deferred: int = 0
+    in_doubt: int = 0
     buckets: list[int] = field(default_factory=lambda: [0] * (len(AGE_BUCKETS) + 1))
     #: (when, "451 4.7.1 text") of the latest deferral the journal holds
     last_deferral: tuple[float, str] | None = None
+
+    def add(self, status: Status, minutes: float, count: int = 1) -> None:
+        self.total += count
+        if status is Status.DEFERRED:
+            self.deferred += count
+        elif status is Status.IN_DOUBT:
+            self.in_doubt += count
+        self.buckets[_bucket(minutes)] += count
+
+    def deferral(self, when: float, reason: str) -> None:
+        if self.last_deferral is None or when >= self.last_deferral[0]:
+            self.last_deferral = (when, reason)
 
 
 @dataclass
@@ -74,50 +102,91 @@ class JobStatus:
     recent: int = 0
     first: float | None = None
     last: float | None = None
+    #: the earliest retry time of the deferred recipients (None: none scheduled)
+    next_retry: float | None = None
     domains: dict[str, DomainRow] = field(default_factory=dict)
 
+    def seen(self, first: float, last: float) -> None:
+        self.first = first if self.first is None else min(self.first, first)
+        self.last = last if self.last is None else max(self.last, last)
 
-def _bucket(age_seconds: float) -> int:
-    minutes = age_seconds / 60
+    def retry_at(self, when: float | None) -> None:
+        if when is not None and (self.next_retry is None or when < self.next_retry):
+            self.next_retry = when
+
+    def row(self, domain: str) -> DomainRow:
+        row = self.domains.get(domain)
+        if row is None:
+            row = self.domains[domain] = DomainRow()
+        return row
+
+
+def _bucket(minutes: float) -> int:
     for i, bound in enumerate(AGE_BUCKETS):
         if minutes < bound:
             return i
     return len(AGE_BUCKETS)
 
 
-def _reason(record: RecipientRecord) -> str:
-    parts = [str(record.code)]
-    if record.enhanced:
-        parts.append(record.enhanced)
-    if record.reply:
-        parts.append(record.reply.splitlines()[0])
+def _reason(code: int, enhanced: str | None, reply: str | None) -> str:
+    parts = [str(code)]
+    if enhanced:
+        parts.append(enhanced)
+    if reply:
+        parts.append(reply.splitlines()[0])
     return " ".join(parts)
 
 
 def collect(records: Iterable[RecipientRecord], now: float) -> JobStatus:
-    """What the view shows, from every record of a journal."""
+    """What the view shows, from every record of a journal (any journal)."""
     status = JobStatus()
     for record in records:
         status.counts[record.status.value] += 1
         status.possible_duplicates += record.possible_duplicate
         updated = record.updated_at
-        status.first = updated if status.first is None else min(status.first, updated)
-        status.last = updated if status.last is None else max(status.last, updated)
+        status.seen(updated, updated)
         if record.status not in _WAITING:
             if now - updated <= RATE_WINDOW:
                 status.recent += 1
             continue
-        domain = record.address.rpartition("@")[2].lower()
-        row = status.domains.get(domain)
-        if row is None:
-            row = status.domains[domain] = DomainRow()
-        row.total += 1
-        row.buckets[_bucket(now - updated)] += 1
-        if record.code is not None and 400 <= record.code < 500 and (
-            row.last_deferral is None or updated >= row.last_deferral[0]
-        ):
-            row.last_deferral = (updated, _reason(record))
+        if record.status is Status.DEFERRED:
+            status.retry_at(record.next_attempt)
+        row = status.row(record.address.rpartition("@")[2].lower())
+        row.add(record.status, (now - updated) / 60)
+        if record.code is not None and 400 <= record.code < 500:
+            row.deferral(updated, _reason(record.code, record.enhanced, record.reply))
     return status
+
+
+def summed(journal: SQLiteJournal, now: float) -> JobStatus:
+    """The same as :func:`collect`, summed by SQLite: a few rows per domain and
+    minute of age, whatever the number of records."""
+    status = JobStatus()
+    for state, n, flagged, first, last, recent, due in journal.tally(now - RATE_WINDOW):
+        status.counts[state.value] += n
+        status.possible_duplicates += flagged
+        status.seen(first, last)
+        if state not in _WAITING:
+            status.recent += recent
+        elif state is Status.DEFERRED:
+            status.retry_at(due)
+    for domain, state, minutes, n, at, code, enhanced, reply in journal.waiting(
+        sorted(_WAITING, key=lambda s: s.value), now
+    ):
+        row = status.row(domain)
+        row.add(state, minutes, n)
+        if at is not None and code is not None:
+            row.deferral(at, _reason(code, enhanced, reply))
+    return status
+
+
+def _ago(seconds: float) -> str:
+    seconds = abs(seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
 
 
 def render(status: JobStatus, now: float, top: int, name: str) -> str:
@@ -142,6 +211,8 @@ def render(status: JobStatus, now: float, top: int, name: str) -> str:
                      f" {waiting:,} still to send")
     else:
         lines.append(f"rate: {rate:,.1f}/s; {final:,} final, {waiting:,} still to send")
+    if waiting:
+        lines.append(f"still to send {waiting:,}: " + ", ".join(_waiting(status, now)))
     if status.possible_duplicates:
         lines.append(f"possible duplicates (flagged): {status.possible_duplicates:,}")
     lines.append("")
@@ -152,18 +223,44 @@ def render(status: JobStatus, now: float, top: int, name: str) -> str:
     return "\n".join(lines)
 
 
+def _waiting(status: JobStatus, now: float) -> list[str]:
+    """What "still to send" is made of: deferred (and when the next retry is
+    due) told apart from in doubt."""
+    counts = status.counts
+    parts: list[str] = []
+    deferred = counts[Status.DEFERRED.value]
+    if deferred:
+        due = status.next_retry
+        if due is None:
+            when = "no retry scheduled: the run ended; a rerun retries them"
+        elif due >= now:
+            when = f"retry scheduled, the earliest in {_ago(due - now)}"
+        else:
+            when = f"retry scheduled, the earliest was due {_ago(now - due)} ago"
+        parts.append(f"deferred {deferred:,} ({when})")
+    if counts[Status.IN_DOUBT.value]:
+        parts.append(f"in doubt {counts[Status.IN_DOUBT.value]:,}"
+                     " (end of data sent, no reply recorded yet)")
+    for state in (Status.PENDING, Status.IN_FLIGHT):  # (a job in PostgreSQL)
+        if counts[state.value]:
+            parts.append(f"{state.value.replace('_', ' ')} {counts[state.value]:,}")
+    return parts
+
+
 def _sum(rows: list[tuple[str, DomainRow]]) -> DomainRow:
     """One row adding up ``rows`` (the TOTAL line, the "others" line)."""
     summed = DomainRow()
     for _, row in rows:
         summed.total += row.total
+        summed.deferred += row.deferred
+        summed.in_doubt += row.in_doubt
         summed.buckets = [a + b for a, b in zip(summed.buckets, row.buckets, strict=True)]
     return summed
 
 
 def _table(status: JobStatus, top: int) -> list[str]:
     """qshape's layout: a row per domain, T then one column per age bucket."""
-    heads = ["T", *(str(b) for b in AGE_BUCKETS), f"{AGE_BUCKETS[-1]}+"]
+    heads = ["T", "defer", "doubt", *(str(b) for b in AGE_BUCKETS), f"{AGE_BUCKETS[-1]}+"]
     ranked = sorted(status.domains.items(), key=lambda kv: (-kv[1].total, kv[0]))
     shown = ranked[:top]
     rest = ranked[top:]
@@ -172,9 +269,9 @@ def _table(status: JobStatus, top: int) -> list[str]:
         rows.append((f"({len(rest)} others)", _sum(rest)))
     width = max(12, *(len(name) for name, _ in rows))
     out = [f"{'':>{width}} " + " ".join(f"{h:>6}" for h in heads) + "   last deferral",
-           f"{'':>{width}} {'':>6} minutes since the state last changed"]
+           f"{'':>{width}} {'':>6} {'':>6} {'':>6} minutes since the state last changed"]
     for name, row in rows:
-        cells = [row.total, *row.buckets]
+        cells = [row.total, row.deferred, row.in_doubt, *row.buckets]
         reason = row.last_deferral[1] if row.last_deferral is not None else ""
         out.append(f"{name:>{width}} " + " ".join(f"{c:>6}" for c in cells)
                    + (f"   {reason[:60]}" if reason else ""))
@@ -189,13 +286,14 @@ def _open(location: str) -> Journal:
     return open_journal(location)
 
 
-def snapshot(location: str, top: int) -> str:
-    journal = _open(location)
-    try:
-        now = time.time()
-        return render(collect(journal.iter_records(), now), now, top, location)
-    finally:
-        journal.close()
+def snapshot(journal: Journal, top: int, name: str) -> str:
+    """One redraw: summed in SQL for a SQLite journal, else from every record."""
+    now = time.time()
+    if isinstance(journal, SQLiteJournal):
+        status = summed(journal, now)
+    else:
+        status = collect(journal.iter_records(), now)
+    return render(status, now, top, name)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -206,8 +304,14 @@ def run(args: argparse.Namespace) -> int:
     clear = args.watch and sys.stdout.isatty()
     shown = 0
     try:
+        # opened once: opening checks the whole file (quick_check), a redraw need not
+        journal = _open(args.journal)
+    except JournalError as exc:  # (a StoreError is one: an unreachable database)
+        print(f"bulkmail status: {exc}", file=sys.stderr)
+        return 2
+    try:
         while True:
-            text = snapshot(args.journal, args.top)
+            text = snapshot(journal, args.top, args.journal)
             if clear:
                 sys.stdout.write("\x1b[H\x1b[2J")
             elif shown:
@@ -217,8 +321,10 @@ def run(args: argparse.Namespace) -> int:
             if not args.watch or (args.count is not None and shown >= args.count):
                 return 0
             time.sleep(args.interval)
-    except JournalError as exc:  # (a StoreError is one: an unreachable database)
+    except JournalError as exc:
         print(f"bulkmail status: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0
+    finally:
+        journal.close()

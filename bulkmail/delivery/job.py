@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 ResultCallback = Callable[[Result], None]
 ResultsCallback = Callable[[Sequence[Result]], None]
+#: a recipient got a temporary failure and waits for a retry (not yet a result):
+#: its state so far (status ``DEFERRED``) and the seconds until that retry
+DeferredHook = Callable[[Result, float], None]
 #: awaited with the addresses whose end of data is about to leave
 InDoubtHook = Callable[[Sequence[str]], Awaitable[None]]
 #: a result decided without sending (suppressed, already final in a journal)
@@ -44,6 +47,9 @@ class JobOptions:
     #: awaited before an end of data leaves, with its recipients (the journal's
     #: durable in-doubt mark); raising stops the job (see ``Mailer.send``)
     on_in_doubt: InDoubtHook | None = None
+    #: told of each retry scheduled after a reply (the journal records it deferred,
+    #: so a status view tells it from one whose end of data is in doubt)
+    on_deferred: DeferredHook | None = None
     #: decides a recipient's result without sending it
     presettle: Presettle | None = None
     #: a unique envelope sender per recipient: one recipient per transaction
@@ -163,6 +169,19 @@ class Job:
         self._release(len(results))
         if self.input_done and self.outstanding == 0:
             self._settle()
+
+    def deferred(self, item: Item, reply: Reply, delay: float) -> None:
+        """``item`` got ``reply`` (a temporary failure, not in doubt) and its
+        retry is due in ``delay`` seconds: still outstanding, not a result.
+        A hook that raises fails the job, like a result callback."""
+        hook = self.options.on_deferred
+        if hook is None or self.failure is not None:
+            return
+        try:
+            hook(Result(item.recipient.address, Status.DEFERRED, reply, item.attempts,
+                        item.last_host, item.possible_duplicate), delay)
+        except Exception as exc:
+            self.fail(exc)
 
     def _report(self, results: list[Result]) -> None:
         """The caller's callbacks.  One that raises is not called again: the

@@ -96,9 +96,9 @@ class RecipientOutcomes:
             451, "4.4.2", f"connection lost after end of data; delivery in doubt ({reply.text})"
         )
         item.last_reply = reply
-        self._defer(item, reply, now)
+        self._defer(item, reply, now, in_doubt=True)
 
-    def _defer(self, item: Item, reply: Reply, now: float) -> None:
+    def _defer(self, item: Item, reply: Reply, now: float, in_doubt: bool = False) -> None:
         job = item.job
         policy = self.config.retry
         first = item.first_attempt if item.first_attempt is not None else now
@@ -117,3 +117,5 @@ class RecipientOutcomes:
         if self.metrics is not None:
             self.metrics.deferral(item.site)
         self._retries.schedule(item, due)
+        if not in_doubt:  # (an in-doubt one keeps its journal mark until it ends)
+            job.deferred(item, reply, due - now)

@@ -427,6 +427,46 @@ class SQLiteJournal:
         return [(Status(status), code, enhanced, reply, n)
                 for status, code, enhanced, reply, n in rows]
 
+    def tally(self, since: float) -> list[tuple[Status, int, int, float, float, int, float | None]]:
+        """Per status: (status, recipients, flagged, earliest and latest
+        ``updated_at``, how many changed at or after ``since``, earliest
+        ``next_attempt``) -- ``bulkmail status``'s header, one scan in SQL."""
+        with self._using() as db:
+            self._fold(db)
+            rows = db.execute(
+                "SELECT status, count(*), sum(possible_duplicate), min(updated_at),"
+                " max(updated_at), sum(updated_at >= ?), min(next_attempt)"
+                " FROM recipients GROUP BY status",
+                (since,),
+            ).fetchall()
+        return [(Status(status), n, flagged, first, last, recent, due)
+                for status, n, flagged, first, last, recent, due in rows]
+
+    def waiting(
+        self, statuses: Sequence[Status], now: float
+    ) -> list[tuple[str, Status, int, int, float | None, int | None, str | None, str | None]]:
+        """The recipients in ``statuses`` grouped by (domain, status, whole minutes
+        since their state changed at ``now``): (domain, status, minutes,
+        recipients, and of the group's latest 4xx record: its ``updated_at``,
+        code, enhanced code and reply -- all None without one).  What
+        ``bulkmail status``'s table needs, without reading every record."""
+        marks = ",".join("?" * len(statuses))
+        with self._using() as db:
+            self._fold(db)
+            # a bare column with a single max() takes that row's value (SQLite)
+            rows = db.execute(
+                "SELECT domain, status, CAST((? - updated_at) / 60 AS INTEGER) AS age,"
+                " count(*), max(CASE WHEN code BETWEEN 400 AND 499 THEN updated_at END),"
+                " code, enhanced, reply"
+                f" FROM recipients WHERE status IN ({marks}) GROUP BY domain, status, age",
+                (now, *(s.value for s in statuses)),
+            ).fetchall()
+        return [
+            (domain, Status(status), max(0, age), n, at,
+             *((code, enhanced, reply) if at is not None else (None, None, None)))
+            for domain, status, age, n, at, code, enhanced, reply in rows
+        ]
+
     def close(self) -> None:
         """Close the connection (idempotent); SQLite checkpoints and removes the WAL."""
         with self._lock:

@@ -11,15 +11,26 @@ run, and a port already in use is an error at start, not a dying thread.
 
 One request per connection (``Connection: close``); a request that does not
 arrive within ``REQUEST_TIMEOUT`` or exceeds ``MAX_REQUEST`` bytes is dropped.
+
+prometheus-client itself (about 12 ms of imports, with ``http.server`` and
+``wsgiref``) is imported at the first scrape, in a worker thread, not when
+the endpoint starts: binding the port is all a run pays before it sends, a
+run nobody scrapes never pays the rest, and the first scrape's import does
+not stall the event loop.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import CollectorRegistry
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
 
 REQUEST_TIMEOUT = 10.0
 MAX_REQUEST = 16384
@@ -62,6 +73,8 @@ def answer(registry: CollectorRegistry, request: bytes) -> bytes:
         name, _, value = line.partition(":")
         if name.strip().lower() == "accept":
             accept = value.strip()
+    from prometheus_client.exposition import choose_encoder
+
     encoder, content_type = choose_encoder(accept)
     body = encoder(registry)
     response = _response("200 OK", content_type, body)
@@ -69,14 +82,30 @@ def answer(registry: CollectorRegistry, request: bytes) -> bytes:
 
 
 async def serve_metrics(
-    registry: CollectorRegistry,
+    registry: CollectorRegistry | Callable[[], CollectorRegistry],
     host: str,
     port: int,
     *,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``registry`` at http://host:port/metrics until cancelled; started
-    with ``nursery.start``, it reports the address really bound (port 0 picks one)."""
+    with ``nursery.start``, it reports the address really bound (port 0 picks one).
+
+    ``registry`` may be a function that makes it (``RunMetrics.registry``):
+    then it is made at the first scrape, after prometheus-client was imported
+    in a worker thread."""
+    made: list[CollectorRegistry] = []
+    loading = trio.Lock()
+
+    async def the_registry() -> CollectorRegistry:
+        if not callable(registry):
+            return registry
+        async with loading:  # (two first scrapes at once: one import, one registry)
+            if not made:
+                await trio.to_thread.run_sync(importlib.import_module,
+                                              "prometheus_client.exposition")
+                made.append(registry())
+        return made[0]
 
     async def handle(stream: trio.abc.Stream) -> None:
         async with stream:
@@ -85,7 +114,7 @@ async def serve_metrics(
             ):
                 request = await _read_request(stream)
                 if request is not None:
-                    await stream.send_all(answer(registry, request))
+                    await stream.send_all(answer(await the_registry(), request))
 
     listeners = await trio.open_tcp_listeners(port, host=host)
     sockname = listeners[0].socket.getsockname()
