@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import trio
 
+from ..results import FINAL
 from .base import Journal, JournalError, Outcome, StateChange
 
 __all__ = ["JournalWriter"]
@@ -33,7 +34,9 @@ Group = tuple[list[str], Outcome]
 # unless it passes another change of the same address (a retry's new mark
 # must never land before the previous attempt's "deferred"): ``_last`` knows
 # the newest group of every queued address, and a change that would pass one
-# starts a new group.
+# starts a new group.  (A final outcome is checked but not noted: nothing
+# follows it for that address in a run, and noting a million deliveries was
+# 3% of a 50-recipient newsletter's run.)
 
 
 class JournalWriter:
@@ -138,8 +141,9 @@ class JournalWriter:
             number, group = self._made, addresses
             self._queue.append((group, outcome))
             self._open[id(outcome)] = (number, group)
-        for address in addresses:
-            last[address] = number
+        if outcome.status not in FINAL:  # nothing follows a final one in a run
+            for address in addresses:
+                last[address] = number
         self._queued += len(addresses)
         self._submitted += len(addresses)
         return number
