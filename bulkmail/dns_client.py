@@ -231,3 +231,51 @@ class UDPClient:
             if waiting.reply is None:
                 waiting.stopped = True
                 self._wake(waiting)
+
+
+class SharedClient:
+    """An owner's :class:`UDPClient` while ``serve`` runs in its nursery: the
+    MX router's lookups and the TLS policy lookups each keep one."""
+
+    __slots__ = ("client", "servers", "timeout")
+
+    def __init__(self, servers: tuple[tuple[str, int], ...], timeout: float) -> None:
+        self.servers = servers
+        self.timeout = timeout
+        #: the client while ``serve`` runs; queries fall back to a socket each without it
+        self.client: UDPClient | None = None
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Keep shared UDP sockets to the nameservers open until cancelled
+        (``started(False)``: none to open, or already served)."""
+        if self.client is not None or not self.servers:
+            task_status.started(False)
+            return
+        client = self.client = UDPClient(self.servers, self.timeout)
+        try:
+            await client.run(task_status=task_status)
+        finally:
+            if self.client is client:
+                self.client = None
+
+
+class SharesSockets:
+    """For an owner of a :class:`SharedClient` (``_shared_client``): ``serve``
+    in its nursery, and the client while it runs."""
+
+    _shared_client: SharedClient
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Keep shared UDP sockets to the nameservers open until cancelled;
+        meanwhile plain queries go over them, else each opens a socket."""
+        await self._shared_client.serve(task_status=task_status)
+
+    @property
+    def client(self) -> UDPClient | None:
+        """The shared-socket client while :meth:`serve` runs (for tests and reports)."""
+        return self._shared_client.client
+

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from . import dns_wire
-from .dns_client import ClientStopped, UDPClient
+from .dns_client import ClientStopped, SharedClient, SharesSockets, UDPClient
 from .errors import synthetic_reply
 from .protocol.replies import Reply
 
@@ -146,7 +146,7 @@ def new_resolver(config: DNSConfig) -> Any:
     return resolver
 
 
-class DNSLookup:
+class DNSLookup(SharesSockets):
     """Queries through dnspython on trio, at most ``max_queries`` at a time."""
 
     def __init__(self, config: DNSConfig) -> None:
@@ -159,7 +159,7 @@ class DNSLookup:
         self._slots = trio.CapacityLimiter(config.max_queries)
         self._servers = plain_servers(self._resolver)
         self._server = self._servers[0] if self._servers else None
-        self._client: UDPClient | None = None
+        self._shared_client = SharedClient(self._servers, self.config.timeout)
         self._ids = random.Random(os.urandom(16))
         #: queries sent, and resends after local exhaustion (for tests and reports)
         self.sent = 0
@@ -225,7 +225,7 @@ class DNSLookup:
         config = self.config
         deadline = trio.current_time() + config.lifetime
         shared = None
-        client = self._client
+        client = self._shared_client.client
         if client is not None and question is not None:
             shared = await self._shared(client, question, name, rdtype, deadline)
             if shared is not None and shared[0] is not None:
@@ -287,28 +287,6 @@ class DNSLookup:
         if data is None:
             raise self._no_answer(name, rdtype)
         return self._read(data, question, name, rdtype)
-
-    async def serve(
-        self, *, task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Keep shared UDP sockets to the nameservers (:mod:`dns_client`) open
-        until cancelled; the owner runs this in its nursery.  Meanwhile plain
-        queries go over them; without it (or when its sockets cannot be
-        opened) each query opens a socket of its own."""
-        if self._client is not None or not self._servers:
-            task_status.started(False)
-            return
-        client = self._client = UDPClient(self._servers, self.config.timeout)
-        try:
-            await client.run(task_status=task_status)
-        finally:
-            if self._client is client:
-                self._client = None
-
-    @property
-    def client(self) -> UDPClient | None:
-        """The shared-socket client while :meth:`serve` runs (for tests and reports)."""
-        return self._client
 
     async def _plain(
         self, question: bytes, name: str, rdtype: str

@@ -384,8 +384,9 @@ async def test_many_concurrent_submits_collapse_into_few_commits(tmp_path: Path)
     journal.close()
 
 
-async def test_a_transactions_recipients_share_one_group(tmp_path: Path) -> None:
-    journal = CountingJournal(tmp_path / "j.sqlite")
+def _counting_groups(path: Path) -> tuple[CountingJournal, list[int]]:
+    """A journal that notes the size of every group it is asked to record."""
+    journal = CountingJournal(path)
     groups: list[int] = []
     record = journal.record_outcomes
 
@@ -394,6 +395,11 @@ async def test_a_transactions_recipients_share_one_group(tmp_path: Path) -> None
         record(batch)
 
     journal.record_outcomes = counting  # type: ignore[method-assign]
+    return journal, groups
+
+
+async def test_a_transactions_recipients_share_one_group(tmp_path: Path) -> None:
+    journal, groups = _counting_groups(tmp_path / "j.sqlite")
     writer = JournalWriter(journal)
     first, second = Outcome(Status.DELIVERED, 250), Outcome(Status.DELIVERED, 250)
     for i in range(30):
@@ -408,15 +414,7 @@ async def test_a_transactions_recipients_share_one_group(tmp_path: Path) -> None
 async def test_alternating_marks_and_results_are_two_rows_per_commit(tmp_path: Path) -> None:
     """A run's changes alternate (one transaction's mark, another's delivery):
     each outcome's submits merge into its open group across the others."""
-    journal = CountingJournal(tmp_path / "j.sqlite")
-    groups: list[int] = []
-    record = journal.record_outcomes
-
-    def counting(batch: Sequence[tuple[Sequence[str], Outcome]]) -> None:
-        groups.extend(len(addresses) for addresses, _ in batch)
-        record(batch)
-
-    journal.record_outcomes = counting  # type: ignore[method-assign]
+    journal, groups = _counting_groups(tmp_path / "j.sqlite")
     writer = JournalWriter(journal)
     mark, sent = Outcome(Status.IN_DOUBT), Outcome(Status.DELIVERED, 250)
     for i in range(40):

@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from ..dns_client import ClientStopped, UDPClient
+from ..dns_client import ClientStopped, SharedClient, SharesSockets, UDPClient
 from ..dns_lookup import new_resolver, plain_servers
 from ..routing import DNSConfig
 
@@ -35,7 +35,7 @@ class Answer:
     authenticated: bool
 
 
-class PolicyDNS:
+class PolicyDNS(SharesSockets):
     """Bounded lookups against the configured resolver, AD bit kept."""
 
     def __init__(self, config: DNSConfig) -> None:
@@ -50,27 +50,7 @@ class PolicyDNS:
         self._resolver = resolver
         self._backend = dns.asyncbackend.get_backend("trio")
         self._servers = plain_servers(resolver)
-        self._client: UDPClient | None = None
-
-    async def serve(
-        self, *, task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Keep shared UDP sockets to the nameservers open until cancelled
-        (run it in the owner's nursery); meanwhile queries use them."""
-        if self._client is not None or not self._servers:
-            task_status.started(False)
-            return
-        client = self._client = UDPClient(self._servers, self.config.timeout)
-        try:
-            await client.run(task_status=task_status)
-        finally:
-            if self._client is client:
-                self._client = None
-
-    @property
-    def client(self) -> UDPClient | None:
-        """The shared-socket client while :meth:`serve` runs (for tests)."""
-        return self._client
+        self._shared_client = SharedClient(self._servers, self.config.timeout)
 
     async def query(self, name: str, rdtype: str) -> Answer:
         import dns.exception
@@ -79,7 +59,7 @@ class PolicyDNS:
 
         lifetime = self.config.lifetime
         with trio.move_on_after(lifetime):
-            client = self._client
+            client = self._shared_client.client
             if client is not None:
                 shared = await self._shared(client, name, rdtype)
                 if shared is not None:
