@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..bounce_class import DEFAULT_SUPPRESS, RulesError, classify_diagnostic, parse_classes
 from ..dsn import BounceReport, read_dsn
-from ..journal import JournalError, SQLiteJournal, StateChange, sqlite_path
+from ..journal import JournalError, SQLiteJournal, StateChange, existing_sqlite_path
 from ..journals import open_any_journal
 from ..results import Status
 from ..store import PgJournal
@@ -43,15 +43,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        journal_file = sqlite_path(args.journal)  # None: a job in PostgreSQL
+        journal_file = existing_sqlite_path(args.journal)  # None: a job in PostgreSQL
     except JournalError as exc:
         print(f"bulkmail bounces: {exc}", file=sys.stderr)
         return EX_USAGE
     if journal_file is not None:
         args.journal = journal_file
-        if not Path(args.journal).is_file():
-            print(f"bulkmail bounces: no journal at {args.journal}", file=sys.stderr)
-            return EX_USAGE
     try:
         classes = parse_classes(args.suppress_classes)
     except RulesError as exc:

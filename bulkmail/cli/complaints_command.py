@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..arf import Complaint, NotAComplaint, original_message_id, read_complaint
-from ..journal import JournalError, SQLiteJournal
+from ..journal import JournalError, SQLiteJournal, existing_sqlite_path
 from ..message_ids import recipients_for_message_ids
 from ..suppression import SuppressionError, SuppressionStore, normalise
 
@@ -44,11 +44,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     journal = None
     if args.journal:
-        if not Path(args.journal).is_file():
-            print(f"bulkmail complaints: no journal at {args.journal}", file=sys.stderr)
-            return EX_USAGE
         try:
-            journal = SQLiteJournal(args.journal)
+            path = existing_sqlite_path(args.journal)
+            if path is None:  # (complaints read a SQLite journal only)
+                raise JournalError(f"no journal at {args.journal}")
+            journal = SQLiteJournal(path)
         except JournalError as exc:
             print(f"bulkmail complaints: {exc}", file=sys.stderr)
             return EX_USAGE

@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
-from pathlib import Path
 
 from ..bounce_class import BounceClassifier, RulesError, load_rules
-from ..journal import Journal, JournalError, sqlite_path
+from ..journal import Journal, JournalError, existing_sqlite_path
 from ..journals import open_any_journal
 from ..results import Status, Summary
 from .summary import ClassCounts, render_summary
@@ -34,10 +33,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"bulkmail report: {exc}", file=sys.stderr)
         return 2
     try:
-        path = sqlite_path(args.journal)
-        if path is not None and not Path(path).is_file():
-            print(f"bulkmail report: no journal at {path}", file=sys.stderr)
-            return 2
+        existing_sqlite_path(args.journal)  # reading: never creates one
         journal = open_any_journal(args.journal)
         try:
             summary, pending_doubt = _summarise(journal)

@@ -33,13 +33,13 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..journal import (
     Journal,
     JournalError,
     RecipientRecord,
     SQLiteJournal,
+    existing_sqlite_path,
     open_journal,
     sqlite_path,
 )
@@ -297,9 +297,10 @@ def snapshot(journal: Journal, top: int, name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    path = sqlite_path(args.journal)
-    if path is not None and not Path(path).is_file():
-        print(f"bulkmail status: no journal at {path}", file=sys.stderr)
+    try:
+        existing_sqlite_path(args.journal)  # reading: never creates one
+    except JournalError as exc:
+        print(f"bulkmail status: {exc}", file=sys.stderr)
         return 2
     clear = args.watch and sys.stdout.isatty()
     shown = 0

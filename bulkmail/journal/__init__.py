@@ -22,7 +22,7 @@ from .base import (
 )
 from .identity import JobIdentity, JobMismatch, bind_identity
 from .lock import JobLock, JobLocked
-from .opening import open_journal, sqlite_path
+from .opening import existing_sqlite_path, open_journal, sqlite_path
 from .sqlite import SQLiteJournal
 from .writer import JournalWriter
 
@@ -42,6 +42,7 @@ __all__ = [
     "StateChange",
     "Status",
     "bind_identity",
+    "existing_sqlite_path",
     "open_journal",
     "sqlite_path",
 ]

@@ -15,7 +15,7 @@ from typing import Literal
 from .base import Journal, JournalError
 from .sqlite import SQLiteJournal
 
-__all__ = ["open_journal", "sqlite_path"]
+__all__ = ["existing_sqlite_path", "open_journal", "sqlite_path"]
 
 _FUTURE = ("postgresql://", "postgres://")
 
@@ -32,6 +32,16 @@ def sqlite_path(url: str | os.PathLike[str]) -> str | None:
     if not text:
         raise JournalError(f"journal location {os.fspath(url)!r} names no file")
     return text
+
+
+def existing_sqlite_path(url: str | os.PathLike[str]) -> str | None:
+    """Like :func:`sqlite_path`, for commands that read a run's journal and
+    must not create one: :class:`JournalError` ("no journal at ...") when
+    the file is missing."""
+    path = sqlite_path(url)
+    if path is not None and not os.path.isfile(path):
+        raise JournalError(f"no journal at {path}")
+    return path
 
 
 def open_journal(

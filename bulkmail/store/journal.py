@@ -12,7 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..journal.base import Journal, Outcome, RecipientRecord, StateChange, Status
+from ..journal.base import (
+    Journal,
+    Outcome,
+    RecipientRecord,
+    StateChange,
+    Status,
+    grouped_by_outcome,
+)
 from .connection import Database
 from .errors import StoreError
 from .outcomes import apply_upsert
@@ -85,14 +92,7 @@ class PgJournal:
         return found
 
     def record(self, changes: Sequence[StateChange]) -> None:
-        groups: list[tuple[list[str], Outcome]] = []
-        for change in changes:
-            outcome = change.outcome
-            if groups and groups[-1][1] == outcome:
-                groups[-1][0].append(change.address)
-            else:
-                groups.append(([change.address], outcome))
-        self.record_outcomes(groups)
+        self.record_outcomes(grouped_by_outcome(changes))
 
     def record_outcomes(self, groups: Sequence[tuple[Sequence[str], Outcome]]) -> None:
         if not any(addresses for addresses, _ in groups):
