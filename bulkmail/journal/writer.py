@@ -232,13 +232,14 @@ class JournalWriter:
             # run()'s failure brings (a cancelled caller stops at its next one)
             await trio.lowlevel.cancel_shielded_checkpoint()
             while self._done < number:
+                if not inline:
+                    await self._await_progress()
+                    continue
                 try:
-                    committed = inline and self._commit_here()
+                    self._commit_here()
                 except Exception:
                     self._check()  # as JournalError, like every other caller
                     raise
-                if not committed:
-                    await self._await_progress()
             self._check()
         finally:
             self._urgent -= 1
@@ -287,12 +288,11 @@ class JournalWriter:
             raise
         await trio.lowlevel.checkpoint()
 
-    def _commit_here(self) -> bool:
+    def _commit_here(self) -> None:
         """An inline journal's group commit in the calling task, without
-        yielding; False while a threaded commit is underway.  A failure is
-        stored for every caller and raised as it came."""
-        if self._commit_lock.locked():
-            return False
+        yielding (so no other commit can be underway: only threaded commits
+        take the lock).  A failure is stored for every caller and raised as
+        it came."""
         sealed = self._seal()
         if sealed is not None:
             batch, size, number = sealed
@@ -302,7 +302,6 @@ class JournalWriter:
                 self._failed(exc)
                 raise
             self._finished(size, number)
-        return True
 
     def _failed(self, exc: Exception) -> None:
         self._error = exc
