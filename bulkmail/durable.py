@@ -175,60 +175,57 @@ async def send_durably(
     # a new journal knows nobody: no lookups, and recipients go straight in
     # (a fresh run pays only for the writes)
     presettle = decide if suppressed or not fresh else None
-    try:
-        if writer is None:
-            return await mailer.send(
-                sender, message, recipients, on_result=on_result, on_results=on_results,
-                verp=verp, presettle=presettle,
-            )
-        stream: Iterable[Recipient] | AsyncIterator[Recipient] = (
-            recipients if fresh else _resumed(writer, recipients, settled, resent)
+    if writer is None:
+        return await mailer.send(
+            sender, message, recipients, on_result=on_result, on_results=on_results,
+            verp=verp, presettle=presettle,
         )
+    stream: Iterable[Recipient] | AsyncIterator[Recipient] = (
+        recipients if fresh else _resumed(writer, recipients, settled, resent)
+    )
 
-        outcome = OutcomeCache()
+    outcome = OutcomeCache()
 
-        def record(results: Sequence[Result]) -> None:
-            # a transaction's recipients usually share one outcome: one group
-            run: list[str] = []
-            current: Outcome | None = None
-            if writer.failed:
-                # the run is being stopped (see JournalWriter.failed); what is
-                # not recorded stays in doubt and is resent once, flagged
-                if on_results is not None:
-                    on_results(results)
-                return
-            first = results[0] if results else None
-            if first is not None and _alike(first, results):
-                # one transaction's recipients, one outcome: no lookup each
-                # (a million calls were 4.5% of a 50-recipient newsletter's run)
-                writer.submit_outcomes([r.recipient for r in results], outcome(first))
-            else:
-                for result in results:
-                    shared = outcome(result)
-                    if shared is not current:
-                        if current is not None:
-                            writer.submit_outcomes(run, current)
-                        run, current = [], shared
-                    run.append(result.recipient)
-                if current is not None:
-                    writer.submit_outcomes(run, current)
+    def record(results: Sequence[Result]) -> None:
+        # a transaction's recipients usually share one outcome: one group
+        run: list[str] = []
+        current: Outcome | None = None
+        if writer.failed:
+            # the run is being stopped (see JournalWriter.failed); what is
+            # not recorded stays in doubt and is resent once, flagged
             if on_results is not None:
                 on_results(results)
+            return
+        first = results[0] if results else None
+        if first is not None and _alike(first, results):
+            # one transaction's recipients, one outcome: no lookup each
+            # (a million calls were 4.5% of a 50-recipient newsletter's run)
+            writer.submit_outcomes([r.recipient for r in results], outcome(first))
+        else:
+            for result in results:
+                shared = outcome(result)
+                if shared is not current:
+                    if current is not None:
+                        writer.submit_outcomes(run, current)
+                    run, current = [], shared
+                run.append(result.recipient)
+            if current is not None:
+                writer.submit_outcomes(run, current)
+        if on_results is not None:
+            on_results(results)
 
-        def deferred(result: Result, delay: float) -> None:
-            # waiting for its retry, with the reply that deferred it: no longer
-            # "in doubt" in the journal (a resume resends it unflagged, as it
-            # would after the run); the retry's own in-doubt mark comes later
-            if not writer.failed:
-                writer.submit_outcome(result.recipient, outcome_of(result, time.time() + delay))
+    def deferred(result: Result, delay: float) -> None:
+        # waiting for its retry, with the reply that deferred it: no longer
+        # "in doubt" in the journal (a resume resends it unflagged, as it
+        # would after the run); the retry's own in-doubt mark comes later
+        if not writer.failed:
+            writer.submit_outcome(result.recipient, outcome_of(result, time.time() + delay))
 
-        return await mailer.send(
-            sender, message, stream, on_result=on_result, on_results=record, verp=verp,
-            presettle=presettle, on_in_doubt=_in_doubt_marker(writer, resent),
-            on_deferred=deferred,
-        )
-    finally:
-        pass  # per-job settings travel in JobOptions: nothing shared to undo
+    return await mailer.send(
+        sender, message, stream, on_result=on_result, on_results=record, verp=verp,
+        presettle=presettle, on_in_doubt=_in_doubt_marker(writer, resent),
+        on_deferred=deferred,
+    )
 
 
 class JournalUnwritable(SMTPError):
