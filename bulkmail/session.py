@@ -220,13 +220,14 @@ class SMTPSession:
         report = on_done or results.append
         if self.recorder is not None:
             report, refill = self.recorder.follow(envelopes, report, refill)
-        batch = _Batch(on_data_end, refill, report, stopping, write_ahead)
         self._conn.start_batch(
             envelopes, pipelining=config.use_pipelining, chunking=config.use_chunking,
             window=config.chunking_window if write_ahead is None else write_ahead(),
             mark=on_data_end is not None,
         )
-        await self._run(batch)
+        if not self._conn.writes_ahead:
+            write_ahead = None  # only BDAT has a window to move: not asked per refill
+        await self._run(_Batch(on_data_end, refill, report, stopping, write_ahead))
         return results
 
     # -- the driver -----------------------------------------------------------

@@ -314,6 +314,12 @@ class ClientConnection:
         """More transactions for the batch (after ``WANT_MORE``; none is fine)."""
         self._pipeline.extend(envelopes, self.extensions)
 
+    @property
+    def writes_ahead(self) -> bool:
+        """The batch runs with CHUNKING: whole transactions are written ahead,
+        up to a window (``set_window``)."""
+        return self._pipeline.mode is Mode.CHUNKING
+
     def set_window(self, window: int) -> None:
         """With CHUNKING: transactions that may be in flight from now on."""
         self._pipeline.set_window(window)
