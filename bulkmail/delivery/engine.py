@@ -206,8 +206,9 @@ class Engine(RecipientOutcomes):
         """How many transactions one BDAT session may have in flight: at most
         ``limit`` (its window), and every session together at most
         ``in_doubt_share`` of the recipients admitted so far -- but never
-        fewer than ``MIN_WRITE_AHEAD`` (unless the window is).  Why a share: what is in flight when
-        the process is killed is sent again (flagged), so this bounds the
+        fewer than ``MIN_WRITE_AHEAD`` (unless the window is).  Why a share:
+        what is in flight when the process is killed is sent again (flagged),
+        so this bounds the
         duplicates of a crash; a big list, where speed matters most, soon
         earns the whole window (issue 15: 10 connections, 20 ms round trip
         and 4,000 messages keep a kill under 1%, where a window of 32

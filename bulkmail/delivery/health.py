@@ -17,6 +17,19 @@ from dataclasses import dataclass, field
 from ..protocol.replies import Reply
 
 
+def action_words(kind: str, source: str | None, connections: int | None,
+                 rate: float | None) -> str:
+    """What a reply rule's action does, in the words of a log line."""
+    what = kind
+    if kind == "suspend-source":
+        what += f" {source or 'default source'}"
+    if connections is not None:
+        what += f" connections={connections}"
+    if rate is not None:
+        what += f" rate={rate:g}/s"
+    return what
+
+
 @dataclass(frozen=True, slots=True)
 class ShapingAction:
     """What a reply rule did to a destination, and why (one log line each)."""
@@ -45,13 +58,7 @@ class ShapingAction:
 
     def describe(self) -> str:
         """One log line: action, destination, how long, the triggering reply."""
-        what = self.kind
-        if self.kind == "suspend-source":
-            what += f" {self.source or 'default source'}"
-        if self.connections is not None:
-            what += f" connections={self.connections}"
-        if self.rate is not None:
-            what += f" rate={self.rate:g}/s"
+        what = action_words(self.kind, self.source, self.connections, self.rate)
         lasting = f" for {self.duration:g}s" if self.duration else ""
         return (f"shaping: {what} {self.destination}{lasting} ({self.rule}) after"
                 f" \"{self.reply}\"")

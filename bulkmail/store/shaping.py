@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
+from ..delivery.health import action_words
 from .connection import Database
 from .limits import pause_destination
 
@@ -127,13 +128,7 @@ def recent_actions(db: Database, since: float, limit: int = 20) -> list[ActionRe
 def describe_record(record: ActionRecord) -> str:
     """One log line, as the worker that took the action printed it, with when and who."""
     when = datetime.fromtimestamp(record.at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    what = record.kind
-    if record.kind == "suspend-source":
-        what += f" {record.source or 'default source'}"
-    if record.connections is not None:
-        what += f" connections={record.connections}"
-    if record.rate is not None:
-        what += f" rate={record.rate:g}/s"
+    what = action_words(record.kind, record.source, record.connections, record.rate)
     state = ""
     if record.left is not None:
         state = f" ({record.left:.0f}s left)" if record.left > 0 else " (over)"
