@@ -112,17 +112,6 @@ def job_identity(spec: JobSpec, recipients: str) -> dict[str, str]:
     }
 
 
-def find_job(store: PgStore, identity: dict[str, str]) -> int | None:
-    """The newest fully loaded, not cancelled job with ``identity``."""
-    with store.db.using() as conn:
-        row = conn.execute(
-            "SELECT id FROM jobs WHERE identity = %s::jsonb AND state <> 'cancelled'"
-            " AND coalesce((options->>%s)::boolean, true) ORDER BY id DESC LIMIT 1",
-            (json.dumps(identity), LOADED),
-        ).fetchone()
-    return None if row is None else int(row[0])
-
-
 def create_job(args: argparse.Namespace) -> int:
     """Store the job ``args`` describe and load its recipients; its id."""
     spec = job_spec(args)
@@ -179,13 +168,7 @@ def _status(args: argparse.Namespace) -> int:
         info = store.get_job(args.job)
         counts = store.counts(args.job)
         actions = recent_actions(store.db, info.created)
-        with store.db.using() as conn:
-            row = conn.execute(
-                "SELECT count(*) FILTER (WHERE lease_owner IS NOT NULL AND lease_expires > now()),"
-                " count(*) FILTER (WHERE possible_duplicate) FROM recipients WHERE job = %s",
-                (args.job,),
-            ).fetchone()
-    leased, duplicates = row if row is not None else (0, 0)
+        leased, duplicates = store.leased_and_flagged(args.job)
     print(f"job {info.id}: {info.state}")
     for status in Status:
         print(f"{status.value:<12}{counts.get(status, 0):>12,}")

@@ -38,6 +38,7 @@ def _send_on_store(args: argparse.Namespace, url: str) -> int:
     job_command = importlib.import_module("bulkmail.cli.job_command")
     worker_command = importlib.import_module("bulkmail.cli.worker_command")
     store_module = importlib.import_module("bulkmail.store")
+    job_state = importlib.import_module("bulkmail.store.job_state")
     used = [f"--{name.replace('_', '-')}" for name in _FILE_ONLY if getattr(args, name, None)]
     try:
         if getattr(args, "processes", 1) > 1:
@@ -48,7 +49,7 @@ def _send_on_store(args: argparse.Namespace, url: str) -> int:
         if job is None:
             spec = job_command.job_spec(args)
             with store_module.PgStore(url) as store:
-                job = job_command.find_job(store, job_command.job_identity(spec, args.recipients))
+                job = job_state.find_job(store, job_command.job_identity(spec, args.recipients))
             if job is None:
                 job = job_command.create_job(argparse.Namespace(**{**vars(args), "db": url}))
             elif not args.quiet:

@@ -8,12 +8,15 @@ there, the same for every worker).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from .job_spec import JobSpec
 from .store import PgStore
 
-__all__ = ["LOADED", "check_job", "job_ended", "load_job", "mark_loaded", "open_jobs"]
+__all__ = [
+    "LOADED", "check_job", "find_job", "job_ended", "load_job", "mark_loaded", "open_jobs",
+]
 
 #: the job option ``job create`` sets false until every recipient is loaded
 LOADED = "loaded"
@@ -24,6 +27,17 @@ def mark_loaded(store: PgStore, job: int) -> None:
     with store.db.using() as conn:
         conn.execute("UPDATE jobs SET options = options || jsonb_build_object(%s::text, true)"
                      " WHERE id = %s", (LOADED, job))
+
+
+def find_job(store: PgStore, identity: dict[str, str]) -> int | None:
+    """The newest fully loaded, not cancelled job with ``identity``."""
+    with store.db.using() as conn:
+        row = conn.execute(
+            "SELECT id FROM jobs WHERE identity = %s::jsonb AND state <> 'cancelled'"
+            " AND coalesce((options->>%s)::boolean, true) ORDER BY id DESC LIMIT 1",
+            (json.dumps(identity), LOADED),
+        ).fetchone()
+    return None if row is None else int(row[0])
 
 
 def open_jobs(store: PgStore) -> list[tuple[int, bool]]:

@@ -89,6 +89,17 @@ class PgStore:
     def counts(self, job: int) -> dict[Status, int]:
         return PgJournal(self.db, job).counts()
 
+    def leased_and_flagged(self, job: int) -> tuple[int, int]:
+        """Recipients of ``job`` under a live lease, and those flagged
+        ``possible_duplicate`` (``bulkmail job status``)."""
+        with self.db.using() as conn:
+            row = conn.execute(
+                "SELECT count(*) FILTER (WHERE lease_owner IS NOT NULL AND lease_expires > now()),"
+                " count(*) FILTER (WHERE possible_duplicate) FROM recipients WHERE job = %s",
+                (job,),
+            ).fetchone()
+        return (int(row[0]), int(row[1])) if row is not None else (0, 0)
+
     # leases
 
     def claim(self, owner: str, max_items: int, lease_seconds: float, *,
