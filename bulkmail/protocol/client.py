@@ -43,21 +43,14 @@ class Stage(Enum):
 
 
 #: Codes that only make sense as the answer to particular commands.  Anything
-#: else in the 2xx/4xx/5xx range is accepted everywhere (servers vary widely).
+#: else in the 2xx/4xx/5xx range is accepted everywhere (servers vary widely);
+#: 3xx only where listed (``ClientProtocol.next_reply`` applies this).
 _ONLY_FOR: dict[int, frozenset[Stage]] = {
     220: frozenset({Stage.GREETING, Stage.STARTTLS}),
     221: frozenset({Stage.QUIT}),
     334: frozenset({Stage.AUTH}),
     354: frozenset({Stage.DATA}),
 }
-
-
-def reply_fits(stage: Stage, code: int) -> bool:
-    """Whether ``code`` can be the answer to a command of ``stage``."""
-    only = _ONLY_FOR.get(code)
-    if only is not None:
-        return stage in only
-    return not 300 <= code < 400
 
 
 class ClientProtocol:
@@ -119,7 +112,7 @@ class ClientProtocol:
             raise RemoteProtocolError(f"reply without a command: {reply}", str(reply).encode())
         stage = self._pending[0]
         code = reply.code
-        only = _ONLY_FOR.get(code)  # reply_fits, inline: this runs for every reply
+        only = _ONLY_FOR.get(code)  # (inline: this runs for every reply)
         if code != 421 and (300 <= code < 400 if only is None else stage not in only):
             raise RemoteProtocolError(
                 f"reply {reply.code} cannot answer {stage.value.upper()}", str(reply).encode()

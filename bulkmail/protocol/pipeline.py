@@ -124,11 +124,6 @@ class Pipeline:
         }
 
     @property
-    def head(self) -> Transaction:
-        """The transaction the next reply answers."""
-        return self._inflight[0]
-
-    @property
     def inflight(self) -> deque[Transaction]:
         """Written and not yet answered, oldest (the next reply's) first."""
         return self._inflight
