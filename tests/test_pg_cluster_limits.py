@@ -96,11 +96,16 @@ async def test_a_worker_started_late_gets_its_share_of_the_seats(
             while seats_by_pid(store_url).get(first.pid, 0) < cap:
                 await trio.sleep(0.01)
         second = await start_worker(store_url, job, sink, SOURCES[1], *options)
+        # Shares are measured while both workers have work.  At the tail of the
+        # job the first runs out of claims, stops asking for seats, and its
+        # want lapses after WANT_SECONDS; the second may then rightly take a
+        # seat more (store/limits.py) -- a different case from the one here.
         while second.returncode is None and len(sink.messages) < len(everyone):
             held = seats_by_pid(store_url)
-            assert sum(held.values()) <= cap
-            for pid, n in held.items():
-                most[pid] = max(most.get(pid, 0), n)
+            assert sum(held.values()) <= cap  # the cap holds to the end
+            if len(sink.messages) < len(everyone) * 0.7:
+                for pid, n in held.items():
+                    most[pid] = max(most.get(pid, 0), n)
             await trio.sleep(0.01)
         for process in (first, second):
             status, err = await finish(process)
