@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-TYPE_CODES = {"A": 1, "MX": 15, "AAAA": 28}
+TYPE_CODES = {"A": 1, "MX": 15, "TXT": 16, "AAAA": 28}
 #: bytes allowed in a label we decode ourselves (the rest goes to dnspython)
 _PLAIN_LABEL = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 _MAX_POINTERS = 16
@@ -83,18 +83,80 @@ def answer(
     A records are address strings, AAAA too (compressed form), MX records
     ``(preference, exchange)`` with the exchange lower case and "" for the root.
     """
+    walked = _walk(wire, qid, question_wire, TYPE_CODES[rdtype])
+    if walked is None or walked[0] & 0x000F or not walked[1]:
+        return None  # not NOERROR with data: dnspython reads the SOA, the rcode
+    records: list[object] = []
+    for at, size, _ttl in walked[1]:
+        if rdtype == "A" and size == 4:
+            records.append(str(ipaddress.IPv4Address(wire[at : at + 4])))
+        elif rdtype == "AAAA" and size == 16:
+            records.append(str(ipaddress.IPv6Address(wire[at : at + 16])))
+        elif rdtype == "MX" and size >= 3:
+            exchange = _name(wire, at + 2)
+            if exchange is None or exchange[1] != at + size:
+                return None
+            records.append((struct.unpack_from("!H", wire, at)[0], exchange[0]))
+        else:
+            return None
+    return tuple(records), float(min(ttl for _, _, ttl in walked[1]))
+
+
+def dnssec_query(qid: int, question_wire: bytes) -> bytes:
+    """A recursive query asking for DNSSEC: AD set (RFC 6840 §5.7: the
+    resolver's AD bit back) and an EDNS OPT record with DO, 1,232-byte payload."""
+    header = struct.pack("!HHHHHH", qid, 0x0120, 1, 0, 0, 1)
+    return header + question_wire + b"\x00" + struct.pack("!HHIH", 41, 1232, 0x8000, 0)
+
+
+def txt_answer(
+    wire: bytes, qid: int, question_wire: bytes
+) -> tuple[tuple[bytes, ...], float | None, bool] | None:
+    """A TXT lookup's plain outcomes: each record's strings joined, their
+    smallest TTL (None for a denial: NXDOMAIN or no data) and the AD bit;
+    None for anything else (an error rcode, a CNAME, truncation), which
+    dnspython reads.  MTA-STS asks one TXT per recipient domain, and nearly
+    every answer is "no such name"."""
+    walked = _walk(wire, qid, question_wire, 16)
+    if walked is None:
+        return None
+    flags, found = walked
+    authenticated = bool(flags & 0x0020)
+    rcode = flags & 0x000F
+    if rcode == 3 or (rcode == 0 and not found):
+        return (), None, authenticated
+    if rcode:
+        return None
+    texts: list[bytes] = []
+    for at, size, _ttl in found:
+        strings: list[bytes] = []
+        end = at + size
+        while at < end:
+            length = wire[at]
+            if at + 1 + length > end:
+                return None
+            strings.append(wire[at + 1 : at + 1 + length])
+            at += 1 + length
+        texts.append(b"".join(strings))
+    return tuple(texts), float(min(ttl for _, _, ttl in found)), authenticated
+
+
+def _walk(
+    wire: bytes, qid: int, question_wire: bytes, code: int
+) -> tuple[int, list[tuple[int, int, int]]] | None:
+    """The header flags and the answer section's records as (rdata offset,
+    size, TTL), when ``wire`` is a response to our question, not truncated,
+    whose answers are all of type ``code`` for the question's name; else None."""
     if len(wire) < 12 + len(question_wire):
         return None
     rid, flags, qdcount, ancount = struct.unpack_from("!HHHH", wire, 0)
-    # a response (QR), not truncated (TC), rcode NOERROR, our one question
-    if rid != qid or not flags & 0x8000 or flags & 0x0200 or flags & 0x000F or qdcount != 1:
+    # a response (QR), not truncated (TC), our one question
+    if rid != qid or not flags & 0x8000 or flags & 0x0200 or qdcount != 1:
         return None
-    if wire[12 : 12 + len(question_wire)].lower() != question_wire.lower() or not ancount:
+    if wire[12 : 12 + len(question_wire)].lower() != question_wire.lower():
         return None
-    code = TYPE_CODES[rdtype]
     at = 12 + len(question_wire)
-    records: list[object] = []
-    ttl = None
+    found: list[tuple[int, int, int]] = []
     for _ in range(ancount):
         if wire[at : at + 2] == b"\xc0\x0c":
             at += 2  # a pointer to the question's name (what servers send): no decoding
@@ -107,21 +169,8 @@ def answer(
             return None
         rr_type, rr_class, rr_ttl, size = struct.unpack_from("!HHIH", wire, at)
         at += 10
-        rdata = wire[at : at + size]
-        if rr_type != code or rr_class != 1 or len(rdata) != size:
+        if rr_type != code or rr_class != 1 or at + size > len(wire):
             return None  # a CNAME chain or something unexpected: dnspython's job
-        if rdtype == "A" and size == 4:
-            records.append(str(ipaddress.IPv4Address(rdata)))
-        elif rdtype == "AAAA" and size == 16:
-            records.append(str(ipaddress.IPv6Address(rdata)))
-        elif rdtype == "MX" and size >= 3:
-            exchange = _name(wire, at + 2)
-            if exchange is None or exchange[1] != at + size:
-                return None
-            records.append((struct.unpack_from("!H", wire, at)[0], exchange[0]))
-        else:
-            return None
+        found.append((at, size, rr_ttl))
         at += size
-        ttl = rr_ttl if ttl is None else min(ttl, rr_ttl)
-    assert ttl is not None
-    return tuple(records), float(ttl)
+    return flags, found

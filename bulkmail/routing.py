@@ -7,7 +7,6 @@ bounce (5xx) or defer (4xx).
 
 from __future__ import annotations
 
-import collections
 import functools
 import ipaddress
 import math
@@ -20,6 +19,7 @@ import trio
 
 from .dns_lookup import DNSConfig, DNSLookup, Records, RoutingError, routing_error
 from .errors import synthetic_reply
+from .prefetch import PrefetchQueue
 from .protocol.replies import Reply
 from .ttl_cache import CoalescingCache
 
@@ -199,12 +199,9 @@ class MXRouter:
         # one Destination per (key, hosts): 100,000 domains at one provider
         # hold references, not copies
         self._interned: dict[tuple[str, tuple[Host, ...]], Destination] = {}
-        # the prefetch queue, in order, and what is in it (no repeats): a dict
-        # taken from the front cost a scan over its deleted slots per take
-        self._ahead: collections.deque[str] = collections.deque()
-        self._queued: set[str] = set()
-        self._prefetching: set[str] = set()  # taken from the queue, being resolved
-        self._ahead_wakeup = trio.lowlevel.ParkingLot()
+        self._ahead: PrefetchQueue[Destination | RoutingError] = PrefetchQueue(
+            config.prefetch_queue
+        )
 
     async def route(self, domain: str) -> Destination:
         domain = _canonical(domain)
@@ -227,19 +224,11 @@ class MXRouter:
         overlap delivery to the current ones, with no task per domain.
         """
         domain = _canonical(domain)
-        queued = self._queued
-        if domain in queued or domain in self._prefetching:
+        if domain in self._ahead:
             return True
-        if (
-            len(queued) >= self.config.prefetch_queue
-            or self._routes.busy(domain)
-            or self._routes.get(domain) is not None
-        ):
+        if self._routes.busy(domain) or self._routes.get(domain) is not None:
             return False
-        queued.add(domain)
-        self._ahead.append(domain)
-        self._ahead_wakeup.unpark()
-        return True
+        return self._ahead.add(domain)
 
     async def run_prefetcher(self, on_resolved: Resolved | None = None) -> None:
         """Resolve prefetched domains, half of ``max_queries`` of them at a time
@@ -249,31 +238,16 @@ class MXRouter:
         It also keeps the resolver's shared UDP sockets open meanwhile (its
         receiver task lives in this nursery, so in the engine's), for every
         lookup, prefetched or not."""
-        async def worker() -> None:
-            while True:
-                while not self._ahead:
-                    await self._ahead_wakeup.park()
-                domain = self._ahead.popleft()
-                self._queued.discard(domain)
-                if not self._queued:
-                    self._queued = set()  # a set keeps its peak's table when emptied
-                self._prefetching.add(domain)
-                try:
-                    outcome: Destination | RoutingError = await self.route(domain)
-                except RoutingError as exc:
-                    outcome = exc  # cached either way
-                finally:
-                    self._prefetching.discard(domain)
-                if on_resolved is not None:
-                    on_resolved(domain, outcome)
-
         async with trio.open_nursery() as nursery:
             await nursery.start(self.dns.serve)
-            # a fixed crew, not a task per domain spawned by a loop that
-            # yielded before each spawn: each worker takes its next domain
-            # as soon as one is done, so the lookups in flight stay at the limit
-            for _ in range(max(1, self.config.max_queries // 2)):
-                nursery.start_soon(worker)
+            await self._ahead.run(self.outcome, self.config.max_queries // 2, on_resolved)
+
+    async def outcome(self, domain: str) -> Destination | RoutingError:
+        """``route(domain)``, with a routing failure returned instead of raised."""
+        try:
+            return await self.route(domain)
+        except RoutingError as exc:
+            return exc  # cached either way
 
     # -- lookups -----------------------------------------------------------------
 

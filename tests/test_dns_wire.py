@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bulkmail import dns_wire
+from bulkmail.testing.dns_server import DNSServer
 
 
 def response(name: str, rdtype: str, values: list[str], ttl: int = 300,
@@ -95,3 +96,70 @@ def test_any_bytes_parse_or_are_refused_never_raise(data: bytes, rdtype: str) ->
     for wire in (data, data[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + question + data):
         result = dns_wire.answer(wire, int.from_bytes(wire[:2] or b"\0\0", "big"), question, rdtype)
         assert result is None or isinstance(result[0], tuple)
+
+
+def test_dnssec_query_asks_for_the_ad_bit_and_dnssec_records() -> None:
+    question = dns_wire.question("_mta-sts.Example.test", "TXT")
+    assert question is not None
+    parsed = dns.message.from_wire(dns_wire.dnssec_query(9, question))
+    assert parsed.id == 9 and parsed.flags == dns.flags.RD | dns.flags.AD
+    assert parsed.edns == 0 and parsed.ednsflags & dns.flags.DO and parsed.payload == 1232
+    assert parsed.question[0].to_text() == "_mta-sts.Example.test. IN TXT"
+
+
+def test_txt_records_are_joined_and_denials_read_with_the_ad_bit() -> None:
+    wire, question = response("_mta-sts.a.test", "TXT",
+                              ['"v=STSv1; " "id=20261130;"', '"other"'], ttl=120)
+    texts, ttl, secure = dns_wire.txt_answer(wire, 4242, question) or ((), 0.0, True)
+    assert sorted(texts) == [b"other", b"v=STSv1; id=20261130;"] and ttl == 120.0
+    assert not secure
+    query = dns.message.from_wire(dns_wire.dnssec_query(4242, question))
+    for rcode in (dns.rcode.NXDOMAIN, dns.rcode.NOERROR):  # no such name; no data
+        denial = dns.message.make_response(query)
+        denial.set_rcode(rcode)
+        denial.flags |= dns.flags.AD
+        denial.authority.append(dns.rrset.from_text(
+            "test.", 60, "IN", "SOA", "ns.test. admin.test. 1 3600 600 86400 30"))
+        assert dns_wire.txt_answer(denial.to_wire(), 4242, question) == ((), None, True)
+
+
+def test_txt_answers_other_than_records_or_denials_go_to_dnspython() -> None:
+    wire, question = response("_mta-sts.a.test", "TXT", ['"v=STSv1; id=1;"'])
+    assert dns_wire.txt_answer(wire, 4243, question) is None  # another query's ID
+    query = dns.message.from_wire(dns_wire.dnssec_query(4242, question))
+    failed = dns.message.make_response(query)
+    failed.set_rcode(dns.rcode.SERVFAIL)
+    assert dns_wire.txt_answer(failed.to_wire(), 4242, question) is None
+    chained = dns.message.make_response(query)
+    chained.answer.append(dns.rrset.from_text("_mta-sts.a.test.", 300, "IN", "CNAME", "b.test."))
+    chained.answer.append(dns.rrset.from_text("b.test.", 300, "IN", "TXT", '"v=STSv1; id=1;"'))
+    assert dns_wire.txt_answer(chained.to_wire(), 4242, question) is None
+    cut = dns.message.make_response(query)
+    cut.flags |= dns.flags.TC
+    assert dns_wire.txt_answer(cut.to_wire(), 4242, question) is None
+
+
+@given(st.binary(max_size=600))
+def test_any_bytes_as_a_txt_answer_parse_or_are_refused_never_raise(data: bytes) -> None:
+    question = dns_wire.question("_mta-sts.fuzz.test", "TXT")
+    assert question is not None
+    for wire in (data, data[:2] + b"\x81\x83\x00\x01\x00\x01\x00\x00\x00\x00" + question + data):
+        result = dns_wire.txt_answer(wire, int.from_bytes(wire[:2] or b"\0\0", "big"), question)
+        assert result is None or all(isinstance(text, bytes) for text in result[0])
+
+
+def test_the_test_servers_denials_from_bytes_match_dnspythons() -> None:
+    """The loopback DNS server answers denials from bytes (a benchmark asks
+    100,000 of them): the same rcode, flags and SOA as its dnspython build."""
+    server = DNSServer()
+    server.add("test", "SOA", "ns.test. admin.test. 1 3600 600 86400 30", ttl=60)
+    server.add("a.test", "MX", "10 mx.test.")
+    for name, rdtype in (("_mta-sts.a.test", "TXT"), ("a.test", "TXT"), ("nowhere.test", "A")):
+        question = dns_wire.question(name, rdtype)
+        assert question is not None
+        wire = dns_wire.dnssec_query(77, question)
+        fast = dns.message.from_wire(server.answer(wire, "udp") or b"")
+        built = dns.message.from_wire(server._build(wire, "udp") or b"")
+        assert fast.rcode() == built.rcode() and fast.flags == built.flags
+        assert fast.question == built.question and fast.authority == built.authority
+        assert not fast.answer and not built.answer

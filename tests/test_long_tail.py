@@ -122,6 +122,32 @@ async def test_prefetch_path_delivers_everyone_with_no_task_per_domain() -> None
     assert spawned.names["Engine._run_prefetcher"] == 1
 
 
+async def test_mta_sts_plans_are_made_by_the_prefetcher_with_no_task_per_domain() -> None:
+    """MTA-STS (the CLI's default) asks a TXT per domain: the policy router's
+    prefetcher makes each plan, over the shared UDP socket, and reports it."""
+    domains = [f"d{n}.test" for n in range(200)]
+    recipients = [f"u{i}@{d}" for d in domains for i in range(2)]
+    async with trio.open_nursery() as nursery:
+        sink, dns = await start_world(nursery, domains)
+        spawned = SpawnedTasks()
+        trio.lowlevel.add_instrument(spawned)
+        config = MailerConfig(
+            dns=DNSConfig(nameservers=(("127.0.0.1", dns.port),), mx_port=sink.port),
+            secure="none", tls_policy=TLSPolicyConfig(policy="mta-sts"),
+        )
+        async with Mailer(config) as mailer:
+            engine = mailer.engine
+            summary = await mailer.send("news@sender.test", MESSAGE, recipients)
+            assert engine.prefetched == len(domains)
+            assert engine.resolve_tasks == 0
+        trio.lowlevel.remove_instrument(spawned)
+        nursery.cancel_scope.cancel()
+    assert summary.delivered == len(recipients)
+    txt = [(name, transport) for name, rdtype, transport in dns.queries if rdtype == "TXT"]
+    assert sorted(txt) == sorted((f"_mta-sts.{d}", "udp") for d in domains)
+    assert spawned.names["Engine._resolve"] == 0
+
+
 async def test_routing_failures_reach_their_recipients_through_the_prefetcher() -> None:
     async with trio.open_nursery() as nursery:
         sink, dns = await start_world(nursery, ["good.test"])

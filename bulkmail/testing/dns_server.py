@@ -31,7 +31,7 @@ import trio
 
 #: CNAME hops followed inside one answer, as an authoritative server would
 MAX_CNAME_HOPS = 8
-#: query types answered from bytes (others are built by dnspython)
+#: query types answered from bytes, denials included (others are built by dnspython)
 _TYPE_NAMES = {1: "A", 28: "AAAA", 15: "MX", 16: "TXT"}
 #: built answers kept for replay (a few hundred bytes each)
 MAX_KEPT_ANSWERS = 500_000
@@ -62,6 +62,7 @@ class DNSServer:
         #: built answers by (query bytes after the ID, transport); cleared when the zone changes
         self._answers: dict[tuple[bytes, str], tuple[bytes, str, str]] = {}
         self._rdata_wire: dict[tuple[str, str], bytes] = {}
+        self._soa_records: dict[str, bytes] = {}
 
     # -- zone data ---------------------------------------------------------------
 
@@ -70,6 +71,7 @@ class DNSServer:
         self.records[(_key(name), rdtype.upper())].append((value, ttl))
         self.names.add(_key(name))
         self._answers.clear()
+        self._soa_records.clear()
 
     def set_rcode(self, name: str, rcode: dns.rcode.Rcode) -> None:
         """Answer every query for ``name`` with ``rcode`` (e.g. SERVFAIL)."""
@@ -143,25 +145,52 @@ class DNSServer:
         end = at + 5
         rdtype = _TYPE_NAMES.get(qtype)
         if (
-            rdtype is None or qclass != 1 or name not in self.names or name in self.rcodes
+            rdtype is None or qclass != 1 or name in self.rcodes
             or name in self.blackholed or name in self.truncated or name in self.dropped
             or name in self.authenticated  # AD is set by _build
             or (name, "CNAME") in self.records
         ):
             return None
-        values = self.records.get((name, rdtype))
+        exists = name in self.names
+        values = self.records.get((name, rdtype)) if exists else None
+        flags = 0x8400 | (wire[2] & 0x01) << 8  # QR AA, RD echoed
+        if self.log_queries:
+            self.queries.append((name.rstrip("."), rdtype, transport))
         if not values:
-            return None  # a negative answer carries the zone's SOA: built in full
+            # a denial (NXDOMAIN, or no data at a name that exists) with the
+            # zone's SOA: MTA-STS asks one such TXT per recipient domain
+            soa = self._soa_wire(name)
+            header = struct.pack(
+                "!HHHHH", flags | (0 if exists else 3), 1, 0, 1 if soa else 0, 0
+            )
+            return wire[:2] + header + wire[12:end] + soa
         ttl = min(t for _, t in values)
         answers = b"".join(
             b"\xc0\x0c" + struct.pack("!HHIH", qtype, 1, ttl, len(rdata)) + rdata
             for rdata in (self._rdata(rdtype, value) for value, _ in values)
         )
-        flags = 0x8400 | (struct.unpack_from("!H", wire, 2)[0] & 0x0100)  # QR AA, RD echoed
         header = wire[:2] + struct.pack("!HHHHH", flags, 1, len(values), 0, 0)
-        if self.log_queries:
-            self.queries.append((name.rstrip("."), rdtype, transport))
         return header + wire[12:end] + answers
+
+    def _soa_wire(self, name: str) -> bytes:
+        """:meth:`_soa_for` as an uncompressed record in wire form, or b""."""
+        labels = name.split(".")
+        for i in range(len(labels) - 1):
+            owner = ".".join(labels[i:])
+            if (owner, "SOA") not in self.records:
+                continue
+            known = self._soa_records.get(owner)
+            if known is None:
+                soa = self._soa_for(owner)
+                assert soa is not None
+                owner_wire = soa.name.to_wire()
+                assert owner_wire is not None
+                rdata = soa[0].to_digestable()
+                known = self._soa_records[owner] = owner_wire + struct.pack(
+                    "!HHIH", 6, 1, soa.ttl, len(rdata)
+                ) + rdata
+            return known
+        return b""
 
     def _rdata(self, rdtype: str, value: str) -> bytes:
         """One record's rdata in wire form (a few distinct values: kept)."""

@@ -13,13 +13,17 @@ resolver: MTA-STS asks one TXT per domain.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .. import dns_wire
 from ..dns_client import ClientStopped, SharedClient, SharesSockets, UDPClient
 from ..dns_lookup import new_resolver, plain_servers
 from ..routing import DNSConfig
+
+if TYPE_CHECKING:
+    import dns.message
 
 
 class LookupFailed(Exception):
@@ -28,7 +32,9 @@ class LookupFailed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """One lookup: records (empty: the name or type does not exist), TTL, AD bit."""
+    """One lookup: records (empty: the name or type does not exist), TTL, AD bit.
+
+    A TXT record is its strings joined (bytes); other types are dnspython's rdata."""
 
     rdata: tuple[Any, ...]
     ttl: float
@@ -78,33 +84,41 @@ class PolicyDNS(SharesSockets):
             secure = bool(answer.response.flags & dns.flags.AD)
             if answer.rrset is None:
                 return Answer((), self.config.negative_ttl, secure)
-            return Answer(tuple(answer.rrset), float(answer.rrset.ttl), secure)
+            return Answer(_values(answer.rrset), float(answer.rrset.ttl), secure)
         raise LookupFailed(f"{name} {rdtype}: no answer within {lifetime:g}s")
 
     async def _shared(self, client: UDPClient, name: str, rdtype: str) -> Answer | None:
         """The query over the shared sockets (TCP when the reply is truncated);
-        None when they cannot carry it and dnspython's resolver should ask."""
-        import dns.asyncquery
+        None when they cannot carry it and dnspython's resolver should ask.
+
+        A TXT question about a plain host name is built and, in the plain
+        cases (a denial, or TXT records), read from bytes (:mod:`dns_wire`):
+        dnspython cost ~0.4 ms per lookup, one per recipient domain under
+        MTA-STS."""
         import dns.exception
         import dns.flags
         import dns.message
         import dns.name
-        import dns.rcode
-        import dns.rdataclass
         import dns.rdatatype
-        import dns.resolver
 
-        try:
-            qname = dns.name.from_text(name)
-            wanted = dns.rdatatype.from_text(rdtype)
-        except dns.exception.DNSException:
-            return None  # dnspython's resolver says what is wrong with it
-        query = dns.message.make_query(qname, wanted, use_edns=0, want_dnssec=True, payload=1232)
-        query.flags = dns.flags.RD | dns.flags.AD  # as the resolver's (see __init__)
-        wire = query.to_wire()
-        name_wire = qname.to_wire()
-        assert name_wire is not None
-        question = wire[12 : 12 + len(name_wire) + 4]  # the first name: never compressed
+        question = dns_wire.question(name, rdtype) if rdtype == "TXT" else None
+        query: dns.message.Message | None = None
+        if question is not None:
+            wire = dns_wire.dnssec_query(0, question)
+        else:
+            try:
+                qname = dns.name.from_text(name)
+                wanted = dns.rdatatype.from_text(rdtype)
+            except dns.exception.DNSException:
+                return None  # dnspython's resolver says what is wrong with it
+            query = dns.message.make_query(
+                qname, wanted, use_edns=0, want_dnssec=True, payload=1232
+            )
+            query.flags = dns.flags.RD | dns.flags.AD  # as the resolver's (see __init__)
+            wire = query.to_wire()
+            name_wire = qname.to_wire()
+            assert name_wire is not None
+            question = wire[12 : 12 + len(name_wire) + 4]  # the first name: never compressed
         deadline = trio.current_time() + self.config.lifetime
         try:
             data = await client.exchange(question, deadline, wire)
@@ -112,6 +126,27 @@ class PolicyDNS(SharesSockets):
             return None
         if data is None:
             raise LookupFailed(f"{name} {rdtype}: no answer within {self.config.lifetime:g}s")
+        if query is None:
+            plain = dns_wire.txt_answer(data, (data[0] << 8) | data[1], question)
+            if plain is not None:
+                texts, ttl, secure = plain
+                return Answer(texts, self.config.negative_ttl if ttl is None else ttl, secure)
+            query = dns.message.from_wire(dns_wire.dnssec_query(0, question))
+        return await self._from_response(data, query, name, rdtype, deadline)
+
+    async def _from_response(
+        self, data: bytes, query: dns.message.Message, name: str, rdtype: str, deadline: float
+    ) -> Answer:
+        """A reply read by dnspython as its resolver would (TCP when truncated)."""
+        import dns.asyncquery
+        import dns.exception
+        import dns.flags
+        import dns.message
+        import dns.rcode
+        import dns.rdataclass
+        import dns.resolver
+
+        question = query.question[0]
         try:
             response = dns.message.from_wire(data)
             if response.flags & dns.flags.TC:
@@ -128,15 +163,28 @@ class PolicyDNS(SharesSockets):
                 answered = dns.rcode.to_text(rcode)
                 raise LookupFailed(f"{name} {rdtype}: the server answered {answered}")
             assert isinstance(response, dns.message.QueryMessage)
-            rrset = dns.resolver.Answer(qname, wanted, dns.rdataclass.IN, response).rrset
+            rrset = dns.resolver.Answer(
+                question.name, question.rdtype, dns.rdataclass.IN, response
+            ).rrset
         except (dns.exception.DNSException, OSError) as exc:
             raise LookupFailed(f"{name} {rdtype}: {exc}") from exc
         if rrset is None:
             return Answer((), self.config.negative_ttl, secure)
-        return Answer(tuple(rrset), float(rrset.ttl), secure)
+        return Answer(_values(rrset), float(rrset.ttl), secure)
 
     async def txt(self, name: str) -> tuple[list[str], float]:
         """The TXT strings at ``name`` (each record's strings joined), and their TTL."""
         answer = await self.query(name, "TXT")
-        texts = [b"".join(r.strings).decode("utf-8", "replace") for r in answer.rdata]
+        texts = [text.decode("utf-8", "replace") for text in answer.rdata]
         return texts, answer.ttl
+
+
+def _values(rrset: Any) -> tuple[Any, ...]:
+    """An rrset's records as :class:`Answer` holds them: a TXT record's strings
+    joined into bytes (as :func:`dns_wire.txt_answer` gives them), other
+    types as dnspython's rdata."""
+    import dns.rdatatype
+
+    if rrset.rdtype == dns.rdatatype.TXT:
+        return tuple(b"".join(r.strings) for r in rrset)
+    return tuple(rrset)

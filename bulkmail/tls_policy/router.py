@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import trio
 
+from ..prefetch import PrefetchQueue
 from ..protocol.replies import Reply
 from ..routing import Destination, Resolved, Router, RoutingError
 from ..ttl_cache import CoalescingCache
@@ -42,8 +43,10 @@ class PolicyRouter:
     def __init__(self, inner: Router, policies: TLSPolicies) -> None:
         self.inner = inner
         self.policies = policies
-        self._plans: CoalescingCache[str, _Entry] = CoalescingCache(
-            policies.dns.config.cache_size
+        config = policies.dns.config
+        self._plans: CoalescingCache[str, _Entry] = CoalescingCache(config.cache_size)
+        self._ahead: PrefetchQueue[Destination | RoutingError] = PrefetchQueue(
+            config.prefetch_queue
         )
 
     async def route(self, domain: str) -> Destination:
@@ -65,17 +68,36 @@ class PolicyRouter:
         return _Entry(inner, outer), self.policies.config.refresh
 
     def prefetch(self, domain: str) -> bool:
-        """Warm the inner router's MX answer, but report nothing: the TLS plan
-        is made by ``route`` (fast once the MX answer is cached)."""
-        self.inner.prefetch(domain)
-        return False
+        """Queue ``domain`` for the MX answer and the TLS plan together (never
+        waits); False when its plan is cached or being made by ``route``, or
+        the queue is full -- as :meth:`MXRouter.prefetch <bulkmail.routing.MXRouter.prefetch>`.
+
+        Without this, each domain that missed the cache became a task of the
+        engine's awaiting ``route()``: 100,000 domains under MTA-STS took 4x
+        the time of the MX answers alone, and 150 MB more at the peak."""
+        if domain in self._ahead:
+            return True
+        if self._plans.busy(domain) or self.peek(domain) is not None:
+            return False
+        return self._ahead.add(domain)
+
+    async def outcome(self, domain: str) -> Destination | RoutingError:
+        """``route(domain)``, with a routing failure returned instead of raised."""
+        try:
+            return await self.route(domain)
+        except RoutingError as exc:
+            return exc
 
     async def run_prefetcher(self, on_resolved: Resolved | None = None) -> None:
-        """The inner router's prefetcher, and the policy lookups' shared
-        sockets (:meth:`PolicyDNS.serve`) in the same nursery."""
+        """Make prefetched domains' plans (MX answer, then TLS policy), half of
+        ``max_queries`` domains at a time, until cancelled, each outcome to
+        ``on_resolved``; meanwhile the MX router's and the policy lookups'
+        shared UDP sockets stay open (:meth:`PolicyDNS.serve`), in this nursery."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.policies.dns.serve)
-            await self.inner.run_prefetcher(None)
+            nursery.start_soon(self.inner.run_prefetcher, None)
+            crew = self.policies.dns.config.max_queries // 2
+            await self._ahead.run(self.outcome, crew, on_resolved)
 
     def peek(self, domain: str) -> Destination | None:
         entry = self._plans.get(domain)
