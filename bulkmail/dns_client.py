@@ -20,6 +20,7 @@ configured, not a resolver talking to the internet.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import random
 import socket
@@ -40,7 +41,7 @@ class ClientStopped(Exception):
 class _Pending:
     """One query waiting for its reply."""
 
-    __slots__ = ("question", "reply", "stopped", "task")
+    __slots__ = ("question", "reply", "stopped", "task", "wake_at")
 
     def __init__(self, question: bytes) -> None:
         self.question = question
@@ -48,6 +49,8 @@ class _Pending:
         self.task: trio.lowlevel.Task | None = None
         self.reply: bytes | None = None
         self.stopped = False
+        #: when the waiting task is woken without a reply (resend, or give up)
+        self.wake_at = math.inf
 
 
 class UDPClient:
@@ -73,6 +76,8 @@ class UDPClient:
         self.retransmits = 0
         #: datagrams sent (first sends and resends)
         self.sent = 0
+        #: the sweeper's sleep (its deadline: the earliest ``wake_at``)
+        self._sweep_scope = trio.CancelScope()
 
     @property
     def running(self) -> bool:
@@ -102,6 +107,7 @@ class UDPClient:
             async with trio.open_nursery() as nursery:
                 for sock in sockets:
                     nursery.start_soon(self._receive, sock)
+                nursery.start_soon(self._sweep)
                 task_status.started(True)
         finally:
             self._sockets = []
@@ -137,10 +143,12 @@ class UDPClient:
                     raise ClientStopped()
                 await self._send(sockets[attempt % len(sockets)], wire)
                 if pending.reply is None and not pending.stopped:
-                    resend = trio.current_time() + self.timeout
-                    # one cancel scope per attempt, ending at the earlier deadline
-                    with trio.move_on_at(min(resend, deadline)):
-                        await self._wait(pending)
+                    # woken by the sweeper at the earlier of the resend time and
+                    # the deadline: no cancel scope per attempt (see _sweep)
+                    pending.wake_at = wake_at = min(trio.current_time() + self.timeout, deadline)
+                    if wake_at < self._sweep_scope.deadline:
+                        self._sweep_scope.deadline = wake_at
+                    await self._wait(pending)
                 if pending.reply is not None:
                     return pending.reply
                 if pending.stopped:
@@ -225,6 +233,30 @@ class UDPClient:
         if task is not None:
             waiting.task = None
             trio.lowlevel.reschedule(task)
+
+    async def _sweep(self) -> None:
+        """Wake each waiting query whose ``wake_at`` has come.
+
+        A cancel scope per attempt (``move_on_at``) cost two trio scope
+        changes and ~8 us per query (cProfile, 50,000 domains under MTA-STS:
+        150,000 scopes, 3 per domain).  Here one task sleeps until the
+        earliest ``wake_at`` among the queries in flight (at most the lookup
+        limits' worth, so a scan is cheap): as every query waits the same
+        ``timeout``, a new query rarely moves that earlier, and in steady
+        traffic this task wakes about once per ``timeout``."""
+        while True:
+            now = trio.current_time()
+            earliest = math.inf
+            for waiting in list(self._pending.values()):
+                if waiting.task is None:
+                    continue  # answered, stopped, or between attempts
+                if waiting.wake_at <= now:
+                    self._wake(waiting)
+                elif waiting.wake_at < earliest:
+                    earliest = waiting.wake_at
+            self._sweep_scope = trio.CancelScope(deadline=earliest)
+            with self._sweep_scope:
+                await trio.sleep_forever()
 
     def _stop_all(self) -> None:
         for waiting in self._pending.values():

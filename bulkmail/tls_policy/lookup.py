@@ -64,12 +64,13 @@ class PolicyDNS(SharesSockets):
         import dns.resolver
 
         lifetime = self.config.lifetime
-        with trio.move_on_after(lifetime):
-            client = self._shared_client.client
-            if client is not None:
-                shared = await self._shared(client, name, rdtype)
-                if shared is not None:
-                    return shared
+        deadline = trio.current_time() + lifetime
+        client = self._shared_client.client
+        if client is not None:  # bounded by the deadline itself: no cancel scope
+            shared = await self._shared(client, name, rdtype, deadline)
+            if shared is not None:
+                return shared
+        with trio.move_on_at(deadline):
             try:
                 answer = await self._resolver.resolve(
                     name, rdtype, search=False, lifetime=lifetime, backend=self._backend,
@@ -87,7 +88,9 @@ class PolicyDNS(SharesSockets):
             return Answer(_values(answer.rrset), float(answer.rrset.ttl), secure)
         raise LookupFailed(f"{name} {rdtype}: no answer within {lifetime:g}s")
 
-    async def _shared(self, client: UDPClient, name: str, rdtype: str) -> Answer | None:
+    async def _shared(
+        self, client: UDPClient, name: str, rdtype: str, deadline: float
+    ) -> Answer | None:
         """The query over the shared sockets (TCP when the reply is truncated);
         None when they cannot carry it and dnspython's resolver should ask.
 
@@ -119,7 +122,6 @@ class PolicyDNS(SharesSockets):
             name_wire = qname.to_wire()
             assert name_wire is not None
             question = wire[12 : 12 + len(name_wire) + 4]  # the first name: never compressed
-        deadline = trio.current_time() + self.config.lifetime
         try:
             data = await client.exchange(question, deadline, wire)
         except (ClientStopped, OSError):
