@@ -85,14 +85,16 @@ FencedWrite = tuple[int, Sequence[str], Outcome, bool]
 # index can serve it (coalesce): the rows are found by (job, address), not by
 # reading all the worker's leased rows each time (thousands, with 8 claims of
 # 500 in flight).  One statement in autocommit is one round trip for the
-# whole group commit, however many marks and results.
+# whole group commit, however many marks and results.  The arrays go in binary
+# (%b): psycopg adapted twelve arrays of a commit of 11 addresses in ~123 us of
+# Python as text, ~76 us in binary.
 _FENCED_ROWS = """
 WITH w AS MATERIALIZED (
     SELECT r0.id, a.*
-    FROM unnest(%(n)s::integer[], %(job)s::bigint[], %(address)s::text[], %(state)s::text[],
-                %(code)s::integer[], %(enhanced)s::text[], %(reply)s::text[],
-                %(attempts)s::integer[], %(host)s::text[], %(next_attempt)s::float8[],
-                %(dup)s::boolean[], %(release)s::boolean[])
+    FROM unnest(%(n)b::integer[], %(job)b::bigint[], %(address)b::text[], %(state)b::text[],
+                %(code)b::integer[], %(enhanced)b::text[], %(reply)b::text[],
+                %(attempts)b::integer[], %(host)b::text[], %(next_attempt)b::float8[],
+                %(dup)b::boolean[], %(release)b::boolean[])
          AS a(n, job, address, state, code, enhanced, reply, attempts, host, next_attempt,
               dup, release)
     JOIN recipients AS r0 ON r0.job = a.job AND r0.address = a.address
@@ -128,7 +130,7 @@ RETURNING w.n, r.address
 _MARK_ROWS = """
 WITH w AS MATERIALIZED (
     SELECT r0.id, a.n
-    FROM unnest(%(n)s::integer[], %(job)s::bigint[], %(address)s::text[]) AS a(n, job, address)
+    FROM unnest(%(n)b::integer[], %(job)b::bigint[], %(address)b::text[]) AS a(n, job, address)
     JOIN recipients AS r0 ON r0.job = a.job AND r0.address = a.address
     WHERE coalesce(r0.lease_owner, '') = %(owner)s
     ORDER BY r0.id
