@@ -10,7 +10,7 @@ import trio
 from bulkmail.journal import Outcome, Status
 from bulkmail.store import PgStore, StoreError
 from bulkmail.store.aio import AsyncStore, keep_leases
-from bulkmail.store.writer import StoreWriter
+from bulkmail.store.writer import RIDE_ALONG, StoreWriter
 from tests.pgutil import pg_url, store_url, travel
 
 __all__ = ["pg_url", "store_url"]  # fixtures, imported for pytest
@@ -174,25 +174,29 @@ async def test_a_flush_after_cancellation_still_saves(store_url: str) -> None:
 
 async def test_an_in_doubt_mark_never_waits_for_results(store_url: str) -> None:
     # results linger (here: until a flush) to fill big commits; a mark is on a
-    # transaction's critical path and commits at once, on a lane of its own
-    job = make_job(store_url, 40, domains=1)
+    # transaction's critical path and commits at once, on a lane of its own,
+    # taking along at most RIDE_ALONG of the results queued meanwhile
+    job = make_job(store_url, RIDE_ALONG + 40, domains=1)
     store = await AsyncStore.open(store_url, connections=3)
     writer = StoreWriter(store, "w", max_delay=3600)
-    claim = await store.claim("w", 40, 30, job=job)
+    claim = await store.claim("w", RIDE_ALONG + 40, 30, job=job)
     assert claim is not None
     addresses = [r.address for r in claim.recipients]
+    results, marks = addresses[:RIDE_ALONG + 20], addresses[RIDE_ALONG + 20:]
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
-        writer.submit_outcomes(job, addresses[:20], DELIVERED)
-        marked = await writer.mark_in_doubt(job, addresses[20:])
-        assert marked == set(addresses[20:])
-        assert writer.pending == 20  # the results still wait
+        writer.submit_outcomes(job, results[:RIDE_ALONG], DELIVERED)
+        writer.submit_outcomes(job, results[RIDE_ALONG:], DELIVERED)
+        marked = await writer.mark_in_doubt(job, marks)
+        assert marked == set(marks)
+        assert writer.pending == 20  # the results beyond RIDE_ALONG still wait
         with PgStore(store_url) as s:
-            assert s.counts(job) == {Status.PENDING: 20, Status.IN_DOUBT: 20}
+            assert s.counts(job) == {Status.DELIVERED: RIDE_ALONG, Status.PENDING: 20,
+                                     Status.IN_DOUBT: 20}
         await writer.flush()  # a flush does not wait out the lingering
         assert writer.pending == 0
         with PgStore(store_url) as s:
-            assert s.counts(job) == {Status.DELIVERED: 20, Status.IN_DOUBT: 20}
+            assert s.counts(job) == {Status.DELIVERED: RIDE_ALONG + 20, Status.IN_DOUBT: 20}
         await writer.aclose()
     await store.aclose()
 

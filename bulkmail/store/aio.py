@@ -41,14 +41,15 @@ class AsyncStore:
         self._limiter = trio.CapacityLimiter(len(stores))
 
     @classmethod
-    async def open(cls, url: str, *, connections: int = 3,
-                   schema: str | None = None) -> AsyncStore:
-        """Connect ``connections`` times (the first also migrates the schema)."""
+    async def open(cls, url: str, *, connections: int = 3, schema: str | None = None,
+                   generic_plans: bool = False) -> AsyncStore:
+        """Connect ``connections`` times (the first also migrates the schema);
+        ``generic_plans``: see :meth:`~bulkmail.store.connection.Database.use_generic_plans`."""
         stores: list[PgStore] = []
         try:
             for _ in range(connections):
                 stores.append(await trio.to_thread.run_sync(
-                    lambda: PgStore(url, schema=schema)))
+                    lambda: PgStore(url, schema=schema, generic_plans=generic_plans)))
         except BaseException:
             for store in stores:
                 store.close()

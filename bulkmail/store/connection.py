@@ -89,6 +89,20 @@ class Database:
                     raise ConnectionLost(self._broken) from exc
                 raise StoreError(f"database error: {_first_line(exc)}") from exc
 
+    def use_generic_plans(self) -> None:
+        """Plan each prepared statement once, not at every execution.
+
+        For a connection that runs the same few statements over arrays (the
+        group commits): PostgreSQL kept re-planning them with each call's
+        values, as an array's length makes the generic plan look dearer, though
+        the plan is the same (rows found by index, whatever the length).
+        Measured on the group commit (one connection, 5,000 recipients, a mark
+        each and results 5 at a time): 454 -> 250 us of PostgreSQL CPU per
+        recipient, planning was ~130 us a statement.
+        """
+        with self.using() as conn:
+            conn.execute("SET plan_cache_mode = force_generic_plan")
+
     @property
     def backend_pid(self) -> int:
         """The server process serving this connection (to tell sessions apart)."""

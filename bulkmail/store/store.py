@@ -54,11 +54,14 @@ class PgStore:
     per thread that should not wait for the others (``AsyncStore`` does).
     """
 
-    def __init__(self, url: str, *, schema: str | None = None) -> None:
+    def __init__(self, url: str, *, schema: str | None = None,
+                 generic_plans: bool = False) -> None:
         conninfo, url_schema, _ = split_store_url(url)
         self.db = Database(conninfo, schema=schema or url_schema)
         try:
             migrate(self.db)
+            if generic_plans:
+                self.db.use_generic_plans()
         except BaseException:
             self.db.close()
             raise

@@ -335,7 +335,7 @@ async def run_worker(
     # every transaction's path) never waits behind seat polls and claims
     store = await AsyncStore.open(url, connections=STORE_CONNECTIONS - WRITER_CONNECTIONS)
     try:
-        commits = await AsyncStore.open(url, connections=WRITER_CONNECTIONS)
+        commits = await AsyncStore.open(url, connections=WRITER_CONNECTIONS, generic_plans=True)
     except BaseException:
         await store.aclose()
         raise

@@ -7,6 +7,9 @@ and marks that arrive meanwhile share the next commit; results linger a few
 milliseconds to fill bigger commits on another connection.  Each commit is one
 statement (``outcomes.apply_fenced``).  Measured in scenario e (one worker, 32
 sessions at 20 ms): marks queued behind one shared commit waited 47-107 ms.
+Results queued when a mark's commit starts ride along with it (at most
+``RIDE_ALONG`` addresses, a few hundred microseconds more on the mark's path):
+their own commit would have cost about as much again, for nothing.
 
 The lanes never reorder one recipient's writes: its result is submitted only
 after its mark committed (the end of data waited for it), and a recipient
@@ -27,6 +30,10 @@ from .leases import IN_DOUBT, Write
 __all__ = ["StoreWriter"]
 
 
+#: results that may ride along with a mark's commit: the mark waits for them too
+RIDE_ALONG = 64
+
+
 class _Waiter:
     __slots__ = ("applied", "done")
 
@@ -35,13 +42,16 @@ class _Waiter:
         self.done = trio.Event()
 
 
+_Queued = tuple[int, Write, _Waiter | None]  # (seq, write, waiter)
+
+
 class _Lane:
     """Writes waiting for a commit, and how many commits run (at most ``parallel``)."""
 
     def __init__(self, parallel: int, linger: float) -> None:
         self.parallel = parallel
         self.linger = linger  #: how long a write waits for others to share its commit
-        self.queue: list[tuple[int, Write, _Waiter | None]] = []  # (seq, write, waiter)
+        self.queue: list[_Queued] = []
         self.queued = 0  #: addresses in the queue
         self.committing: dict[int, int] = {}  #: first seq of each commit running -> addresses
         self.next_seq = 0
@@ -53,11 +63,12 @@ class _Lane:
         self.queued += len(write[1])
         self.wakeup.set()
 
-    def take(self, max_batch: int) -> list[tuple[int, Write, _Waiter | None]]:
-        """The next batch (at least one write), moved from the queue to ``committing``."""
+    def take(self, max_batch: int, *, within: bool = False) -> list[_Queued]:
+        """The next batch, moved from the queue to ``committing``: at least one
+        write (``within``: none that would take it past ``max_batch``)."""
         size, n = 0, 0
         for _, write, _ in self.queue:
-            if n and size >= max_batch:
+            if n and (size >= max_batch or (within and size + len(write[1]) > max_batch)):
                 break
             size += len(write[1])
             n += 1
@@ -160,7 +171,7 @@ class StoreWriter:
         while not done():
             self._check()
             if not self._running and lane.can_start():
-                await self._commit(lane, lane.take(self.max_batch))
+                await self._commit([(lane, lane.take(self.max_batch))])
             else:
                 await self._progress.wait()
         self._check()
@@ -206,43 +217,50 @@ class StoreWriter:
                         await lane.wakeup.wait()
                         lane.wakeup = trio.Event()
             if lane.can_start():
-                nursery.start_soon(self._commit, lane, lane.take(self.max_batch))
+                batches = [(lane, lane.take(self.max_batch))]
+                results = self._results.queue
+                if lane is self._marks and results and len(results[0][1][1]) <= RIDE_ALONG:
+                    batches.append((self._results, self._results.take(RIDE_ALONG, within=True)))
+                nursery.start_soon(self._commit, batches)
                 await trio.lowlevel.checkpoint()
 
     def _in_a_hurry(self, lane: _Lane) -> bool:
         """Commit the lane's writes now: a full batch, a flush, or closing."""
         return lane.queued >= self.max_batch or bool(self._hurry) or self._closing
 
-    async def _commit(self, lane: _Lane, batch: list[tuple[int, Write, _Waiter | None]]) -> None:
-        first = batch[0][0]
-        writes = [write for _, write, _ in batch if write[1]]
+    async def _commit(self, batches: list[tuple[_Lane, list[_Queued]]]) -> None:
+        """One commit of the lanes' batches (a mark's with the results queued
+        meanwhile riding along)."""
+        writes = [write for _, batch in batches for _, write, _ in batch if write[1]]
         try:
             self._check()
             applied = await self.store.call(
                 lambda s: s.commit_writes(self.owner, writes)
             ) if writes else []
         except BaseException as exc:
-            del lane.committing[first]
+            for lane, batch in batches:
+                del lane.committing[batch[0][0]]
+                if not isinstance(exc, Exception):  # cancelled before the thread started:
+                    lane.queue[:0] = batch  # back in line, for a flush
+                    lane.queued += sum(len(write[1]) for _, write, _ in batch)
             if isinstance(exc, Exception):
                 self._error = self._error or exc
-            else:  # cancelled before the thread started: back in line, for a flush
-                lane.queue[:0] = batch
-                lane.queued += sum(len(write[1]) for _, write, _ in batch)
             self._signal()
             raise
-        del lane.committing[first]
         self.commits += 1
         done = iter(applied)
-        for _, (job, addresses, _, release), waiter in batch:
-            wrote = next(done) if addresses else set()
-            if waiter is not None:
-                waiter.applied = wrote
-                waiter.done.set()
-            elif release and len(wrote) < len(addresses):
-                lost = [a for a in addresses if a not in wrote]
-                self.lost += len(lost)
-                if self.on_lost is not None:
-                    self.on_lost(job, lost)
+        for lane, batch in batches:
+            del lane.committing[batch[0][0]]
+            for _, (job, addresses, _, release), waiter in batch:
+                wrote = next(done) if addresses else set()
+                if waiter is not None:
+                    waiter.applied = wrote
+                    waiter.done.set()
+                elif release and len(wrote) < len(addresses):
+                    lost = [a for a in addresses if a not in wrote]
+                    self.lost += len(lost)
+                    if self.on_lost is not None:
+                        self.on_lost(job, lost)
         self._signal()
 
     def _signal(self) -> None:
