@@ -109,7 +109,9 @@ class Transaction:
         if self.data_sent:
             # not refused before the end of data left: the server may have it
             in_doubt = frozenset(i for i in self.sendable if replies[i] is None)
-        done = [r if r is not None else fallback for r in replies] if None in replies else replies
+        # all(): a C-level truth test each (a Reply is always true); ``None in``
+        # called Reply.__eq__ per recipient (300,000 calls in scenario d at 0.3)
+        done = replies if all(replies) else [r if r is not None else fallback for r in replies]
         return TransactionResult(
             done,  # type: ignore[arg-type]  # no None left
             self.stages, in_doubt, self.got_reply or self.data_sent,
@@ -135,7 +137,7 @@ def plan(envelope: Envelope, ext: Extensions) -> Transaction:
     rcpts, sendable, replies = txn.rcpts, txn.sendable, txn.replies
     for i, rcpt in enumerate(recipients):
         try:
-            if trusted and rcpt.isascii():
+            if trusted and (all_ascii or rcpt.isascii()):
                 # an ASCII address's wire form is itself (validate_address)
                 rcpts.append(b"RCPT TO:<" + rcpt.encode("ascii") + b">\r\n")
             else:
