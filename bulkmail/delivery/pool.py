@@ -116,6 +116,9 @@ class Pool(BatchRunner):
         self.active_sessions = 0
         self._window = max(1, window)
         self._wakeup = trio.lowlevel.ParkingLot()
+        #: workers parked in ``_wakeup`` (an int, not the lot's Python-level
+        #: ``__bool__``: ``add`` asks once per recipient)
+        self._parked = 0
         self._next_start = 0.0
         self._interval = rate_interval(limits.rate)
         self._oldest = 0.0
@@ -150,7 +153,7 @@ class Pool(BatchRunner):
             self.queue.appendleft(item)
         else:
             self.queue.append(item)
-        if self._wakeup:  # a worker is waiting for work
+        if self._parked:  # a worker is waiting for work
             self._wakeup.unpark()
         if self.workers < self.limits.connections:  # else nobody more may start
             self._spawn_workers()
@@ -240,8 +243,12 @@ class Pool(BatchRunner):
             wait = deadline - now
             if self.queue:
                 wait = min(wait, max(0.0, self._oldest + self.linger - now))
-            with trio.move_on_after(wait):
-                await self._wakeup.park()
+            self._parked += 1
+            try:
+                with trio.move_on_after(wait):
+                    await self._wakeup.park()
+            finally:
+                self._parked -= 1
         return self._take_ready(budget)
 
     def _take_ready(self, budget: int) -> list[Item]:

@@ -168,6 +168,7 @@ class ClientConnection:
         take = protocol.next_reply
         pipeline = self._pipeline
         handlers = pipeline.handlers
+        inflight = pipeline.inflight  # (one deque for the connection's life)
         while self._event is None:
             item = take()
             if item is None:
@@ -181,7 +182,7 @@ class ClientConnection:
             stage, reply = item
             count = 1
             if stage is Stage.RCPT:
-                txn = pipeline.inflight[0]
+                txn = inflight[0]
                 left = len(txn.sendable) - txn.rcpt_at - 1
                 if left:
                     count += protocol.take_repeats(Stage.RCPT, left)
@@ -191,7 +192,7 @@ class ClientConnection:
                     self._trace.server(reply)
             handler = handlers.get(stage)
             if handler is not None:  # a transaction's reply: the common case, inline
-                handler(pipeline.inflight[0], reply, count)
+                handler(inflight[0], reply, count)
                 if reply.code == 421 and self.failure is None:
                     self._close(Failure.UNAVAILABLE, reply)  # the 421 rule
             else:
