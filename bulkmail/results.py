@@ -166,7 +166,10 @@ class Summary:
         self.possible_duplicates += sum(map(_flagged, results))  # C-level: no frame per result
         if reply is not None:
             self.codes[f"{reply.code} {reply.enhanced}" if reply.enhanced else str(reply.code)] += n
-        self.domains.update(r.recipient.rpartition("@")[2].lower() for r in results)
+        if n == 1:  # a personalised message's transaction: no Counter.update and generator
+            self.domains[results[0].recipient.rpartition("@")[2].lower()] += 1
+        else:
+            self.domains.update(r.recipient.rpartition("@")[2].lower() for r in results)
 
     def merge(self, other: Summary) -> None:
         """Add ``other``'s counts (results settled outside the engine) to these."""
