@@ -197,7 +197,7 @@ async def send_durably(
                 on_results(results)
             return
         first = results[0] if results else None
-        if first is not None and _alike(first, results):
+        if first is not None and (len(results) == 1 or _alike(first, results)):
             # one transaction's recipients, one outcome: no lookup each
             # (a million calls were 4.5% of a 50-recipient newsletter's run)
             writer.submit_outcomes([r.recipient for r in results], outcome(first))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
+from operator import attrgetter
 from typing import NamedTuple
 
 from .protocol.replies import Reply
@@ -121,6 +122,9 @@ class Result(NamedTuple):
         return f"{self.recipient}: {self.status.value}{reply}"
 
 
+_flagged = attrgetter("possible_duplicate")
+
+
 @dataclass(slots=True)
 class Summary:
     """Counts by final state, plus the commonest domains and reply codes."""
@@ -159,10 +163,13 @@ class Summary:
             self.in_doubt += n
         else:
             self.suppressed += n
-        self.possible_duplicates += sum(1 for r in results if r.possible_duplicate)
+        self.possible_duplicates += sum(map(_flagged, results))  # C-level: no frame per result
         if reply is not None:
             self.codes[f"{reply.code} {reply.enhanced}" if reply.enhanced else str(reply.code)] += n
-        self.domains.update(r.recipient.rpartition("@")[2].lower() for r in results)
+        if n == 1:  # a personalised message's transaction: no Counter.update and generator
+            self.domains[results[0].recipient.rpartition("@")[2].lower()] += 1
+        else:
+            self.domains.update(r.recipient.rpartition("@")[2].lower() for r in results)
 
     def merge(self, other: Summary) -> None:
         """Add ``other``'s counts (results settled outside the engine) to these."""

@@ -54,6 +54,10 @@ class Destination:
 
 
 class Router(Protocol):
+    #: whether ``prefetch`` ever queues anything: intake reads ahead of
+    #: admission only for a router that resolves domains ahead
+    prefetches: bool
+
     async def route(self, domain: str) -> Destination: ...
 
     def peek(self, domain: str) -> Destination | None:
@@ -127,6 +131,8 @@ RELAY_FAILURE_TTL = 30.0
 class RelayRouter:
     """Every domain goes to one smarthost; a host name is resolved lazily."""
 
+    prefetches = False  # one destination for every domain: nothing to resolve ahead
+
     def __init__(self, host: str, port: int = 25) -> None:
         self.host = host
         self.port = port
@@ -185,6 +191,8 @@ class MXRouter:
     so the many domains one provider hosts cost one MX query each, not three,
     and share one interned :class:`Destination`.
     """
+
+    prefetches = True
 
     def __init__(self, config: DNSConfig, *, rng: random.Random | None = None) -> None:
         self.config = config

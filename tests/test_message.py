@@ -136,3 +136,28 @@ def test_a_message_file_that_cannot_be_mail_is_exit_2(
     assert said in result.stderr and "Traceback" not in result.stderr
     if "header" in said:
         assert "then one empty line, then the body" in result.stderr  # what it must look like
+
+
+@pytest.mark.parametrize("text", [
+    "Hi $name, ${name}!", "$$name costs {0} {{x}} }{", "${a}${b}$a_b", "no placeholders",
+    "$email <$recipient> 100%", "{$name}", "$$", "tail $name",
+])
+def test_template_renders_as_string_template_does(text: str) -> None:
+    """The precompiled format string gives Template.substitute's output and KeyError."""
+    import string
+
+    from bulkmail.message import _format_string
+
+    template = string.Template(text)
+    values = {"name": "{v}$x", "a": "A", "b": "}", "a_b": "", "email": "e@x", "recipient": "r"}
+    assert _format_string(template).format_map(values) == template.substitute(values)
+    missing = {k: v for k, v in values.items() if k not in ("name", "a")}
+    try:
+        want: object = template.substitute(missing)
+    except KeyError as exc:
+        want = exc.args
+    try:
+        got: object = _format_string(template).format_map(missing)
+    except KeyError as exc:
+        got = exc.args
+    assert got == want

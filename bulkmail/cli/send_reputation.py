@@ -17,6 +17,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from ..bounce_class import (
     DEFAULT_SUPPRESS,
@@ -154,8 +155,17 @@ class BounceSuppressor:
                       " (the journal and report still have them)")
 
 
+_status = attrgetter("status")
+
+
 def class_counts(results: Sequence[Result], counts: Counter[tuple[str, str]]) -> None:
     """Count bounced and deferred results per (status, class) for the summary."""
+    if len(results) > 1:
+        # a transaction's deliveries (fifty at a time): one C-level pass says
+        # nobody is counted (1.4% of scenario d's samples went to the loop)
+        statuses = set(map(_status, results))
+        if Status.BOUNCED not in statuses and Status.DEFERRED not in statuses:
+            return
     for result in results:
         status = result.status
         if status is Status.BOUNCED or status is Status.DEFERRED:

@@ -64,7 +64,9 @@ class Engine(RecipientOutcomes):
         self.rng = random.Random(config.seed)
         self.intake = Intake(
             config.max_pending, dispatch=self.dispatch, invalid=self.invalid,
-            prefetch=router.prefetch,
+            # a relay resolves nothing per domain: no reading ahead for it (it
+            # cost three calls per recipient read while max_pending were in memory)
+            prefetch=router.prefetch if router.prefetches else None,
         )
         self._limiter = trio.CapacityLimiter(config.total_connections)
         self._health = HealthRegistry(pipelining=config.session.use_pipelining)

@@ -64,7 +64,7 @@ class Intake:
     def release(self, n: int = 1) -> None:
         """``n`` recipients have their results: room for more."""
         self._in_memory -= n
-        if self._room and self._in_memory <= self._resume_at:
+        if self._in_memory <= self._resume_at and self._room:  # (the int first: __bool__ is Python)
             self._room.unpark_all()
 
     async def feed(self, job: Job, recipients: Recipients) -> None:

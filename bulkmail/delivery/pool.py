@@ -116,6 +116,9 @@ class Pool(BatchRunner):
         self.active_sessions = 0
         self._window = max(1, window)
         self._wakeup = trio.lowlevel.ParkingLot()
+        #: workers parked in ``_wakeup`` and not yet unparked (an int, not the
+        #: lot's Python-level ``__bool__``: ``add`` asks once per recipient)
+        self._parked = 0
         self._next_start = 0.0
         self._interval = rate_interval(limits.rate)
         self._oldest = 0.0
@@ -150,8 +153,8 @@ class Pool(BatchRunner):
             self.queue.appendleft(item)
         else:
             self.queue.append(item)
-        if self._wakeup:  # a worker is waiting for work
-            self._wakeup.unpark()
+        if self._parked and self._wakeup.unpark():  # a worker was waiting for work
+            self._parked -= 1
         if self.workers < self.limits.connections:  # else nobody more may start
             self._spawn_workers()
 
@@ -198,7 +201,7 @@ class Pool(BatchRunner):
 
     def wake(self) -> None:
         """Let waiting workers look again (input ended, or the run is stopping)."""
-        self._wakeup.unpark_all()
+        self._parked -= len(self._wakeup.unpark_all())
 
     @property
     def idle(self) -> bool:
@@ -240,8 +243,15 @@ class Pool(BatchRunner):
             wait = deadline - now
             if self.queue:
                 wait = min(wait, max(0.0, self._oldest + self.linger - now))
-            with trio.move_on_after(wait):
-                await self._wakeup.park()
+            self._parked += 1
+            woken = False  # unparked: whoever unparked it took it off the count
+            try:
+                with trio.move_on_after(wait):
+                    await self._wakeup.park()
+                    woken = True
+            finally:
+                if not woken:  # timed out or cancelled: the lot dropped it itself
+                    self._parked -= 1
         return self._take_ready(budget)
 
     def _take_ready(self, budget: int) -> list[Item]:

@@ -157,43 +157,42 @@ class ClientConnection:
             return Event.BATCH_DONE
         return Event.NEED_DATA
 
-    def next_reply(self) -> tuple[Stage, Reply, int] | None:
-        """The next reply received, the stage it answers, and how many commands
-        it answers: the same reply to the next RCPTs, already buffered (fifty
-        "250 2.1.5 Ok"), is taken in one step.  ``None`` when more bytes are needed."""
-        protocol = self._protocol
-        item = protocol.next_reply()
-        if item is None:
-            return None
-        stage, reply = item
-        count = 1
-        if stage is Stage.RCPT:
-            txn = self._pipeline.inflight[0]
-            left = len(txn.sendable) - txn.rcpt_at - 1
-            if left:
-                count += protocol.take_repeats(Stage.RCPT, left)
-        self.replies += count
-        if self._trace is not None:
-            for _ in range(count):
-                self._trace.server(reply)
-        return stage, reply, count
-
     def _take_replies(self) -> None:
-        next_reply = self.next_reply
+        """Handle every reply already received.  The same reply to the next
+        RCPTs, already buffered (fifty "250 2.1.5 Ok"), is taken in one step.
+
+        The reply loop of every transaction, written out in one function (it
+        was three calls deep per reply: 21 Python calls a one-recipient
+        message, ~7% of scenario a's calls)."""
+        protocol = self._protocol
+        take = protocol.next_reply
+        pipeline = self._pipeline
+        handlers = pipeline.handlers
+        inflight = pipeline.inflight  # (one deque for the connection's life)
         while self._event is None:
-            item = next_reply()
+            item = take()
             if item is None:
                 if self._eof and self.failure is None:
-                    stage = self._protocol.expected
+                    stage = protocol.expected
                     awaiting = f" awaiting {stage.value}" if stage is not None else ""
                     self._close(Failure.LOST, synthetic_reply(
                         451, "4.4.2", f"server closed the connection{awaiting}"
                     ))
                 return
-            stage, reply, count = item
-            handler = self._pipeline.handlers.get(stage)
+            stage, reply = item
+            count = 1
+            if stage is Stage.RCPT:
+                txn = inflight[0]
+                left = len(txn.sendable) - txn.rcpt_at - 1
+                if left:
+                    count += protocol.take_repeats(Stage.RCPT, left)
+            self.replies += count
+            if self._trace is not None:
+                for _ in range(count):
+                    self._trace.server(reply)
+            handler = handlers.get(stage)
             if handler is not None:  # a transaction's reply: the common case, inline
-                handler(self._pipeline.inflight[0], reply, count)
+                handler(inflight[0], reply, count)
                 if reply.code == 421 and self.failure is None:
                     self._close(Failure.UNAVAILABLE, reply)  # the 421 rule
             else:

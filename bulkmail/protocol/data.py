@@ -96,12 +96,11 @@ class PreparedMessage(NamedTuple):
     @classmethod
     def from_bytes(cls, message: bytes) -> PreparedMessage:
         normalized = normalize_newlines(message)
+        # positional (a personalised run makes one per message): normalized,
+        # data_payload, size, eightbit (has_8bit, inline), longest_line
         return cls(
-            normalized=normalized,
-            data_payload=dot_stuff(normalized) + _TERMINATOR,
-            size=len(normalized),
-            eightbit=has_8bit(normalized),
-            longest_line=longest_line(normalized),
+            normalized, dot_stuff(normalized) + _TERMINATOR, len(normalized),
+            not normalized.isascii(), longest_line(normalized),
         )
 
     def check_sendable(

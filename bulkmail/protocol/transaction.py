@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from . import commands
 from .client import Stage
@@ -109,11 +110,21 @@ class Transaction:
         if self.data_sent:
             # not refused before the end of data left: the server may have it
             in_doubt = frozenset(i for i in self.sendable if replies[i] is None)
-        done = [r if r is not None else fallback for r in replies] if None in replies else replies
+        # all(): a C-level truth test each (a Reply is always true); ``None in``
+        # called Reply.__eq__ per recipient (300,000 calls in scenario d at 0.3)
+        done = replies if all(replies) else [r if r is not None else fallback for r in replies]
         return TransactionResult(
             done,  # type: ignore[arg-type]  # no None left
             self.stages, in_doubt, self.got_reply or self.data_sent,
         )
+
+
+@lru_cache(maxsize=1024)
+def _mail_line(sender: str, size: int | None, body: str | None, smtputf8: bool) -> bytes:
+    """``commands.mail_from``, remembered: a run repeats its sender, and a
+    personalised message's SIZE takes few values (0.95 us a message, ~0.1 us
+    a hit; a refusal is raised each time, never cached)."""
+    return commands.mail_from(sender, size=size, body=body, smtputf8=smtputf8)
 
 
 def plan(envelope: Envelope, ext: Extensions) -> Transaction:
@@ -135,7 +146,7 @@ def plan(envelope: Envelope, ext: Extensions) -> Transaction:
     rcpts, sendable, replies = txn.rcpts, txn.sendable, txn.replies
     for i, rcpt in enumerate(recipients):
         try:
-            if trusted and rcpt.isascii():
+            if trusted and (all_ascii or rcpt.isascii()):
                 # an ASCII address's wire form is itself (validate_address)
                 rcpts.append(b"RCPT TO:<" + rcpt.encode("ascii") + b">\r\n")
             else:
@@ -150,11 +161,11 @@ def plan(envelope: Envelope, ext: Extensions) -> Transaction:
     if not sendable:
         return txn
     try:
-        txn.mail = commands.mail_from(
+        txn.mail = _mail_line(
             sender,
-            size=message.size if ext.size is not None else None,
-            body="8BITMIME" if message.eightbit and ext.eightbitmime else None,
-            smtputf8=smtputf8,
+            message.size if ext.size is not None else None,
+            "8BITMIME" if message.eightbit and ext.eightbitmime else None,
+            smtputf8,
         )
     except LocalProtocolError as exc:
         reason = exc.reason if isinstance(exc, InvalidAddress) else str(exc)

@@ -40,6 +40,8 @@ def _unwrap(outcome: Destination | Reply) -> Destination:
 class PolicyRouter:
     """``route`` / ``peek`` like the inner router, with TLS plans attached."""
 
+    prefetches = True
+
     def __init__(self, inner: Router, policies: TLSPolicies) -> None:
         self.inner = inner
         self.policies = policies
