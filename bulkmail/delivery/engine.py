@@ -247,7 +247,7 @@ class Engine(RecipientOutcomes):
             self.prefetched += 1  # the router's prefetcher resolves it: no task here
             return
         # cached as a failure, the prefetch queue full, or a router that does
-        # not report prefetches (PolicyRouter): one task awaits route()
+        # not resolve ahead (a relay): one task awaits route()
         self.resolve_tasks += 1
         self.nursery.start_soon(self._resolve, domain)
 
