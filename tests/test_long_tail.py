@@ -42,12 +42,15 @@ async def start_world(
     return sink, dns
 
 
-def mx_config(sink: Sink, dns: DNSServer, **kwargs: Any) -> MailerConfig:
-    """MX delivery without MTA-STS: the plain MXRouter, whose prefetcher
-    reports each domain (the PolicyRouter's does not: see its own tests)."""
+def mx_config(
+    sink: Sink, dns: DNSServer, policy: str = "opportunistic", **kwargs: Any
+) -> MailerConfig:
+    """MX delivery, by default without MTA-STS (the plain MXRouter); with
+    ``policy="mta-sts"`` the PolicyRouter, whose prefetcher adds the TXT lookup."""
     return MailerConfig(
         dns=DNSConfig(nameservers=(("127.0.0.1", dns.port),), mx_port=sink.port),
-        secure="none", tls_policy=TLSPolicyConfig(policy="opportunistic"), **kwargs,
+        secure="none", tls_policy=TLSPolicyConfig(policy=policy),  # type: ignore[arg-type]
+        **kwargs,
     )
 
 
@@ -99,14 +102,17 @@ async def test_site_batching_is_the_default_as_before_the_option() -> None:
     assert MailerConfig().engine_config().batch_by == "site"
 
 
-async def test_prefetch_path_delivers_everyone_with_no_task_per_domain() -> None:
-    domains = [f"d{n}.test" for n in range(300)]
-    recipients = [f"u{i}@{d}" for d in domains for i in range(3)]
+async def send_through_the_prefetcher(
+    domains: list[str], per_domain: int, policy: str
+) -> tuple[Any, Sink, DNSServer, SpawnedTasks]:
+    """Send to ``per_domain`` recipients of each domain, counting trio's task
+    spawns; asserts every domain went through the router's prefetcher."""
+    recipients = [f"u{i}@{d}" for d in domains for i in range(per_domain)]
     async with trio.open_nursery() as nursery:
         sink, dns = await start_world(nursery, domains)
         spawned = SpawnedTasks()
         trio.lowlevel.add_instrument(spawned)
-        async with Mailer(mx_config(sink, dns)) as mailer:
+        async with Mailer(mx_config(sink, dns, policy)) as mailer:
             engine = mailer.engine
             summary = await mailer.send("news@sender.test", MESSAGE, recipients)
             assert engine.prefetched == len(domains)
@@ -114,11 +120,17 @@ async def test_prefetch_path_delivers_everyone_with_no_task_per_domain() -> None
         trio.lowlevel.remove_instrument(spawned)
         nursery.cancel_scope.cancel()
     assert summary.delivered == len(recipients)
-    assert sink.stats.recipients == len(recipients)
-    assert Counter(rdtype for _, rdtype, _ in dns.queries)["MX"] == len(domains)
     # trio's own count: no engine task per domain (the prefetcher's lookups
     # are the router's, bounded by its semaphore)
     assert spawned.names["Engine._resolve"] == 0
+    return summary, sink, dns, spawned
+
+
+async def test_prefetch_path_delivers_everyone_with_no_task_per_domain() -> None:
+    domains = [f"d{n}.test" for n in range(300)]
+    _, sink, dns, spawned = await send_through_the_prefetcher(domains, 3, "opportunistic")
+    assert sink.stats.recipients == 3 * len(domains)
+    assert Counter(rdtype for _, rdtype, _ in dns.queries)["MX"] == len(domains)
     assert spawned.names["Engine._run_prefetcher"] == 1
 
 
@@ -126,26 +138,9 @@ async def test_mta_sts_plans_are_made_by_the_prefetcher_with_no_task_per_domain(
     """MTA-STS (the CLI's default) asks a TXT per domain: the policy router's
     prefetcher makes each plan, over the shared UDP socket, and reports it."""
     domains = [f"d{n}.test" for n in range(200)]
-    recipients = [f"u{i}@{d}" for d in domains for i in range(2)]
-    async with trio.open_nursery() as nursery:
-        sink, dns = await start_world(nursery, domains)
-        spawned = SpawnedTasks()
-        trio.lowlevel.add_instrument(spawned)
-        config = MailerConfig(
-            dns=DNSConfig(nameservers=(("127.0.0.1", dns.port),), mx_port=sink.port),
-            secure="none", tls_policy=TLSPolicyConfig(policy="mta-sts"),
-        )
-        async with Mailer(config) as mailer:
-            engine = mailer.engine
-            summary = await mailer.send("news@sender.test", MESSAGE, recipients)
-            assert engine.prefetched == len(domains)
-            assert engine.resolve_tasks == 0
-        trio.lowlevel.remove_instrument(spawned)
-        nursery.cancel_scope.cancel()
-    assert summary.delivered == len(recipients)
+    _, _, dns, _ = await send_through_the_prefetcher(domains, 2, "mta-sts")
     txt = [(name, transport) for name, rdtype, transport in dns.queries if rdtype == "TXT"]
     assert sorted(txt) == sorted((f"_mta-sts.{d}", "udp") for d in domains)
-    assert spawned.names["Engine._resolve"] == 0
 
 
 async def test_routing_failures_reach_their_recipients_through_the_prefetcher() -> None:
