@@ -247,7 +247,7 @@ class UDPClient:
         while True:
             now = trio.current_time()
             earliest = math.inf
-            for waiting in list(self._pending.values()):
+            for waiting in self._pending.values():  # _wake never changes the dict
                 if waiting.task is None:
                     continue  # answered, stopped, or between attempts
                 if waiting.wake_at <= now:

@@ -21,6 +21,7 @@ from typing import Generic, TypeVar
 import trio
 
 T = TypeVar("T")
+E = TypeVar("E", bound=Exception)
 
 
 class PrefetchQueue(Generic[T]):
@@ -51,11 +52,12 @@ class PrefetchQueue(Generic[T]):
 
     async def run(
         self, resolve: Callable[[str], Awaitable[T]], crew: int,
-        on_done: Callable[[str, T], object] | None,
+        on_done: Callable[[str, T | E], object] | None, failure: type[E],
     ) -> None:
         """Resolve queued domains with ``crew`` tasks until cancelled, each
-        outcome (``resolve`` must not raise for a domain's own failure) to
-        ``on_done(domain, outcome)``."""
+        outcome to ``on_done(domain, outcome)``: what ``resolve`` returns, or
+        the ``failure`` it raised (a domain's own failure, e.g. no MX: the
+        router caches it too; anything else ends the crew)."""
         async def member() -> None:
             while True:
                 while not self._ahead:
@@ -65,8 +67,11 @@ class PrefetchQueue(Generic[T]):
                 if not self._queued:
                     self._queued = set()  # a set keeps its peak's table when emptied
                 self._working.add(domain)
+                outcome: T | E
                 try:
                     outcome = await resolve(domain)
+                except failure as exc:
+                    outcome = exc
                 finally:
                     self._working.discard(domain)
                 if on_done is not None:

@@ -248,14 +248,8 @@ class MXRouter:
         lookup, prefetched or not."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.dns.serve)
-            await self._ahead.run(self.outcome, self.config.max_queries // 2, on_resolved)
-
-    async def outcome(self, domain: str) -> Destination | RoutingError:
-        """``route(domain)``, with a routing failure returned instead of raised."""
-        try:
-            return await self.route(domain)
-        except RoutingError as exc:
-            return exc  # cached either way
+            await self._ahead.run(
+                self.route, self.config.max_queries // 2, on_resolved, RoutingError)
 
     # -- lookups -----------------------------------------------------------------
 

@@ -83,13 +83,6 @@ class PolicyRouter:
             return False
         return self._ahead.add(domain)
 
-    async def outcome(self, domain: str) -> Destination | RoutingError:
-        """``route(domain)``, with a routing failure returned instead of raised."""
-        try:
-            return await self.route(domain)
-        except RoutingError as exc:
-            return exc
-
     async def run_prefetcher(self, on_resolved: Resolved | None = None) -> None:
         """Make prefetched domains' plans (MX answer, then TLS policy), half of
         ``max_queries`` domains at a time, until cancelled, each outcome to
@@ -99,7 +92,7 @@ class PolicyRouter:
             await nursery.start(self.policies.dns.serve)
             nursery.start_soon(self.inner.run_prefetcher, None)
             crew = self.policies.dns.config.max_queries // 2
-            await self._ahead.run(self.outcome, crew, on_resolved)
+            await self._ahead.run(self.route, crew, on_resolved, RoutingError)
 
     def peek(self, domain: str) -> Destination | None:
         entry = self._plans.get(domain)
