@@ -36,6 +36,7 @@ RSS_WRAPPER = (
     "p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE)\n"
     "print(json.dumps({'rc': p.returncode, 'wall': time.perf_counter() - t,"
     " 'rss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,"
+    " 'cpu': (lambda u: u.ru_utime + u.ru_stime)(resource.getrusage(resource.RUSAGE_CHILDREN)),"
     " 'stdout': p.stdout.decode()[-2000:], 'stderr': p.stderr.decode()[-2000:]}))\n"
 )
 
@@ -124,6 +125,8 @@ def row(label: str, recipients: int, result: dict[str, object]) -> dict[str, obj
     return {
         "scenario": label, "recipients": recipients, "seconds": wall,
         "rcpt_rate": recipients / wall, "rss_mb": int(result["rss_kb"]) / 1024,  # type: ignore[call-overload]
+        # the client's own CPU (user + system): what a busy machine leaves comparable
+        "cpu_s": float(result["cpu"]),  # type: ignore[arg-type]
         "messages": counters.get("messages", 0),
         "verified": counters.get("recipients") == recipients and result["rc"] == 0,
     }
@@ -132,6 +135,7 @@ def row(label: str, recipients: int, result: dict[str, object]) -> dict[str, obj
 def show(r: dict[str, object]) -> None:
     print(f"  {r['scenario']:<28} {r['recipients']:>9,} rcpts {r['seconds']:7.1f} s"
           f" {r['rcpt_rate']:>9,.0f} rcpt/s  {r['rss_mb']:5.0f} MB  {r['messages']:>7,} txns"
+          f"  cpu {r['cpu_s']:5.1f} s"
           f"  {'ok' if r['verified'] else 'COUNT MISMATCH'}", flush=True)
 
 
@@ -165,12 +169,14 @@ def scenario_f(args: argparse.Namespace, work: Path) -> list[dict[str, object]]:
 
 
 def table(rows: list[dict[str, object]]) -> str:
-    out = ["| scenario | recipients | seconds | recipients/s | peak RSS MB | transactions |",
-           "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    out = ["| scenario | recipients | seconds | recipients/s | peak RSS MB | transactions"
+           " | client CPU s |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         mark = "" if r["verified"] else " (count mismatch!)"
         out.append(f"| {r['scenario']}{mark} | {r['recipients']:,} | {r['seconds']:.1f} |"
-                   f" {r['rcpt_rate']:,.0f} | {r['rss_mb']:.0f} | {r['messages']:,} |")
+                   f" {r['rcpt_rate']:,.0f} | {r['rss_mb']:.0f} | {r['messages']:,} |"
+                   f" {r['cpu_s']:.1f} |")
     return "\n".join(out)
 
 
