@@ -295,3 +295,19 @@ async def test_by_domain_a_session_counts_transactions_not_recipients() -> None:
     assert summary.delivered == 100
     assert sink.stats.messages == 100
     assert sink.stats.sessions >= 10
+
+
+async def test_by_site_transactions_fill_while_domains_still_resolve() -> None:
+    """The whole list is read at once, but its 400 domains resolve over time:
+    until the last route is in, a pool waits for full transactions (or the
+    linger), rather than sending a small one per DNS answer."""
+    domains = [f"d{n}.test" for n in range(400)]
+    async with trio.open_nursery() as nursery:
+        sink, dns = await start_world(nursery, domains)
+        config = mx_config(sink, dns, batch_by="site", linger=60.0)  # 50 per transaction
+        async with Mailer(config) as mailer:
+            summary = await mailer.send(
+                "news@sender.test", MESSAGE, [f"u@{d}" for d in domains])
+        nursery.cancel_scope.cancel()
+    assert summary.delivered == 400
+    assert sorted(len(m.rcpts) for m in sink.messages) == [50] * 8

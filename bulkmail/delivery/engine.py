@@ -204,6 +204,9 @@ class Engine(RecipientOutcomes):
     def connection_waiters(self) -> bool:
         return self._limiter.statistics().tasks_waiting > 0
 
+    def routing(self) -> bool:
+        return bool(self._resolving)
+
     def write_ahead(self, limit: int, per_transaction: float) -> int:
         """How many transactions one BDAT session may have in flight: at most
         ``limit`` (its window), and every session together at most

@@ -52,6 +52,9 @@ class PoolOwner(BatchOwner, Protocol):
     def connection_waiters(self) -> bool:
         """Another destination waits for a connection slot."""
 
+    def routing(self) -> bool:
+        """Recipients wait for their domain's route: any pool may still get more."""
+
     def abandon(self, item: Item) -> None:
         """It will not be sent in this run: it ends deferred."""
 
@@ -222,7 +225,16 @@ class Pool(BatchRunner):
         head = q[0]
         if head.job.one_per_transaction or len(q) >= self.limits.max_rcpts:
             return True
-        return head.job.input_done or trio.current_time() - self._oldest >= self.linger
+        return self._all_in(head.job) or trio.current_time() - self._oldest >= self.linger
+
+    def _all_in(self, job: Job) -> bool:
+        """Nothing more of ``job`` can join this queue (retries aside): its input
+        is read and no recipient waits for a route, so what is queued goes now,
+        not after the linger.  Input read is not enough: a list of 100,000
+        domains is read long before the last domains resolve, and flushing on
+        every answer cut 100,000 recipients into 18,700 transactions where
+        linger-filled ones need ~3,000 (``--batch-by site``, 20 MX hosts)."""
+        return job.input_done and not self.owner.routing()
 
     async def _take(self, budget: int) -> list[Item] | None:
         """Wait for work; ``None`` when idle long enough (or others need the slot)."""
@@ -266,7 +278,7 @@ class Pool(BatchRunner):
             # a fair share, so the last messages spread over every session
             # instead of queueing behind one (a window's tail is a round trip each)
             limit = min(limit, max(1, -(-len(q) // self.workers)))
-        flush = head.job.input_done or trio.current_time() - self._oldest >= self.linger
+        flush = self._all_in(job) or trio.current_time() - self._oldest >= self.linger
         if isinstance(q, DomainQueue):
             taken = take_transactions(q, job, per_txn, budget, limit)
         else:
