@@ -1,14 +1,19 @@
 """Stage deadlines: which RFC 5321 §4.5.3.2 timeout a reply is awaited with,
-and a cancel-scope deadline that moves cheaply (see :func:`arm`)."""
+and how late one may fire.
+
+A session's batch runs under one cancel scope whose deadline is moved for
+each read and write (``SMTPSession._loop``, inline: it runs twice a
+message).  Moving a trio cancel scope's deadline costs ~2 us (a plain
+attribute ~0.15 us), so the scope is moved only when the new deadline falls
+outside ``[current - DEADLINE_SLACK, current]``: once per half second of a
+busy session."""
 
 from __future__ import annotations
-
-import trio
 
 from .config import Timeouts
 from .protocol.client import Stage
 
-__all__ = ["DEADLINE_SLACK", "arm", "stage_timeouts"]
+__all__ = ["DEADLINE_SLACK", "stage_timeouts"]
 
 #: how late a stage deadline may fire (RFC 5321's are minutes): a batch's
 #: cancel scope is moved once per this many seconds, not at every read and write
@@ -27,14 +32,3 @@ def stage_timeouts(timeouts: Timeouts) -> dict[Stage | None, float]:
     return {
         stage: getattr(timeouts, _TIMEOUT_OF.get(stage, "command")) for stage in (*Stage, None)
     }
-
-
-def arm(scope: trio.CancelScope, timeout: float) -> None:
-    """Let ``scope`` expire ``timeout`` seconds from now, up to ``DEADLINE_SLACK`` late.
-
-    Moving a cancel scope's deadline costs ~2 us in trio (a plain attribute
-    ~0.15 us); the slack makes that once per half second of a busy session."""
-    deadline = trio.current_time() + timeout
-    current = scope.deadline
-    if not current - DEADLINE_SLACK <= deadline <= current:
-        scope.deadline = deadline + DEADLINE_SLACK

@@ -18,7 +18,7 @@ import trio
 
 from . import errors
 from .config import SessionConfig
-from .deadlines import arm, stage_timeouts
+from .deadlines import DEADLINE_SLACK, stage_timeouts
 from .errors import SMTPError, synthetic_reply
 from .protocol import commands
 from .protocol.client import Stage
@@ -235,7 +235,7 @@ class SMTPSession:
     async def _run(self, batch: _Batch | None = None) -> Event:
         """Drive the connection until it needs the caller; the event that says so.
 
-        One cancel scope for the whole run, its deadline moved (see ``deadlines.arm``)
+        One cancel scope for the whole run, its deadline moved (see ``deadlines``)
         for each read and write: cheaper than a scope per I/O (~7 us each in
         trio), and inside structured concurrency, unlike a watchdog task."""
         try:
@@ -260,6 +260,14 @@ class SMTPSession:
         conn, stream = self._conn, self._stream
         stopping = batch.stopping if batch is not None else None
         replies = -1  # conn.replies when the current read deadline was set
+        # The stage deadline moves inline (see ``deadlines``): the clock read
+        # directly and the scope's deadline mirrored in ``armed``, and the
+        # owed command read off the connection's FIFO -- ``arm()``,
+        # ``trio.current_time()``, ``scope.deadline`` and two properties were
+        # 12 Python calls a message in scenario a, 2 left.
+        clock = trio.lowlevel.current_clock()
+        armed = scope.deadline
+        owed = conn.owed
         while True:
             if stopping is not None and stopping():
                 conn.stop()
@@ -268,10 +276,12 @@ class SMTPSession:
             if event is Event.NEED_DATA:
                 if conn.replies != replies:  # a new wait: the last one was answered
                     replies = conn.replies
-                    stage = conn.awaiting
+                    stage = owed[0] if owed else None
                     timeout = self._timeouts[stage]
                     self._waiting = (stage, timeout)
-                    arm(scope, timeout)
+                    deadline = clock.current_time() + timeout
+                    if not armed - DEADLINE_SLACK <= deadline <= armed:
+                        armed = scope.deadline = deadline + DEADLINE_SLACK
                 try:
                     conn.receive_data(await stream.receive_some(RECEIVE_SIZE))
                 except _BROKEN as exc:
@@ -279,9 +289,12 @@ class SMTPSession:
             elif event is Event.SEND:
                 # at least RFC 5321's data block time, and no less than the
                 # reply after it gets: that read then keeps this deadline
-                timeout = max(self.config.timeouts.data_block, self._timeouts[conn.awaiting])
+                timeout = max(self.config.timeouts.data_block,
+                              self._timeouts[owed[0] if owed else None])
                 self._waiting = (None, timeout)
-                arm(scope, timeout)
+                deadline = clock.current_time() + timeout
+                if not armed - DEADLINE_SLACK <= deadline <= armed:
+                    armed = scope.deadline = deadline + DEADLINE_SLACK
                 replies = -1  # the next read waits for a reply to this
                 try:
                     await stream.send_all(conn.data_to_send())
@@ -310,7 +323,8 @@ class SMTPSession:
                     conn.set_window(batch.write_ahead())
                 conn.extend(batch.refill() if batch.refill is not None else ())
             elif event is Event.START_TLS:
-                scope.deadline, replies = math.inf, -1
+                armed = scope.deadline = math.inf
+                replies = -1
                 await self._start_tls()
                 stream = self._stream
                 conn.tls_started()

@@ -56,12 +56,14 @@ class Batch:
             return self.job is job and bool(self.pending)
         return any(group[0].job is job for _, group in self.pending)
 
-    def marks(self, envelopes: Sequence[Envelope]) -> list[tuple[Job, list[str]]]:
+    def marks(self, envelopes: Sequence[Envelope]) -> list[tuple[Job, Sequence[str]]]:
         """The addresses of ``envelopes``, by job, for the jobs with an in-doubt hook."""
         job = self.job
         if job is not None:  # the common case: no lookup, one list
             if job.options.on_in_doubt is None:
                 return []
+            if len(envelopes) == 1:  # (DATA: one at a time; the hook only reads it)
+                return [(job, envelopes[0].recipients)]
             return [(job, [r for envelope in envelopes for r in envelope.recipients])]
         ids = {id(envelope) for envelope in envelopes}
         by_job: dict[Job, list[str]] = {}

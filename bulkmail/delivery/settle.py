@@ -55,7 +55,9 @@ def settle(
         return False
     first = replies[0]
     in_doubt = result.in_doubt
-    if first.code < 300 and not in_doubt and all(r is first for r in replies):
+    if first.code < 300 and not in_doubt and (
+        len(replies) == 1 or all(r is first for r in replies)  # (one: no generator)
+    ):
         # the common case: one end-of-data reply accepts the whole transaction
         outcomes.delivered(group, first, host)
         return True

@@ -312,9 +312,26 @@ class SQLiteJournal:
             )
         if not rows and not direct:
             return
-        with self._using(writing=True) as db, self._transaction(db):
-            db.executemany(_APPEND, rows)
-            db.executemany(_UPSERT, direct)
+        # ``_using`` and ``_transaction`` written out: this is every group
+        # commit, and an in-doubt mark's commit is one per few messages (two
+        # generator-based context managers were 3 of its ~24 us of CPU)
+        with self._lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    if rows:
+                        db.executemany(_APPEND, rows)
+                    if direct:
+                        db.executemany(_UPSERT, direct)
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise JournalWriteError(f"journal {self.path}: {exc}") from exc
 
     @staticmethod
     @contextlib.contextmanager

@@ -77,6 +77,11 @@ class ClientProtocol:
         return len(self._pending)
 
     @property
+    def pending(self) -> deque[Stage]:
+        """The owed commands, oldest first: one deque for the protocol's life."""
+        return self._pending
+
+    @property
     def expected(self) -> Stage | None:
         """What the next reply must answer, or None when nothing is owed."""
         return self._pending[0] if self._pending else None

@@ -83,6 +83,10 @@ class ClientConnection:
             client_hostname, host, secure, credentials, allow_plaintext_auth, tls_active
         )
         self._pipeline = Pipeline(self._protocol, self._out, trace)
+        #: the commands whose replies are owed, oldest first (``awaiting`` is
+        #: its head): the same deque for the connection's life, for a driver
+        #: that reads it at every read and write
+        self.owed = self._protocol.pending
         self.extensions = Extensions()
         self.greeting: Reply | None = None
         self.tls_active = tls_active

@@ -106,6 +106,10 @@ class Pipeline:
         self._last: Transaction | None = None
         self._queue: deque[Transaction] = deque()
         self._inflight: deque[Transaction] = deque()
+        #: written and not yet answered, oldest (the next reply's) first; the
+        #: same deque for the pipeline's life (an attribute, not a property:
+        #: the reply loop reads it at every call)
+        self.inflight = self._inflight
         self._unreported: deque[Transaction] = deque()
         self.premarks: list[Transaction] = []
         self.postmarks: list[Transaction] = []
@@ -122,11 +126,6 @@ class Pipeline:
             Stage.DATA_END: self._on_end,
             Stage.BDAT: self._on_end,
         }
-
-    @property
-    def inflight(self) -> deque[Transaction]:
-        """Written and not yet answered, oldest (the next reply's) first."""
-        return self._inflight
 
     @property
     def settled(self) -> bool:
