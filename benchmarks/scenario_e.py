@@ -101,7 +101,7 @@ def run_workers(args: argparse.Namespace, work: Path, rcpts: Path, workers: int,
                 [*(profile_wrap(args, n) if n == 0 else []),
                  *bulkmail("worker", "--db", url, "--job", job, "--tls", "none", "--quiet",
                            "--shaping", str(shaping), "--lease", f"{args.lease}s",
-                           *world.send_options())],
+                           "--claim-size", str(args.claim_size), *world.send_options())],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             for n in range(workers)
         ]
@@ -116,6 +116,14 @@ def run_workers(args: argparse.Namespace, work: Path, rcpts: Path, workers: int,
                     killed_at = time.perf_counter() - started
                     break
                 time.sleep(0.05)
+        # each worker's finish, in order: a long gap between the first and the
+        # last is a tail one worker sends alone
+        finished: dict[int, float] = {}
+        while len(finished) < len(procs):
+            for n, proc in enumerate(procs):
+                if n not in finished and proc.poll() is not None:
+                    finished[n] = time.perf_counter() - started
+            time.sleep(0.05)
         statuses = [p.wait() for p in procs]
         wall = time.perf_counter() - started
         children = os.times()
@@ -141,6 +149,7 @@ def run_workers(args: argparse.Namespace, work: Path, rcpts: Path, workers: int,
         "per_second": total / wall, "received": received, "extra_copies": received - total,
         "flagged": flagged, "states": states, "killed_at": killed_at,
         "max_sessions": counters.get("max_active_sessions"),
+        "finished": sorted(round(t, 1) for t in finished.values()),
         # CPU of the workers (and job create, sinks, DNS: processes that ended)
         # and of PostgreSQL's backends; on a shared machine the latter
         # includes anyone else's sessions that ended meanwhile
@@ -159,7 +168,7 @@ def show(r: dict[str, Any]) -> None:
     cpu = f"client cpu {1e6 * r['workers_cpu'] / r['recipients']:.0f} us/rcpt"
     if r["pg_cpu"] is not None:
         cpu += f", postgres {1e6 * r['pg_cpu'] / r['recipients']:.0f} us/rcpt"
-    line += f"\n  {'':<32} {cpu}"
+    line += f"\n  {'':<32} {cpu}; workers finished at {r['finished']} s"
     print(line, flush=True)
 
 
@@ -173,6 +182,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8,
                         help="connections per worker per MX site (the cap is this x workers)")
     parser.add_argument("--lease", type=float, default=10.0)
+    parser.add_argument("--claim-size", type=int, default=500,
+                        help="the workers' --claim-size (recipients per claim)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows here")
     parser.add_argument("--workers", default="1,2,3",
                         help="worker counts to run, comma-separated (the first is the baseline)")
