@@ -17,7 +17,6 @@ every committed change; SQL of one's own sees them after such a read.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 import threading
@@ -35,6 +34,7 @@ from .base import (
     grouped_by_outcome,
 )
 from .lock import JobLock
+from .sqlite_schema import APPEND, FOLD, SCHEMA, SCHEMA_VERSION, UPSERT, domain_of, json_array
 
 __all__ = ["LOOKUP_CHUNK", "SCHEMA_VERSION", "SQLiteJournal"]
 
@@ -42,81 +42,6 @@ __all__ = ["LOOKUP_CHUNK", "SCHEMA_VERSION", "SQLiteJournal"]
 LOOKUP_CHUNK = 500
 #: rows per fetch when streaming records
 _FETCH = 1000
-#: stored in ``PRAGMA user_version``; a newer file is refused, not misread
-SCHEMA_VERSION = 2  # 2: the events log
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS recipients (
-    address TEXT PRIMARY KEY,
-    domain TEXT NOT NULL,
-    status TEXT NOT NULL,
-    code INTEGER,
-    enhanced TEXT,
-    reply TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    host TEXT,
-    next_attempt REAL,
-    possible_duplicate INTEGER NOT NULL DEFAULT 0,
-    updated_at REAL NOT NULL
-) WITHOUT ROWID;
-
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-
-CREATE TABLE IF NOT EXISTS events (
-    addresses TEXT NOT NULL,  -- a JSON array of the addresses this outcome applies to
-    status TEXT NOT NULL,
-    code INTEGER,
-    enhanced TEXT,
-    reply TEXT,
-    attempts INTEGER NOT NULL,
-    host TEXT,
-    next_attempt REAL,
-    possible_duplicate INTEGER NOT NULL,
-    at REAL NOT NULL
-);
-"""
-
-#: the merge rules of Journal.record, for a change meeting a stored record
-_MERGE = """
-ON CONFLICT(address) DO UPDATE SET
-    status = excluded.status,
-    code = COALESCE(excluded.code, recipients.code),
-    enhanced = CASE WHEN excluded.code IS NULL THEN recipients.enhanced ELSE excluded.enhanced END,
-    reply = CASE WHEN excluded.code IS NULL THEN recipients.reply ELSE excluded.reply END,
-    attempts = MAX(excluded.attempts, recipients.attempts),
-    host = COALESCE(excluded.host, recipients.host),
-    next_attempt = excluded.next_attempt,
-    possible_duplicate = MAX(excluded.possible_duplicate, recipients.possible_duplicate),
-    updated_at = excluded.updated_at
-"""
-
-# The events, applied in the order they were appended (and within one event,
-# in its array's order); the domain is what follows the last "@" (rtrim strips
-# every character but "@").
-_FOLD = """
-INSERT INTO recipients (address, domain, status, code, enhanced, reply, attempts, host,
-                        next_attempt, possible_duplicate, updated_at)
-SELECT a.value,
-       CASE WHEN instr(a.value, '@') = 0 THEN ''
-            ELSE lower(substr(a.value, length(rtrim(a.value, replace(a.value, '@', ''))) + 1))
-       END,
-       e.status, e.code, e.enhanced, e.reply, e.attempts, e.host, e.next_attempt,
-       e.possible_duplicate, e.at
-FROM events AS e, json_each(e.addresses) AS a
-WHERE e.rowid <= ?
-ORDER BY e.rowid, a.key
-""" + _MERGE
-
-# The rare address the events log cannot carry (a NUL does not survive
-# SQLite's JSON functions) is merged into ``recipients`` at once, per address.
-_UPSERT = """
-INSERT INTO recipients (address, domain, status, code, enhanced, reply, attempts, host,
-                        next_attempt, possible_duplicate, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-""" + _MERGE
-
-_APPEND = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-
 _COLUMNS = (
     "address, status, code, enhanced, reply, attempts, host, next_attempt,"
     " possible_duplicate, updated_at"
@@ -131,28 +56,12 @@ def _record(row: Any) -> RecipientRecord:
     )
 
 
-def _json_array(addresses: Sequence[str]) -> str | None:
-    """``json.dumps(list(addresses))``, built directly when nothing needs escaping
-    (the common case: only quoted local parts hold quotes or backslashes);
-    ``None`` if an address holds a NUL, which SQLite's JSON would cut short."""
-    joined = '","'.join(addresses)
-    # besides quotes and backslashes, JSON escapes control characters, which
-    # are not printable (isprintable is a third of a regex search's cost)
-    if (
-        joined.count('"') != 2 * (len(addresses) - 1)
-        or "\\" in joined
-        or not joined.isprintable()
-    ):
-        if "\x00" in joined:
-            return None
-        return json.dumps(list(addresses), ensure_ascii=False)
-    return f'["{joined}"]'
-
-
-def _domain(address: str) -> str:
-    """As the fold computes it: lower-case, after the last "@" ("" without one)."""
-    _, at, domain = address.rpartition("@")
-    return domain.lower() if at else ""
+def _roll_back(db: sqlite3.Connection) -> None:
+    """Undo the open transaction after a failure; a failing ROLLBACK must not
+    hide the error that caused it."""
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
 
 
 class SQLiteJournal:
@@ -228,7 +137,7 @@ class SQLiteJournal:
         # a new file, or a version-1 journal gaining the events table (its
         # recipients table is already the folded state)
         try:
-            db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            db.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
         except sqlite3.Error as exc:
             raise JournalWriteError(f"cannot initialise journal {self.path}: {exc}") from exc
 
@@ -268,7 +177,7 @@ class SQLiteJournal:
         """
         found = {a: a for a in self.lookup(addresses)}
         missing = [a for a in addresses if a not in found]
-        domains = sorted({_domain(a) for a in missing})
+        domains = sorted({domain_of(a) for a in missing})
         candidates: dict[str, list[str]] = {}
         for start in range(0, len(domains), LOOKUP_CHUNK):
             chunk = domains[start : start + LOOKUP_CHUNK]
@@ -296,7 +205,7 @@ class SQLiteJournal:
         for addresses, o in groups:
             if not addresses:
                 continue
-            array = _json_array(addresses)
+            array = json_array(addresses)
             if array is not None:
                 rows.append((
                     array, o.status.value, o.code, o.enhanced, o.reply, o.attempts, o.host,
@@ -305,7 +214,7 @@ class SQLiteJournal:
                 continue
             direct.extend(
                 (
-                    a, _domain(a), o.status.value, o.code, o.enhanced, o.reply, o.attempts,
+                    a, domain_of(a), o.status.value, o.code, o.enhanced, o.reply, o.attempts,
                     o.host, o.next_attempt, int(o.possible_duplicate), now,
                 )
                 for a in addresses
@@ -321,14 +230,12 @@ class SQLiteJournal:
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     if rows:
-                        db.executemany(_APPEND, rows)
+                        db.executemany(APPEND, rows)
                     if direct:
-                        db.executemany(_UPSERT, direct)
+                        db.executemany(UPSERT, direct)
                     db.execute("COMMIT")
                 except BaseException:
-                    if db.in_transaction:
-                        with contextlib.suppress(sqlite3.Error):
-                            db.execute("ROLLBACK")
+                    _roll_back(db)
                     raise
             except sqlite3.Error as exc:
                 raise JournalWriteError(f"journal {self.path}: {exc}") from exc
@@ -341,9 +248,7 @@ class SQLiteJournal:
             yield
             db.execute("COMMIT")
         except BaseException:
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
+            _roll_back(db)
             raise
 
     def _fold(self, db: sqlite3.Connection) -> None:
@@ -352,7 +257,7 @@ class SQLiteJournal:
         if top is None:
             return
         with self._transaction(db):
-            db.execute(_FOLD, (top,))
+            db.execute(FOLD, (top,))
             db.execute("DELETE FROM events WHERE rowid <= ?", (top,))
 
     def set_meta(self, key: str, value: str) -> None:
