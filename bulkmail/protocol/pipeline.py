@@ -105,11 +105,9 @@ class Pipeline:
         self.server_open = False
         self._last: Transaction | None = None
         self._queue: deque[Transaction] = deque()
-        self._inflight: deque[Transaction] = deque()
-        #: written and not yet answered, oldest (the next reply's) first; the
-        #: same deque for the pipeline's life (an attribute, not a property:
-        #: the reply loop reads it at every call)
-        self.inflight = self._inflight
+        #: written and not yet answered, oldest (the next reply's) first (an
+        #: attribute, not a property: the reply loop reads it at every call)
+        self.inflight: deque[Transaction] = deque()
         self._unreported: deque[Transaction] = deque()
         self.premarks: list[Transaction] = []
         self.postmarks: list[Transaction] = []
@@ -199,7 +197,7 @@ class Pipeline:
             txn.phase = DONE
         self._stopped = True
         self._queue.clear()
-        self._inflight.clear()
+        self.inflight.clear()
         self.premarks.clear()
         self.postmarks.clear()
         self._collect()
@@ -209,7 +207,7 @@ class Pipeline:
     def _room(self) -> bool:
         """Whether the next transaction may be written now: the only difference
         between the modes."""
-        inflight = self._inflight
+        inflight = self.inflight
         mode = self.mode
         if mode is Mode.PIPELINED:
             return not inflight or inflight[-1].phase >= CONTENT
@@ -230,7 +228,7 @@ class Pipeline:
                 return True
             return False
         if self.mode is Mode.CHUNKING:
-            limit = self._window - len(self._inflight) - len(self.premarks)
+            limit = self._window - len(self.inflight) - len(self.premarks)
         else:
             limit = 1
         while queue and limit > 0:
@@ -254,7 +252,7 @@ class Pipeline:
         protocol.expect(Stage.MAIL)
         out.append(txn.mail)
         txn.phase = ENVELOPE
-        self._inflight.append(txn)
+        self.inflight.append(txn)
         self._last = txn
         mode = self.mode
         if trace is not None:
@@ -384,7 +382,7 @@ class Pipeline:
 
     def _done(self, txn: Transaction) -> None:
         txn.phase = DONE
-        inflight = self._inflight
+        inflight = self.inflight
         if inflight and inflight[0] is txn:
             inflight.popleft()
         self._collect()
