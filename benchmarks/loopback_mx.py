@@ -9,6 +9,7 @@ does not share the client's interpreter.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -62,6 +63,7 @@ class LoopbackMX:
                 ))
             for k in range(mx_hosts):
                 self._wait_for(f"127.0.0.{k + 1}")
+            self._started_cpu = self._cpu_now()  # start-up is not the run's load
         except BaseException:
             self.stop()
             raise
@@ -89,6 +91,23 @@ class LoopbackMX:
                 if isinstance(value, int):
                     total[key] = total.get(key, 0) + value
         return total
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """User + system CPU of the DNS server and of all sinks since they were
+        ready (Linux /proc): the share of the machine the world itself takes."""
+        now = self._cpu_now()
+        return {key: now[key] - self._started_cpu[key] for key in now}
+
+    def _cpu_now(self) -> dict[str, float]:
+        def cpu(pid: int) -> float:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                return 0.0
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        return {"dns": cpu(self.dns.pid),
+                "sinks": sum(cpu(p.pid) for p in self.procs if p is not self.dns)}
 
     def stop(self) -> None:
         for proc in self.procs:

@@ -92,6 +92,7 @@ def run_once(
                              capture_output=True, text=True, check=True)
         result: dict[str, object] = json.loads(out.stdout)
         result["counters"] = world.counters()
+        result["world_cpu"] = world.cpu_seconds()
     finally:
         world.stop()
     return result
@@ -127,6 +128,9 @@ def row(label: str, recipients: int, result: dict[str, object]) -> dict[str, obj
         "rcpt_rate": recipients / wall, "rss_mb": int(result["rss_kb"]) / 1024,  # type: ignore[call-overload]
         # the client's own CPU (user + system): what a busy machine leaves comparable
         "cpu_s": float(result["cpu"]),  # type: ignore[arg-type]
+        # the DNS server's and the sinks': with the client's, the machine's whole load
+        "dns_cpu_s": result["world_cpu"]["dns"],  # type: ignore[index]
+        "sinks_cpu_s": result["world_cpu"]["sinks"],  # type: ignore[index]
         "messages": counters.get("messages", 0),
         "verified": counters.get("recipients") == recipients and result["rc"] == 0,
     }
@@ -136,6 +140,7 @@ def show(r: dict[str, object]) -> None:
     print(f"  {r['scenario']:<28} {r['recipients']:>9,} rcpts {r['seconds']:7.1f} s"
           f" {r['rcpt_rate']:>9,.0f} rcpt/s  {r['rss_mb']:5.0f} MB  {r['messages']:>7,} txns"
           f"  cpu {r['cpu_s']:5.1f} s"
+          f" (dns {r['dns_cpu_s']:4.1f} s, sinks {r['sinks_cpu_s']:4.1f} s)"
           f"  {'ok' if r['verified'] else 'COUNT MISMATCH'}", flush=True)
 
 

@@ -4,6 +4,7 @@ what it meant with a socket per query -- all against loopback servers."""
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import resource
@@ -79,6 +80,27 @@ async def test_answers_mean_what_they_meant_over_the_shared_socket(
     # every query went over the shared socket, once: no fallback asked again
     assert client.sent == router.dns.sent == len(server.queries)
     assert {transport for _, _, transport in server.queries} == {"udp"}
+
+
+async def test_a_server_answering_udp_in_a_thread_means_the_same_and_stops(
+    nursery: trio.Nursery,
+) -> None:
+    # the benchmarks' DNS process answers UDP from a thread (cheaper per query)
+    threaded = DNSServer()
+    threaded.add("plain.test", "MX", "10 mx.plain.test.")
+    threaded.add("mx.plain.test", "A", "127.0.0.2")
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as serving:
+            await serving.start(functools.partial(threaded.serve, udp_thread=True))
+            router, client = await served_router(serving, threaded)
+            plain = await router.route("plain.test")
+            assert plain.hosts == (Host("mx.plain.test", ("127.0.0.2",), MX_PORT, 10),)
+            missing = await route_error(router, "missing.test")
+            assert (missing.reply.code, missing.reply.enhanced) == (550, "5.1.2")
+            assert {transport for _, _, transport in threaded.queries} == {"udp"}
+            assert client.sent == len(threaded.queries)
+            scope.cancel()  # the thread notices within a poll and the nursery ends
+    assert scope.cancelled_caught
 
 
 async def test_a_lost_reply_is_sent_again_after_the_timeout(
