@@ -41,8 +41,9 @@ from .protocol.auth import Credentials
 from .protocol.errors import InvalidAddress
 from .protocol.replies import Reply
 from .records import SessionCallback, SessionRecords
+from .relay_router import RelayRouter
 from .results import Result, Summary
-from .routing import DNSConfig, MXRouter, RelayRouter, Router
+from .routing import DNSConfig, MXRouter, Router
 from .shaping import PoolLimits, Shaping
 from .tls_policy.settings import TLSPolicyConfig
 

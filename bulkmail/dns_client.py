@@ -19,6 +19,7 @@ configured, not a resolver talking to the internet.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
@@ -41,16 +42,153 @@ class ClientStopped(Exception):
 class _Pending:
     """One query waiting for its reply."""
 
-    __slots__ = ("question", "reply", "stopped", "task", "wake_at")
+    __slots__ = ("question", "reply", "stopped", "task", "wake_at", "window")
 
-    def __init__(self, question: bytes) -> None:
+    def __init__(self, question: bytes, window: QueryWindow | None = None) -> None:
         self.question = question
-        #: the task to wake, while it waits
+        #: the task to wake, while it waits (None for a window's query: the window's)
         self.task: trio.lowlevel.Task | None = None
         self.reply: bytes | None = None
         self.stopped = False
         #: when the waiting task is woken without a reply (resend, or give up)
         self.wake_at = math.inf
+        #: the window whose task collects this query's reply, if any
+        self.window = window
+
+
+class _Sent(_Pending):
+    """A window's query: what it needs to be sent again and handed back."""
+
+    __slots__ = ("attempt", "deadline", "key", "qid", "wire")
+
+    def __init__(
+        self, question: bytes, window: QueryWindow, key: str, qid: int, wire: bytes,
+        deadline: float,
+    ) -> None:
+        super().__init__(question, window)
+        self.key = key
+        self.qid = qid
+        self.wire = wire
+        self.deadline = deadline
+        self.attempt = 0
+
+
+class QueryWindow:
+    """Queries that one task sends and collects itself: the resolve-ahead way.
+
+    :meth:`UDPClient.exchange` parks its caller once per query, and a task per
+    query in flight costs a scheduler pass and a coroutine chain each: ~60 us
+    of CPU per domain routed, where a loop sending and reading on its own
+    pays ~33 us (50,000 domains against the loopback server, same machine).
+    Here one task sends up to ``limit`` queries, sleeps until *any* reply
+    has come (or a resend falls due, or :meth:`wake` is called because more
+    work arrived), and takes every reply in at once with :meth:`collect`.
+    Replies are matched exactly as for ``exchange`` (ID and question).
+    """
+
+    def __init__(self, client: UDPClient, limit: int) -> None:
+        self._client = client
+        self.limit = limit
+        self._open: dict[int, _Sent] = {}  # by query ID: sent, not handed back
+        self._answered: list[_Sent] = []  # replies in, not collected yet
+        self.task: trio.lowlevel.Task | None = None
+        self.wake_at = math.inf
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    @property
+    def full(self) -> bool:
+        return len(self._open) >= self.limit
+
+    def send(self, key: str, question: bytes, deadline: float) -> None:
+        """Send a plain query of ``question``; its reply comes back from
+        :meth:`collect` with ``key``.  OSError for a local send failure (the
+        query is not in the window then); :class:`ClientStopped` when the
+        client cannot serve."""
+        client = self._client
+        if not client._sockets:
+            raise ClientStopped()
+        qid = client._new_id()
+        sent = _Sent(question.lower(), self, key, qid, dns_wire.query(qid, question), deadline)
+        client._send_now(client._sockets[0], sent.wire)
+        sent.wake_at = min(trio.current_time() + client.timeout, deadline)
+        client._pending[qid] = self._open[qid] = sent
+
+    def wake(self) -> None:
+        """Wake the collecting task now (it has room and new work came)."""
+        if self.task is not None and len(self._open) < self.limit:
+            _wake(self)
+
+    async def wait(self) -> None:
+        """Sleep until a reply is in, a query's resend or deadline is due, or :meth:`wake`."""
+        if self._answered:
+            await trio.lowlevel.checkpoint()
+            return
+        client = self._client
+        self.wake_at = min((sent.wake_at for sent in self._open.values()), default=math.inf)
+        if self.wake_at < client._sweep_scope.deadline:
+            client._sweep_scope.deadline = self.wake_at
+        self.task = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self.task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def collect(self) -> tuple[list[tuple[str, bytes, bytes]], list[str], list[str]]:
+        """What is settled since the last call: ``(key, question, reply)`` for
+        each reply, the keys of queries whose deadline passed with none, and
+        of queries the client could no longer serve (ask those some other
+        way).  Queries whose ``timeout`` passed are sent again, to the next
+        server, on the way."""
+        client = self._client
+        answered, self._answered = self._answered, []
+        replies = []
+        for sent in answered:
+            if self._open.pop(sent.qid, None) is sent:
+                client._forget(sent.qid, sent)
+                assert sent.reply is not None
+                replies.append((sent.key, sent.question, sent.reply))
+        expired: list[str] = []
+        stopped: list[str] = []
+        now = trio.current_time()
+        for qid, sent in list(self._open.items()):
+            if sent.stopped or not client._sockets:
+                stopped.append(sent.key)
+            elif sent.wake_at > now:
+                continue
+            elif now >= sent.deadline:
+                expired.append(sent.key)
+            else:
+                sent.attempt += 1
+                client.retransmits += 1
+                sockets = client._sockets
+                with contextlib.suppress(OSError):  # as lost: sent again after a timeout
+                    client._send_now(sockets[sent.attempt % len(sockets)], sent.wire)
+                sent.wake_at = min(now + client.timeout, sent.deadline)
+                continue
+            del self._open[qid]
+            client._forget(qid, sent)
+        return replies, expired, stopped
+
+    def close(self) -> list[str]:
+        """Forget every query still open (the collecting task is done); their keys."""
+        keys = []
+        for qid, sent in self._open.items():
+            self._client._forget(qid, sent)
+            keys.append(sent.key)
+        self._open.clear()
+        self._answered.clear()
+        return keys
+
+
+def _wake(waiting: _Pending | QueryWindow) -> None:
+    task = waiting.task
+    if task is not None:
+        waiting.task = None
+        trio.lowlevel.reschedule(task)
 
 
 class UDPClient:
@@ -78,6 +216,7 @@ class UDPClient:
         self.sent = 0
         #: the sweeper's sleep (its deadline: the earliest ``wake_at``)
         self._sweep_scope = trio.CancelScope()
+        self._windows: set[QueryWindow] = set()
 
     @property
     def running(self) -> bool:
@@ -161,11 +300,31 @@ class UDPClient:
             if self._pending.get(qid) is pending:
                 del self._pending[qid]
 
+    def _send_now(self, sock: socket.socket, wire: bytes) -> None:
+        """One datagram, or BlockingIOError / ConnectionRefusedError / OSError."""
+        sock.send(wire)
+        self.sent += 1
+
+    def _forget(self, qid: int, pending: _Pending) -> None:
+        if self._pending.get(qid) is pending:
+            del self._pending[qid]
+
+    def window(self, limit: int) -> QueryWindow:
+        """A :class:`QueryWindow` over this client's sockets; the sweeper wakes
+        it for resends and deadlines while :meth:`run` runs."""
+        window = QueryWindow(self, limit)
+        self._windows.add(window)
+        return window
+
+    def close_window(self, window: QueryWindow) -> list[str]:
+        """:meth:`QueryWindow.close`, and the sweeper forgets it."""
+        self._windows.discard(window)
+        return window.close()
+
     async def _send(self, sock: socket.socket, wire: bytes) -> None:
         while True:
             try:
-                sock.send(wire)
-                self.sent += 1
+                self._send_now(sock, wire)
                 return
             except BlockingIOError:
                 try:
@@ -225,14 +384,13 @@ class UDPClient:
                 self.ignored += 1
                 continue
             waiting.reply = data
-            self._wake(waiting)
-
-    @staticmethod
-    def _wake(waiting: _Pending) -> None:
-        task = waiting.task
-        if task is not None:
-            waiting.task = None
-            trio.lowlevel.reschedule(task)
+            window = waiting.window
+            if window is None:
+                _wake(waiting)
+            else:
+                assert isinstance(waiting, _Sent)
+                window._answered.append(waiting)
+                _wake(window)
 
     async def _sweep(self) -> None:
         """Wake each waiting query whose ``wake_at`` has come.
@@ -251,9 +409,16 @@ class UDPClient:
                 if waiting.task is None:
                     continue  # answered, stopped, or between attempts
                 if waiting.wake_at <= now:
-                    self._wake(waiting)
+                    _wake(waiting)
                 elif waiting.wake_at < earliest:
                     earliest = waiting.wake_at
+            for window in self._windows:
+                if window.task is None:
+                    continue  # collecting, or not waiting
+                if window.wake_at <= now:
+                    _wake(window)
+                elif window.wake_at < earliest:
+                    earliest = window.wake_at
             self._sweep_scope = trio.CancelScope(deadline=earliest)
             with self._sweep_scope:
                 await trio.sleep_forever()
@@ -262,7 +427,7 @@ class UDPClient:
         for waiting in self._pending.values():
             if waiting.reply is None:
                 waiting.stopped = True
-                self._wake(waiting)
+                _wake(waiting if waiting.window is None else waiting.window)
 
 
 class SharedClient:

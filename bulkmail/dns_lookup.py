@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from . import dns_wire
-from .dns_client import ClientStopped, SharedClient, SharesSockets, UDPClient
+from .dns_client import ClientStopped, QueryWindow, SharedClient, SharesSockets, UDPClient
 from .errors import synthetic_reply
 from .protocol.replies import Reply
 
@@ -169,6 +169,44 @@ class DNSLookup(SharesSockets):
     def in_flight(self) -> int:
         return self._slots.borrowed_tokens
 
+    # -- a window of queries that one task collects (resolving ahead) ---------------
+
+    def window(self, limit: int) -> QueryWindow | None:
+        """A :class:`~bulkmail.dns_client.QueryWindow` over the shared sockets,
+        or None when they are not open (each query then opens its own)."""
+        client = self._shared_client.client
+        return client.window(limit) if client is not None and client.running else None
+
+    def close_window(self, window: QueryWindow) -> None:
+        """Forget ``window``'s queries still open, and give back their slots."""
+        client = self._shared_client.client
+        for name in client.close_window(window) if client is not None else window.close():
+            self._slots.release_on_behalf_of(name)
+
+    def send_in(self, window: QueryWindow, name: str, question: bytes) -> bool:
+        """Send ``name``'s query (:func:`dns_wire.question` bytes) in ``window``,
+        holding one of the ``max_queries`` slots until :meth:`settled`; False
+        when the send failed here (ask with :meth:`query`), trio.WouldBlock
+        when no slot is free."""
+        self._slots.acquire_on_behalf_of_nowait(name)
+        try:
+            window.send(name, question, trio.current_time() + self.config.lifetime)
+        except (OSError, ClientStopped):
+            self._slots.release_on_behalf_of(name)
+            return False
+        self.sent += 1
+        return True
+
+    def settled(self, name: str) -> None:
+        """``name``'s query sent by :meth:`send_in` is answered or given up."""
+        self._slots.release_on_behalf_of(name)
+
+    def read_reply(self, data: bytes, question: bytes, name: str, rdtype: str) -> Records | None:
+        """A window's reply, read as :meth:`query` reads it; None when it must
+        be asked again that way (truncated: TCP; not a response to it).
+        RoutingError for an error rcode."""
+        return self._read(data, question, name, rdtype)[0]
+
     async def query(self, name: str, rdtype: str) -> Records:
         """One lookup; a DNS failure raises :class:`RoutingError` (451 or 5xx)."""
         import dns.exception
@@ -260,9 +298,10 @@ class DNSLookup(SharesSockets):
                 tuple(_plain_rdata(rd) for rd in answer),
                 float(answer.chaining_result.minimum_ttl),
             )
-        raise self._no_answer(name, rdtype)
+        raise self.no_answer(name, rdtype)
 
-    def _no_answer(self, name: str, rdtype: str) -> RoutingError:
+    def no_answer(self, name: str, rdtype: str) -> RoutingError:
+        """The failure of a query with no reply within ``lifetime``."""
         return routing_error(
             451, "4.4.3",
             f"DNS temporary failure for {name} {rdtype}:"
@@ -285,7 +324,7 @@ class DNSLookup(SharesSockets):
                 raise _Exhausted(exc) from exc
             return None, False
         if data is None:
-            raise self._no_answer(name, rdtype)
+            raise self.no_answer(name, rdtype)
         return self._read(data, question, name, rdtype)
 
     async def _plain(

@@ -36,6 +36,9 @@ class PrefetchQueue(Generic[T]):
         self._queued: set[str] = set()
         self._working: set[str] = set()  # taken from the queue, being resolved
         self._wakeup = trio.lowlevel.ParkingLot()
+        #: called after each ``add`` (a resolving loop that waits for replies
+        #: and for work at once: :class:`~bulkmail.dns_client.QueryWindow.wake`)
+        self.on_add: Callable[[], object] | None = None
 
     def __contains__(self, domain: str) -> bool:
         """Queued or being resolved by the crew."""
@@ -48,7 +51,38 @@ class PrefetchQueue(Generic[T]):
         self._queued.add(domain)
         self._ahead.append(domain)
         self._wakeup.unpark()
+        if self.on_add is not None:
+            self.on_add()
         return True
+
+    def take(self) -> str | None:
+        """The next queued domain, now being resolved until :meth:`done`
+        (None when the queue is empty)."""
+        if not self._ahead:
+            return None
+        domain = self._ahead.popleft()
+        self._queued.discard(domain)
+        if not self._queued:
+            self._queued = set()  # a set keeps its peak's table when emptied
+        self._working.add(domain)
+        return domain
+
+    def put_back(self, domain: str) -> None:
+        """Return a taken domain to the front (it could not be sent yet)."""
+        self._working.discard(domain)
+        self._queued.add(domain)
+        self._ahead.appendleft(domain)
+
+    def has_queued(self) -> bool:
+        return bool(self._ahead)
+
+    def done(self, domain: str) -> None:
+        self._working.discard(domain)
+
+    async def wait(self) -> None:
+        """Until a domain is queued."""
+        while not self._ahead:
+            await self._wakeup.park()
 
     async def run(
         self, resolve: Callable[[str], Awaitable[T]], crew: int,
@@ -60,20 +94,16 @@ class PrefetchQueue(Generic[T]):
         router caches it too; anything else ends the crew)."""
         async def member() -> None:
             while True:
-                while not self._ahead:
-                    await self._wakeup.park()
-                domain = self._ahead.popleft()
-                self._queued.discard(domain)
-                if not self._queued:
-                    self._queued = set()  # a set keeps its peak's table when emptied
-                self._working.add(domain)
+                await self.wait()
+                domain = self.take()
+                assert domain is not None
                 outcome: T | E
                 try:
                     outcome = await resolve(domain)
                 except failure as exc:
                     outcome = exc
                 finally:
-                    self._working.discard(domain)
+                    self.done(domain)
                 if on_done is not None:
                     on_done(domain, outcome)
 

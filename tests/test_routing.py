@@ -11,13 +11,12 @@ import pytest
 import trio
 import trio.testing
 
+from bulkmail.relay_router import RELAY_FAILURE_TTL, RelayRouter
 from bulkmail.routing import (
-    RELAY_FAILURE_TTL,
     Destination,
     DNSConfig,
     Host,
     MXRouter,
-    RelayRouter,
     RoutingError,
     domain_of,
 )

@@ -18,7 +18,7 @@ import trio
 
 from ..prefetch import PrefetchQueue
 from ..protocol.replies import Reply
-from ..routing import Destination, Resolved, Router, RoutingError
+from ..routing import Destination, Resolved, Router, RoutingError, unwrap_route
 from ..ttl_cache import CoalescingCache
 from .planner import PolicyDestination, TLSPolicies
 
@@ -29,12 +29,6 @@ class _Entry:
     inner: Destination
     #: the destination with its plan, or why no host of it may be used
     outer: Destination | Reply
-
-
-def _unwrap(outcome: Destination | Reply) -> Destination:
-    if isinstance(outcome, Reply):
-        raise RoutingError(outcome)  # a fresh error each time: no shared traceback
-    return outcome
 
 
 class PolicyRouter:
@@ -56,7 +50,7 @@ class PolicyRouter:
         while True:
             entry = await self._plans.fetch(domain, lambda: self._plan(domain, inner))
             if entry.inner is inner:
-                return _unwrap(entry.outer)
+                return unwrap_route(entry.outer)
             self._plans.discard(domain)  # planned for an older MX answer: plan again
 
     async def _plan(self, domain: str, inner: Destination) -> tuple[_Entry, float]:
