@@ -5,12 +5,14 @@ Everything runs against the sink and the loopback DNS server."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import trio
+import trio.testing
 
 from bulkmail import MailerConfig
 from bulkmail.api import Mailer
@@ -311,3 +313,28 @@ async def test_by_site_transactions_fill_while_domains_still_resolve() -> None:
         nursery.cancel_scope.cancel()
     assert summary.delivered == 400
     assert sorted(len(m.rcpts) for m in sink.messages) == [50] * 8
+
+
+async def test_a_site_pool_lingers_longer_while_routes_are_coming_in(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """d1's first MX answer is lost (sent again after 1 s): while it is
+    outstanding, d0's recipients at the same site wait 4 x the 0.4 s linger
+    for company, so both domains share one transaction; by domain they may
+    not share one, and d0's recipients go after the plain linger."""
+    for batch_by, expected in (("site", [20]), ("domain", [10, 10])):
+        async with trio.open_nursery() as nursery:
+            sink, dns = await start_world(nursery, ["d0.test", "d1.test"])
+            dns.drop("d1.test", 1)
+            config = mx_config(sink, dns, batch_by=batch_by, linger=0.4)
+            config = dataclasses.replace(
+                config, dns=dataclasses.replace(config.dns, timeout=1.0))
+            async with Mailer(config) as mailer:
+                start = trio.current_time()
+                summary = await mailer.send(
+                    "news@sender.test", MESSAGE,
+                    [f"u{n}@d{n % 2}.test" for n in range(20)])
+            nursery.cancel_scope.cancel()
+        assert summary.delivered == 20
+        assert sorted(len(m.rcpts) for m in sink.messages) == expected, batch_by
+        assert trio.current_time() - start < 2.0
