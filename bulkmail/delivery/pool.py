@@ -158,10 +158,23 @@ class Pool(BatchRunner):
             self.queue.appendleft(item)
         else:
             self.queue.append(item)
-        if self._parked and self._wakeup.unpark():  # a worker was waiting for work
-            self._parked -= 1
+        if self._parked and self._worth_a_look(item, front) and self._wakeup.unpark():
+            self._parked -= 1  # a worker was waiting for work
         if self.workers < self.limits.connections:  # else nobody more may start
             self._spawn_workers()
+
+    def _worth_a_look(self, item: Item, front: bool) -> bool:
+        """Whether the item just added may change a waiting worker's mind: the
+        queue was empty (its linger starts now), or holds one more whole
+        transaction.  Anything else it would see as not ready and park again,
+        with the same deadline (the oldest item's): a wake-up per recipient
+        cost a cancel scope and a park each, 17% of the client's samples with
+        100,000 one-recipient domains arriving one answer at a time."""
+        n = len(self.queue)
+        return (
+            front or n == 1 or n % self.limits.max_rcpts == 0
+            or item.job.one_per_transaction
+        )
 
     def requeue(self, item: Item) -> None:
         """Back to the front: it goes into the next transaction."""
