@@ -97,10 +97,6 @@ class QueryWindow:
     def __len__(self) -> int:
         return len(self._open)
 
-    @property
-    def full(self) -> bool:
-        return len(self._open) >= self.limit
-
     def send(self, key: str, question: bytes, deadline: float) -> None:
         """Send a plain query of ``question``; its reply comes back from
         :meth:`collect` with ``key``.  OSError for a local send failure (the

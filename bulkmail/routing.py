@@ -24,7 +24,8 @@ from .prefetch import PrefetchQueue
 from .protocol.replies import Reply
 from .ttl_cache import CoalescingCache
 
-#: seconds the resolve-ahead loop waits when direct lookups hold every query slot
+#: seconds the resolve-ahead loop waits, its window empty, when direct lookups
+#: hold every query slot or its own tasks are as many as it may have
 NO_SLOT_PAUSE = 0.01
 
 __all__ = [
@@ -156,6 +157,7 @@ class MXRouter:
         )
         #: prefetched domains settled from the window's replies, with no task of their own
         self.settled_in_window = 0
+        self._alone = 0  # prefetched domains being resolved by a task of their own
 
     async def route(self, domain: str) -> Destination:
         domain = _canonical(domain)
@@ -226,7 +228,9 @@ class MXRouter:
         ahead.on_add = window.wake
         try:
             while True:
-                while not window.full:
+                # tasks of their own stay as few as a crew's: with the shared
+                # sockets gone or refused, every domain would need one
+                while len(window) + self._alone < window.limit:
                     domain = ahead.take()
                     if domain is None:
                         break
@@ -241,10 +245,10 @@ class MXRouter:
                         ahead.put_back(domain)
                         break
                     if not sent:
-                        nursery.start_soon(self._resolve_alone, domain, on_resolved, None)
+                        self._spawn_alone(nursery, domain, on_resolved, None)
                 if not len(window):
-                    if ahead.has_queued():
-                        await trio.sleep(NO_SLOT_PAUSE)  # no slot and nothing to wait for
+                    if ahead.has_queued():  # no slot, or enough tasks: nothing to wait on
+                        await trio.sleep(NO_SLOT_PAUSE)
                     else:
                         await ahead.wait()
                     continue
@@ -260,7 +264,7 @@ class MXRouter:
                                  self.config.failure_ttl, on_resolved)
                 for domain in stopped:
                     dns.settled(domain)
-                    nursery.start_soon(self._resolve_alone, domain, on_resolved, None)
+                    self._spawn_alone(nursery, domain, on_resolved, None)
         finally:
             ahead.on_add = None
 
@@ -275,7 +279,7 @@ class MXRouter:
                 preference = self._preferences(domain, mx)
                 found = None if preference is None else self._cached_hosts(list(preference))
                 if preference is None or found is None:
-                    nursery.start_soon(self._resolve_alone, domain, on_resolved, mx)
+                    self._spawn_alone(nursery, domain, on_resolved, mx)
                     return
                 destination, ttl = self._assemble(domain, preference, found, mx.ttl)
                 self.settled_in_window += 1
@@ -286,12 +290,22 @@ class MXRouter:
             self.settled_in_window += 1
             self._settle(domain, exc.reply, ttl, on_resolved)
             return
-        nursery.start_soon(self._resolve_alone, domain, on_resolved, None)  # asked again
+        self._spawn_alone(nursery, domain, on_resolved, None)  # asked again
+
+    def _spawn_alone(
+        self, nursery: trio.Nursery, domain: str, on_resolved: Resolved | None,
+        mx: Records | None,
+    ) -> None:
+        self._alone += 1  # counted from now: the filling loop reads it before the task runs
+        nursery.start_soon(self._resolve_alone, domain, on_resolved, mx)
 
     async def _resolve_alone(
         self, domain: str, on_resolved: Resolved | None, mx: Records | None
     ) -> None:
-        value, ttl = await self._outcome(domain, mx)
+        try:
+            value, ttl = await self._outcome(domain, mx)
+        finally:
+            self._alone -= 1
         self._settle(domain, value, ttl, on_resolved)
 
     def _settle(

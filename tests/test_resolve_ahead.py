@@ -162,3 +162,43 @@ async def test_the_window_keeps_at_most_half_the_query_limit_in_flight(
     assert all(isinstance(outcomes[d], Destination) for d in domains[1:])
     assert server.queries.count(("w5.test", "MX", "udp")) == 1
     assert router.settled_in_window == 299
+
+
+class LiveTasks(trio.abc.Instrument):
+    """The most tasks named ``suffix`` alive at once."""
+
+    def __init__(self, suffix: str) -> None:
+        self.suffix = suffix
+        self.live = self.peak = 0
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith(self.suffix):
+            self.live += 1
+            self.peak = max(self.peak, self.live)
+
+    def task_exited(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith(self.suffix):
+            self.live -= 1
+
+
+async def test_with_the_nameserver_refusing_the_tasks_stay_few(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    # nobody listens on the port: every query is refused, so every domain
+    # needs a task of its own (dnspython reports the refusal) -- at most a
+    # window's worth at once, not one per queued domain
+    with trio.socket.socket(type=trio.socket.SOCK_DGRAM) as sock:
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    router = MXRouter(DNSConfig(nameservers=(("127.0.0.1", port),), max_queries=16,
+                                lifetime=2.0))
+    outcomes: Outcomes = {}
+    tasks = LiveTasks("_resolve_alone")
+    trio.lowlevel.add_instrument(tasks)
+    nursery.start_soon(router.run_prefetcher, outcomes.__setitem__)
+    await trio.testing.wait_all_tasks_blocked()
+    domains = [f"r{n}.test" for n in range(200)]
+    assert all(router.prefetch(d) for d in domains)
+    await resolved(outcomes, domains)
+    assert {reply_of(outcomes[d])[0] for d in domains} == {451}
+    assert 1 <= tasks.peak <= 8
