@@ -108,7 +108,8 @@ async def send_through_the_prefetcher(
     domains: list[str], per_domain: int, policy: str
 ) -> tuple[Any, Sink, DNSServer, SpawnedTasks]:
     """Send to ``per_domain`` recipients of each domain, counting trio's task
-    spawns; asserts every domain went through the router's prefetcher."""
+    spawns; asserts every domain went through the router's prefetcher.
+    Returns the router first."""
     recipients = [f"u{i}@{d}" for d in domains for i in range(per_domain)]
     async with trio.open_nursery() as nursery:
         sink, dns = await start_world(nursery, domains)
@@ -116,6 +117,7 @@ async def send_through_the_prefetcher(
         trio.lowlevel.add_instrument(spawned)
         async with Mailer(mx_config(sink, dns, policy)) as mailer:
             engine = mailer.engine
+            router = engine.router
             summary = await mailer.send("news@sender.test", MESSAGE, recipients)
             assert engine.prefetched == len(domains)
             assert engine.resolve_tasks == 0
@@ -125,14 +127,18 @@ async def send_through_the_prefetcher(
     # trio's own count: no engine task per domain (the prefetcher's lookups
     # are the router's, bounded by its semaphore)
     assert spawned.names["Engine._resolve"] == 0
-    return summary, sink, dns, spawned
+    return router, sink, dns, spawned
 
 
 async def test_prefetch_path_delivers_everyone_with_no_task_per_domain() -> None:
     domains = [f"d{n}.test" for n in range(300)]
-    _, sink, dns, spawned = await send_through_the_prefetcher(domains, 3, "opportunistic")
+    router, sink, dns, spawned = await send_through_the_prefetcher(
+        domains, 3, "opportunistic")
     assert sink.stats.recipients == 3 * len(domains)
     assert Counter(rdtype for _, rdtype, _ in dns.queries)["MX"] == len(domains)
+    # all but the first window's worth (answered before the MX host's address
+    # was cached) settled in the MX router's window, with no task of their own
+    assert router.settled_in_window >= len(domains) - DNSConfig().max_queries // 2
     assert spawned.names["Engine._run_prefetcher"] == 1
 
 
@@ -140,9 +146,12 @@ async def test_mta_sts_plans_are_made_by_the_prefetcher_with_no_task_per_domain(
     """MTA-STS (the CLI's default) asks a TXT per domain: the policy router's
     prefetcher makes each plan, over the shared UDP socket, and reports it."""
     domains = [f"d{n}.test" for n in range(200)]
-    _, _, dns, _ = await send_through_the_prefetcher(domains, 2, "mta-sts")
+    router, _, dns, _ = await send_through_the_prefetcher(domains, 2, "mta-sts")
     txt = [(name, transport) for name, rdtype, transport in dns.queries if rdtype == "TXT"]
     assert sorted(txt) == sorted((f"_mta-sts.{d}", "udp") for d in domains)
+    # the MX answers came through the inner router's window, once per domain
+    assert Counter(rdtype for _, rdtype, _ in dns.queries)["MX"] == len(domains)
+    assert router.inner.settled_in_window >= len(domains) - DNSConfig().max_queries // 2
 
 
 async def test_routing_failures_reach_their_recipients_through_the_prefetcher() -> None:
