@@ -35,6 +35,15 @@ def _common_free_port(hosts: int) -> int:
     raise RuntimeError("no port free on every loopback address")
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid`` (Linux /proc), 0 elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class LoopbackMX:
     """The DNS server and the sinks; ``stop()`` ends them all."""
 
@@ -99,15 +108,8 @@ class LoopbackMX:
         return {key: now[key] - self._started_cpu[key] for key in now}
 
     def _cpu_now(self) -> dict[str, float]:
-        def cpu(pid: int) -> float:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                return 0.0
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-        return {"dns": cpu(self.dns.pid),
-                "sinks": sum(cpu(p.pid) for p in self.procs if p is not self.dns)}
+        return {"dns": process_cpu_seconds(self.dns.pid),
+                "sinks": sum(process_cpu_seconds(p.pid) for p in self.procs if p is not self.dns)}
 
     def stop(self) -> None:
         for proc in self.procs:

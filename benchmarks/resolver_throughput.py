@@ -2,7 +2,7 @@
 
     python benchmarks/resolver_throughput.py [--domains 20000] [--mx-hosts 20]
                                              [--max-queries 16,64,256]
-                                             [--socket-per-query]
+                                             [--socket-per-query] [--ahead]
 
 The DNS server (bulkmail.testing.dns_server, replaying built answers) runs in
 its own process; the router runs here, resolving every domain once, all
@@ -10,29 +10,32 @@ submitted at once as a burst of recipients' domains would be.  Reported:
 domains routed per second and DNS queries per second (one MX query per domain
 plus A and AAAA once per MX host when the host cache works).  The router's
 shared UDP sockets run as in the engine (``DNSLookup.serve`` in the nursery);
-``--socket-per-query`` leaves them out: every query opens its own, as before.
+``--socket-per-query`` leaves them out: every query opens its own, as before;
+``--ahead`` queues the domains for the router's prefetcher instead (one
+window of queries, no task per domain), as the engine resolves them.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import trio
+from loopback_mx import process_cpu_seconds
 
 from bulkmail.routing import DNSConfig, MXRouter
 
 
 async def resolve_all(
-    port: int, domains: int, max_queries: int, shared: bool
+    port: int, domains: int, max_queries: int, shared: bool, ahead: bool = False
 ) -> tuple[float, float, int, int]:
     router = MXRouter(DNSConfig(nameservers=(("127.0.0.1", port),), max_queries=max_queries,
                                 cache_size=max(domains, 1)))
+    if ahead:
+        return await resolve_ahead(router, domains)
     failures = 0
 
     async def one(n: int) -> None:
@@ -53,25 +56,42 @@ async def resolve_all(
     return time.perf_counter() - start, time.process_time() - cpu, router.dns.sent, failures
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of process ``pid`` (Linux /proc), 0 elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+async def resolve_ahead(router: MXRouter, domains: int) -> tuple[float, float, int, int]:
+    """Every domain queued for the router's prefetcher, as the engine does."""
+    done = trio.Event()
+    outcomes: dict[str, object] = {}
+
+    def resolved(domain: str, outcome: object) -> None:
+        outcomes[domain] = outcome
+        if len(outcomes) == domains:
+            done.set()
+
+    async with trio.open_nursery() as service:
+        service.start_soon(router.run_prefetcher, resolved)
+        await trio.sleep(0.1)  # the shared sockets open
+        start, cpu = time.perf_counter(), time.process_time()
+        for n in range(domains):
+            while not router.prefetch(f"d{n}.test"):
+                await trio.sleep(0.001)  # the queue is full
+        await done.wait()
+        service.cancel_scope.cancel()
+    failures = sum(isinstance(o, Exception) for o in outcomes.values())
+    return time.perf_counter() - start, time.process_time() - cpu, router.dns.sent, failures
 
 
-def measure(domains: int, mx_hosts: int, max_queries: int, shared: bool) -> dict[str, float]:
+def measure(
+    domains: int, mx_hosts: int, max_queries: int, shared: bool, ahead: bool = False
+) -> dict[str, float]:
     dns = subprocess.Popen(
         [sys.executable, "-m", "bulkmail.testing.dns_server", "--domains", str(domains),
          "--mx-hosts", str(mx_hosts)], stdout=subprocess.PIPE)
     try:
         assert dns.stdout is not None
         port = int(dns.stdout.readline())
-        server_cpu = _cpu_seconds(dns.pid)
-        seconds, cpu, queries, failures = trio.run(resolve_all, port, domains, max_queries, shared)
-        server_cpu = _cpu_seconds(dns.pid) - server_cpu
+        server_cpu = process_cpu_seconds(dns.pid)
+        seconds, cpu, queries, failures = trio.run(
+            resolve_all, port, domains, max_queries, shared, ahead)
+        server_cpu = process_cpu_seconds(dns.pid) - server_cpu
     finally:
         dns.terminate()
         dns.wait(10)
@@ -94,9 +114,11 @@ def main() -> None:
     p.add_argument("--max-queries", default="16,64,256")
     p.add_argument("--socket-per-query", action="store_true",
                    help="no shared UDP sockets: a socket per query (the old way)")
+    p.add_argument("--ahead", action="store_true",
+                   help="through the prefetcher (one window of queries), as the engine resolves")
     args = p.parse_args()
     for limit in (int(x) for x in args.max_queries.split(",")):
-        r = measure(args.domains, args.mx_hosts, limit, not args.socket_per_query)
+        r = measure(args.domains, args.mx_hosts, limit, not args.socket_per_query, args.ahead)
         print(f"  max_queries {limit:>4}: {r['domains']:,} domains in {r['seconds']:.2f} s ="
               f" {r['domains_per_s']:,.0f} domains/s, {r['queries_per_s']:,.0f} queries/s,"
               f" CPU per query {r['cpu_us_per_query']:.0f} us here,"
