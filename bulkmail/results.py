@@ -30,6 +30,10 @@ class Status(StrEnum):
 
 #: states a resumed job never sends again
 FINAL = frozenset({Status.DELIVERED, Status.BOUNCED, Status.SUPPRESSED})
+# hot-path enum members as module globals (see protocol/connection.py)
+_DELIVERED, _BOUNCED, _DEFERRED, _IN_DOUBT = (
+    Status.DELIVERED, Status.BOUNCED, Status.DEFERRED, Status.IN_DOUBT
+)
 
 
 class TLSStatus(NamedTuple):
@@ -153,13 +157,13 @@ class Summary:
     def add_all(self, results: list[Result], status: Status, reply: Reply | None) -> None:
         """Count results that share a status and a reply (one transaction's)."""
         n = len(results)
-        if status is Status.DELIVERED:
+        if status is _DELIVERED:
             self.delivered += n
-        elif status is Status.BOUNCED:
+        elif status is _BOUNCED:
             self.bounced += n
-        elif status is Status.DEFERRED:
+        elif status is _DEFERRED:
             self.deferred += n
-        elif status is Status.IN_DOUBT:
+        elif status is _IN_DOUBT:
             self.in_doubt += n
         else:
             self.suppressed += n

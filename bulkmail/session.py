@@ -44,6 +44,14 @@ _ERRORS: dict[Failure, type[SMTPError]] = {
 }
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
+# hot-path enum members as module globals (see protocol/connection.py)
+_NEED_DATA, _SEND, _START_TLS, _READY, _REPLY = (
+    Event.NEED_DATA, Event.SEND, Event.START_TLS, Event.READY, Event.REPLY
+)
+_MARK, _FINISHED, _WANT_MORE, _BATCH_DONE, _CLOSED = (
+    Event.MARK, Event.FINISHED, Event.WANT_MORE, Event.BATCH_DONE, Event.CLOSED
+)
+
 #: called with the envelopes whose end of data is about to be written, so the
 #: journal can record them as in doubt first.
 DataEndHook = Callable[[Sequence[Envelope]], Awaitable[None]]
@@ -129,7 +137,7 @@ class SMTPSession:
         try:
             if config.secure == "tls":
                 await session._start_tls()
-            if await session._run() is not Event.READY:
+            if await session._run() is not _READY:
                 assert session.error is not None
                 raise session.error
         except BaseException:
@@ -160,7 +168,7 @@ class SMTPSession:
         if self.error is not None:
             raise self.error
         self._conn.command(line, stage)
-        if await self._run() is not Event.REPLY:
+        if await self._run() is not _REPLY:
             assert self.error is not None
             raise self.error
         reply = self._conn.last_reply
@@ -273,7 +281,7 @@ class SMTPSession:
                 conn.stop()
                 stopping = None
             event = conn.next_event()
-            if event is Event.NEED_DATA:
+            if event is _NEED_DATA:
                 if conn.replies != replies:  # a new wait: the last one was answered
                     replies = conn.replies
                     stage = owed[0] if owed else None
@@ -286,7 +294,7 @@ class SMTPSession:
                     conn.receive_data(await stream.receive_some(RECEIVE_SIZE))
                 except _BROKEN as exc:
                     self._fail(Failure.LOST, _lost(f"connection lost: {exc}"))
-            elif event is Event.SEND:
+            elif event is _SEND:
                 # at least RFC 5321's data block time, and no less than the
                 # reply after it gets: that read then keeps this deadline
                 timeout = max(self.config.timeouts.data_block,
@@ -300,11 +308,11 @@ class SMTPSession:
                     await stream.send_all(conn.data_to_send())
                 except _BROKEN as exc:
                     self._fail(Failure.LOST, _lost(f"connection lost while sending: {exc}"))
-            elif event is Event.FINISHED:
+            elif event is _FINISHED:
                 assert batch is not None
                 for result in conn.take_finished():
                     batch.report(result)
-            elif event is Event.MARK:
+            elif event is _MARK:
                 assert batch is not None
                 envelopes = conn.take_marks()
                 if batch.on_data_end is not None:
@@ -317,12 +325,12 @@ class SMTPSession:
                         conn.stop()
                         stopping = None
                 conn.marked()
-            elif event is Event.WANT_MORE:
+            elif event is _WANT_MORE:
                 assert batch is not None
                 if batch.write_ahead is not None:  # (the in-doubt budget moves)
                     conn.set_window(batch.write_ahead())
                 conn.extend(batch.refill() if batch.refill is not None else ())
-            elif event is Event.START_TLS:
+            elif event is _START_TLS:
                 armed = scope.deadline = math.inf
                 replies = -1
                 await self._start_tls()
@@ -336,10 +344,10 @@ class SMTPSession:
         """After a timeout or a failed mark: the closed connection's last results, no I/O."""
         while True:
             event = self._conn.next_event()
-            if event is Event.FINISHED and batch is not None:
+            if event is _FINISHED and batch is not None:
                 for result in self._conn.take_finished():
                     batch.report(result)
-            elif event in (Event.BATCH_DONE, Event.CLOSED):
+            elif event in (_BATCH_DONE, _CLOSED):
                 return event
 
     def _fail(self, failure: Failure, reply: Reply) -> None:

@@ -131,6 +131,33 @@ async def test_async_iterable_of_recipients_streams_through() -> None:
     assert sink.stats.recipients == 300
 
 
+async def test_a_plain_list_never_holds_more_than_max_pending() -> None:
+    """Intake's fast path admits without looking at the room per recipient:
+    the bound still holds (read minus finished, at every read)."""
+    finished = 0
+    most = 0
+
+    def recipients():
+        nonlocal most
+        for i in range(1_000):
+            most = max(most, i - finished)  # admitted but not finished, before this one
+            yield f"r{i}@example.test"
+
+    def counted(result: Result) -> None:
+        nonlocal finished
+        finished += 1
+
+    async with trio.open_nursery() as nursery:
+        sink = await start_sink(nursery)
+        summary = await send(
+            "news@sender.test", MESSAGE, recipients(), on_result=counted,
+            config=relay_config(sink, max_pending=64),
+        )
+        nursery.cancel_scope.cancel()
+    assert summary.delivered == sink.stats.recipients == 1_000
+    assert 32 <= most <= 64
+
+
 async def test_connection_cap_per_destination_is_never_exceeded() -> None:
     template = TemplateContent("Subject: ${name}\r\n\r\nx\r\n")
     recipients = [Recipient(f"u{i}@example.test", {"name": str(i)}) for i in range(400)]

@@ -54,6 +54,8 @@ def count_recipients(path: str) -> int | None:
 MAX_UNREACHABLE = 1000
 #: a failure draws a line at once, but not more often than this (seconds)
 MIN_GAP = 1.0
+# hot-path enum members as module globals (see protocol/connection.py)
+_DELIVERED = Status.DELIVERED
 
 
 class Progress:
@@ -78,11 +80,11 @@ class Progress:
 
     def add_all(self, results: Sequence[Result]) -> None:
         counts = self.counts
-        delivered = counts[Status.DELIVERED]
+        delivered = counts[_DELIVERED]
         for result in results:
             counts[result.status] += 1
         self.done += len(results)
-        if self._failure is not None and counts[Status.DELIVERED] > delivered:
+        if self._failure is not None and counts[_DELIVERED] > delivered:
             self._failure = None  # moving again: the failure line goes
 
     def connection_failed(self, failure: ConnectionFailure) -> None:

@@ -156,6 +156,8 @@ class BounceSuppressor:
 
 
 _status = attrgetter("status")
+# hot-path enum members as module globals (see protocol/connection.py)
+_BOUNCED, _DEFERRED = Status.BOUNCED, Status.DEFERRED
 
 
 def class_counts(results: Sequence[Result], counts: Counter[tuple[str, str]]) -> None:
@@ -164,11 +166,11 @@ def class_counts(results: Sequence[Result], counts: Counter[tuple[str, str]]) ->
         # a transaction's deliveries (fifty at a time): one C-level pass says
         # nobody is counted (1.4% of scenario d's samples went to the loop)
         statuses = set(map(_status, results))
-        if Status.BOUNCED not in statuses and Status.DEFERRED not in statuses:
+        if _BOUNCED not in statuses and _DEFERRED not in statuses:
             return
     for result in results:
         status = result.status
-        if status is Status.BOUNCED or status is Status.DEFERRED:
+        if status is _BOUNCED or status is _DEFERRED:
             bounce_class = result.bounce_class
             if bounce_class is not None:
                 counts[status.value, bounce_class] += 1

@@ -73,6 +73,8 @@ class Engine(RecipientOutcomes):
         self._retries = RetryQueue(nursery, self.dispatch)
         self._resolving: dict[str, list[Item]] = {}
         self._pool_keys: dict[str, tuple[Destination, str]] = {}
+        #: a shaping rule may set a domain apart from its site (the config is frozen)
+        self._own_rules = bool(config.shaping.rules)
         self._jobs: set[Job] = set()
         self.metrics = config.metrics
         if self.metrics is not None:
@@ -290,9 +292,8 @@ class Engine(RecipientOutcomes):
                 item.job.finish(item, Status.BOUNCED, closed)
                 return
         item.domain = domain
-        item.site = destination.key
-        key = destination.key
-        if self.config.shaping.rules:  # else every domain takes its site's pool
+        key = item.site = destination.key
+        if self._own_rules:  # else every domain takes its site's pool
             key = self._pool_key(destination, domain)
         pool = self.pools.get(key)
         if pool is None:

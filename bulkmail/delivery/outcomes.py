@@ -29,6 +29,9 @@ from .retry import RetryQueue
 MAX_FREE_RETRIES = 3
 
 STOPPED = synthetic_reply(451, "4.3.2", "run stopped before this recipient was attempted")
+# hot-path enum members as module globals (see protocol/connection.py)
+_DELIVERED, _BOUNCED = Status.DELIVERED, Status.BOUNCED
+_VERDICT_DELIVERED, _VERDICT_BOUNCED = Verdict.DELIVERED, Verdict.BOUNCED
 
 
 class RecipientOutcomes:
@@ -62,16 +65,16 @@ class RecipientOutcomes:
         now = trio.current_time()
         for item in items:
             item.attempt(reply, host, now)
-        items[0].job.finish_all(items, Status.DELIVERED, reply)
+        items[0].job.finish_all(items, _DELIVERED, reply)
 
     def attempted(self, item: Item, reply: Reply, verdict: Verdict, host: str | None) -> None:
         """One attempt, judged by the reply policy."""
         now = trio.current_time()
         item.attempt(reply, host, now)
-        if verdict is Verdict.DELIVERED:
-            item.job.finish(item, Status.DELIVERED, reply)
-        elif verdict is Verdict.BOUNCED:
-            item.job.finish(item, Status.BOUNCED, reply)
+        if verdict is _VERDICT_DELIVERED:
+            item.job.finish(item, _DELIVERED, reply)
+        elif verdict is _VERDICT_BOUNCED:
+            item.job.finish(item, _BOUNCED, reply)
         else:
             self._defer(item, reply, now)
 

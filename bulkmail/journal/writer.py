@@ -370,11 +370,12 @@ class JournalWriter:
         self._open.clear()
         self._last.clear()
         made = self._made - len(self._queue)
-        for group, outcome in self._queue:  # rare: a commit took only part of the queue
+        for group, outcome in self._queue:  # a commit took only part of the queue
             made += 1
             self._open[id(outcome)] = (made, group)
-            for address in group:
-                self._last[address] = made
+            if outcome.status not in FINAL:  # as in _enqueue: nothing follows a final one
+                for address in group:
+                    self._last[address] = made
 
     def _signal(self) -> None:
         progress, self._progress = self._progress, None

@@ -58,6 +58,13 @@ class Mode(Enum):
     CHUNKING = "BDAT"
 
 
+# hot-path enum members as module globals (see protocol/connection.py)
+_LOCKSTEP, _PIPELINED, _CHUNKING = Mode.LOCKSTEP, Mode.PIPELINED, Mode.CHUNKING
+_MAIL, _RCPT, _DATA, _DATA_END, _BDAT, _RSET = (
+    Stage.MAIL, Stage.RCPT, Stage.DATA, Stage.DATA_END, Stage.BDAT, Stage.RSET
+)
+
+
 class TraceSink(Protocol):
     """Where the dialogue is recorded (``bulkmail.trace.Trace``)."""
 
@@ -95,7 +102,7 @@ class Pipeline:
         self.pipelining_broken = False
         #: transactions that reached the server (a connection's limit counts them)
         self.transactions = 0
-        self.mode = Mode.LOCKSTEP
+        self.mode = _LOCKSTEP
         self._window = 1
         self._track = False
         self._stopped = False
@@ -118,11 +125,11 @@ class Pipeline:
         #: the reply of a transaction that will not be started
         self._unstarted = NOT_STARTED
         self.handlers: dict[Stage, Callable[[Transaction, Reply, int], None]] = {
-            Stage.MAIL: self._on_mail,
-            Stage.RCPT: self._on_rcpt,
-            Stage.DATA: self._on_data,
-            Stage.DATA_END: self._on_end,
-            Stage.BDAT: self._on_end,
+            _MAIL: self._on_mail,
+            _RCPT: self._on_rcpt,
+            _DATA: self._on_data,
+            _DATA_END: self._on_end,
+            _BDAT: self._on_end,
         }
 
     @property
@@ -133,7 +140,7 @@ class Pipeline:
     def start(self, envelopes: Sequence[Envelope], ext: Extensions, *,
               mode: Mode, window: int, mark: bool) -> None:
         self.mode = mode
-        self._window = max(1, window) if mode is Mode.CHUNKING else 1
+        self._window = max(1, window) if mode is _CHUNKING else 1
         self._track = mark
         self._stopped = False
         self.may_ask = True
@@ -142,7 +149,7 @@ class Pipeline:
     def set_window(self, window: int) -> None:
         """BDAT: how many transactions may be in flight from now on (the
         caller's in-doubt budget moves as a run goes; see ``Engine.write_ahead``)."""
-        if self.mode is Mode.CHUNKING:
+        if self.mode is _CHUNKING:
             self._window = max(1, window)
 
     def extend(self, envelopes: Sequence[Envelope], ext: Extensions) -> None:
@@ -209,9 +216,9 @@ class Pipeline:
         between the modes."""
         inflight = self.inflight
         mode = self.mode
-        if mode is Mode.PIPELINED:
+        if mode is _PIPELINED:
             return not inflight or inflight[-1].phase >= CONTENT
-        if mode is Mode.LOCKSTEP:
+        if mode is _LOCKSTEP:
             return not inflight
         # BDAT: top the window up once half of it has been answered, so that
         # writes stay large (one per half window, not one per reply)
@@ -227,14 +234,14 @@ class Pipeline:
                 self.may_ask = False
                 return True
             return False
-        if self.mode is Mode.CHUNKING:
+        if self.mode is _CHUNKING:
             limit = self._window - len(self.inflight) - len(self.premarks)
         else:
             limit = 1
         while queue and limit > 0:
             txn = queue.popleft()
             limit -= 1
-            if self.mode is Mode.CHUNKING and self._track:
+            if self.mode is _CHUNKING and self._track:
                 self.premarks.append(txn)  # marked first: its content goes in this write
             else:
                 self._write(txn)
@@ -244,12 +251,12 @@ class Pipeline:
         """A transaction's first write: what its mode lets go before any reply."""
         protocol, out, trace = self._protocol, self._out, self._trace
         if self.server_open:
-            protocol.expect(Stage.RSET)
+            protocol.expect(_RSET)
             out.append(commands.RSET)
             if trace is not None:
                 trace.client(commands.RSET)
             self.server_open = False
-        protocol.expect(Stage.MAIL)
+        protocol.expect(_MAIL)
         out.append(txn.mail)
         txn.phase = ENVELOPE
         self.inflight.append(txn)
@@ -257,15 +264,15 @@ class Pipeline:
         mode = self.mode
         if trace is not None:
             trace.client(txn.mail)
-        if mode is Mode.LOCKSTEP:
+        if mode is _LOCKSTEP:
             return
-        protocol.expect(Stage.RCPT, len(txn.rcpts))
+        protocol.expect(_RCPT, len(txn.rcpts))
         out.extend(txn.rcpts)
         if trace is not None:
             for line in txn.rcpts:
                 trace.client(line)
-        if mode is Mode.PIPELINED:
-            protocol.expect(Stage.DATA)
+        if mode is _PIPELINED:
+            protocol.expect(_DATA)
             out.append(commands.DATA)
             if trace is not None:
                 trace.client(commands.DATA)
@@ -274,7 +281,7 @@ class Pipeline:
             return
         payload = txn.envelope.message.normalized
         header = commands.bdat(len(payload), last=True)
-        protocol.expect(Stage.BDAT)
+        protocol.expect(_BDAT)
         out.append(header)
         out.append(payload)
         txn.phase = CONTENT
@@ -291,9 +298,9 @@ class Pipeline:
     def _next_in_lockstep(self, txn: Transaction) -> None:
         """Lock-step: the next RCPT, or DATA once all are answered, or the end."""
         if txn.rcpt_at < len(txn.rcpts):
-            self._command(txn.rcpts[txn.rcpt_at], Stage.RCPT)
+            self._command(txn.rcpts[txn.rcpt_at], _RCPT)
         elif txn.accepted:
-            self._command(commands.DATA, Stage.DATA)
+            self._command(commands.DATA, _DATA)
             if self._track:
                 self.postmarks.append(txn)
         else:
@@ -308,7 +315,7 @@ class Pipeline:
             txn.data_sent = True
         else:
             self._out.append(b".\r\n")  # RFC 2920 §3.1: a DATA written ahead must be ended
-        self._protocol.expect(Stage.DATA_END)
+        self._protocol.expect(_DATA_END)
         txn.phase = CONTENT
         self.server_open = False
         if self._trace is not None:
@@ -327,8 +334,8 @@ class Pipeline:
                 self.server_open = True
         elif code != 421:  # 421: a stale pooled session; counts no attempt
             txn.got_reply = True
-            txn.answer(reply, Stage.MAIL, txn.sendable)  # every recipient's answer
-        if self.mode is Mode.LOCKSTEP:
+            txn.answer(reply, _MAIL, txn.sendable)  # every recipient's answer
+        if self.mode is _LOCKSTEP:
             if code == 250:
                 self._next_in_lockstep(txn)
             else:
@@ -351,8 +358,8 @@ class Pipeline:
                     self.stop()  # the pool goes on without PIPELINING
             else:
                 txn.got_reply = True
-                txn.answer(reply, Stage.RCPT, indices)
-        if self.mode is Mode.LOCKSTEP and code != 421:
+                txn.answer(reply, _RCPT, indices)
+        if self.mode is _LOCKSTEP and code != 421:
             self._next_in_lockstep(txn)
 
     def _on_data(self, txn: Transaction, reply: Reply, count: int) -> None:
@@ -361,14 +368,14 @@ class Pipeline:
             self._write_content(txn)
             return
         if code == 503:
-            txn.answer(out_of_sequence(reply, Stage.DATA), None, txn.accepted)
+            txn.answer(out_of_sequence(reply, _DATA), None, txn.accepted)
         else:
             txn.got_reply = True
-            txn.answer(reply, Stage.DATA, txn.accepted)
+            txn.answer(reply, _DATA, txn.accepted)
         self._done(txn)
 
     def _on_end(self, txn: Transaction, reply: Reply, count: int) -> None:
-        stage = Stage.BDAT if self.mode is Mode.CHUNKING else Stage.DATA_END
+        stage = _BDAT if self.mode is _CHUNKING else _DATA_END
         txn.data_sent = False  # the reply came: nobody is in doubt
         code = reply.code
         if code == 503:
@@ -376,7 +383,7 @@ class Pipeline:
         else:
             txn.got_reply = True
             txn.answer(reply, stage, txn.accepted)
-        if code >= 300 and stage is Stage.BDAT:
+        if code >= 300 and stage is _BDAT:
             self.server_open = True  # RFC 3030: state indeterminate after a refused BDAT
         self._done(txn)
 
