@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+from .protocol.handshake import Failure
 from .protocol.replies import Reply, synthetic_reply
 
 __all__ = [
@@ -95,3 +96,17 @@ def os_error_text(exc: BaseException) -> str:
     if not found and exc.__cause__ is not None:
         walk(exc.__cause__)
     return "; ".join(found) if found else str(exc) or type(exc).__name__
+
+
+#: the exception each way a session can end (``protocol.handshake.Failure``) is raised as
+ERROR_FOR_FAILURE: dict[Failure, type[SMTPError]] = {
+    Failure.UNAVAILABLE: SMTPServerUnavailable, Failure.COMMAND: SMTPCommandError,
+    Failure.TLS: SMTPTLSError, Failure.AUTH: SMTPAuthError,
+    Failure.PROTOCOL: SMTPProtocolViolation, Failure.LOST: SMTPConnectionLost,
+    Failure.TIMEOUT: SMTPTimeout,
+}
+
+
+def lost_connection(text: str) -> Reply:
+    """The reply for a session that failed on the network: deferral, never a bounce."""
+    return synthetic_reply(451, "4.4.2", text)

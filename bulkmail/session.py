@@ -16,13 +16,21 @@ from typing import Generic, NamedTuple, TypeVar
 
 import trio
 
-from . import errors
 from .config import SessionConfig
 from .deadlines import DEADLINE_SLACK, stage_timeouts
-from .errors import SMTPError, synthetic_reply
+from .errors import ERROR_FOR_FAILURE, SMTPError, lost_connection
 from .protocol import commands
 from .protocol.client import Stage
-from .protocol.connection import ClientConnection, Event, Failure
+from .protocol.connection import (  # Event's hot members as globals: see connection.py
+    FINISHED,
+    MARK,
+    NEED_DATA,
+    SEND,
+    WANT_MORE,
+    ClientConnection,
+    Event,
+    Failure,
+)
 from .protocol.extensions import Extensions
 from .protocol.pipeline import TraceSink
 from .protocol.replies import Reply
@@ -35,33 +43,12 @@ __all__ = ["DataEndHook", "Envelope", "Refill", "SMTPSession", "Stage", "Transac
 
 RECEIVE_SIZE = 65536
 _T = TypeVar("_T")
-#: the exception each way a session can end is raised as
-_ERRORS: dict[Failure, type[SMTPError]] = {
-    Failure.UNAVAILABLE: errors.SMTPServerUnavailable, Failure.COMMAND: errors.SMTPCommandError,
-    Failure.TLS: errors.SMTPTLSError, Failure.AUTH: errors.SMTPAuthError,
-    Failure.PROTOCOL: errors.SMTPProtocolViolation, Failure.LOST: errors.SMTPConnectionLost,
-    Failure.TIMEOUT: errors.SMTPTimeout,
-}
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
-# hot-path enum members as module globals (see protocol/connection.py)
-_NEED_DATA, _SEND, _START_TLS, _READY, _REPLY = (
-    Event.NEED_DATA, Event.SEND, Event.START_TLS, Event.READY, Event.REPLY
-)
-_MARK, _FINISHED, _WANT_MORE, _BATCH_DONE, _CLOSED = (
-    Event.MARK, Event.FINISHED, Event.WANT_MORE, Event.BATCH_DONE, Event.CLOSED
-)
-
-#: called with the envelopes whose end of data is about to be written, so the
-#: journal can record them as in doubt first.
+#: awaited with the envelopes whose end of data is next: the journal marks them in doubt
 DataEndHook = Callable[[Sequence[Envelope]], Awaitable[None]]
 #: more envelopes for the batch in progress, or none (never waits)
 Refill = Callable[[], Sequence[Envelope]]
-
-
-def _lost(text: str) -> Reply:
-    """The reply for a session that failed on the network: deferral, never a bounce."""
-    return synthetic_reply(451, "4.4.2", text)
 
 
 class _FromConnection(Generic[_T]):
@@ -137,7 +124,7 @@ class SMTPSession:
         try:
             if config.secure == "tls":
                 await session._start_tls()
-            if await session._run() is not _READY:
+            if await session._run() is not Event.READY:
                 assert session.error is not None
                 raise session.error
         except BaseException:
@@ -168,7 +155,7 @@ class SMTPSession:
         if self.error is not None:
             raise self.error
         self._conn.command(line, stage)
-        if await self._run() is not _REPLY:
+        if await self._run() is not Event.REPLY:
             assert self.error is not None
             raise self.error
         reply = self._conn.last_reply
@@ -251,7 +238,7 @@ class SMTPSession:
                 return await self._loop(scope, batch)
         except BaseException as exc:
             # cancelled from outside (or a hook raised) mid-dialogue: never reuse it
-            self._fail(Failure.LOST, _lost("session interrupted"))
+            self._fail(Failure.LOST, lost_connection("session interrupted"))
             if isinstance(exc, trio.Cancelled):
                 self._drain(batch)  # every transaction still gets its one result
             raise
@@ -261,7 +248,7 @@ class SMTPSession:
             "timed out sending to the server" if stage is None
             else f"no reply to {stage.value.upper()} within {timeout:g}s"
         )
-        self._fail(Failure.TIMEOUT, _lost(text))
+        self._fail(Failure.TIMEOUT, lost_connection(text))
         return self._drain(batch)
 
     async def _loop(self, scope: trio.CancelScope, batch: _Batch | None) -> Event:
@@ -281,7 +268,7 @@ class SMTPSession:
                 conn.stop()
                 stopping = None
             event = conn.next_event()
-            if event is _NEED_DATA:
+            if event is NEED_DATA:
                 if conn.replies != replies:  # a new wait: the last one was answered
                     replies = conn.replies
                     stage = owed[0] if owed else None
@@ -293,8 +280,8 @@ class SMTPSession:
                 try:
                     conn.receive_data(await stream.receive_some(RECEIVE_SIZE))
                 except _BROKEN as exc:
-                    self._fail(Failure.LOST, _lost(f"connection lost: {exc}"))
-            elif event is _SEND:
+                    self._fail(Failure.LOST, lost_connection(f"connection lost: {exc}"))
+            elif event is SEND:
                 # at least RFC 5321's data block time, and no less than the
                 # reply after it gets: that read then keeps this deadline
                 timeout = max(self.config.timeouts.data_block,
@@ -307,12 +294,13 @@ class SMTPSession:
                 try:
                     await stream.send_all(conn.data_to_send())
                 except _BROKEN as exc:
-                    self._fail(Failure.LOST, _lost(f"connection lost while sending: {exc}"))
-            elif event is _FINISHED:
+                    text = f"connection lost while sending: {exc}"
+                    self._fail(Failure.LOST, lost_connection(text))
+            elif event is FINISHED:
                 assert batch is not None
                 for result in conn.take_finished():
                     batch.report(result)
-            elif event is _MARK:
+            elif event is MARK:
                 assert batch is not None
                 envelopes = conn.take_marks()
                 if batch.on_data_end is not None:
@@ -325,12 +313,12 @@ class SMTPSession:
                         conn.stop()
                         stopping = None
                 conn.marked()
-            elif event is _WANT_MORE:
+            elif event is WANT_MORE:
                 assert batch is not None
                 if batch.write_ahead is not None:  # (the in-doubt budget moves)
                     conn.set_window(batch.write_ahead())
                 conn.extend(batch.refill() if batch.refill is not None else ())
-            elif event is _START_TLS:
+            elif event is Event.START_TLS:  # (the hot five are tested first)
                 armed = scope.deadline = math.inf
                 replies = -1
                 await self._start_tls()
@@ -344,10 +332,10 @@ class SMTPSession:
         """After a timeout or a failed mark: the closed connection's last results, no I/O."""
         while True:
             event = self._conn.next_event()
-            if event is _FINISHED and batch is not None:
+            if event is FINISHED and batch is not None:
                 for result in self._conn.take_finished():
                     batch.report(result)
-            elif event in (_BATCH_DONE, _CLOSED):
+            elif event in (Event.BATCH_DONE, Event.CLOSED):
                 return event
 
     def _fail(self, failure: Failure, reply: Reply) -> None:
@@ -359,4 +347,4 @@ class SMTPSession:
         failure = self._conn.failure
         if failure is not None and self.error is None:
             kind, reply = failure
-            self.error = _ERRORS[kind](reply, host=self.peer)
+            self.error = ERROR_FOR_FAILURE[kind](reply, host=self.peer)

@@ -25,7 +25,7 @@ from .client import ClientProtocol, Stage
 from .errors import RemoteProtocolError
 from .extensions import Extensions
 from .handshake import Failure, Handshake, HandshakeStep
-from .pipeline import Mode, Pipeline, TraceSink
+from .pipeline import CHUNKING, LOCKSTEP, PIPELINED, Mode, Pipeline, TraceSink
 from .replies import Reply, synthetic_reply
 from .transaction import Envelope, TransactionResult
 
@@ -61,14 +61,13 @@ class Event(Enum):
 # session.py): on Python 3.11 ``Event.SEND`` goes through EnumType.__getattr__'s
 # slow attribute hook, ~100 ns against ~4 ns for a global, and scenario a read
 # 38 members a message (a d's 50-recipient transaction 40).
-_NEED_DATA, _SEND, _START_TLS, _READY, _REPLY = (
+NEED_DATA, SEND, START_TLS, READY, REPLY = (
     Event.NEED_DATA, Event.SEND, Event.START_TLS, Event.READY, Event.REPLY
 )
-_MARK, _FINISHED, _WANT_MORE, _BATCH_DONE, _CLOSED = (
+MARK, FINISHED, WANT_MORE, BATCH_DONE, CLOSED = (
     Event.MARK, Event.FINISHED, Event.WANT_MORE, Event.BATCH_DONE, Event.CLOSED
 )
 _RCPT = Stage.RCPT
-_LOCKSTEP, _PIPELINED, _CHUNKING = Mode.LOCKSTEP, Mode.PIPELINED, Mode.CHUNKING
 
 
 def _violation(exc: RemoteProtocolError) -> Reply:
@@ -141,7 +140,7 @@ class ClientConnection:
     def next_event(self) -> Event:
         """Process every reply already received, then say what must happen next."""
         if self._batch and self._pipeline.postmarks and not self._out:
-            return _MARK  # before any reply that could let their end of data go
+            return MARK  # before any reply that could let their end of data go
         if self.failure is None:
             try:
                 self._take_replies()
@@ -152,28 +151,28 @@ class ClientConnection:
                 return event
         if not self._batch:
             if self.failure is not None:
-                return _CLOSED
-            return _SEND if self._out else _NEED_DATA
+                return CLOSED
+            return SEND if self._out else NEED_DATA
         pipeline = self._pipeline
         if pipeline.finished:
-            return _FINISHED
+            return FINISHED
         if self.failure is None:
             try:
                 if pipeline.fill():
-                    return _WANT_MORE
+                    return WANT_MORE
             except RemoteProtocolError as exc:
                 self._protocol_error(exc)
                 return self.next_event()
         if pipeline.premarks:
-            return _MARK  # before the write that carries their content (BDAT)
+            return MARK  # before the write that carries their content (BDAT)
         if self._out:
-            return _SEND
+            return SEND
         if pipeline.postmarks:
-            return _MARK  # after the write of their DATA: during the round trip
+            return MARK  # after the write of their DATA: during the round trip
         if pipeline.settled:
             self._batch = False
-            return _BATCH_DONE
-        return _NEED_DATA
+            return BATCH_DONE
+        return NEED_DATA
 
     def _take_replies(self) -> None:
         """Handle every reply already received.  The same reply to the next
@@ -231,7 +230,7 @@ class ClientConnection:
                 ))
         else:
             self.last_reply = reply
-            self._event = _REPLY
+            self._event = REPLY
         if reply.code == 421 and self.failure is None:
             self._close(Failure.UNAVAILABLE, reply)  # the 421 rule
 
@@ -248,10 +247,10 @@ class ClientConnection:
             line, stage, shown = step.send
             self._command(line, stage, shown)
         elif step.start_tls:
-            self._event = _START_TLS
+            self._event = START_TLS
         else:
             self._handshake = None
-            self._event = _READY
+            self._event = READY
 
     def tls_started(self) -> None:
         """TLS is up after STARTTLS: EHLO again (RFC 3207 §4.2)."""
@@ -312,11 +311,11 @@ class ClientConnection:
         the caller's wishes allow; ``mark``: hand out ``MARK`` events."""
         ext = self.extensions
         if not (pipelining and ext.pipelining):
-            mode = _LOCKSTEP
+            mode = LOCKSTEP
         elif chunking and ext.chunking:
-            mode = _CHUNKING
+            mode = CHUNKING
         else:
-            mode = _PIPELINED
+            mode = PIPELINED
         self.start_in_mode(envelopes, mode, window=window, mark=mark)
 
     def start_in_mode(
@@ -335,7 +334,7 @@ class ClientConnection:
     def writes_ahead(self) -> bool:
         """The batch runs with CHUNKING: whole transactions are written ahead,
         up to a window (``set_window``)."""
-        return self._pipeline.mode is _CHUNKING
+        return self._pipeline.mode is CHUNKING
 
     def set_window(self, window: int) -> None:
         """With CHUNKING: transactions that may be in flight from now on."""

@@ -59,7 +59,7 @@ class Mode(Enum):
 
 
 # hot-path enum members as module globals (see protocol/connection.py)
-_LOCKSTEP, _PIPELINED, _CHUNKING = Mode.LOCKSTEP, Mode.PIPELINED, Mode.CHUNKING
+LOCKSTEP, PIPELINED, CHUNKING = Mode.LOCKSTEP, Mode.PIPELINED, Mode.CHUNKING
 _MAIL, _RCPT, _DATA, _DATA_END, _BDAT, _RSET = (
     Stage.MAIL, Stage.RCPT, Stage.DATA, Stage.DATA_END, Stage.BDAT, Stage.RSET
 )
@@ -102,7 +102,7 @@ class Pipeline:
         self.pipelining_broken = False
         #: transactions that reached the server (a connection's limit counts them)
         self.transactions = 0
-        self.mode = _LOCKSTEP
+        self.mode = LOCKSTEP
         self._window = 1
         self._track = False
         self._stopped = False
@@ -140,7 +140,7 @@ class Pipeline:
     def start(self, envelopes: Sequence[Envelope], ext: Extensions, *,
               mode: Mode, window: int, mark: bool) -> None:
         self.mode = mode
-        self._window = max(1, window) if mode is _CHUNKING else 1
+        self._window = max(1, window) if mode is CHUNKING else 1
         self._track = mark
         self._stopped = False
         self.may_ask = True
@@ -149,7 +149,7 @@ class Pipeline:
     def set_window(self, window: int) -> None:
         """BDAT: how many transactions may be in flight from now on (the
         caller's in-doubt budget moves as a run goes; see ``Engine.write_ahead``)."""
-        if self.mode is _CHUNKING:
+        if self.mode is CHUNKING:
             self._window = max(1, window)
 
     def extend(self, envelopes: Sequence[Envelope], ext: Extensions) -> None:
@@ -216,9 +216,9 @@ class Pipeline:
         between the modes."""
         inflight = self.inflight
         mode = self.mode
-        if mode is _PIPELINED:
+        if mode is PIPELINED:
             return not inflight or inflight[-1].phase >= CONTENT
-        if mode is _LOCKSTEP:
+        if mode is LOCKSTEP:
             return not inflight
         # BDAT: top the window up once half of it has been answered, so that
         # writes stay large (one per half window, not one per reply)
@@ -234,14 +234,14 @@ class Pipeline:
                 self.may_ask = False
                 return True
             return False
-        if self.mode is _CHUNKING:
+        if self.mode is CHUNKING:
             limit = self._window - len(self.inflight) - len(self.premarks)
         else:
             limit = 1
         while queue and limit > 0:
             txn = queue.popleft()
             limit -= 1
-            if self.mode is _CHUNKING and self._track:
+            if self.mode is CHUNKING and self._track:
                 self.premarks.append(txn)  # marked first: its content goes in this write
             else:
                 self._write(txn)
@@ -264,14 +264,14 @@ class Pipeline:
         mode = self.mode
         if trace is not None:
             trace.client(txn.mail)
-        if mode is _LOCKSTEP:
+        if mode is LOCKSTEP:
             return
         protocol.expect(_RCPT, len(txn.rcpts))
         out.extend(txn.rcpts)
         if trace is not None:
             for line in txn.rcpts:
                 trace.client(line)
-        if mode is _PIPELINED:
+        if mode is PIPELINED:
             protocol.expect(_DATA)
             out.append(commands.DATA)
             if trace is not None:
@@ -335,7 +335,7 @@ class Pipeline:
         elif code != 421:  # 421: a stale pooled session; counts no attempt
             txn.got_reply = True
             txn.answer(reply, _MAIL, txn.sendable)  # every recipient's answer
-        if self.mode is _LOCKSTEP:
+        if self.mode is LOCKSTEP:
             if code == 250:
                 self._next_in_lockstep(txn)
             else:
@@ -359,7 +359,7 @@ class Pipeline:
             else:
                 txn.got_reply = True
                 txn.answer(reply, _RCPT, indices)
-        if self.mode is _LOCKSTEP and code != 421:
+        if self.mode is LOCKSTEP and code != 421:
             self._next_in_lockstep(txn)
 
     def _on_data(self, txn: Transaction, reply: Reply, count: int) -> None:
@@ -375,7 +375,7 @@ class Pipeline:
         self._done(txn)
 
     def _on_end(self, txn: Transaction, reply: Reply, count: int) -> None:
-        stage = _BDAT if self.mode is _CHUNKING else _DATA_END
+        stage = _BDAT if self.mode is CHUNKING else _DATA_END
         txn.data_sent = False  # the reply came: nobody is in doubt
         code = reply.code
         if code == 503:
