@@ -17,6 +17,7 @@ import psycopg
 
 from ..journal.base import Outcome
 from ..results import Status
+from .arrays import BoolArray, Float8Array, Int4Array, Int8Array, TextArray
 from .jobs import by_domain
 
 __all__ = [
@@ -87,7 +88,8 @@ FencedWrite = tuple[int, Sequence[str], Outcome, bool]
 # 500 in flight).  One statement in autocommit is one round trip for the
 # whole group commit, however many marks and results.  The arrays go in binary
 # (%b): psycopg adapted twelve arrays of a commit of 11 addresses in ~123 us of
-# Python as text, ~76 us in binary.
+# Python as text, ~76 us in binary; encoded here (``arrays``), twelve arrays of
+# 4 addresses take 30 us instead of 84.
 _FENCED_ROWS = """
 WITH w AS MATERIALIZED (
     SELECT r0.id, a.*
@@ -143,6 +145,7 @@ RETURNING w.n, r.address
 """
 
 _MARK = Outcome(Status.IN_DOUBT)
+_FENCED_SQL, _MARK_SQL = _FENCED_ROWS.encode(), _MARK_ROWS.encode()
 
 
 def _segments(writes: Sequence[FencedWrite]) -> list[list[int]]:
@@ -201,14 +204,22 @@ def apply_fenced(
             cols["release"] += [release] * k
         if not cols["n"]:
             continue
+        params: dict[str, Any] = {
+            "owner": owner, "n": Int4Array.of(cols["n"]), "job": Int8Array.of(cols["job"]),
+            "address": TextArray.of(cols["address"]),
+        }
         if all(writes[i][2] == _MARK and not writes[i][3] for i in segment):
-            statement = _MARK_ROWS
-            params: dict[str, Any] = {k: cols[k] for k in ("n", "job", "address")}
+            statement = _MARK_SQL
         else:
-            statement = _FENCED_ROWS
-            params = dict(cols)
-        params["owner"] = owner
-        for n, address in conn.execute(statement.encode(), params).fetchall():
+            statement = _FENCED_SQL
+            params.update(
+                state=TextArray.of(cols["state"]), code=Int4Array.of(cols["code"]),
+                enhanced=TextArray.of(cols["enhanced"]), reply=TextArray.of(cols["reply"]),
+                attempts=Int4Array.of(cols["attempts"]), host=TextArray.of(cols["host"]),
+                next_attempt=Float8Array.of(cols["next_attempt"]),
+                dup=BoolArray.of(cols["dup"]), release=BoolArray.of(cols["release"]),
+            )
+        for n, address in conn.execute(statement, params).fetchall():
             applied[int(n)].add(str(address))
     return applied
 
