@@ -117,7 +117,7 @@ def _dumper(array: type[_Array]) -> type[Dumper]:
         format = Format.BINARY
         oid = _ARRAY_OIDS[array.element_oid]
 
-        def dump(self, obj: _Array) -> bytes:  # type: ignore[override]
+        def dump(self, obj: _Array) -> bytes:
             return obj.data
 
     ArrayDumper.__name__ = array.__name__ + "Dumper"
