@@ -16,7 +16,6 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from . import arrays
 from .errors import ConnectionLost, StoreError
 
 __all__ = ["DEFAULT_SCHEMA", "Database", "check_schema_name"]
@@ -60,7 +59,6 @@ class Database:
             raise StoreError(f"cannot connect to {_redact(url)}: {_first_line(exc)}") from exc
         except Exception as exc:  # a malformed URL raises ProgrammingError or ValueError
             raise StoreError(f"invalid database URL {_redact(url)}: {exc}") from exc
-        arrays.register(self._conn.adapters)
         with self.using() as conn:
             conn.execute(
                 sql.SQL("SET search_path TO {}, public").format(sql.Identifier(self.schema))

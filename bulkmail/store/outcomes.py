@@ -10,6 +10,7 @@ keep their old values when the change carries none, attempts never decrease,
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +18,8 @@ import psycopg
 
 from ..journal.base import Outcome
 from ..results import Status
-from .arrays import BoolArray, Float8Array, Int4Array, Int8Array, TextArray
+from .arrays import bool_array, float8_array, int4_array, int8_array, text_array
+from .direct import Statement
 from .jobs import by_domain
 
 __all__ = [
@@ -145,7 +147,12 @@ RETURNING w.n, r.address
 """
 
 _MARK = Outcome(Status.IN_DOUBT)
-_FENCED_SQL, _MARK_SQL = _FENCED_ROWS.encode(), _MARK_ROWS.encode()
+_MARK_ARRAYS = ("n", "job", "address")
+_FENCED_ARRAYS = (*_MARK_ARRAYS, "state", "code", "enhanced", "reply", "attempts", "host",
+                  "next_attempt", "dup", "release")
+_FENCED = Statement(_FENCED_ROWS, (*_FENCED_ARRAYS, "owner"))
+_MARKS = Statement(_MARK_ROWS, (*_MARK_ARRAYS, "owner"))
+_UNPACK_N = struct.Struct("!i").unpack
 
 
 def _segments(writes: Sequence[FencedWrite]) -> list[list[int]]:
@@ -204,23 +211,24 @@ def apply_fenced(
             cols["release"] += [release] * k
         if not cols["n"]:
             continue
-        params: dict[str, Any] = {
-            "owner": owner, "n": Int4Array.of(cols["n"]), "job": Int8Array.of(cols["job"]),
-            "address": TextArray.of(cols["address"]),
-        }
+        params = [int4_array(cols["n"]), int8_array(cols["job"]), text_array(cols["address"])]
         if all(writes[i][2] == _MARK and not writes[i][3] for i in segment):
-            statement = _MARK_SQL
+            statement = _MARKS
         else:
-            statement = _FENCED_SQL
-            params.update(
-                state=TextArray.of(cols["state"]), code=Int4Array.of(cols["code"]),
-                enhanced=TextArray.of(cols["enhanced"]), reply=TextArray.of(cols["reply"]),
-                attempts=Int4Array.of(cols["attempts"]), host=TextArray.of(cols["host"]),
-                next_attempt=Float8Array.of(cols["next_attempt"]),
-                dup=BoolArray.of(cols["dup"]), release=BoolArray.of(cols["release"]),
-            )
-        for n, address in conn.execute(statement, params).fetchall():
-            applied[int(n)].add(str(address))
+            statement = _FENCED
+            params += [
+                text_array(cols["state"]), int4_array(cols["code"]),
+                text_array(cols["enhanced"]), text_array(cols["reply"]),
+                int4_array(cols["attempts"]), text_array(cols["host"]),
+                float8_array(cols["next_attempt"]), bool_array(cols["dup"]),
+                bool_array(cols["release"]),
+            ]
+        params.append(owner.encode())
+        result = statement.run(conn, params)
+        for row in range(result.ntuples):
+            n, address = result.get_value(row, 0), result.get_value(row, 1)
+            assert n is not None and address is not None
+            applied[_UNPACK_N(n)[0]].add(bytes(address).decode())
     return applied
 
 
