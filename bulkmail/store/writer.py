@@ -43,10 +43,17 @@ MARK_LINGER = 0.0005
 
 
 class _Waiter:
-    __slots__ = ("applied", "done")
+    """A mark's wait: woken once, by its commit (``committed``) or by the
+    writer failing or stopping -- not by every other commit, as a wait on
+    ``_progress`` is (a handful of needless wake-ups per commit: 16 sessions
+    marking through 2 ms commits spent 88-120 -> 70-103 us of CPU per mark
+    and result, three runs each)."""
+
+    __slots__ = ("applied", "committed", "done")
 
     def __init__(self) -> None:
         self.applied: set[str] = set()
+        self.committed = False
         self.done = trio.Event()
 
 
@@ -159,7 +166,11 @@ class StoreWriter:
         self._check()
         waiter = _Waiter()
         self._marks.add((job, list(addresses), IN_DOUBT, False), waiter)
-        await self._wait(self._marks, lambda: waiter.done.is_set())
+        if self._running:
+            await waiter.done.wait()
+        if not waiter.committed:  # run() failed or stopped: commit here, or raise
+            await self._wait(self._marks, lambda: waiter.committed)
+        self._check()
         return waiter.applied
 
     async def flush(self) -> None:
@@ -208,6 +219,9 @@ class StoreWriter:
             raise
         finally:
             self._running = False
+            for _, _, waiter in self._marks.queue:
+                if waiter is not None:
+                    waiter.done.set()
             self._signal()  # waiters re-check: commit themselves, or raise
 
     async def _drive(self, lane: _Lane, nursery: trio.Nursery) -> None:
@@ -249,6 +263,9 @@ class StoreWriter:
         except BaseException as exc:
             for lane, batch in batches:
                 del lane.committing[batch[0][0]]
+                for _, _, waiter in batch:
+                    if waiter is not None:
+                        waiter.done.set()  # to re-check: raise, or commit it themselves
                 if not isinstance(exc, Exception):  # cancelled before the thread started:
                     lane.queue[:0] = batch  # back in line, for a flush
                     lane.queued += sum(len(write[1]) for _, write, _ in batch)
@@ -264,6 +281,7 @@ class StoreWriter:
                 wrote = next(done) if addresses else set()
                 if waiter is not None:
                     waiter.applied = wrote
+                    waiter.committed = True
                     waiter.done.set()
                 elif release and len(wrote) < len(addresses):
                     lost = [a for a in addresses if a not in wrote]
