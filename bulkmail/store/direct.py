@@ -4,7 +4,9 @@ connection, then one ``PQexecPrepared`` with parameters already in binary.
 A psycopg ``execute`` spends ~115 us of Python per group commit in scenario e
 (a cursor, the query's conversion, the prepared-statement cache, the result's
 rows) around one round trip; the commit is one statement with the same
-shape every time, so that machinery buys it nothing.  ``exec_prepared``
+shape every time, so that machinery buys it nothing: a loop of 1,000 commits
+of 4 marks and 4 results took 112-143 us of client CPU per recipient through
+psycopg, 63-81 us here (three alternations).  ``exec_prepared``
 releases the GIL while it waits, like psycopg's own waiting, and its errors
 become psycopg's exceptions (what ``Database.using`` turns into StoreError
 or ConnectionLost).
