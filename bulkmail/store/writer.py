@@ -2,8 +2,9 @@
 
 A mark is on every transaction's critical path (the end of data waits for its
 commit), a result on nobody's.  So marks get a lane of their own: a mark is
-committed at once, on a second connection if a commit is already in flight,
-and marks that arrive meanwhile share the next commit; results linger a few
+committed within ``MARK_LINGER`` (half a millisecond, for the marks of other
+sessions to share the commit), on a second connection if a commit is already
+in flight, and marks that arrive meanwhile share the next commit; results linger a few
 milliseconds to fill bigger commits on another connection.  Each commit is one
 statement (``outcomes.apply_fenced``).  Measured in scenario e (one worker, 32
 sessions at 20 ms): marks queued behind one shared commit waited 47-107 ms.
@@ -33,12 +34,26 @@ __all__ = ["StoreWriter"]
 #: results that may ride along with a mark's commit: the mark waits for them too
 RIDE_ALONG = 64
 
+#: how long a mark waits for others to share its commit.  Scenario e at
+#: --scale 0.25 --connections 1 (one worker, 4 sessions at 20 ms): 0 ms ->
+#: ~9,800 commits for 50,000 marks, 0.5 ms -> ~7,500 (1 ms: ~7,100), the rate
+#: unchanged within the noise (591-683/s vs 640-652/s); a commit costs
+#: PostgreSQL ~220 us of CPU for its WAL flush alone on that machine
+MARK_LINGER = 0.0005
+
 
 class _Waiter:
-    __slots__ = ("applied", "done")
+    """A mark's wait: woken once, by its commit (``committed``) or by the
+    writer failing or stopping -- not by every other commit, as a wait on
+    ``_progress`` is (a handful of needless wake-ups per commit: 16 sessions
+    marking through 2 ms commits spent 88-120 -> 70-103 us of CPU per mark
+    and result, three runs each)."""
+
+    __slots__ = ("applied", "committed", "done")
 
     def __init__(self) -> None:
         self.applied: set[str] = set()
+        self.committed = False
         self.done = trio.Event()
 
 
@@ -111,6 +126,7 @@ class StoreWriter:
         max_batch: int = 500,
         max_delay: float = 0.005,
         mark_commits: int = 2,
+        mark_linger: float = MARK_LINGER,
         on_lost: Callable[[int, list[str]], None] | None = None,
     ) -> None:
         if max_batch < 1 or mark_commits < 1:
@@ -122,7 +138,7 @@ class StoreWriter:
         #: group commits done, and results not written because the lease was lost
         self.commits = 0
         self.lost = 0
-        self._marks = _Lane(mark_commits, 0.0)
+        self._marks = _Lane(mark_commits, mark_linger)
         self._results = _Lane(1, max_delay)
         self._closing = False
         self._hurry = 0  #: flushes waiting
@@ -150,7 +166,11 @@ class StoreWriter:
         self._check()
         waiter = _Waiter()
         self._marks.add((job, list(addresses), IN_DOUBT, False), waiter)
-        await self._wait(self._marks, lambda: waiter.done.is_set())
+        if self._running:
+            await waiter.done.wait()
+        if not waiter.committed:  # run() failed or stopped: commit here, or raise
+            await self._wait(self._marks, lambda: waiter.committed)
+        self._check()
         return waiter.applied
 
     async def flush(self) -> None:
@@ -199,6 +219,9 @@ class StoreWriter:
             raise
         finally:
             self._running = False
+            for _, _, waiter in self._marks.queue:
+                if waiter is not None:
+                    waiter.done.set()
             self._signal()  # waiters re-check: commit themselves, or raise
 
     async def _drive(self, lane: _Lane, nursery: trio.Nursery) -> None:
@@ -240,6 +263,9 @@ class StoreWriter:
         except BaseException as exc:
             for lane, batch in batches:
                 del lane.committing[batch[0][0]]
+                for _, _, waiter in batch:
+                    if waiter is not None:
+                        waiter.done.set()  # to re-check: raise, or commit it themselves
                 if not isinstance(exc, Exception):  # cancelled before the thread started:
                     lane.queue[:0] = batch  # back in line, for a flush
                     lane.queued += sum(len(write[1]) for _, write, _ in batch)
@@ -255,6 +281,7 @@ class StoreWriter:
                 wrote = next(done) if addresses else set()
                 if waiter is not None:
                     waiter.applied = wrote
+                    waiter.committed = True
                     waiter.done.set()
                 elif release and len(wrote) < len(addresses):
                     lost = [a for a in addresses if a not in wrote]
