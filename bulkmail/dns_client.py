@@ -19,7 +19,6 @@ configured, not a resolver talking to the internet.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import math
 import os
@@ -112,17 +111,19 @@ class QueryWindow:
         client._pending[qid] = self._open[qid] = sent
 
     def wake(self) -> None:
-        """Wake the collecting task now (it has room and new work came)."""
-        if self.task is not None and len(self._open) < self.limit:
-            _wake(self)
+        """Wake the collecting task now, if it waits (more work it may take)."""
+        _wake(self)
 
-    async def wait(self) -> None:
-        """Sleep until a reply is in, a query's resend or deadline is due, or :meth:`wake`."""
+    async def wait(self, until: float = math.inf) -> None:
+        """Sleep until a reply is in, a query's resend or deadline is due,
+        ``until`` (trio's clock), or :meth:`wake`."""
         if self._answered:
             await trio.lowlevel.checkpoint()
             return
         client = self._client
-        self.wake_at = min((sent.wake_at for sent in self._open.values()), default=math.inf)
+        self.wake_at = min(
+            min((sent.wake_at for sent in self._open.values()), default=math.inf), until
+        )
         if self.wake_at < client._sweep_scope.deadline:
             client._sweep_scope.deadline = self.wake_at
         self.task = trio.lowlevel.current_task()
@@ -157,17 +158,29 @@ class QueryWindow:
                 continue
             elif now >= sent.deadline:
                 expired.append(sent.key)
-            else:
-                sent.attempt += 1
-                client.retransmits += 1
-                sockets = client._sockets
-                with contextlib.suppress(OSError):  # as lost: sent again after a timeout
-                    client._send_now(sockets[sent.attempt % len(sockets)], sent.wire)
-                sent.wake_at = min(now + client.timeout, sent.deadline)
+            elif self._resend(sent, now):
                 continue
+            else:
+                stopped.append(sent.key)  # the resend was refused
             del self._open[qid]
             client._forget(qid, sent)
         return replies, expired, stopped
+
+    def _resend(self, sent: _Sent, now: float) -> bool:
+        """Send ``sent`` again, to the next server; False if refused (an ICMP
+        error: the client cannot serve it)."""
+        client = self._client
+        sent.attempt += 1
+        client.retransmits += 1
+        sockets = client._sockets
+        try:
+            client._send_now(sockets[sent.attempt % len(sockets)], sent.wire)
+        except ConnectionRefusedError:
+            return False
+        except OSError:
+            pass  # as lost: sent again after another timeout
+        sent.wake_at = min(now + client.timeout, sent.deadline)
+        return True
 
     def close(self) -> list[str]:
         """Forget every query still open (the collecting task is done); their keys."""

@@ -177,11 +177,13 @@ class DNSLookup(SharesSockets):
         client = self._shared_client.client
         return client.window(limit) if client is not None and client.running else None
 
-    def close_window(self, window: QueryWindow) -> None:
-        """Forget ``window``'s queries still open, and give back their slots."""
+    def close_window(self, window: QueryWindow) -> list[str]:
+        """Forget ``window``'s queries still open, and give back their slots; their names."""
         client = self._shared_client.client
-        for name in client.close_window(window) if client is not None else window.close():
+        names = client.close_window(window) if client is not None else window.close()
+        for name in names:
             self._slots.release_on_behalf_of(name)
+        return names
 
     def send_in(self, window: QueryWindow, name: str, question: bytes) -> bool:
         """Send ``name``'s query (:func:`dns_wire.question` bytes) in ``window``,

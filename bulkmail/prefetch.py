@@ -1,15 +1,14 @@
-"""Resolving domains ahead of sending: a queue and a fixed crew of tasks.
+"""Resolving domains ahead of sending: a queue, worked by one loop or a crew.
 
 The engine feeds the domains of recipients it will send to soon; a router
-resolves them here, so lookups overlap delivery to the current domains, and
-reports each outcome through a callback.  A fixed crew, not a task per
-domain: a loop that spawned a task per domain paid ~1 KB and a scheduler
-pass for each of a 100,000-domain list, and each crew member takes its next
-domain as soon as one is done, so the lookups in flight stay at the limit.
-
-Both routers use it: :class:`~bulkmail.routing.MXRouter` for MX answers and
-:class:`~bulkmail.tls_policy.router.PolicyRouter` for MX answers with their
-TLS plans (one TXT lookup more per domain under MTA-STS).
+resolves them from here, so lookups overlap delivery to the current
+domains, and reports each outcome through a callback.  Never a task per
+domain: a loop that spawned one paid ~1 KB and a scheduler pass for each of
+a 100,000-domain list.  :class:`~bulkmail.routing.MXRouter` takes domains
+one by one (:meth:`PrefetchQueue.take`) into its window of queries;
+:class:`~bulkmail.tls_policy.router.PolicyRouter` makes plans (one TXT
+lookup per domain under MTA-STS) with a fixed crew (:meth:`PrefetchQueue.run`),
+each member taking its next domain as soon as one is done.
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ class PrefetchQueue(Generic[T]):
         self.on_add: Callable[[], object] | None = None
 
     def __contains__(self, domain: str) -> bool:
-        """Queued or being resolved by the crew."""
+        """Queued, or taken and being resolved."""
         return domain in self._queued or domain in self._working
 
     def add(self, domain: str) -> bool:
@@ -74,9 +73,15 @@ class PrefetchQueue(Generic[T]):
         self._ahead.appendleft(domain)
 
     def has_queued(self) -> bool:
+        """Domains wait in the queue (not counting those being resolved)."""
         return bool(self._ahead)
 
+    def room(self) -> int:
+        """How many more domains ``add`` would take now."""
+        return self.limit - len(self._queued)
+
     def done(self, domain: str) -> None:
+        """``domain`` (from :meth:`take`) is resolved, or nobody resolves it now."""
         self._working.discard(domain)
 
     async def wait(self) -> None:

@@ -7,8 +7,9 @@ import math
 import trio
 
 from .errors import synthetic_reply
+from .mx_hosts import order_addresses
 from .protocol.replies import Reply
-from .routing import Destination, Host, Resolved, is_ip, order_addresses, unwrap_route
+from .routing import Destination, Host, Resolved, is_ip, unwrap_route
 
 #: how long a relay's resolved addresses (or failure to resolve) are reused:
 #: getaddrinfo gives no TTL

@@ -11,7 +11,7 @@ import functools
 import ipaddress
 import math
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +20,7 @@ import trio
 from . import dns_wire
 from .dns_client import QueryWindow
 from .dns_lookup import DNSConfig, DNSLookup, Records, RoutingError, routing_error
+from .mx_hosts import Found, HostAddresses
 from .prefetch import PrefetchQueue
 from .protocol.replies import Reply
 from .ttl_cache import CoalescingCache
@@ -121,12 +122,6 @@ def is_ip(text: str) -> bool:
 _IPV4_CHARS = frozenset("0123456789.")
 
 
-def order_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
-    """Deduplicated, IPv4 before IPv6 (many senders lack working IPv6 reputation)."""
-    unique = dict.fromkeys(addresses)
-    return tuple(sorted(unique, key=lambda a: ":" in a))
-
-
 class MXRouter:
     """Direct delivery: MX hosts by preference (RFC 5321 §5.1), null MX (RFC 7505).
 
@@ -146,9 +141,7 @@ class MXRouter:
         self._routes: CoalescingCache[str, Destination | Reply] = CoalescingCache(
             config.cache_size
         )
-        self._hosts: CoalescingCache[str, tuple[str, ...] | Reply] = CoalescingCache(
-            config.host_cache_size
-        )
+        self.hosts = HostAddresses(self.dns, config.host_cache_size)
         # one Destination per (key, hosts): 100,000 domains at one provider
         # hold references, not copies
         self._interned: dict[tuple[str, tuple[Host, ...]], Destination] = {}
@@ -158,14 +151,15 @@ class MXRouter:
         #: prefetched domains settled from the window's replies, with no task of their own
         self.settled_in_window = 0
         self._alone = 0  # prefetched domains being resolved by a task of their own
+        self._window: QueryWindow | None = None  # the resolve-ahead loop's, while it runs
 
     async def route(self, domain: str) -> Destination:
-        domain = _canonical(domain)
+        domain = canonical_domain(domain)
         lookup = functools.partial(self._outcome, domain)
         return unwrap_route(await self._routes.fetch(domain, lookup))
 
     def peek(self, domain: str) -> Destination | None:
-        outcome = self._routes.get(_canonical(domain))
+        outcome = self._routes.get(canonical_domain(domain))
         return outcome if isinstance(outcome, Destination) else None
 
     # -- resolving ahead ---------------------------------------------------------
@@ -180,7 +174,7 @@ class MXRouter:
         feeds the domains of recipients it will send to soon, so their lookups
         overlap delivery to the current ones, with no task per domain.
         """
-        domain = _canonical(domain)
+        domain = canonical_domain(domain)
         if domain in self._ahead:
             return True
         if self._routes.busy(domain) or self._routes.get(domain) is not None:
@@ -205,7 +199,9 @@ class MXRouter:
             try:
                 await self._resolve_ahead(window, nursery, on_resolved)
             finally:
-                self.dns.close_window(window)
+                self._window = None
+                for domain in self.dns.close_window(window):
+                    self._ahead.done(domain)  # cancelled: nobody resolves it now
 
     async def _resolve_ahead(
         self, window: QueryWindow, nursery: trio.Nursery, on_resolved: Resolved | None
@@ -225,9 +221,11 @@ class MXRouter:
         itself; the engine never makes one (``prefetch`` said True)."""
         ahead = self._ahead
         dns = self.dns
-        ahead.on_add = window.wake
+        self._window = window
+        ahead.on_add = self._wake_ahead
         try:
             while True:
+                no_slot = False
                 # tasks of their own stay as few as a crew's: with the shared
                 # sockets gone or refused, every domain would need one
                 while len(window) + self._alone < window.limit:
@@ -236,23 +234,23 @@ class MXRouter:
                         break
                     cached = self._routes.get(domain)  # routed by someone meanwhile
                     if cached is not None:
-                        self._settle(domain, cached, 1.0, on_resolved, cache=False)
+                        self._settle(domain, cached, on_resolved)
                         continue
                     question = None if _literal(domain) else dns_wire.question(domain, "MX")
                     try:
                         sent = question is not None and dns.send_in(window, domain, question)
                     except trio.WouldBlock:  # direct lookups hold every slot
                         ahead.put_back(domain)
+                        no_slot = True
                         break
                     if not sent:
                         self._spawn_alone(nursery, domain, on_resolved, None)
-                if not len(window):
-                    if ahead.has_queued():  # no slot, or enough tasks: nothing to wait on
-                        await trio.sleep(NO_SLOT_PAUSE)
-                    else:
-                        await ahead.wait()
+                if not len(window) and not ahead.has_queued():
+                    await ahead.wait()  # nothing in flight, nothing to send
                     continue
-                await window.wait()
+                # for a reply, a resend, more work (on_add), a task of its own
+                # ending (_resolve_alone) or, with no slot free, a short while
+                await window.wait(trio.current_time() + NO_SLOT_PAUSE if no_slot else math.inf)
                 replies, expired, stopped = window.collect()
                 for domain, question, data in replies:
                     dns.settled(domain)
@@ -260,8 +258,8 @@ class MXRouter:
                 for domain in expired:
                     dns.settled(domain)
                     self.settled_in_window += 1
-                    self._settle(domain, dns.no_answer(domain, "MX").reply,
-                                 self.config.failure_ttl, on_resolved)
+                    self._settle(domain, dns.no_answer(domain, "MX").reply, on_resolved,
+                                 self.config.failure_ttl)
                 for domain in stopped:
                     dns.settled(domain)
                     self._spawn_alone(nursery, domain, on_resolved, None)
@@ -277,18 +275,18 @@ class MXRouter:
             mx = self.dns.read_reply(data, question, domain, "MX")
             if mx is not None:
                 preference = self._preferences(domain, mx)
-                found = None if preference is None else self._cached_hosts(list(preference))
+                found = None if preference is None else self.hosts.cached(list(preference))
                 if preference is None or found is None:
                     self._spawn_alone(nursery, domain, on_resolved, mx)
                     return
                 destination, ttl = self._assemble(domain, preference, found, mx.ttl)
                 self.settled_in_window += 1
-                self._settle(domain, destination, ttl, on_resolved)
+                self._settle(domain, destination, on_resolved, ttl)
                 return
         except RoutingError as exc:
             ttl = self.config.failure_ttl if exc.ttl is None else exc.ttl
             self.settled_in_window += 1
-            self._settle(domain, exc.reply, ttl, on_resolved)
+            self._settle(domain, exc.reply, on_resolved, ttl)
             return
         self._spawn_alone(nursery, domain, on_resolved, None)  # asked again
 
@@ -306,13 +304,23 @@ class MXRouter:
             value, ttl = await self._outcome(domain, mx)
         finally:
             self._alone -= 1
-        self._settle(domain, value, ttl, on_resolved)
+            self._ahead.done(domain)  # (cancelled, too)
+            if self._ahead.has_queued():
+                self._wake_ahead()  # room for the next queued domain
+        self._settle(domain, value, on_resolved, ttl)
+
+    def _wake_ahead(self) -> None:
+        """Wake the resolve-ahead loop if it may send another query now."""
+        window = self._window
+        if window is not None and len(window) + self._alone < window.limit:
+            window.wake()
 
     def _settle(
-        self, domain: str, value: Destination | Reply, ttl: float,
-        on_resolved: Resolved | None, *, cache: bool = True,
+        self, domain: str, value: Destination | Reply, on_resolved: Resolved | None,
+        ttl: float | None = None,
     ) -> None:
-        if cache:
+        """Report ``domain``'s outcome, cached for ``ttl`` (None: it already is)."""
+        if ttl is not None:
             self._routes.put(domain, value, ttl)
         self._ahead.done(domain)
         if on_resolved is not None:
@@ -343,7 +351,7 @@ class MXRouter:
         preference = self._preferences(domain, mx)
         if preference is None:
             # no MX: the domain itself is the implicit MX (RFC 5321 §5.1)
-            addresses, ttl = await self._addresses(domain)
+            addresses, ttl = await self.hosts.addresses(domain)
             if isinstance(addresses, RoutingError):
                 raise addresses
             if not addresses:
@@ -353,7 +361,7 @@ class MXRouter:
             host = Host(domain, addresses, self.config.mx_port)
             return Destination(f"mx:{domain}", (host,)), min(mx.ttl, ttl)
         names = list(preference)
-        found = self._cached_hosts(names) or await self._host_addresses(names)
+        found = self.hosts.cached(names) or await self.hosts.lookup(names)
         return self._assemble(domain, preference, found, mx.ttl)
 
     def _preferences(self, domain: str, mx: Records) -> dict[str, int] | None:
@@ -378,7 +386,7 @@ class MXRouter:
 
     def _assemble(
         self, domain: str, preference: dict[str, int],
-        found: dict[str, tuple[tuple[str, ...] | RoutingError, float]], mx_ttl: float,
+        found: Found, mx_ttl: float,
     ) -> tuple[Destination, float]:
         port = self.config.mx_port
         hosts: list[Host] = []
@@ -401,20 +409,6 @@ class MXRouter:
         hosts.sort(key=lambda h: keys[h.name])
         return self._intern("mx:" + ",".join(sorted(preference)), tuple(hosts)), ttl
 
-    def _cached_hosts(
-        self, names: list[str]
-    ) -> dict[str, tuple[tuple[str, ...] | RoutingError, float]] | None:
-        """The hosts' addresses if the host cache has them all, else None."""
-        found: dict[str, tuple[tuple[str, ...] | RoutingError, float]] = {}
-        hosts = self._hosts
-        now = trio.current_time()
-        for name in names:
-            addresses = hosts.get(name)
-            if addresses is None or isinstance(addresses, Reply):
-                return None  # a failed host is not cached: looked up again
-            found[name] = (addresses, max(0.0, hosts.expires(name) - now))
-        return found
-
     def _intern(self, key: str, hosts: tuple[Host, ...]) -> Destination:
         interned = self._interned
         destination = interned.get((key, hosts))
@@ -424,59 +418,9 @@ class MXRouter:
             destination = interned[key, hosts] = Destination(key, hosts)
         return destination
 
-    async def _host_addresses(
-        self, names: list[str]
-    ) -> dict[str, tuple[tuple[str, ...] | RoutingError, float]]:
-        """Addresses of MX hosts, from the host cache or looked up all at once."""
-        found: dict[str, tuple[tuple[str, ...] | RoutingError, float]] = {}
-        now = trio.current_time()
 
-        async def one(name: str) -> None:
-            outcome = await self._hosts.fetch(name, functools.partial(self._host_lookup, name))
-            if isinstance(outcome, Reply):
-                found[name] = (RoutingError(outcome), 0.0)
-            else:
-                found[name] = (outcome, max(0.0, self._hosts.expires(name) - now))
-
-        if len(names) == 1:
-            await one(names[0])
-        else:
-            async with trio.open_nursery() as nursery:
-                for name in names:
-                    nursery.start_soon(one, name)
-        return {name: found[name] for name in names}
-
-    async def _host_lookup(self, name: str) -> tuple[tuple[str, ...] | Reply, float]:
-        addresses, ttl = await self._addresses(name)
-        if isinstance(addresses, RoutingError):
-            return addresses.reply, 0.0  # a failed host is not remembered
-        return addresses, ttl
-
-    async def _addresses(self, name: str) -> tuple[tuple[str, ...] | RoutingError, float]:
-        """A and AAAA of ``name`` at once; a failure is returned, not raised."""
-        results: dict[str, Records | RoutingError] = {}
-
-        async def one(rdtype: str) -> None:
-            try:
-                results[rdtype] = await self.dns.query(name, rdtype)
-            except RoutingError as exc:
-                results[rdtype] = exc
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(one, "A")
-            nursery.start_soon(one, "AAAA")
-        v4, v6 = results["A"], results["AAAA"]
-        good = [r for r in (v4, v6) if isinstance(r, Records)]
-        addresses = order_addresses(address for r in good for address in r.rdata)
-        ttl = min((r.ttl for r in good), default=0.0)
-        if not addresses and len(good) < 2:
-            bad = v4 if isinstance(v4, RoutingError) else v6
-            assert isinstance(bad, RoutingError)
-            return bad, 0.0
-        return addresses, ttl
-
-
-def _canonical(domain: str) -> str:
+def canonical_domain(domain: str) -> str:
+    """Lower case, no final dot: how routes are keyed (the caller's string when it is)."""
     lowered = domain.lower().rstrip(".")
     return domain if lowered == domain else lowered  # keep the caller's string
 

@@ -202,3 +202,24 @@ async def test_with_the_nameserver_refusing_the_tasks_stay_few(
     await resolved(outcomes, domains)
     assert {reply_of(outcomes[d])[0] for d in domains} == {451}
     assert 1 <= tasks.peak <= 8
+
+
+async def test_a_task_of_its_own_ending_lets_the_next_domain_go_at_once(
+    nursery: trio.Nursery, server: DNSServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    # a window of 2: a.test's answer needs its MX host's address (a task of its
+    # own), b.test's first query is lost (sent again after 1 s); c.test must
+    # go as soon as a.test's task ends, not wait for b.test's resend
+    server.add("mx.a.test", "A", "127.0.0.2")
+    for name in ("a.test", "b.test", "c.test"):
+        server.add(name, "MX", "10 mx.a.test.")
+    server.drop("b.test", 1)
+    router, outcomes = await prefetching(nursery, server, max_queries=4, timeout=1.0)
+    start = trio.current_time()
+    for domain in ("a.test", "b.test", "c.test"):
+        assert router.prefetch(domain)
+    await resolved(outcomes, ["c.test"])
+    assert trio.current_time() - start < 0.5
+    assert "b.test" not in outcomes
+    await resolved(outcomes, ["b.test"])
+    assert trio.current_time() - start == pytest.approx(1.0, abs=0.02)

@@ -267,6 +267,10 @@ class Engine(RecipientOutcomes):
         waiting = self._resolving.pop(domain, None)
         if not self._resolving:
             self._resolving = {}  # a dict keeps its peak's table when emptied
+            if waiting and any(job.input_done for job in self._jobs):
+                # the last route is in: parked workers slept for the longer
+                # linger (Pool._linger); their queues may go now (_all_in)
+                self.wake_pools()
         if not waiting:
             return
         if isinstance(outcome, RoutingError):

@@ -285,6 +285,8 @@ class Pool(BatchRunner):
                 return None
             now = trio.current_time()
             if now >= deadline:
+                if self.queue and self._parked and self._wakeup.unpark():
+                    self._parked -= 1  # it was woken for this work: another looks
                 return None
             wait = deadline - now
             if self.queue:

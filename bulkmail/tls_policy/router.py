@@ -18,7 +18,14 @@ import trio
 
 from ..prefetch import PrefetchQueue
 from ..protocol.replies import Reply
-from ..routing import Destination, Resolved, Router, RoutingError, unwrap_route
+from ..routing import (
+    Destination,
+    Resolved,
+    Router,
+    RoutingError,
+    canonical_domain,
+    unwrap_route,
+)
 from ..ttl_cache import CoalescingCache
 from .planner import PolicyDestination, TLSPolicies
 
@@ -49,6 +56,7 @@ class PolicyRouter:
         # task awaiting the inner route()); their plans are queued on arrival
         self._mx_ahead: set[str] = set()
         self._on_resolved: Resolved | None = None
+        self._nursery: trio.Nursery | None = None  # run_prefetcher's, while it runs
 
     async def route(self, domain: str) -> Destination:
         inner = await self.inner.route(domain)
@@ -76,12 +84,15 @@ class PolicyRouter:
         Without this, each domain that missed the cache became a task of the
         engine's awaiting ``route()``: 100,000 domains under MTA-STS took 4x
         the time of the MX answers alone, and 150 MB more at the peak."""
+        domain = canonical_domain(domain)  # as the inner router reports it
         if domain in self._ahead or domain in self._mx_ahead:
             return True
         if self._plans.busy(domain) or self.peek(domain) is not None:
             return False
-        if self.inner.prefetch(domain):  # (answered once run_prefetcher runs)
-            self._mx_ahead.add(domain)  # the plan is queued when the MX answer is in
+        # the MX answer through the inner router's window, while the plan
+        # queue keeps room for every such domain's plan
+        if len(self._mx_ahead) < self._ahead.room() and self.inner.prefetch(domain):
+            self._mx_ahead.add(domain)  # its plan is queued when the MX answer is in
             return True
         return self._ahead.add(domain)
 
@@ -100,7 +111,7 @@ class PolicyRouter:
                 crew = self.policies.dns.config.max_queries // 2
                 await self._ahead.run(self.route, crew, on_resolved, RoutingError)
             finally:
-                self._on_resolved = None
+                self._on_resolved = self._nursery = None
                 self._mx_ahead.clear()
 
     def _mx_answered(self, domain: str, outcome: Destination | RoutingError) -> None:
@@ -113,8 +124,8 @@ class PolicyRouter:
         if isinstance(outcome, RoutingError):
             if self._on_resolved is not None:
                 self._on_resolved(domain, outcome)
-        elif not self._ahead.add(domain):  # the plan queue is full: a task of its own
-            self._nursery.start_soon(self._plan_alone, domain)
+        elif not self._ahead.add(domain) and self._nursery is not None:
+            self._nursery.start_soon(self._plan_alone, domain)  # (the queue was kept room)
 
     async def _plan_alone(self, domain: str) -> None:
         outcome: Destination | RoutingError
