@@ -20,6 +20,7 @@ configured, not a resolver talking to the internet.
 from __future__ import annotations
 
 import errno
+import itertools
 import math
 import os
 import random
@@ -41,30 +42,30 @@ class ClientStopped(Exception):
 class _Pending:
     """One query waiting for its reply."""
 
-    __slots__ = ("question", "reply", "stopped", "task", "wake_at", "window")
+    __slots__ = ("question", "reply", "stopped", "task", "wake_at")
 
-    def __init__(self, question: bytes, window: QueryWindow | None = None) -> None:
+    def __init__(self, question: bytes) -> None:
         self.question = question
-        #: the task to wake, while it waits (None for a window's query: the window's)
+        #: the task to wake, while it waits (a window's query: never, the window's)
         self.task: trio.lowlevel.Task | None = None
         self.reply: bytes | None = None
         self.stopped = False
         #: when the waiting task is woken without a reply (resend, or give up)
         self.wake_at = math.inf
-        #: the window whose task collects this query's reply, if any
-        self.window = window
 
 
 class _Sent(_Pending):
     """A window's query: what it needs to be sent again and handed back."""
 
-    __slots__ = ("attempt", "deadline", "key", "qid", "wire")
+    __slots__ = ("attempt", "deadline", "key", "qid", "window", "wire")
 
     def __init__(
         self, question: bytes, window: QueryWindow, key: str, qid: int, wire: bytes,
         deadline: float,
     ) -> None:
-        super().__init__(question, window)
+        super().__init__(question)
+        #: the window whose task collects this query's reply
+        self.window = window
         self.key = key
         self.qid = qid
         self.wire = wire
@@ -120,19 +121,11 @@ class QueryWindow:
         if self._answered:
             await trio.lowlevel.checkpoint()
             return
-        client = self._client
         self.wake_at = min(
             min((sent.wake_at for sent in self._open.values()), default=math.inf), until
         )
-        if self.wake_at < client._sweep_scope.deadline:
-            client._sweep_scope.deadline = self.wake_at
-        self.task = trio.lowlevel.current_task()
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self.task = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
+        self._client._sweep_by(self.wake_at)
+        await _park(self)
 
     def collect(self) -> tuple[list[tuple[str, bytes, bytes]], list[str], list[str]]:
         """What is settled since the last call: ``(key, question, reply)`` for
@@ -191,6 +184,17 @@ class QueryWindow:
         self._open.clear()
         self._answered.clear()
         return keys
+
+
+async def _park(waiting: _Pending | QueryWindow) -> None:
+    """Sleep until :func:`_wake` (the receiver, the sweeper, ``_stop_all``)."""
+    waiting.task = trio.lowlevel.current_task()
+
+    def abort(_: object) -> trio.lowlevel.Abort:
+        waiting.task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 def _wake(waiting: _Pending | QueryWindow) -> None:
@@ -293,10 +297,9 @@ class UDPClient:
                 if pending.reply is None and not pending.stopped:
                     # woken by the sweeper at the earlier of the resend time and
                     # the deadline: no cancel scope per attempt (see _sweep)
-                    pending.wake_at = wake_at = min(trio.current_time() + self.timeout, deadline)
-                    if wake_at < self._sweep_scope.deadline:
-                        self._sweep_scope.deadline = wake_at
-                    await self._wait(pending)
+                    pending.wake_at = min(trio.current_time() + self.timeout, deadline)
+                    self._sweep_by(pending.wake_at)
+                    await _park(pending)
                 if pending.reply is not None:
                     return pending.reply
                 if pending.stopped:
@@ -306,8 +309,12 @@ class UDPClient:
                 attempt += 1
                 self.retransmits += 1
         finally:
-            if self._pending.get(qid) is pending:
-                del self._pending[qid]
+            self._forget(qid, pending)
+
+    def _sweep_by(self, wake_at: float) -> None:
+        """Have the sweeper awake by ``wake_at``, a new query's resend or deadline."""
+        if wake_at < self._sweep_scope.deadline:
+            self._sweep_scope.deadline = wake_at
 
     def _send_now(self, sock: socket.socket, wire: bytes) -> None:
         """One datagram, or BlockingIOError / ConnectionRefusedError / OSError."""
@@ -342,17 +349,6 @@ class UDPClient:
                     raise ClientStopped() from exc
             except ConnectionRefusedError as exc:  # an ICMP error from an earlier send
                 raise ClientStopped() from exc
-
-    @staticmethod
-    async def _wait(pending: _Pending) -> None:
-        """Sleep until the receiver (or ``_stop_all``) wakes this task."""
-        pending.task = trio.lowlevel.current_task()
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            pending.task = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
 
     def _new_id(self) -> int:
         pending = self._pending
@@ -393,13 +389,11 @@ class UDPClient:
                 self.ignored += 1
                 continue
             waiting.reply = data
-            window = waiting.window
-            if window is None:
-                _wake(waiting)
+            if isinstance(waiting, _Sent):
+                waiting.window._answered.append(waiting)
+                _wake(waiting.window)
             else:
-                assert isinstance(waiting, _Sent)
-                window._answered.append(waiting)
-                _wake(window)
+                _wake(waiting)
 
     async def _sweep(self) -> None:
         """Wake each waiting query whose ``wake_at`` has come.
@@ -414,20 +408,16 @@ class UDPClient:
         while True:
             now = trio.current_time()
             earliest = math.inf
-            for waiting in self._pending.values():  # _wake never changes the dict
+            # queries a task of their own waits for, and windows (_wake changes neither)
+            for waiting in itertools.chain[_Pending | QueryWindow](
+                self._pending.values(), self._windows
+            ):
                 if waiting.task is None:
-                    continue  # answered, stopped, or between attempts
+                    continue  # answered, stopped, between attempts; a window's own
                 if waiting.wake_at <= now:
                     _wake(waiting)
                 elif waiting.wake_at < earliest:
                     earliest = waiting.wake_at
-            for window in self._windows:
-                if window.task is None:
-                    continue  # collecting, or not waiting
-                if window.wake_at <= now:
-                    _wake(window)
-                elif window.wake_at < earliest:
-                    earliest = window.wake_at
             self._sweep_scope = trio.CancelScope(deadline=earliest)
             with self._sweep_scope:
                 await trio.sleep_forever()
@@ -436,7 +426,7 @@ class UDPClient:
         for waiting in self._pending.values():
             if waiting.reply is None:
                 waiting.stopped = True
-                _wake(waiting if waiting.window is None else waiting.window)
+                _wake(waiting.window if isinstance(waiting, _Sent) else waiting)
 
 
 class SharedClient:
