@@ -234,7 +234,7 @@ class MXRouter:
                         break
                     cached = self._routes.get(domain)  # routed by someone meanwhile
                     if cached is not None:
-                        self._settle(domain, cached, on_resolved)
+                        self._settle(domain, cached, None, on_resolved)
                         continue
                     question = None if _literal(domain) else dns_wire.question(domain, "MX")
                     try:
@@ -258,8 +258,8 @@ class MXRouter:
                 for domain in expired:
                     dns.settled(domain)
                     self.settled_in_window += 1
-                    self._settle(domain, dns.no_answer(domain, "MX").reply, on_resolved,
-                                 self.config.failure_ttl)
+                    self._settle(domain, *self._failure(dns.no_answer(domain, "MX")),
+                                 on_resolved)
                 for domain in stopped:
                     dns.settled(domain)
                     self._spawn_alone(nursery, domain, on_resolved, None)
@@ -281,12 +281,11 @@ class MXRouter:
                     return
                 destination, ttl = self._assemble(domain, preference, found, mx.ttl)
                 self.settled_in_window += 1
-                self._settle(domain, destination, on_resolved, ttl)
+                self._settle(domain, destination, ttl, on_resolved)
                 return
         except RoutingError as exc:
-            ttl = self.config.failure_ttl if exc.ttl is None else exc.ttl
             self.settled_in_window += 1
-            self._settle(domain, exc.reply, on_resolved, ttl)
+            self._settle(domain, *self._failure(exc), on_resolved)
             return
         self._spawn_alone(nursery, domain, on_resolved, None)  # asked again
 
@@ -307,7 +306,7 @@ class MXRouter:
             self._ahead.done(domain)  # (cancelled, too)
             if self._ahead.has_queued():
                 self._wake_ahead()  # room for the next queued domain
-        self._settle(domain, value, on_resolved, ttl)
+        self._settle(domain, value, ttl, on_resolved)
 
     def _wake_ahead(self) -> None:
         """Wake the resolve-ahead loop if it may send another query now."""
@@ -316,8 +315,8 @@ class MXRouter:
             window.wake()
 
     def _settle(
-        self, domain: str, value: Destination | Reply, on_resolved: Resolved | None,
-        ttl: float | None = None,
+        self, domain: str, value: Destination | Reply, ttl: float | None,
+        on_resolved: Resolved | None,
     ) -> None:
         """Report ``domain``'s outcome, cached for ``ttl`` (None: it already is)."""
         if ttl is not None:
@@ -336,7 +335,11 @@ class MXRouter:
         try:
             return await (self._lookup(domain) if mx is None else self._from_mx(domain, mx))
         except RoutingError as exc:
-            return exc.reply, self.config.failure_ttl if exc.ttl is None else exc.ttl
+            return self._failure(exc)
+
+    def _failure(self, exc: RoutingError) -> tuple[Reply, float]:
+        """A failure as cached: its reply, for the DNS's TTL or ``failure_ttl``."""
+        return exc.reply, self.config.failure_ttl if exc.ttl is None else exc.ttl
 
     async def _lookup(self, domain: str) -> tuple[Destination, float]:
         port = self.config.mx_port
