@@ -158,8 +158,8 @@ class Pool(BatchRunner):
             self.queue.appendleft(item)
         else:
             self.queue.append(item)
-        if self._parked and self._worth_a_look(item, front) and self._wakeup.unpark():
-            self._parked -= 1  # a worker was waiting for work
+        if self._worth_a_look(item, front):
+            self._unpark_one()
         if self.workers < self.limits.connections:  # else nobody more may start
             self._spawn_workers()
 
@@ -175,6 +175,11 @@ class Pool(BatchRunner):
             front or n == 1 or n % self.limits.max_rcpts == 0
             or item.job.one_per_transaction
         )
+
+    def _unpark_one(self) -> None:
+        """Wake one worker waiting for work, if any."""
+        if self._parked and self._wakeup.unpark():
+            self._parked -= 1
 
     def requeue(self, item: Item) -> None:
         """Back to the front: it goes into the next transaction."""
@@ -240,11 +245,15 @@ class Pool(BatchRunner):
         head = q[0]
         if head.job.one_per_transaction or len(q) >= self.limits.max_rcpts:
             return True
-        return self._all_in(head.job) or trio.current_time() >= self._oldest + self._linger()
+        return self._flush_due(head.job)
 
-    # (``now >= oldest + linger``, the very sum ``_take`` sleeps until: with
-    # ``now - oldest >= linger``, float rounding could leave a due queue not
-    # ready and a zero wait -- a loop that never yields to a virtual clock)
+    def _flush_due(self, job: Job) -> bool:
+        """What is queued may go short of a full transaction: nothing more can
+        come, or the oldest has lingered.  (``now >= oldest + linger``, the
+        very sum ``_take`` sleeps until: with ``now - oldest >= linger``, float
+        rounding could leave a due queue not ready and a zero wait -- a loop
+        that never yields to a virtual clock.)"""
+        return self._all_in(job) or trio.current_time() >= self._oldest + self._linger()
 
     def _linger(self) -> float:
         """How long the oldest queued recipient waits for a fuller transaction.
@@ -285,8 +294,8 @@ class Pool(BatchRunner):
                 return None
             now = trio.current_time()
             if now >= deadline:
-                if self.queue and self._parked and self._wakeup.unpark():
-                    self._parked -= 1  # it was woken for this work: another looks
+                if self.queue:
+                    self._unpark_one()  # it was woken for this work: another looks
                 return None
             wait = deadline - now
             if self.queue:
@@ -314,7 +323,7 @@ class Pool(BatchRunner):
             # a fair share, so the last messages spread over every session
             # instead of queueing behind one (a window's tail is a round trip each)
             limit = min(limit, max(1, -(-len(q) // self.workers)))
-        flush = self._all_in(job) or trio.current_time() >= self._oldest + self._linger()
+        flush = self._flush_due(job)
         if isinstance(q, DomainQueue):
             taken = take_transactions(q, job, per_txn, budget, limit)
         else:
