@@ -49,19 +49,23 @@ def text_array(values: Sequence[str | None]) -> bytes:
     return _encode(_TEXT, len(values), nulls, body)
 
 
+def _fixed(oid: int, element: struct.Struct, values: Sequence[float | None]) -> bytes:
+    """An array of a fixed-size type: each element its length, then its value."""
+    size = element.size - 4
+    body = [_NULL if v is None else element.pack(size, v) for v in values]
+    return _encode(oid, len(values), None in values, body)
+
+
 def int4_array(values: Sequence[int | None]) -> bytes:
-    body = [_NULL if v is None else _I4.pack(4, v) for v in values]
-    return _encode(_INT4, len(values), None in values, body)
+    return _fixed(_INT4, _I4, values)
 
 
 def int8_array(values: Sequence[int | None]) -> bytes:
-    body = [_NULL if v is None else _I8.pack(8, v) for v in values]
-    return _encode(_INT8, len(values), None in values, body)
+    return _fixed(_INT8, _I8, values)
 
 
 def float8_array(values: Sequence[float | None]) -> bytes:
-    body = [_NULL if v is None else _F8.pack(8, v) for v in values]
-    return _encode(_FLOAT8, len(values), None in values, body)
+    return _fixed(_FLOAT8, _F8, values)
 
 
 def bool_array(values: Sequence[bool]) -> bytes:

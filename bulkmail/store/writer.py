@@ -19,7 +19,7 @@ comes back to this worker only through a claim, after its result committed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import trio
 
@@ -219,9 +219,7 @@ class StoreWriter:
             raise
         finally:
             self._running = False
-            for _, _, waiter in self._marks.queue:
-                if waiter is not None:
-                    waiter.done.set()
+            _wake_marks(self._marks.queue)
             self._signal()  # waiters re-check: commit themselves, or raise
 
     async def _drive(self, lane: _Lane, nursery: trio.Nursery) -> None:
@@ -263,9 +261,7 @@ class StoreWriter:
         except BaseException as exc:
             for lane, batch in batches:
                 del lane.committing[batch[0][0]]
-                for _, _, waiter in batch:
-                    if waiter is not None:
-                        waiter.done.set()  # to re-check: raise, or commit it themselves
+                _wake_marks(batch)
                 if not isinstance(exc, Exception):  # cancelled before the thread started:
                     lane.queue[:0] = batch  # back in line, for a flush
                     lane.queued += sum(len(write[1]) for _, write, _ in batch)
@@ -297,3 +293,11 @@ class StoreWriter:
     def _check(self) -> None:
         if self._error is not None:
             raise StoreError(f"job store writer failed: {self._error!r}") from self._error
+
+
+def _wake_marks(entries: Iterable[_Queued]) -> None:
+    """Wake the marks among ``entries`` that their commit will not: each
+    re-checks, then raises or commits itself."""
+    for _, _, waiter in entries:
+        if waiter is not None:
+            waiter.done.set()
