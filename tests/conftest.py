@@ -6,7 +6,10 @@ import ssl
 from dataclasses import dataclass
 
 import pytest
+import trio
 import trustme
+
+from .dnsserver import DNSServer
 
 
 @dataclass
@@ -30,3 +33,11 @@ def make_tls(hostname: str = "mx.bulkmail.test") -> TLS:
 @pytest.fixture(scope="session")
 def tls() -> TLS:
     return make_tls()
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> DNSServer:
+    """The loopback DNS server (``tests/dnsserver.py``), serving in the test's nursery."""
+    dns_server = DNSServer()
+    await nursery.start(dns_server.serve)
+    return dns_server

@@ -23,16 +23,9 @@ from bulkmail.dns_lookup import DNSLookup, Records
 from bulkmail.routing import DNSConfig, Host, MXRouter, RoutingError
 from bulkmail.tls_policy.lookup import LookupFailed, PolicyDNS
 
-from .dnsserver import DNSServer
+from .dnsserver import DNSServer, route_error
 
 MX_PORT = 2525
-
-
-@pytest.fixture
-async def server(nursery: trio.Nursery) -> DNSServer:
-    dns_server = DNSServer()
-    await nursery.start(dns_server.serve)
-    return dns_server
 
 
 async def served_router(
@@ -47,12 +40,6 @@ async def served_router(
     client = router.dns.client
     assert client is not None and client.running
     return router, client
-
-
-async def route_error(router: MXRouter, domain: str) -> RoutingError:
-    with pytest.raises(RoutingError) as info:
-        await router.route(domain)
-    return info.value
 
 
 async def test_answers_mean_what_they_meant_over_the_shared_socket(

@@ -14,17 +14,10 @@ import trio.testing
 
 from bulkmail.routing import Destination, DNSConfig, Host, MXRouter, RoutingError
 
-from .dnsserver import DNSServer
+from .dnsserver import DNSServer, route_error
 
 MX_PORT = 2525
 Outcomes = dict[str, Destination | RoutingError]
-
-
-@pytest.fixture
-async def server(nursery: trio.Nursery) -> DNSServer:
-    dns_server = DNSServer()
-    await nursery.start(dns_server.serve)
-    return dns_server
 
 
 async def prefetching(
@@ -104,12 +97,6 @@ async def test_every_kind_of_answer_settles_as_route_would(
     # the plain answers and the final failures needed no task of their own;
     # the host not cached, no MX, truncation and the literal did
     assert router.settled_in_window == 39 + 4  # d1..d39, null, broken, missing, alias
-
-
-async def route_error(router: MXRouter, domain: str) -> RoutingError:
-    with pytest.raises(RoutingError) as info:
-        await router.route(domain)
-    return info.value
 
 
 async def test_a_lost_reply_is_sent_again_and_silence_fails_after_the_lifetime(

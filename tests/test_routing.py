@@ -21,27 +21,14 @@ from bulkmail.routing import (
     domain_of,
 )
 
-from .dnsserver import DNSServer
+from .dnsserver import DNSServer, route_error
 
 MX_PORT = 2525
-
-
-@pytest.fixture
-async def server(nursery: trio.Nursery) -> DNSServer:
-    dns_server = DNSServer()
-    await nursery.start(dns_server.serve)
-    return dns_server
 
 
 def mx_router(server: DNSServer, seed: int = 1, **config: Any) -> MXRouter:
     dns_config = DNSConfig(nameservers=(("127.0.0.1", server.port),), mx_port=MX_PORT, **config)
     return MXRouter(dns_config, rng=random.Random(seed))
-
-
-async def route_error(router: MXRouter, domain: str) -> RoutingError:
-    with pytest.raises(RoutingError) as info:
-        await router.route(domain)
-    return info.value
 
 
 def names(destination: Destination) -> list[str]:
