@@ -32,3 +32,43 @@ async def test_plans_are_bounded_by_the_dns_cache_size() -> None:
         assert router.peek("d0.test") is None
         policies.close()
         nursery.cancel_scope.cancel()
+
+
+async def test_prefetch_keeps_room_for_every_awaited_plan() -> None:
+    """Queued plans plus awaited MX answers never pass the prefetch queue's
+    limit, whichever path a domain takes (the inner router's window, or the
+    crew once that window's queue is full), so each MX answer finds its plan
+    a place and every accepted domain is reported once, by the prefetcher."""
+    limit = 4
+    async with trio.open_nursery() as nursery:
+        server = DNSServer()
+        await nursery.start(server.serve)
+        domains = [f"d{n}.test" for n in range(10)]
+        for domain in domains:
+            server.add(domain, "MX", "10 mx.site.test.")
+        server.add("mx.site.test", "A", "127.0.0.1")
+        dns = DNSConfig(nameservers=(("127.0.0.1", server.port),), mx_port=2525,
+                        prefetch_queue=limit)
+        policies = TLSPolicies(TLSPolicyConfig(policy="opportunistic"), dns)
+        router = PolicyRouter(MXRouter(dns, rng=random.Random(1)), policies)
+        accepted = [d for d in domains if router.prefetch(d)]
+        # the inner window took `limit` MX answers; none more fits a plan
+        assert accepted == domains[:limit]
+        assert len(router._mx_ahead) + (limit - router._ahead.room()) <= limit
+        reported: list[str] = []
+        done = trio.Event()
+
+        def on_resolved(domain: str, outcome: object) -> None:
+            assert not isinstance(outcome, Exception), outcome
+            reported.append(domain)
+            if len(reported) == len(accepted):
+                done.set()
+
+        nursery.start_soon(router.run_prefetcher, on_resolved)
+        with trio.fail_after(10):
+            await done.wait()
+        await trio.sleep(0.05)  # nothing reported twice
+        assert sorted(reported) == sorted(accepted)
+        assert all(router.peek(d) is not None for d in accepted)
+        policies.close()
+        nursery.cancel_scope.cancel()

@@ -56,7 +56,6 @@ class PolicyRouter:
         # task awaiting the inner route()); their plans are queued on arrival
         self._mx_ahead: set[str] = set()
         self._on_resolved: Resolved | None = None
-        self._nursery: trio.Nursery | None = None  # run_prefetcher's, while it runs
 
     async def route(self, domain: str) -> Destination:
         inner = await self.inner.route(domain)
@@ -89,9 +88,15 @@ class PolicyRouter:
             return True
         if self._plans.busy(domain) or self.peek(domain) is not None:
             return False
-        # the MX answer through the inner router's window, while the plan
-        # queue keeps room for every such domain's plan
-        if len(self._mx_ahead) < self._ahead.room() and self.inner.prefetch(domain):
+        # The plan queue keeps room for the plan of every domain whose MX
+        # answer is coming (queued + awaited MX <= its limit), on both paths:
+        # the MX answer through the inner router's window, or, when that
+        # refuses it (its queue full), MX and plan both by the crew.  So an MX
+        # answer always finds its plan a place, and no domain needs a task
+        # of its own (issue 22: this bound once held on the first path only).
+        if len(self._mx_ahead) >= self._ahead.room():
+            return False  # full: the engine resolves it with a task of its own
+        if self.inner.prefetch(domain):
             self._mx_ahead.add(domain)  # its plan is queued when the MX answer is in
             return True
         return self._ahead.add(domain)
@@ -104,14 +109,14 @@ class PolicyRouter:
         both by the crew); meanwhile the MX router's and the policy lookups'
         shared UDP sockets stay open (:meth:`PolicyDNS.serve`), in this nursery."""
         async with trio.open_nursery() as nursery:
-            self._on_resolved, self._nursery = on_resolved, nursery
+            self._on_resolved = on_resolved
             try:
                 await nursery.start(self.policies.dns.serve)
                 nursery.start_soon(self.inner.run_prefetcher, self._mx_answered)
                 crew = self.policies.dns.config.max_queries // 2
                 await self._ahead.run(self.route, crew, on_resolved, RoutingError)
             finally:
-                self._on_resolved = self._nursery = None
+                self._on_resolved = None
                 self._mx_ahead.clear()
 
     def _mx_answered(self, domain: str, outcome: Destination | RoutingError) -> None:
@@ -124,17 +129,9 @@ class PolicyRouter:
         if isinstance(outcome, RoutingError):
             if self._on_resolved is not None:
                 self._on_resolved(domain, outcome)
-        elif not self._ahead.add(domain) and self._nursery is not None:
-            self._nursery.start_soon(self._plan_alone, domain)  # (the queue was kept room)
-
-    async def _plan_alone(self, domain: str) -> None:
-        outcome: Destination | RoutingError
-        try:
-            outcome = await self.route(domain)
-        except RoutingError as exc:
-            outcome = exc
-        if self._on_resolved is not None:
-            self._on_resolved(domain, outcome)
+        else:
+            queued = self._ahead.add(domain)
+            assert queued, "prefetch() kept the plan queue room for every awaited MX answer"
 
     def peek(self, domain: str) -> Destination | None:
         entry = self._plans.get(domain)
