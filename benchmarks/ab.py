@@ -2,6 +2,7 @@
 
     python benchmarks/ab.py --before ../old-checkout --after . [--scenarios a,b,c,d]
                             [--rounds 3] [--scale 1.0] [--connections 10]
+                            [--after-args "--max-in-doubt 0"]
 
 A change that claims "no slower" shows this: each checkout runs its own CLI
 (``<checkout>/.venv/bin/bulkmail``), in alternating order every round so drift
@@ -11,8 +12,11 @@ when installed (else the project's sink), and the project's sink of the
 interpreter running this script for c (20 ms round trip) and d -- the same
 for both sides, so the measuring stick does not move with the change under
 test (run it with the newer checkout's Python: an older sink may lack
-options this harness passes).  Prints every run and the mean ratio after/before per
-scenario (below 1.00 is faster).
+options this harness passes).  ``--after-args`` gives the newer side options
+the older lacks, to compare like with like (``--max-in-doubt 0``: BDAT
+windows bounded by ``--window`` alone, as before the in-doubt budget).
+Prints every run and the mean ratio after/before per scenario (below 1.00
+is faster).
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ def compile_checkout(checkout: Path) -> None:
 
 
 def run_side(checkout: Path, work: Path, port: int, args: argparse.Namespace,
-             per_msg: int, personalised: bool) -> tuple[float, float]:
+             per_msg: int, personalised: bool, extra: list[str]) -> tuple[float, float]:
     """One ``bulkmail send`` from ``checkout``: (wall seconds, peak RSS MB)."""
     journal = work / "journal.sqlite"
     for suffix in ("", "-wal", "-shm", ".lock"):
@@ -61,7 +65,7 @@ def run_side(checkout: Path, work: Path, port: int, args: argparse.Namespace,
            "--message", str(work / "msg.eml"), "--relay", f"127.0.0.1:{port}",
            "--tls", "none", "--connections", str(args.connections),
            "--max-rcpts", str(per_msg if per_msg > 1 else 50), "--quiet",
-           "--journal", str(journal)]
+           "--journal", str(journal), *extra]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -80,6 +84,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--connections", type=int, default=10)
+    p.add_argument("--after-args", default="", help="more `bulkmail send` options, after only")
     args = p.parse_args()
     sides = {"before": args.before.resolve(), "after": args.after.resolve()}
     postfix = os.path.exists(SMTP_SINK)
@@ -99,7 +104,8 @@ def main() -> None:
                     sink = SinkProcess(kind, latency_ms=latency, chunking=chunking)
                     try:
                         wall, rss = run_side(sides[side], work, sink.port, args,
-                                             per_msg, personalised)
+                                             per_msg, personalised,
+                                             args.after_args.split() if side == "after" else [])
                     finally:
                         sink.stop()
                     walls[side].append(wall)

@@ -109,6 +109,8 @@ class SMTPSession:
     transactions: _FromConnection[int] = _FromConnection()
     #: the server answered pipelined commands out of sequence: don't pipeline to it
     pipelining_broken: _FromConnection[bool] = _FromConnection()
+    #: the running batch writes whole transactions ahead (BDAT)
+    writes_ahead: _FromConnection[bool] = _FromConnection()
 
     # -- lifecycle ---------------------------------------------------------
 
