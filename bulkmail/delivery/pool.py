@@ -158,7 +158,7 @@ class Pool(BatchRunner):
             self.queue.appendleft(item)
         else:
             self.queue.append(item)
-        if self._worth_a_look(item, front):
+        if self._parked and self._worth_a_look(item, front):  # (busy workers: no call)
             self._unpark_one()
         if self.workers < self.limits.connections:  # else nobody more may start
             self._spawn_workers()
