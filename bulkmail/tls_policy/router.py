@@ -129,9 +129,8 @@ class PolicyRouter:
         if isinstance(outcome, RoutingError):
             if self._on_resolved is not None:
                 self._on_resolved(domain, outcome)
-        else:
-            queued = self._ahead.add(domain)
-            assert queued, "prefetch() kept the plan queue room for every awaited MX answer"
+        elif not self._ahead.add(domain):  # prefetch() kept it room: a bug, said aloud
+            raise RuntimeError(f"no room in the plan queue for {domain}'s awaited MX answer")
 
     def peek(self, domain: str) -> Destination | None:
         entry = self._plans.get(domain)
