@@ -109,8 +109,7 @@ class SMTPSession:
     transactions: _FromConnection[int] = _FromConnection()
     #: the server answered pipelined commands out of sequence: don't pipeline to it
     pipelining_broken: _FromConnection[bool] = _FromConnection()
-    #: the running batch writes whole transactions ahead (BDAT)
-    writes_ahead: _FromConnection[bool] = _FromConnection()
+    writes_ahead: _FromConnection[bool] = _FromConnection()  # the batch's mode is BDAT
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -170,8 +169,7 @@ class SMTPSession:
             return
         try:
             if self.error is None:
-                with trio.move_on_after(self.config.timeouts.quit), \
-                        contextlib.suppress(SMTPError):
+                with trio.move_on_after(self.config.timeouts.quit), contextlib.suppress(SMTPError):
                     await self.command(commands.QUIT, Stage.QUIT)
         finally:  # also when cancelled: the socket closes now, and the record goes out
             await self.aclose()
