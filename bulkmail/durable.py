@@ -4,7 +4,7 @@ The ordering rule (DESIGN.md): recipients are recorded *in doubt* -- in a
 group commit that has reached the database -- before the end of data of their
 message leaves the process.  Everything else (delivered, bounced, deferred) is
 recorded asynchronously in group commits (within ``JournalWriter.max_delay``,
-5 ms, or 500 addresses): losing those on a kill only means the recipient is
+5 ms, or ``max_batch`` addresses): losing those on a kill only means the recipient is
 still "in doubt" on resume and is resent once, flagged.  A recipient that got
 a temporary failure is recorded ``deferred`` with its retry time as soon as
 the retry is scheduled (not only when the run ends), so the journal -- and

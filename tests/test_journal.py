@@ -29,7 +29,7 @@ from bulkmail.journal import (
     Status,
 )
 from bulkmail.journal.sqlite import SCHEMA_VERSION
-from bulkmail.journal.writer import MAX_BATCH
+from bulkmail.journal.writer import MAX_BATCH, MAX_BATCH_THREADED
 
 
 def delivered(address: str, *, possible_duplicate: bool = False) -> StateChange:
@@ -818,3 +818,14 @@ async def test_a_newsletters_groups_gather_into_one_commit_below_max_batch(
         await writer.aclose()
     assert journal.counts() == {Status.DELIVERED: 2_000}
     journal.close()
+
+
+def test_a_threaded_journal_keeps_the_smaller_commit_trigger(tmp_path: Path) -> None:
+    """A journal on a database server upserts every address, and in-doubt
+    marks would wait behind a bigger commit: it keeps 500."""
+
+    class Threaded(SQLiteJournal):
+        commits_inline = False
+
+    with Threaded(tmp_path / "j.sqlite") as journal:
+        assert JournalWriter(journal).max_batch == MAX_BATCH_THREADED == 500

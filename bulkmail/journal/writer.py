@@ -22,14 +22,19 @@ __all__ = ["JournalWriter"]
 #: addresses that share one outcome, queued for the same commit
 Group = tuple[list[str], Outcome]
 
-#: addresses that trigger a commit without waiting out ``max_delay``.  In
-#: addresses, though a commit costs by rows (~3 us each, against ~20 us for
-#: the commit; a transaction's recipients share a row): at 500, a newsletter
-#: of 50 recipients a transaction, each recipient marked and then delivered,
-#: committed every ~5 transactions besides its marks' commits -- 1,699
-#: commits for 400,000 recipients, 1,494 at 5,000 (all of them marks'),
-#: client CPU -8..-13% (alternating, 6 rounds).
+#: addresses that trigger a commit without waiting out ``max_delay``, for a
+#: journal that commits inline (SQLite).  In addresses, though there a commit
+#: costs by rows (~3 us each, against ~20 us for the commit; a transaction's
+#: recipients share a row): at 500, a newsletter of 50 recipients a
+#: transaction, each recipient marked and then delivered, committed every ~5
+#: transactions besides its marks' commits -- 1,699 commits for 400,000
+#: recipients, 1,494 at 5,000 (all of them marks'), client CPU -8..-13%
+#: (alternating, 6 rounds).
 MAX_BATCH = 5_000
+#: ... and for a journal that commits in a worker thread (a database server,
+#: which upserts every address: a bigger commit would hold in-doubt marks
+#: waiting behind it; not measured at 5,000, so kept)
+MAX_BATCH_THREADED = 500
 
 # Why groups merge across other groups (``_enqueue``): a commit's cost is
 # mostly its rows (~3 us each against ~20 us for the commit itself, measured
@@ -79,10 +84,12 @@ class JournalWriter:
         self,
         journal: Journal,
         *,
-        max_batch: int = MAX_BATCH,
+        max_batch: int | None = None,
         max_delay: float = 0.005,
         max_pending: int = 50_000,
     ) -> None:
+        if max_batch is None:
+            max_batch = MAX_BATCH if journal.commits_inline else MAX_BATCH_THREADED
         if max_batch < 1 or max_pending < 1:
             raise ValueError("max_batch and max_pending must be positive")
         self.journal = journal
