@@ -72,3 +72,44 @@ async def test_prefetch_keeps_room_for_every_awaited_plan() -> None:
         assert all(router.peek(d) is not None for d in accepted)
         policies.close()
         nursery.cancel_scope.cancel()
+
+
+async def test_plans_made_by_the_crew_count_against_the_awaited_mx_answers() -> None:
+    """The other path: a domain whose MX answer is cached already (the inner
+    router will not queue it) has its plan queued directly -- and that, too,
+    leaves room for the plans of the MX answers still awaited."""
+    limit = 4
+    async with trio.open_nursery() as nursery:
+        server = DNSServer()
+        await nursery.start(server.serve)
+        domains = [f"d{n}.test" for n in range(5)]
+        for domain in domains:
+            server.add(domain, "MX", "10 mx.site.test.")
+        server.add("mx.site.test", "A", "127.0.0.1")
+        dns = DNSConfig(nameservers=(("127.0.0.1", server.port),), mx_port=2525,
+                        prefetch_queue=limit)
+        policies = TLSPolicies(TLSPolicyConfig(policy="opportunistic"), dns)
+        inner = MXRouter(dns, rng=random.Random(1))
+        router = PolicyRouter(inner, policies)
+        for domain in domains[2:]:
+            await inner.route(domain)  # MX cached, no plan yet
+        assert router.prefetch("d0.test") and router.prefetch("d1.test")  # MX awaited
+        assert len(router._mx_ahead) == 2
+        # two plans fit beside the two awaited; a third would take an awaited one's room
+        assert [router.prefetch(d) for d in domains[2:]] == [True, True, False]
+        reported: list[str] = []
+        done = trio.Event()
+
+        def on_resolved(domain: str, outcome: object) -> None:
+            assert not isinstance(outcome, Exception), outcome
+            reported.append(domain)
+            if len(reported) == limit:
+                done.set()
+
+        nursery.start_soon(router.run_prefetcher, on_resolved)
+        with trio.fail_after(10):
+            await done.wait()
+        await trio.sleep(0.05)  # nothing reported twice
+        assert sorted(reported) == domains[:limit]
+        policies.close()
+        nursery.cancel_scope.cancel()
