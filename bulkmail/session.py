@@ -109,7 +109,7 @@ class SMTPSession:
     transactions: _FromConnection[int] = _FromConnection()
     #: the server answered pipelined commands out of sequence: don't pipeline to it
     pipelining_broken: _FromConnection[bool] = _FromConnection()
-    writes_ahead: _FromConnection[bool] = _FromConnection()  # the batch's mode is BDAT
+    window: _FromConnection[int] = _FromConnection()  # in flight at most: 1 unless BDAT
 
     # -- lifecycle ---------------------------------------------------------
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import trio
@@ -106,12 +106,8 @@ class BatchRunner:
                     await self._pace(interval)
                 # a paced destination gets one message per start; otherwise the
                 # session may keep pulling work, up to its messages per connection
-                write_ahead = functools.partial(
-                    self.owner.write_ahead, session.config.chunking_window,
-                    sum(len(e.recipients) for e in envelopes) / max(1, len(envelopes)),
-                )
                 refill = None if interval else self._refiller(
-                    batch, session, window, write_ahead,
+                    batch, session, window,
                     limits.messages_per_connection - session.transactions - len(envelopes),
                 )
                 return await session.send_batch(
@@ -124,7 +120,10 @@ class BatchRunner:
                     # getattr through partial: no Python frame for a check the
                     # session makes at every step (5 calls a message in scenario a)
                     stopping=functools.partial(getattr, self.owner, "stopping"),
-                    write_ahead=write_ahead,
+                    write_ahead=functools.partial(
+                        self.owner.write_ahead, session.config.chunking_window,
+                        sum(len(e.recipients) for e in envelopes) / max(1, len(envelopes)),
+                    ),
                 )
         except _HookFailed:
             pass  # the job failed and closed itself; ``Mailer.send`` raises its error
@@ -139,16 +138,14 @@ class BatchRunner:
         await session.aclose()
         return None
 
-    def _refiller(
-        self, batch: Batch, session: SMTPSession, window: int,
-        write_ahead: Callable[[], int], budget: int,
-    ) -> Refill:
+    def _refiller(self, batch: Batch, session: SMTPSession, window: int, budget: int) -> Refill:
         """The session's ``refill``: more queued transactions (a fair share, up to
         a window) while the connection has budget, so every session keeps its
         pipeline full to the end and none waits a round trip between batches.
 
-        A BDAT session asks once half its window is answered, and takes only
-        when a write's worth is queued (that half), or nothing more is coming
+        A BDAT session asks once half its window (``session.window``, just
+        set from the in-doubt budget) is answered, and takes only when a
+        write's worth is queued (that half), or nothing more is coming
         soon (``_flush_due``): else it lets its batch end and comes back
         through ``_take``.  Taking whatever one transaction had come meanwhile
         made writes of ~2 transactions where the windows of the old driver
@@ -159,7 +156,8 @@ class BatchRunner:
 
         def refill() -> list[Envelope]:
             nonlocal budget
-            if session.writes_ahead and not self._worth_a_write(max(1, write_ahead() // 2)):
+            # (a window of 1, any mode but BDAT: the loop's own _ready() test)
+            if not self._worth_a_write(max(1, session.window // 2)):
                 return []
             while budget > 0 and not owner.stopping and self._ready():
                 if self.shared is not None and self.shared.surplus():

@@ -336,6 +336,11 @@ class ClientConnection:
         up to a window (``set_window``)."""
         return self._pipeline.mode is CHUNKING
 
+    @property
+    def window(self) -> int:
+        """Transactions the batch may have in flight: its BDAT window, else 1."""
+        return self._pipeline.window
+
     def set_window(self, window: int) -> None:
         """With CHUNKING: transactions that may be in flight from now on."""
         self._pipeline.set_window(window)

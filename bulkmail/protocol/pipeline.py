@@ -103,7 +103,8 @@ class Pipeline:
         #: transactions that reached the server (a connection's limit counts them)
         self.transactions = 0
         self.mode = LOCKSTEP
-        self._window = 1
+        #: transactions that may be in flight: the BDAT window, else 1
+        self.window = 1
         self._track = False
         self._stopped = False
         #: a read happened since the caller was last asked for more work
@@ -140,7 +141,7 @@ class Pipeline:
     def start(self, envelopes: Sequence[Envelope], ext: Extensions, *,
               mode: Mode, window: int, mark: bool) -> None:
         self.mode = mode
-        self._window = max(1, window) if mode is CHUNKING else 1
+        self.window = max(1, window) if mode is CHUNKING else 1
         self._track = mark
         self._stopped = False
         self.may_ask = True
@@ -150,7 +151,7 @@ class Pipeline:
         """BDAT: how many transactions may be in flight from now on (the
         caller's in-doubt budget moves as a run goes; see ``Engine.write_ahead``)."""
         if self.mode is CHUNKING:
-            self._window = max(1, window)
+            self.window = max(1, window)
 
     def extend(self, envelopes: Sequence[Envelope], ext: Extensions) -> None:
         for envelope in envelopes:
@@ -222,7 +223,7 @@ class Pipeline:
             return not inflight
         # BDAT: top the window up once half of it has been answered, so that
         # writes stay large (one per half window, not one per reply)
-        return len(inflight) + len(self.premarks) <= self._window // 2
+        return len(inflight) + len(self.premarks) <= self.window // 2
 
     def fill(self) -> bool:
         """Write what the mode allows ahead; True to ask the caller for more work."""
@@ -235,7 +236,7 @@ class Pipeline:
                 return True
             return False
         if self.mode is CHUNKING:
-            limit = self._window - len(self.inflight) - len(self.premarks)
+            limit = self.window - len(self.inflight) - len(self.premarks)
         else:
             limit = 1
         while queue and limit > 0:
