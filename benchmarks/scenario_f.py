@@ -72,8 +72,10 @@ def run_once(
     msg.write_text("From: news@sender.test\nTo: readers@example.test\n"
                    "Subject: the newsletter\n\nHello reader, this is the newsletter.\n")
     journal = work / "journal.sqlite"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{journal}{suffix}").unlink(missing_ok=True)
+    # the journal, its WAL and lock, and a `--processes` run's parts: a
+    # leftover part makes the next run refuse to start (as it should)
+    for leftover in work.glob(f"{journal.name}*"):
+        leftover.unlink()
     world = LoopbackMX(domains, mx_hosts)
     try:
         cmd = ["bulkmail", "send", "--sender", "news@sender.test", "--recipients", str(rcpts),
@@ -136,6 +138,8 @@ def row(label: str, recipients: int, result: dict[str, object]) -> dict[str, obj
         "sinks_cpu_s": result["world_cpu"]["sinks"],  # type: ignore[index]
         "messages": counters.get("messages", 0),
         "verified": counters.get("recipients") == recipients and result["rc"] == 0,
+        # why a run failed, shown beside its row rather than lost
+        "stderr": "" if result["rc"] == 0 else str(result["stderr"]).strip()[-500:],
     }
 
 
@@ -145,6 +149,8 @@ def show(r: dict[str, object]) -> None:
           f"  cpu {r['cpu_s']:5.1f} s"
           f" (dns {r['dns_cpu_s']:4.1f} s, sinks {r['sinks_cpu_s']:4.1f} s)"
           f"  {'ok' if r['verified'] else 'COUNT MISMATCH'}", flush=True)
+    if r.get("stderr"):
+        print(f"    bulkmail failed: {r['stderr']}", flush=True)
 
 
 def scenario_f(args: argparse.Namespace, work: Path) -> list[dict[str, object]]:
@@ -201,7 +207,9 @@ def targets(rows: list[dict[str, object]]) -> list[str]:
     by = {r["scenario"]: r for r in rows}
     for mode, limit in (("site", 60), ("domain", 120)):
         r = by.get(f"f batch-by {mode}")
-        if r:
+        if r and not r["verified"]:
+            out.append(f"f --batch-by {mode}: the run failed")
+        elif r:
             out.append(f"f --batch-by {mode}: {r['seconds']:.1f} s (goal < {limit} s),"
                        f" {r['rss_mb']:.0f} MB peak RSS")
     for mode in ("site", "domain", None):
@@ -209,6 +217,9 @@ def targets(rows: list[dict[str, object]]) -> list[str]:
                  and str(r["scenario"]).endswith(f" by {mode}" if mode else "domains")]
         if len(sweep) > 1:
             first, last = sweep[0], sweep[-1]
+            if not (first["verified"] and last["verified"]):
+                out.append(f"sweep by {mode}: a run failed, no ratio")
+                continue
             ratio = float(last["seconds"]) / float(first["seconds"])  # type: ignore[arg-type]
             out.append(f"sweep: {str(last['scenario'])[8:]} take {ratio:.1f}x the time of"
                        f" {str(first['scenario'])[8:]} (goal <= 3x)")
