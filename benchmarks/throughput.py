@@ -1,6 +1,6 @@
 """Throughput of bulkmail and its peers against the same sink, in one run.
 
-    python benchmarks/throughput.py [--scenarios a,b,c,d,f] [--sinks bulkmail,postfix]
+    python benchmarks/throughput.py [--scenarios a,b,c,d,e,f] [--sinks bulkmail,postfix]
                                     [--connections 10] [--scale 1.0] [--peer-share 0.1]
                                     [--json results.json]
     python benchmarks/throughput.py --metrics-ab ROUNDS [--scrape-every SECONDS] [--callgrind]
@@ -13,6 +13,10 @@ Scenarios (sizes times --scale):
      500 round trips per connection, so the fixed ~0.25 s of process start and
      session setup is 2% of the run rather than the pipelining being measured
   d  1,000,000 recipients streamed from a file through the CLI: time and peak RSS
+  e  one PostgreSQL job worked by 1, 2 and 3 `bulkmail worker` processes
+     (scenario_e.py, its defaults and --scale): 200,000 recipients over 200
+     domains at 20 ms round trip, then 3 workers with one SIGKILLed at half.
+     Needs PostgreSQL (scenario_e.py --db).  Not in the default list: --scenarios e
   f  direct MX delivery to the long tail (scenario_f.py): 1,000,000 recipients over
      100,000 domains hosted by 20 MX hosts (a loopback DNS server, one sink per
      127.0.0.x), --batch-by domain and site; and the sweep 1k / 10k / 100k domains
@@ -496,6 +500,12 @@ def main() -> None:
         for scenario in args.scenarios.split(","):
             if scenario == "d":
                 rows += scenario_d(args, work)
+                continue
+            if scenario == "e":
+                # its own script (workers, a database, a kill): run as it is,
+                # its table printed as it goes
+                subprocess.run([sys.executable, str(Path(__file__).with_name("scenario_e.py")),
+                                "--scale", str(args.scale)], check=True)
                 continue
             if scenario == "f":
                 tail += scenario_f.scenario_f(args, work)
