@@ -118,9 +118,12 @@ async def test_a_worker_started_late_gets_its_share_of_the_seats(
     assert set(copies) == set(everyone) and max(copies.values()) == 1
 
 
-async def test_a_rate_holds_across_workers(store_url: str, tmp_path: Path) -> None:
-    rate = 25.0  # per second, for the destination: 3 workers alone would send 75
-    everyone = addresses(320, 4)
+async def test_a_rate_holds_across_workers_over_a_minute(
+    store_url: str, tmp_path: Path,
+) -> None:
+    rate = 10.0  # per second, for the destination: 3 workers alone would send 30
+    window = 60.0  # the "within 5% over a minute"
+    everyone = addresses(int(rate * window) + 100, 4)  # the minute, and a margin either side
     job = create_loading_job(store_url, max_rcpts=5)
     rules = shaping(tmp_path, f'[default]\nconnections = 6\nrate = "{int(rate)}/s"\n')
     samples: list[tuple[float, int]] = []
@@ -140,23 +143,19 @@ async def test_a_rate_holds_across_workers(store_url: str, tmp_path: Path) -> No
 
         nursery.start_soon(sample)
         for process in processes:
-            status, err = await finish(process)
+            status, err = await finish(process, timeout=window * 2)
             assert status == 0, err
         nursery.cancel_scope.cancel()
 
     assert len(set(senders_by_source(sink))) == len(SOURCES)  # all of them sent
-    # the steady part: from the 40th message to the 280th (~10 s); a burst of
-    # a quarter of a second at most may go ahead of the rate (2.5% here)
-    first = next(t for t, n in samples if n >= 40)
-    last = next(t for t, n in samples if n >= 280)
-    measured = 240 / (last - first)
-    # The property is the ceiling: three workers together never send faster
-    # than the destination's rate (+5%).  How close they come to it from below
-    # depends on how fast this machine runs three worker processes and a
-    # database (CI measured 23.5/s once on a quiet 2-core machine, 24.8-24.9
-    # elsewhere): the floor only shows they are not throttled to a fraction.
-    assert measured <= rate * 1.05, measured
-    assert measured >= rate * 0.8, measured
+    # one minute of the steady part, from the 40th message (all three workers
+    # started and claiming); the GCRA lets a quarter of a second go ahead of
+    # the rate at most (2.5 messages here), so the minute's count is the
+    # rate's within 5%, both ways: never faster (the property: three workers
+    # share one rate, not each its own), and not throttled below it either
+    first_at, first_count = next((t, n) for t, n in samples if n >= 40)
+    in_window = max(n for t, n in samples if t <= first_at + window) - first_count
+    assert rate * window * 0.95 <= in_window <= rate * window * 1.05, in_window
 
 
 async def refuse_first_then_forward(
