@@ -49,7 +49,8 @@ class PrefetchQueue(Generic[T]):
             return False
         self._queued.add(domain)
         self._ahead.append(domain)
-        self._wakeup.unpark()
+        if self._wakeup:  # (a crew waits here; the MX router's loop never does)
+            self._wakeup.unpark()
         if self.on_add is not None:
             self.on_add()
         return True

@@ -145,6 +145,9 @@ class MXRouter:
         # one Destination per (key, hosts): 100,000 domains at one provider
         # hold references, not copies
         self._interned: dict[tuple[str, tuple[Host, ...]], Destination] = {}
+        # an MX answer's records -> its Destination and when the first of its
+        # hosts' cached addresses expires (see _answered)
+        self._by_answer: dict[tuple[object, ...], tuple[Destination, float]] = {}
         self._ahead: PrefetchQueue[Destination | RoutingError] = PrefetchQueue(
             config.prefetch_queue
         )
@@ -274,12 +277,26 @@ class MXRouter:
         try:
             mx = self.dns.read_reply(data, question, domain, "MX")
             if mx is not None:
+                # The domains one provider hosts send the same MX records, and
+                # what they route to is the same while its hosts' addresses
+                # are cached: one dict lookup instead of ordering the records,
+                # reading the host cache and building the hosts.  Only answers
+                # without a tie in preference: tied hosts are shuffled per
+                # domain (_assemble).
+                known = self._by_answer.get(mx.rdata)
+                if known is not None:
+                    left = known[1] - trio.current_time()
+                    if left > 0:
+                        self.settled_in_window += 1
+                        self._settle(domain, known[0], min(mx.ttl, left), on_resolved)
+                        return
                 preference = self._preferences(domain, mx)
                 found = None if preference is None else self.hosts.cached(list(preference))
                 if preference is None or found is None:
                     self._spawn_alone(nursery, domain, on_resolved, mx)
                     return
                 destination, ttl = self._assemble(domain, preference, found, mx.ttl)
+                self._remember(mx.rdata, preference, found, destination)
                 self.settled_in_window += 1
                 self._settle(domain, destination, ttl, on_resolved)
                 return
@@ -288,6 +305,21 @@ class MXRouter:
             self._settle(domain, *self._failure(exc), on_resolved)
             return
         self._spawn_alone(nursery, domain, on_resolved, None)  # asked again
+
+    def _remember(
+        self, rdata: tuple[object, ...], preference: dict[str, int], found: Found,
+        destination: Destination,
+    ) -> None:
+        """Note what the MX records ``rdata`` route to, until the first of
+        their hosts' cached addresses expires (see :meth:`_answered`)."""
+        if len(set(preference.values())) != len(preference):
+            return  # a tie: each domain gets its own order
+        ttls = [ttl for addresses, ttl in found.values() if not isinstance(addresses, Exception)]
+        if len(ttls) != len(found):
+            return  # a host failed: looked up again soon
+        if len(self._by_answer) >= self.config.cache_size:
+            self._by_answer.clear()
+        self._by_answer[rdata] = (destination, trio.current_time() + min(ttls))
 
     def _spawn_alone(
         self, nursery: trio.Nursery, domain: str, on_resolved: Resolved | None,

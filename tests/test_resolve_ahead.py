@@ -210,3 +210,45 @@ async def test_a_task_of_its_own_ending_lets_the_next_domain_go_at_once(
     assert "b.test" not in outcomes
     await resolved(outcomes, ["b.test"])
     assert trio.current_time() - start == pytest.approx(1.0, abs=0.02)
+
+
+async def test_same_mx_records_route_alike_until_their_hosts_addresses_expire(
+    nursery: trio.Nursery, server: DNSServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    server.add("mx.shared.test", "A", "127.0.0.2", ttl=60)
+    for n in range(6):
+        server.add(f"d{n}.test", "MX", "10 mx.shared.test.", ttl=3600)
+        # tied preferences: each domain draws its own order
+        server.add(f"t{n}.test", "MX", "10 mx.shared.test.", ttl=3600)
+        server.add(f"t{n}.test", "MX", "10 mx.other.test.", ttl=3600)
+    server.add("mx.other.test", "A", "127.0.0.3", ttl=3600)
+    router, outcomes = await prefetching(nursery, server)
+    await router.route("d0.test")  # both hosts' addresses in the host cache
+    await router.route("t0.test")
+    before = len(server.queries)
+    assert router.prefetch("d1.test") and router.prefetch("d2.test")
+    await resolved(outcomes, ["d1.test", "d2.test"])
+    assert outcomes["d1.test"] is outcomes["d2.test"] is router.peek("d0.test")
+    assert len(server.queries) == before + 2  # the two MX queries, no host lookup
+
+    tied = [f"t{n}.test" for n in range(1, 6)]
+    assert all(router.prefetch(d) for d in tied)
+    await resolved(outcomes, tied)
+    orders = set()
+    for domain in tied:
+        outcome = outcomes[domain]
+        assert isinstance(outcome, Destination)
+        orders.add(tuple(h.name for h in outcome.hosts))
+    assert len(orders) == 2  # both orders drawn (rng seeded: 5 domains, 2 orders)
+
+    # the shared host's address expires after 60 s: the next domain with the
+    # same MX records has it looked up again, and routes to its new address
+    await trio.sleep(61)
+    server.records.pop(("mx.shared.test.", "A"))
+    server.add("mx.shared.test", "A", "127.0.0.9", ttl=60)
+    assert router.prefetch("d3.test")
+    await resolved(outcomes, ["d3.test"])
+    fresh = outcomes["d3.test"]
+    assert isinstance(fresh, Destination)
+    assert fresh.hosts == (Host("mx.shared.test", ("127.0.0.9",), MX_PORT, 10),)
+    assert ("mx.shared.test", "A", "udp") in server.queries[before:]
