@@ -434,3 +434,19 @@ def test_the_fast_path_never_accepts_what_validation_refuses(address: str) -> No
         commands.validate_address(address)
     except InvalidAddress:
         assert not commands.is_plain(address, address.rpartition("@")[2])
+
+
+@given(st.one_of(
+    st.text(alphabet=st.sampled_from("aZ09.-_ ü[]\n"), min_size=0, max_size=12),
+    st.lists(st.text(alphabet="ab-", min_size=0, max_size=64), min_size=1, max_size=6)
+    .map(".".join),
+))
+@settings(max_examples=2000)
+def test_is_plain_domain_is_what_domain_validation_accepts_of_a_plain_name(
+    domain: str,
+) -> None:
+    # intake's one-match test per domain agrees with the full validation
+    # (labels of letters, digits and inner hyphens, 63 each, 253 in all)
+    full = re.fullmatch(r"[A-Za-z0-9.-]{1,253}", domain) is not None \
+        and commands._domain_wire(domain, False)[0] is not None
+    assert commands.is_plain_domain(domain) == full

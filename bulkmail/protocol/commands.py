@@ -28,6 +28,8 @@ _PLAIN_DOMAIN = re.compile(r"[A-Za-z0-9.-]{1,253}")
 _FAST = re.compile(f"{_PLAIN_LOCAL.pattern}@{_PLAIN_DOMAIN.pattern}")
 _UNQUOTED_ASCII = re.compile(rf"[{_ATEXT}.]+")
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+#: a whole ASCII host name of such labels, 253 characters at most
+_PLAIN_HOST = re.compile(rf"(?=.{{1,253}}\Z)(?:{_LABEL.pattern}\.)*{_LABEL.pattern}", re.ASCII)
 #: C0 controls, DEL and C1 controls: never allowed anywhere.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 #: The IDNA 2003 label separators that are not "." (RFC 3490 §3.1).
@@ -77,11 +79,10 @@ def is_plain_local(address: str, local: str) -> bool:
 
 
 def is_plain_domain(domain: str) -> bool:
-    """Whether a domain is a well-formed ASCII host name (see :func:`is_plain`)."""
-    return (
-        _PLAIN_DOMAIN.fullmatch(domain) is not None
-        and _domain_wire(domain, False)[0] is not None
-    )
+    """Whether a domain is a well-formed ASCII host name (see :func:`is_plain`):
+    what :func:`_domain_wire` accepts of a plain one, in one match (intake
+    asks once per domain, and a long tail's domains miss any cache)."""
+    return _PLAIN_HOST.fullmatch(domain) is not None
 
 
 def _validate_slow(address: str, smtputf8: bool) -> str:
