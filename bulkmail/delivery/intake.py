@@ -31,7 +31,7 @@ MAX_INTAKE_DOMAINS = 100_000
 #: recipients a transaction left ~5 transactions per round for 10 sessions,
 #: and each wrote 2-5 transactions at a time (2,975 socket writes for 8,000
 #: transactions against 320 at 2fe5c48, whose sessions waited to fill a window
-#: of 32).  At 2048 (~2-5 ms of admission): client CPU against 2fe5c48 +18% ->
+#: of 32).  At 2048 (a few ms of admission): client CPU against 2fe5c48 +18% ->
 #: +4% (8,000 x 50 recipients, 6 alternating rounds; 1024: +7%, 4096: about
 #: the same as 2048); with ``--max-in-doubt 0``, 400 writes and level.
 CHECKPOINT_EVERY = 2048
