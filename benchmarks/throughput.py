@@ -504,8 +504,12 @@ def main() -> None:
             if scenario == "e":
                 # its own script (workers, a database, a kill): run as it is,
                 # its table printed as it goes
-                subprocess.run([sys.executable, str(Path(__file__).with_name("scenario_e.py")),
-                                "--scale", str(args.scale)], check=True)
+                done = subprocess.run([sys.executable,
+                                       str(Path(__file__).with_name("scenario_e.py")),
+                                       "--scale", str(args.scale)])
+                if done.returncode:
+                    print(f"  scenario e failed (exit {done.returncode}): see above;"
+                          " it needs PostgreSQL (scenario_e.py --db URL)", flush=True)
                 continue
             if scenario == "f":
                 tail += scenario_f.scenario_f(args, work)

@@ -49,7 +49,7 @@ class PrefetchQueue(Generic[T]):
             return False
         self._queued.add(domain)
         self._ahead.append(domain)
-        if self._wakeup:  # (a crew waits here; the MX router's loop never does)
+        if self._wakeup:  # (nobody parked, most of the time: no unpark to pay for)
             self._wakeup.unpark()
         if self.on_add is not None:
             self.on_add()

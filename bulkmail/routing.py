@@ -314,12 +314,11 @@ class MXRouter:
         their hosts' cached addresses expires (see :meth:`_answered`)."""
         if len(set(preference.values())) != len(preference):
             return  # a tie: each domain gets its own order
-        ttls = [ttl for addresses, ttl in found.values() if not isinstance(addresses, Exception)]
-        if len(ttls) != len(found):
-            return  # a host failed: looked up again soon
+        # (``found`` is the host cache's, which holds no failures: a time left each)
         if len(self._by_answer) >= self.config.cache_size:
             self._by_answer.clear()
-        self._by_answer[rdata] = (destination, trio.current_time() + min(ttls))
+        expires = trio.current_time() + min(ttl for _, ttl in found.values())
+        self._by_answer[rdata] = (destination, expires)
 
     def _spawn_alone(
         self, nursery: trio.Nursery, domain: str, on_resolved: Resolved | None,

@@ -158,6 +158,53 @@ async def test_a_plain_list_never_holds_more_than_max_pending() -> None:
     assert 32 <= most <= 64
 
 
+@pytest.mark.parametrize("slow", [False, True])
+async def test_intake_yields_every_checkpoint_or_sooner_for_a_slow_source(
+    autojump_clock: trio.testing.MockClock, slow: bool,
+) -> None:
+    """A fast source is admitted CHECKPOINT_EVERY recipients at a time (the
+    sessions then find whole windows of work); one slower than MAX_RUN per
+    CLOCK_EVERY lines (stdin fed line by line) yields at each look at the
+    clock, so it holds the other tasks no longer than that."""
+    read = 0
+    starts: dict[trio.lowlevel.Task, int] = {}
+    longest = 0
+
+    class RunLength(trio.abc.Instrument):
+        """Recipients read within one task step: intake's runs between yields."""
+
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            starts[task] = read
+
+        def after_task_step(self, task: trio.lowlevel.Task) -> None:
+            nonlocal longest
+            longest = max(longest, read - starts.pop(task, read))
+
+    def recipients():
+        nonlocal read
+        for i in range(5_000):
+            if slow:
+                autojump_clock.jump(0.001)  # a line a millisecond, on trio's clock
+            read += 1
+            yield f"r{i}@example.test"
+
+    instrument = RunLength()
+    trio.lowlevel.add_instrument(instrument)
+    try:
+        async with trio.open_nursery() as nursery:
+            sink = await start_sink(nursery)
+            summary = await send("news@sender.test", MESSAGE, recipients(),
+                                 config=relay_config(sink))
+            nursery.cancel_scope.cancel()
+    finally:
+        trio.lowlevel.remove_instrument(instrument)
+    assert summary.delivered == 5_000
+    if slow:
+        assert longest <= intake_module.CLOCK_EVERY + 1
+    else:
+        assert longest >= intake_module.CHECKPOINT_EVERY
+
+
 async def test_connection_cap_per_destination_is_never_exceeded() -> None:
     template = TemplateContent("Subject: ${name}\r\n\r\nx\r\n")
     recipients = [Recipient(f"u{i}@example.test", {"name": str(i)}) for i in range(400)]

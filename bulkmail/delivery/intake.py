@@ -35,6 +35,12 @@ MAX_INTAKE_DOMAINS = 100_000
 #: +4% (8,000 x 50 recipients, 6 alternating rounds; 1024: +7%, 4096: about
 #: the same as 2048); with ``--max-in-doubt 0``, 400 writes and level.
 CHECKPOINT_EVERY = 2048
+#: ... but the clock is looked at every CLOCK_EVERY admissions, and a run
+#: longer than MAX_RUN seconds yields early: a slow source (``--recipients -``
+#: fed line by line, read with blocking calls) must not hold sessions, DNS and
+#: Ctrl-C for 2,048 of its lines -- no longer than for 256 of them, as before
+CLOCK_EVERY = 256
+MAX_RUN = 0.02
 #: recipients read ahead of admission while ``max_pending`` are in memory:
 #: their domains are resolved meanwhile, so DNS overlaps delivery
 LOOKAHEAD = 20_000
@@ -86,7 +92,8 @@ class Intake:
         try:
             async with aclosing(_chunks(recipients)) as chunks:
                 async for chunk in chunks:
-                    self.now = trio.current_time()  # an item's queued_at, per chunk
+                    # an item's queued_at, per chunk (and per CLOCK_EVERY)
+                    self.now = yielded_at = trio.current_time()
                     budget = 0  # (nothing carries over an await: others may admit)
                     for recipient in chunk:
                         if budget:  # the fast path: no coroutine, no test of room
@@ -101,7 +108,7 @@ class Intake:
                             admit(job, recipient)
                         elif not self.lookahead:
                             await self._wait_for_room()
-                            self.now = trio.current_time()
+                            self.now = yielded_at = trio.current_time()
                             admit(job, recipient)
                         else:
                             ahead.append(recipient)
@@ -109,19 +116,24 @@ class Intake:
                             self._admit_ahead(job, ahead)
                             while len(ahead) >= self.lookahead and not job.closed:
                                 await self._wait_for_room()
-                                self.now = trio.current_time()
+                                self.now = yielded_at = trio.current_time()
                                 self._admit_ahead(job, ahead)
                         admitted += 1
-                        if admitted % CHECKPOINT_EVERY == 0:
-                            await trio.lowlevel.checkpoint()
+                        if admitted % CLOCK_EVERY == 0:
                             self.now = trio.current_time()
+                            if (
+                                admitted % CHECKPOINT_EVERY == 0
+                                or self.now - yielded_at >= MAX_RUN
+                            ):
+                                await trio.lowlevel.checkpoint()
+                                self.now = yielded_at = trio.current_time()
                         if not ahead:
                             # the next ones may skip the room and checkpoint
                             # tests (12 bytecodes a recipient, ~1% of scenario
                             # d): an admission adds at most one to _in_memory
                             budget = max(0, min(
                                 self.max_pending - self._in_memory,
-                                CHECKPOINT_EVERY - 1 - admitted % CHECKPOINT_EVERY,
+                                CLOCK_EVERY - 1 - admitted % CLOCK_EVERY,
                             ))
                             admitted += budget  # counted ahead: an early end only
                             # moves the next checkpoint
