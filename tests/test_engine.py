@@ -205,6 +205,38 @@ async def test_intake_yields_every_checkpoint_or_sooner_for_a_slow_source(
         assert longest >= intake_module.CHECKPOINT_EVERY
 
 
+async def test_an_async_source_is_not_checkpointed_per_recipient() -> None:
+    """An async iterable arrives a recipient at a time; intake still yields
+    every CHECKPOINT_EVERY admissions (or MAX_RUN), not after each one."""
+    feeder: trio.lowlevel.Task | None = None
+    steps = 0
+
+    class FeederSteps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            nonlocal steps
+            if task is feeder:
+                steps += 1
+
+    async def recipients():
+        nonlocal feeder
+        feeder = trio.lowlevel.current_task()
+        for i in range(3_000):
+            yield f"r{i}@example.test"
+
+    instrument = FeederSteps()
+    trio.lowlevel.add_instrument(instrument)
+    try:
+        async with trio.open_nursery() as nursery:
+            sink = await start_sink(nursery)
+            summary = await send("news@sender.test", MESSAGE, recipients(),
+                                 config=relay_config(sink))
+            nursery.cancel_scope.cancel()
+    finally:
+        trio.lowlevel.remove_instrument(instrument)
+    assert summary.delivered == 3_000
+    assert steps < 100  # 377 while a chunk's unused budget stayed counted
+
+
 async def test_connection_cap_per_destination_is_never_exceeded() -> None:
     template = TemplateContent("Subject: ${name}\r\n\r\nx\r\n")
     recipients = [Recipient(f"u{i}@example.test", {"name": str(i)}) for i in range(400)]

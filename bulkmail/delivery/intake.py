@@ -137,6 +137,9 @@ class Intake:
                             ))
                             admitted += budget  # counted ahead: an early end only
                             # moves the next checkpoint
+                    # ... or would, every chunk: an async source's chunk is one
+                    # recipient, and a checkpoint after each was a scheduler pass each
+                    admitted -= budget
             while ahead and not job.closed:
                 await self._wait_for_room()
                 self.now = trio.current_time()
