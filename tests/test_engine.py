@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 
 import pytest
 import trio
@@ -158,6 +158,22 @@ async def test_a_plain_list_never_holds_more_than_max_pending() -> None:
     assert 32 <= most <= 64
 
 
+async def send_instrumented(
+    recipients: Iterable[str] | AsyncIterable[str], instrument: trio.abc.Instrument,
+) -> Summary:
+    """Send ``recipients`` to a sink by relay, with ``instrument`` watching trio's tasks."""
+    trio.lowlevel.add_instrument(instrument)
+    try:
+        async with trio.open_nursery() as nursery:
+            sink = await start_sink(nursery)
+            summary = await send("news@sender.test", MESSAGE, recipients,
+                                 config=relay_config(sink))
+            nursery.cancel_scope.cancel()
+    finally:
+        trio.lowlevel.remove_instrument(instrument)
+    return summary
+
+
 @pytest.mark.parametrize("slow", [False, True])
 async def test_intake_yields_every_checkpoint_or_sooner_for_a_slow_source(
     autojump_clock: trio.testing.MockClock, slow: bool,
@@ -188,16 +204,7 @@ async def test_intake_yields_every_checkpoint_or_sooner_for_a_slow_source(
             read += 1
             yield f"r{i}@example.test"
 
-    instrument = RunLength()
-    trio.lowlevel.add_instrument(instrument)
-    try:
-        async with trio.open_nursery() as nursery:
-            sink = await start_sink(nursery)
-            summary = await send("news@sender.test", MESSAGE, recipients(),
-                                 config=relay_config(sink))
-            nursery.cancel_scope.cancel()
-    finally:
-        trio.lowlevel.remove_instrument(instrument)
+    summary = await send_instrumented(recipients(), RunLength())
     assert summary.delivered == 5_000
     if slow:
         assert longest <= intake_module.CLOCK_EVERY + 1
@@ -223,16 +230,7 @@ async def test_an_async_source_is_not_checkpointed_per_recipient() -> None:
         for i in range(3_000):
             yield f"r{i}@example.test"
 
-    instrument = FeederSteps()
-    trio.lowlevel.add_instrument(instrument)
-    try:
-        async with trio.open_nursery() as nursery:
-            sink = await start_sink(nursery)
-            summary = await send("news@sender.test", MESSAGE, recipients(),
-                                 config=relay_config(sink))
-            nursery.cancel_scope.cancel()
-    finally:
-        trio.lowlevel.remove_instrument(instrument)
+    summary = await send_instrumented(recipients(), FeederSteps())
     assert summary.delivered == 3_000
     assert steps < 100  # 377 while a chunk's unused budget stayed counted
 
