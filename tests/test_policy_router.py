@@ -34,7 +34,6 @@ async def test_plans_are_bounded_by_the_dns_cache_size() -> None:
         nursery.cancel_scope.cancel()
 
 
-
 async def _world(nursery: trio.Nursery, domains: list[str], limit: int) -> tuple[
     MXRouter, PolicyRouter, TLSPolicies
 ]:

@@ -156,8 +156,10 @@ class BatchRunner:
 
         def refill() -> list[Envelope]:
             nonlocal budget
-            # (a window of 1, any mode but BDAT: the loop's own _ready() test)
-            if not self._worth_a_write(max(1, session.window // 2)):
+            half = session.window // 2
+            # up to one transaction (any mode but BDAT, or a short window), the
+            # test is the loop's own _ready(): _worth_a_write(1) holds whenever it does
+            if half > 1 and not self._worth_a_write(half):
                 return []
             while budget > 0 and not owner.stopping and self._ready():
                 if self.shared is not None and self.shared.surplus():
