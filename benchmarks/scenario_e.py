@@ -104,7 +104,8 @@ def run_workers(args: argparse.Namespace, work: Path, rcpts: Path, workers: int,
                 [*(profile_wrap(args, n) if n == 0 else []),
                  *bulkmail("worker", "--db", url, "--job", job, "--tls", "none", "--quiet",
                            "--shaping", str(shaping), "--lease", f"{args.lease}s",
-                           "--claim-size", str(args.claim_size), *world.send_options())],
+                           *(["--claim-size", str(args.claim_size)] if args.claim_size else []),
+                           *world.send_options())],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             for n in range(workers)
         ]
@@ -185,8 +186,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=1,
                         help="connections per worker per MX site (the cap is this x workers)")
     parser.add_argument("--lease", type=float, default=10.0)
-    parser.add_argument("--claim-size", type=int, default=500,
-                        help="the workers' --claim-size (recipients per claim)")
+    parser.add_argument("--claim-size", type=int,
+                        help="the workers' --claim-size (default: theirs)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows here")
     parser.add_argument("--workers", default="1,2,3",
                         help="worker counts to run, comma-separated (the first is the baseline)")

@@ -32,6 +32,8 @@ from .progress import Progress
 from .send_command import build_config
 from .send_options import EGRESS_OPTIONS, add_send_options, send_defaults, send_type
 
+DEFAULTS = WorkerSettings()
+
 EX_USAGE = 2
 
 EXAMPLE = """example:
@@ -50,8 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lease", type=send_type("retry_first"), default=30.0, metavar="DURATION",
                         help="how long claimed recipients stay this worker's without a "
                              "heartbeat: a dead worker's are taken over after it (default 30s)")
-    parser.add_argument("--claim-size", type=int, default=500, metavar="N",
-                        help="recipients per claim, all of one destination (default 500)")
+    parser.add_argument("--claim-size", type=int, default=DEFAULTS.claim_size, metavar="N",
+                        help="recipients per claim, all of one destination"
+                             f" (default {DEFAULTS.claim_size})")
     add_send_options(parser, EGRESS_OPTIONS)
 
 
