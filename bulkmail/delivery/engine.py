@@ -76,6 +76,9 @@ class Engine(RecipientOutcomes):
         #: a shaping rule may set a domain apart from its site (the config is frozen)
         self._own_rules = bool(config.shaping.rules)
         self._jobs: set[Job] = set()
+        #: recipients admitted by jobs already forgotten: the in-doubt share is
+        #: of everything this engine admitted, not of the jobs still open
+        self._retired_admitted = 0
         self.metrics = config.metrics
         if self.metrics is not None:
             self.metrics.view = EngineState(self.pools, self._health, self._retries)
@@ -137,6 +140,8 @@ class Engine(RecipientOutcomes):
             self.wake_pools()
 
     def forget(self, job: Job) -> None:
+        if job in self._jobs:  # what it admitted still counts for the in-doubt share
+            self._retired_admitted += job.outstanding + job.summary.total
         self._jobs.discard(job)
         self._bounce_rest.pop(job, None)
 
@@ -223,7 +228,7 @@ class Engine(RecipientOutcomes):
         share = self.config.in_doubt_share
         if share <= 0:
             return limit
-        admitted = 0
+        admitted = self._retired_admitted
         for job in self._jobs:
             admitted += job.outstanding + job.summary.total
         sessions = max(1, self._limiter.borrowed_tokens)
