@@ -28,6 +28,7 @@ EGRESS_OPTIONS = (
     "relay", "tls", "tls_ca", "tls_no_verify", "auth_user", "auth_password_env",
     "allow_plaintext_auth", "dns_server", "mx_port", "connections", "total_connections",
     "shaping", "source_address", "helo", "quiet", "metrics", "metrics_sites",
+    "window", "max_in_doubt",
 )
 
 
