@@ -130,7 +130,7 @@ async def test_sigterm_hands_leases_back_and_follow_waits_for_new_jobs(
         sink = await start_sink(nursery, record_messages=True, latency=0.2)
         worker = await trio.lowlevel.open_process(
             [*BULKMAIL, *worker_args(store_url, sink.port, "--follow", "--connections", "1",
-                                     "--claim-size", "5")],
+                                     "--claim-size", "5", "--max-leased", "40")],
             cwd=ROOT, stderr=subprocess.PIPE)
         # a job created after the worker started is found (--follow)
         job = await create(store_url, tmp_path,

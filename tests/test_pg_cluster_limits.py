@@ -52,7 +52,8 @@ async def test_a_connection_cap_holds_across_workers(
         sink = await start_sink(nursery, record_messages=True, latency=0.03)
         processes = [
             await start_worker(store_url, job, sink, source, "--shaping", rules,
-                               "--connections", str(cap), "--claim-size", "10")
+                               "--connections", str(cap), "--claim-size", "10",
+                               "--max-leased", "80")
             for source in SOURCES[:workers]
         ]
         finish_loading(store_url, job, everyone)
@@ -86,7 +87,8 @@ async def test_a_worker_started_late_gets_its_share_of_the_seats(
     everyone = addresses(3000, 3)  # personalised: one transaction each
     job = create_loading_job(store_url, max_rcpts=5)
     rules = shaping(tmp_path, f"[default]\nconnections = {cap}\n")
-    options = ("--shaping", rules, "--connections", str(cap), "--claim-size", "20")
+    options = ("--shaping", rules, "--connections", str(cap), "--claim-size", "20",
+               "--max-leased", "160")
     most: dict[int, int] = {}
     async with trio.open_nursery() as nursery:
         sink = await start_sink(nursery, record_messages=True, latency=0.1)
@@ -131,7 +133,7 @@ async def test_a_rate_holds_across_workers_over_a_minute(
         sink = await start_sink(nursery, record_messages=True)
         processes = [
             await start_worker(store_url, job, sink, source, "--shaping", rules,
-                               "--claim-size", "10")
+                               "--claim-size", "10", "--max-leased", "80")
             for source in SOURCES
         ]
         finish_loading(store_url, job, everyone)

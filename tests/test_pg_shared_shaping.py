@@ -50,7 +50,8 @@ duration = "30m"
 async def start_worker(store_url: str, job: int, args: list[str], source: str) -> trio.Process:
     return await trio.lowlevel.open_process(
         [sys.executable, "-m", "bulkmail", "worker", "--db", store_url, "--job", str(job),
-         "--tls", "none", "--source-address", source, "--quiet", "--claim-size", "5", *args],
+         "--tls", "none", "--source-address", source, "--quiet", "--claim-size", "5",
+         "--max-leased", "40", *args],
         cwd=ROOT, stderr=subprocess.PIPE,
     )
 

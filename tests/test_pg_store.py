@@ -143,6 +143,25 @@ def test_a_claim_takes_one_destination_and_rotates(store: PgStore) -> None:
     assert first.destination != second.destination  # least recently claimed first
 
 
+def test_one_claim_statement_takes_many_destinations_within_its_bounds(store: PgStore) -> None:
+    job = store.create_job()
+    store.load_recipients(job, addresses(60, domains=6))  # 10 per domain
+    claims = store.claim_many("w", 4, 30, job=job, max_items=14, max_destinations=5)
+    # 4 of each destination, 14 in all: the fourth destination gives only 2,
+    # and the fifth none (it is not read)
+    assert sorted(len(c) for c in claims) == [2, 4, 4, 4]
+    for claim in claims:
+        assert {r.address.partition("@")[2] for r in claim.recipients} == {claim.destination}
+    # the destinations that gave rows went to the back of the rotation: the
+    # next statement takes the two never claimed first, then one of those
+    again = store.claim_many("w", 100, 30, job=job, max_items=100, max_destinations=3)
+    first = {c.destination for c in claims}
+    assert {f"d{i}.example" for i in range(6)} - first < {c.destination for c in again}
+    assert len({c.destination for c in again} & first) == 1
+    taken = [r.address for c in (*claims, *again) for r in c.recipients]
+    assert len(taken) == len(set(taken))  # none twice
+
+
 def test_concurrent_claimers_never_get_the_same_recipient(store_url: str) -> None:
     with PgStore(store_url) as setup:
         job = setup.create_job()

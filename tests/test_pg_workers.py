@@ -41,7 +41,7 @@ async def test_workers_deliver_every_recipient_exactly_once(
         sources = [f"127.0.0.{i + 2}" for i in range(workers)]
         processes = [
             await start_worker(store_url, job, sink, source, "--connections", "2",
-                               "--claim-size", "10")
+                               "--claim-size", "10", "--max-leased", "80")
             for source in sources
         ]
         await trio.sleep(0.5)  # they wait for the job's loading to finish
@@ -69,7 +69,7 @@ async def test_killed_worker_is_taken_over_nothing_lost_duplicates_flagged(
     rng = random.Random(seed)
     everyone = addresses(1200, 8)
     job = create_loading_job(store_url, max_rcpts=5)
-    lease = ("--lease", "2s", "--connections", "2", "--claim-size", "10")
+    lease = ("--lease", "2s", "--connections", "2", "--claim-size", "10", "--max-leased", "80")
     async with trio.open_nursery() as nursery:
         # a long round trip: many transactions are between end of data and reply
         sink = await start_sink(nursery, record_messages=True, latency=0.05)
@@ -110,7 +110,7 @@ async def test_worker_that_loses_the_database_stops_and_loses_nothing(store_url:
     everyone = addresses(400, 4)
     job = create_loading_job(store_url, max_rcpts=5)
     name = f"bulkmail_victim_{job}_{os.getpid()}"
-    lease = ("--lease", "2s", "--connections", "2", "--claim-size", "10")
+    lease = ("--lease", "2s", "--connections", "2", "--claim-size", "10", "--max-leased", "80")
     async with trio.open_nursery() as nursery:
         sink = await start_sink(nursery, record_messages=True, latency=0.05)
         # libpq's application_name tells this worker's connections apart

@@ -60,7 +60,8 @@ def _send_on_store(args: argparse.Namespace, url: str) -> int:
         return EX_USAGE
     defaults = importlib.import_module("bulkmail.store.worker").WorkerSettings()
     worker_args = argparse.Namespace(**{**vars(args), "db": url, "job": job, "follow": False,
-                                        "lease": 30.0, "claim_size": defaults.claim_size})
+                                        "lease": 30.0, "claim_size": defaults.claim_size,
+                                        "max_leased": defaults.max_leased})
     status: int = worker_command.run(worker_args)
     if args.report:
         with store_module.PgStore(url) as store, open(args.report, "w", encoding="utf-8") as out:

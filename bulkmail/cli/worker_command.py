@@ -53,21 +53,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long claimed recipients stay this worker's without a "
                              "heartbeat: a dead worker's are taken over after it (default 30s)")
     parser.add_argument("--claim-size", type=int, default=DEFAULTS.claim_size, metavar="N",
-                        help="recipients per claim, all of one destination"
+                        help="most recipients of one destination per claim"
                              f" (default {DEFAULTS.claim_size})")
+    parser.add_argument("--max-leased", type=int, default=DEFAULTS.max_leased, metavar="N",
+                        help="recipients this worker holds at once, claimed and not final"
+                             f" yet (default {DEFAULTS.max_leased})")
     add_send_options(parser, EGRESS_OPTIONS)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        if args.lease <= 0 or args.claim_size < 1:
-            raise InputError("--lease and --claim-size must be positive")
+        if args.lease <= 0 or args.claim_size < 1 or args.max_leased < 1:
+            raise InputError("--lease, --claim-size and --max-leased must be positive")
         config = _mailer_config(args)
     except (InputError, StoreError, ValueError, OSError) as exc:
         print(f"bulkmail worker: {exc}", file=sys.stderr)
         return EX_USAGE
     settings = WorkerSettings(job=args.job, follow=args.follow, lease=args.lease,
-                              claim_size=args.claim_size)
+                              claim_size=args.claim_size, max_leased=args.max_leased)
     try:
         return trio.run(_work, args, config, settings)
     except StoreError as exc:

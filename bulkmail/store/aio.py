@@ -69,6 +69,13 @@ class AsyncStore:
                     job: int | None = None) -> Claim | None:
         return await self.call(lambda s: s.claim(owner, max_items, lease_seconds, job=job))
 
+    async def claim_many(self, owner: str, per_destination: int, lease_seconds: float, *,
+                         job: int | None = None, max_items: int | None = None,
+                         max_destinations: int = 1) -> list[Claim]:
+        return await self.call(lambda s: s.claim_many(
+            owner, per_destination, lease_seconds, job=job, max_items=max_items,
+            max_destinations=max_destinations))
+
     async def heartbeat(self, owner: str, lease_seconds: float) -> int:
         return await self.call(lambda s: s.heartbeat(owner, lease_seconds))
 

@@ -1,7 +1,8 @@
 """Workers lease recipients, a destination's worth at a time.
 
-A claim takes up to ``max_items`` ready recipients of *one* destination
-(so they can share SMTP transactions) with ``FOR UPDATE SKIP LOCKED``:
+A claim takes ready recipients grouped by destination (so a destination's
+can share SMTP transactions), of one destination or of several in one
+statement, with ``FOR UPDATE SKIP LOCKED``:
 concurrent claimers never wait for each other and never get the same row.
 Each leased row carries its owner and an expiry that the owner's heartbeat
 pushes forward; once it passes, any worker may claim the row again.
@@ -31,7 +32,8 @@ from .errors import StoreError
 from .outcomes import FencedWrite, apply_fenced, needs_transaction
 
 __all__ = [
-    "IN_DOUBT", "Claim", "ClaimedRecipient", "Write", "claim", "commit_writes", "complete",
+    "IN_DOUBT", "Claim", "ClaimedRecipient", "Write", "claim", "claim_many", "commit_writes",
+    "complete",
     "heartbeat", "mark_in_doubt", "new_owner_id", "release",
 ]
 
@@ -44,11 +46,19 @@ _READY = """
     AND ({r}.lease_expires IS NULL OR {r}.lease_expires < now())
 """
 
-# 1. the least recently claimed destination of an active job that is not
-#    paused and has ready recipients (SKIP LOCKED: concurrent claimers spread
-#    over destinations; the second try waits instead, for a job with one);
-# 2. its ready recipients, soonest first, skipping rows other claims hold;
-# 3. lease them, and flag the in-doubt ones: they are about to be resent.
+# 1. the least recently claimed destinations of active jobs that are not
+#    paused and have ready recipients (SKIP LOCKED: concurrent claimers spread
+#    over destinations; the last try waits instead, for a job with one);
+#    few at a time (``claim_many``'s ``max_destinations``), so the planner
+#    walks the rotation index lazily instead of testing every destination
+#    of the job for ready recipients and sorting them (256 of 200: 78 ms);
+# 2. each one's ready recipients, soonest first, skipping rows other claims
+#    hold, at most ``per`` of a destination and ``limit`` in all: the lateral
+#    subquery is read lazily, so a destination past the limit is not read and
+#    none of its rows is locked;
+# 3. the destinations that gave rows go to the back of the rotation (one that
+#    gave none -- its rows all held by a concurrent claim -- stays in front);
+# 4. lease the rows, and flag the in-doubt ones: they are about to be resent.
 _CLAIM = """
 WITH dest AS (
     SELECT jd.job, jd.destination
@@ -61,23 +71,26 @@ WITH dest AS (
                   WHERE r.job = jd.job AND r.destination = jd.destination AND """ + _READY.format(
     r="r") + """)
     ORDER BY jd.claimed_at NULLS FIRST  -- nothing more: the index's order, read lazily
-    LIMIT 1
+    LIMIT %(destinations)s
     FOR UPDATE OF jd {skip}
 ),
-picked AS (
-    -- scalar subqueries, not a join: constants to the planner, so the index
-    -- hands out rows already in order instead of sorting the destination's all
-    SELECT r.id FROM recipients AS r
-    WHERE r.job = (SELECT job FROM dest) AND r.destination = (SELECT destination FROM dest)
-      AND """ + _READY.format(
+picked AS MATERIALIZED (
+    -- per destination, an index scan that hands out rows already in order
+    SELECT p.id, dest.job, dest.destination
+    FROM dest CROSS JOIN LATERAL (
+        SELECT r.id FROM recipients AS r
+        WHERE r.job = dest.job AND r.destination = dest.destination AND """ + _READY.format(
     r="r") + """
-    ORDER BY r.next_attempt, r.id
+        ORDER BY r.next_attempt, r.id
+        LIMIT %(per)s
+        FOR UPDATE OF r SKIP LOCKED
+    ) AS p
     LIMIT %(limit)s
-    FOR UPDATE OF r SKIP LOCKED
 ),
 rotated AS (
     UPDATE job_destinations AS jd SET claimed_at = clock_timestamp()
-    WHERE jd.job = (SELECT job FROM dest) AND jd.destination = (SELECT destination FROM dest)
+    FROM (SELECT DISTINCT job, destination FROM picked) AS c
+    WHERE jd.job = c.job AND jd.destination = c.destination
 )
 UPDATE recipients AS r
 SET lease_owner = %(owner)s,
@@ -151,26 +164,45 @@ def claim(
     *now* (all leased, paused, waiting for a retry, or the job ended): it is
     not "the job is done" (see ``finish_if_done``).
     """
-    if max_items < 1 or lease_seconds <= 0:
-        raise ValueError("max_items and lease_seconds must be positive")
-    params: dict[str, Any] = {"job": job, "limit": max_items, "owner": owner,
+    claims = claim_many(db, owner, max_items, lease_seconds, job=job)
+    return claims[0] if claims else None
+
+
+def claim_many(
+    db: Database, owner: str, per_destination: int, lease_seconds: float, *,
+    job: int | None = None, max_items: int | None = None, max_destinations: int = 1,
+) -> list[Claim]:
+    """Lease ready recipients of up to ``max_destinations`` destinations to
+    ``owner`` in one statement: at most ``per_destination`` of each and
+    ``max_items`` (default ``per_destination``) in all; a claim per destination.
+
+    One round trip for many small destinations (a long tail of domains),
+    where a claim each cost a statement per recipient.  An empty list means
+    nothing is ready *now*, as :func:`claim`'s ``None``.
+    """
+    total = per_destination if max_items is None else max_items
+    if per_destination < 1 or total < 1 or max_destinations < 1 or lease_seconds <= 0:
+        raise ValueError("claim sizes and lease_seconds must be positive")
+    params: dict[str, Any] = {"job": job, "per": per_destination, "limit": total,
+                              "destinations": max_destinations, "owner": owner,
                               "ttl": float(lease_seconds)}
     for attempt in range(_CLAIM_TRIES):
         query = _CLAIM.format(skip="SKIP LOCKED" if attempt < _CLAIM_TRIES - 1 else "")
         with db.using() as conn:
             rows = conn.execute(query.encode(), params, prepare=False).fetchall()
         if rows:
-            first = rows[0]
-            return Claim(
-                int(first[0]), str(first[1]),
-                tuple(
-                    ClaimedRecipient(
-                        str(address), variables, Status(state), int(attempts), bool(dup),
-                    )
-                    for _, _, address, variables, state, attempts, dup in rows
-                ),
-            )
-    return None
+            return _claims(rows)
+    return []
+
+
+def _claims(rows: Sequence[tuple[Any, ...]]) -> list[Claim]:
+    """The claimed rows, a :class:`Claim` per (job, destination)."""
+    grouped: dict[tuple[int, str], list[ClaimedRecipient]] = {}
+    for job, destination, address, variables, state, attempts, dup in rows:
+        grouped.setdefault((int(job), str(destination)), []).append(
+            ClaimedRecipient(str(address), variables, Status(state), int(attempts), bool(dup)))
+    return [Claim(job, destination, tuple(recipients))
+            for (job, destination), recipients in grouped.items()]
 
 
 def heartbeat(db: Database, owner: str, lease_seconds: float) -> int:

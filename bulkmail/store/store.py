@@ -109,6 +109,12 @@ class PgStore:
               job: int | None = None) -> leases.Claim | None:
         return leases.claim(self.db, owner, max_items, lease_seconds, job=job)
 
+    def claim_many(self, owner: str, per_destination: int, lease_seconds: float, *,
+                   job: int | None = None, max_items: int | None = None,
+                   max_destinations: int = 1) -> list[leases.Claim]:
+        return leases.claim_many(self.db, owner, per_destination, lease_seconds, job=job,
+                                 max_items=max_items, max_destinations=max_destinations)
+
     def heartbeat(self, owner: str, lease_seconds: float) -> int:
         return leases.heartbeat(self.db, owner, lease_seconds)
 

@@ -52,23 +52,33 @@ EX_OK, EX_TEMPFAIL = 0, 75
 STORE_CONNECTIONS, WRITER_CONNECTIONS = 8, 3
 
 
-# A claim is one destination's recipients (a domain's), and each becomes one
-# ``mailer.send``; the engine's sessions are per MX site.  With a few big
-# claims a worker often holds none for some site: 8 claims of 500 over four
-# sites leave one without work about (3/4)^8 = 10% of the time, its session
-# idle and its seat given up to a worker that may not need it.  Scenario e,
-# 3 workers, --scale 0.5: seats held 89% of the time -> 94% with 32 claims of
-# 125, 2.25-2.31x -> 2.36x one worker.  What a worker holds stays 4,000
-# recipients, and with it the in-doubt window (a share of what the engine
-# holds): 8 claims of 100 had halved a worker's rate.
+# What a worker holds, and in what pieces.  A claim is one destination's
+# recipients (a domain's) and becomes one ``mailer.send``; a claim statement
+# takes up to ``DESTINATIONS_PER_CLAIM`` destinations (``leases.claim_many``),
+# and the worker claims again whenever a claim's worth of room is free, up to
+# ``max_leased`` recipients and ``claims_in_flight`` destinations.
+#
+# Why destinations of at most 125: the engine's sessions are per MX site, and
+# a worker holding a few big claims often holds none for some site -- eight
+# claims of 500 over four sites left one without work about (3/4)^8 = 10% of
+# the time, its session idle and its seat given up (scenario e, 3 workers,
+# --scale 0.5: seats held 89% of the time -> 94% with claims of 125).  Why
+# many destinations per statement: a long tail of one-recipient domains held
+# 32 recipients at a time and cost a statement each (5,000 domains: 157/s).
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
     job: int | None = None  #: one job, or every active job
     follow: bool = False  #: keep waiting for new work instead of exiting when done
     lease: float = 30.0  #: seconds a claim stays ours without a heartbeat
-    claim_size: int = 125  #: recipients per claim (one destination's)
-    claims_in_flight: int = 32
+    claim_size: int = 125  #: most recipients of one destination per claim
+    max_leased: int = 4000  #: recipients held at once (claimed, not final yet)
+    claims_in_flight: int = 256  #: destinations held at once (a ``mailer.send`` each)
     max_idle: float = 1.0  #: longest wait between claims when nothing is ready
+
+
+#: destinations one claim statement takes at most: few enough that PostgreSQL
+#: walks the rotation index instead of sorting the job's every destination
+DESTINATIONS_PER_CLAIM = 16
 
 
 @dataclass(slots=True)
@@ -154,7 +164,8 @@ class Worker:
         self.jobs: dict[int, JobRun] = {}
         self.claims = 0
         self.released = 0  #: recipients handed back unsent on stop
-        self._slots = trio.Semaphore(settings.claims_in_flight)
+        self._leased = 0  #: recipients of the claims being sent
+        self._held = 0  #: claims being sent
         #: id of a claim's result callback -> (stored job, claim's destination)
         self._claims: dict[int, tuple[int, str]] = {}
         if shaping is not None:
@@ -173,27 +184,31 @@ class Worker:
         """Work until done; the exit status: 0 when every recipient of the jobs
         worked is final, 75 when some are still deferred (or it was stopped)."""
         idle = 0.02
+        settings = self.settings
+        enough = min(settings.claim_size, settings.max_leased)  # room worth a claim
         async with trio.open_nursery() as claims:
             while not self.stopping:
-                await self._slots.acquire()
-                try:
-                    claim = None if self.stopping else await self.store.claim(
-                        self.owner, self.settings.claim_size, self.settings.lease,
-                        job=self.settings.job)
-                except BaseException:
-                    self._slots.release()
-                    raise
-                if claim is not None:
-                    idle = 0.02
-                    self.claims += 1
-                    claims.start_soon(self._send_claim, claim)
+                room = settings.max_leased - self._leased
+                if room < enough or self._held >= settings.claims_in_flight:
+                    await self._wake.wait()  # a claim ends (or stop())
                     continue
-                self._slots.release()
-                if not self.settings.follow and await self._all_done():
+                got = await self.store.claim_many(
+                    self.owner, settings.claim_size, settings.lease, job=settings.job,
+                    max_items=room, max_destinations=min(
+                        DESTINATIONS_PER_CLAIM, settings.claims_in_flight - self._held))
+                if got:
+                    idle = 0.02
+                    for claim in got:
+                        self.claims += 1
+                        self._held += 1
+                        self._leased += len(claim)
+                        claims.start_soon(self._send_claim, claim)
+                    continue
+                if not settings.follow and await self._all_done():
                     break
                 with trio.move_on_after(idle):
                     await self._wake.wait()
-                idle = min(self.settings.max_idle, idle * 2)
+                idle = min(settings.max_idle, idle * 2)
         return await self._exit_status()
 
     def claim_of(self, job: object) -> tuple[int, str] | None:
@@ -303,7 +318,8 @@ class Worker:
                 self.released += len(unsent)
                 await self.store.release(self.owner, claim.job, unsent)
         finally:
-            self._slots.release()
+            self._held -= 1
+            self._leased -= len(claim)
             self._wake.set()
             self._wake = trio.Event()
 
