@@ -161,25 +161,33 @@ class BatchRunner:
             # test is the loop's own _ready(): _worth_a_write(1) holds whenever it does
             if half > 1 and not self._worth_a_write(half):
                 return []
-            while budget > 0 and not owner.stopping and self._ready():
+            # a take is one job's; a window may take several (a store
+            # worker's claims are jobs of one destination each: a long tail
+            # of one-recipient claims wrote one transaction per round trip)
+            taken: list[Envelope] = []
+            want = min(window, budget)
+            while budget > 0 and len(taken) < want and not owner.stopping and self._ready():
                 if self.shared is not None and self.shared.surplus():
-                    return []  # this session gives its seat back (see _take)
+                    break  # this session gives its seat back (see _take)
                 gate = self.gate
-                if gate is not None and not gate.may_go_on(
+                if gate is not None and (taken or not gate.may_go_on(
                     batch.source, self.active_sessions, trio.current_time()
-                ):
-                    return []  # a reply rule acted: this session takes nothing more
-                items = self._take_ready(min(window, budget))
+                )):
+                    break  # one take under a gate (its grant); or a reply rule acted
+                items = self._take_ready(min(want - len(taken), budget))
                 if gate is not None:
                     items, batch.grant = self._granted(gate, items, batch.source)
                     if not items:
-                        return []
+                        break
                 envelopes, more = self._envelopes(items)
                 budget -= max(1, len(envelopes))
                 if envelopes:  # (an unrenderable message was settled instead)
                     batch.extend(envelopes, more)
-                    return envelopes
-            return []
+                    taken += envelopes
+                    q = self.queue
+                    if q and q[0].job is items[0].job:
+                        break  # the rest of this job is other sessions' fair share
+            return taken
 
         return refill
 
@@ -202,7 +210,11 @@ class BatchRunner:
         once each job's in-doubt hook (the journal's durable mark) has
         returned.  Only then are they noted as possibly sent: a batch cut short
         while a hook runs (or by a hook that raised) sent none of them."""
-        for job, addresses in batch.marks(envelopes):
+        marks = batch.marks(envelopes)
+        if len(marks) > 1:
+            await self._marks_together(marks)
+        elif marks:
+            job, addresses = marks[0]
             hook = job.options.on_in_doubt
             assert hook is not None
             try:
@@ -218,6 +230,35 @@ class BatchRunner:
                 job.fail(exc)
                 raise _HookFailed from exc
         batch.sent.update(map(id, envelopes))
+
+    async def _marks_together(self, marks: Sequence[tuple[Job, Sequence[str]]]) -> None:
+        """Several jobs' hooks for one write, awaited at once rather than in
+        turn: a store worker's claims are jobs of their own, and a window of
+        ten transactions from ten claims waited for ten commits one after
+        another where the writer makes them one.  Failures as in
+        ``_data_end``: a refusal (SMTPError) ends the session, anything else
+        fails its job; either way no end of data of the write leaves."""
+        failures: list[tuple[Job, Exception]] = []
+
+        async def mark(job: Job, addresses: Sequence[str]) -> None:
+            hook = job.options.on_in_doubt
+            assert hook is not None
+            try:
+                await hook(addresses)
+            except Exception as exc:
+                failures.append((job, exc))
+
+        async with trio.open_nursery() as nursery:
+            for job, addresses in marks:
+                nursery.start_soon(mark, job, addresses)
+        refusal = next((exc for _, exc in failures if isinstance(exc, SMTPError)), None)
+        for job, exc in failures:
+            if not isinstance(exc, SMTPError):
+                job.fail(exc)
+        if refusal is not None:
+            raise refusal
+        if failures:
+            raise _HookFailed from failures[0][1]
 
     async def _pace(self, interval: float) -> None:
         now = trio.current_time()
