@@ -19,7 +19,8 @@ class Batch:
     an id is never reused while listed) whose end of data may have left: if
     the batch is cut short, exactly those recipients are in doubt.  ``job``
     is the one job of all its transactions, or ``None`` once a refill mixed
-    in another job's (rare: then each envelope's job is looked up).
+    in another job's (then each envelope's job is looked up: rare in
+    ``send``, the rule in a store worker, whose claims are jobs of their own).
     """
 
     __slots__ = ("grant", "job", "pending", "scope", "sent", "source")

@@ -66,6 +66,7 @@ class BatchRunner:
     batch_by: str
     queue: deque[Item] | DomainQueue
     active_sessions: int
+    workers: int  #: the pool's worker tasks (sessions, and one waiting for a seat)
     gate: PoolGate | None
     shared: SharedDestination | None
     _site: SiteMetrics
@@ -166,6 +167,11 @@ class BatchRunner:
             # of one-recipient claims wrote one transaction per round trip)
             taken: list[Envelope] = []
             want = min(window, budget)
+            q = self.queue
+            if self.workers > 1 and q and q[0].job.one_per_transaction:
+                # a fair share of the queue, as a take's (_take_ready), so
+                # many one-message jobs spread over every session too
+                want = min(want, max(1, -(-len(q) // self.workers)))
             while budget > 0 and len(taken) < want and not owner.stopping and self._ready():
                 if self.shared is not None and self.shared.surplus():
                     break  # this session gives its seat back (see _take)
@@ -248,9 +254,16 @@ class BatchRunner:
             except Exception as exc:
                 failures.append((job, exc))
 
-        async with trio.open_nursery() as nursery:
-            for job, addresses in marks:
-                nursery.start_soon(mark, job, addresses)
+        try:
+            async with trio.open_nursery() as nursery:
+                for job, addresses in marks:
+                    nursery.start_soon(mark, job, addresses)
+        except BaseExceptionGroup as group:
+            if group.split(trio.Cancelled)[1] is None:
+                # cancelled (each hook catches its Exceptions): bare, as the
+                # one-job path raises it, so the session drains its batch
+                raise _first(group) from None
+            raise
         refusal = next((exc for _, exc in failures if isinstance(exc, SMTPError)), None)
         for job, exc in failures:
             if not isinstance(exc, SMTPError):
@@ -326,3 +339,11 @@ class BatchRunner:
         if error is not None and self.gate is not None:
             self._react_to(self.gate, (error.reply,), batch.source, batch.job)
         return failed
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception of ``group``, however deeply nested."""
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first

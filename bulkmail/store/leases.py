@@ -50,8 +50,9 @@ _READY = """
 #    paused and have ready recipients (SKIP LOCKED: concurrent claimers spread
 #    over destinations; the last try waits instead, for a job with one);
 #    few at a time (``claim_many``'s ``max_destinations``), so the planner
-#    walks the rotation index lazily instead of testing every destination
-#    of the job for ready recipients and sorting them (256 of 200: 78 ms);
+#    walks one job's rotation index lazily instead of testing every
+#    destination of the job for ready recipients and sorting them (256 of
+#    200: 78 ms; without a job, every active job's are sorted, as always);
 # 2. each one's ready recipients, soonest first, skipping rows other claims
 #    hold, at most ``per`` of a destination and ``limit`` in all: the lateral
 #    subquery is read lazily, so a destination past the limit is not read and
@@ -187,7 +188,14 @@ def claim_many(
                               "destinations": max_destinations, "owner": owner,
                               "ttl": float(lease_seconds)}
     for attempt in range(_CLAIM_TRIES):
-        query = _CLAIM.format(skip="SKIP LOCKED" if attempt < _CLAIM_TRIES - 1 else "")
+        waits = attempt == _CLAIM_TRIES - 1
+        if waits:
+            # the try that waits for a destination's lock takes one, as before
+            # claim_many: waiting for a second while holding a first (and its
+            # rows) could deadlock with a claimer that met the rotation's new
+            # order and holds the second
+            params["destinations"] = 1
+        query = _CLAIM.format(skip="" if waits else "SKIP LOCKED")
         with db.using() as conn:
             rows = conn.execute(query.encode(), params, prepare=False).fetchall()
         if rows:

@@ -72,7 +72,7 @@ class WorkerSettings:
     lease: float = 30.0  #: seconds a claim stays ours without a heartbeat
     claim_size: int = 125  #: most recipients of one destination per claim
     max_leased: int = 4000  #: recipients held at once (claimed, not final yet)
-    claims_in_flight: int = 256  #: destinations held at once (a ``mailer.send`` each)
+    claims_in_flight: int = 256  #: claims held at once (a ``mailer.send`` each)
     max_idle: float = 1.0  #: longest wait between claims when nothing is ready
 
 
@@ -166,6 +166,7 @@ class Worker:
         self.released = 0  #: recipients handed back unsent on stop
         self._leased = 0  #: recipients of the claims being sent
         self._held = 0  #: claims being sent
+        self._loading: dict[int, trio.Event] = {}  #: jobs being loaded (``job_run``)
         #: id of a claim's result callback -> (stored job, claim's destination)
         self._claims: dict[int, tuple[int, str]] = {}
         if shaping is not None:
@@ -239,13 +240,22 @@ class Worker:
         return EX_OK
 
     async def job_run(self, job: int) -> JobRun:
-        run = self.jobs.get(job)
-        if run is None:
-            options, started = await self.store.call(lambda s: load_job(s, job))
-            spec = JobSpec.from_options(options, job=job)
-            spec.content()  # a job it cannot send (a key that does not sign): fail now
-            run = JobRun(job, spec, spec.retry_policy(), started)
-            self.jobs[job] = run
+        """The job, loaded once: the claims of one statement start together,
+        and only the first loads it (the others wait for that load)."""
+        while (run := self.jobs.get(job)) is None:
+            loading = self._loading.get(job)
+            if loading is not None:
+                await loading.wait()  # loaded, or failed: then this one tries
+                continue
+            self._loading[job] = loading = trio.Event()
+            try:
+                options, started = await self.store.call(lambda s: load_job(s, job))
+                spec = JobSpec.from_options(options, job=job)
+                spec.content()  # a job it cannot send (a key that does not sign): fail now
+                self.jobs[job] = JobRun(job, spec, spec.retry_policy(), started)
+            finally:
+                del self._loading[job]
+                loading.set()
         return run
 
     async def _send_claim(self, claim: Claim) -> None:
