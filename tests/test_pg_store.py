@@ -8,11 +8,13 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from bulkmail.journal import Journal, Outcome, StateChange, Status
 from bulkmail.message import Recipient
 from bulkmail.store import ConnectionLost, PgJournal, PgStore, StoreError, open_pg_journal
 from bulkmail.store.schema import SCHEMA_VERSION, migrate, schema_version
+from bulkmail.store.store import split_store_url
 from tests.pgutil import pg_url, store_url, travel
 
 __all__ = ["pg_url", "store_url"]  # fixtures, imported for pytest
@@ -160,6 +162,33 @@ def test_one_claim_statement_takes_many_destinations_within_its_bounds(store: Pg
     assert len({c.destination for c in again} & first) == 1
     taken = [r.address for c in (*claims, *again) for r in c.recipients]
     assert len(taken) == len(set(taken))  # none twice
+
+
+def test_a_claim_that_must_wait_for_a_lock_waits_for_one_destination(
+    store_url: str, store: PgStore,
+) -> None:
+    # holding one destination while waiting for a second could deadlock with a
+    # claimer that saw the rotation in another order: the waiting try takes one
+    job = store.create_job()
+    store.load_recipients(job, addresses(12, domains=3))
+    conninfo, schema, _ = split_store_url(store_url)
+    got: list[list[int]] = []
+    with psycopg.connect(conninfo) as holder:  # a transaction holding every destination
+        holder.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        holder.execute("SELECT * FROM job_destinations FOR UPDATE")
+
+        def claim() -> None:
+            with PgStore(store_url) as s:
+                found = s.claim_many("w", 100, 30, job=job, max_items=100, max_destinations=3)
+                got.append([len(c) for c in found])
+
+        waiter = threading.Thread(target=claim)
+        waiter.start()
+        waiter.join(0.5)
+        assert waiter.is_alive()  # the tries that skip locked rows found nothing: it waits
+        holder.commit()
+    waiter.join()
+    assert got == [[4]]  # one destination's four
 
 
 def test_concurrent_claimers_never_get_the_same_recipient(store_url: str) -> None:
