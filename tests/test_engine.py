@@ -6,7 +6,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 
 import pytest
 import trio
@@ -174,14 +182,16 @@ async def send_instrumented(
     return summary
 
 
-@pytest.mark.parametrize("slow", [False, True])
+@pytest.mark.parametrize("source", ["fast", "slow", "slow async"])
 async def test_intake_yields_every_checkpoint_or_sooner_for_a_slow_source(
-    autojump_clock: trio.testing.MockClock, slow: bool,
+    autojump_clock: trio.testing.MockClock, source: str,
 ) -> None:
     """A fast source is admitted CHECKPOINT_EVERY recipients at a time (the
     sessions then find whole windows of work); one slower than MAX_RUN per
     CLOCK_EVERY lines (stdin fed line by line) yields at each look at the
-    clock, so it holds the other tasks no longer than that."""
+    clock, so it holds the other tasks no longer than that -- an async one
+    too, though each of its recipients is a chunk of its own."""
+    slow = source != "fast"
     read = 0
     starts: dict[trio.lowlevel.Task, int] = {}
     longest = 0
@@ -196,7 +206,7 @@ async def test_intake_yields_every_checkpoint_or_sooner_for_a_slow_source(
             nonlocal longest
             longest = max(longest, read - starts.pop(task, read))
 
-    def recipients():
+    def recipients() -> Iterator[str]:
         nonlocal read
         for i in range(5_000):
             if slow:
@@ -204,7 +214,12 @@ async def test_intake_yields_every_checkpoint_or_sooner_for_a_slow_source(
             read += 1
             yield f"r{i}@example.test"
 
-    summary = await send_instrumented(recipients(), RunLength())
+    async def without_yielding() -> AsyncIterator[str]:  # (never lets trio run others)
+        for recipient in recipients():
+            yield recipient
+
+    source_of = without_yielding() if source == "slow async" else recipients()
+    summary = await send_instrumented(source_of, RunLength())
     assert summary.delivered == 5_000
     if slow:
         assert longest <= intake_module.CLOCK_EVERY + 1

@@ -89,11 +89,14 @@ class Intake:
         # read but not yet admitted (at most ``lookahead``): when the job
         # closes they are admitted anyway, so each ends deferred with a result
         ahead: deque[Recipient | str] = deque()
+        # when intake last let other tasks run: not reset per chunk, since an
+        # async source's next recipient need not yield to trio (at worst, one
+        # that did costs an early checkpoint)
+        yielded_at = trio.current_time()
         try:
             async with aclosing(_chunks(recipients)) as chunks:
                 async for chunk in chunks:
-                    # an item's queued_at, per chunk (and per CLOCK_EVERY)
-                    self.now = yielded_at = trio.current_time()
+                    self.now = trio.current_time()  # an item's queued_at, per chunk
                     budget = 0  # (nothing carries over an await: others may admit)
                     for recipient in chunk:
                         if budget:  # the fast path: no coroutine, no test of room
