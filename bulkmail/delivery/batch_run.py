@@ -169,9 +169,7 @@ class BatchRunner:
             want = min(window, budget)
             q = self.queue
             if self.workers > 1 and q and q[0].job.one_per_transaction:
-                # a fair share of the queue, as a take's (_take_ready), so
-                # many one-message jobs spread over every session too
-                want = min(want, max(1, -(-len(q) // self.workers)))
+                want = min(want, self._fair_share())  # as a take's: many jobs' too
             while budget > 0 and len(taken) < want and not owner.stopping and self._ready():
                 if self.shared is not None and self.shared.surplus():
                     break  # this session gives its seat back (see _take)
@@ -196,6 +194,12 @@ class BatchRunner:
             return taken
 
         return refill
+
+    def _fair_share(self) -> int:
+        """A session's share of a queue of one-message transactions, so the
+        last messages spread over every session instead of queueing behind
+        one (a window's tail is a round trip each)."""
+        return max(1, -(-len(self.queue) // self.workers))
 
     def _worth_a_write(self, transactions: int) -> bool:
         """``transactions`` whole transactions are queued (or domains' worth:

@@ -320,9 +320,7 @@ class Pool(BatchRunner):
         per_txn = 1 if head.job.one_per_transaction else self.limits.max_rcpts
         limit = per_txn * budget
         if per_txn == 1 and self.workers > 1:
-            # a fair share, so the last messages spread over every session
-            # instead of queueing behind one (a window's tail is a round trip each)
-            limit = min(limit, max(1, -(-len(q) // self.workers)))
+            limit = min(limit, self._fair_share())
         flush = self._flush_due(job)
         if isinstance(q, DomainQueue):
             taken = take_transactions(q, job, per_txn, budget, limit)
