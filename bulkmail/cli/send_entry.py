@@ -58,9 +58,9 @@ def _send_on_store(args: argparse.Namespace, url: str) -> int:
             UnicodeDecodeError) as exc:
         print(f"bulkmail send: {exc}", file=sys.stderr)
         return EX_USAGE
-    defaults = importlib.import_module("bulkmail.store.worker").WorkerSettings()
+    defaults = worker_command.DEFAULTS
     worker_args = argparse.Namespace(**{**vars(args), "db": url, "job": job, "follow": False,
-                                        "lease": 30.0, "claim_size": defaults.claim_size,
+                                        "lease": defaults.lease, "claim_size": defaults.claim_size,
                                         "max_leased": defaults.max_leased})
     status: int = worker_command.run(worker_args)
     if args.report:

@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="work this job only (default: every active job)")
     parser.add_argument("--follow", action="store_true",
                         help="keep waiting for new work instead of exiting when done")
-    parser.add_argument("--lease", type=send_type("retry_first"), default=30.0, metavar="DURATION",
+    parser.add_argument("--lease", type=send_type("retry_first"), default=DEFAULTS.lease,
+                        metavar="DURATION",
                         help="how long claimed recipients stay this worker's without a "
                              "heartbeat: a dead worker's are taken over after it (default 30s)")
     parser.add_argument("--claim-size", type=int, default=DEFAULTS.claim_size, metavar="N",
