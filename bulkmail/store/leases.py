@@ -3,7 +3,8 @@
 A claim takes ready recipients grouped by destination (so a destination's
 can share SMTP transactions), of one destination or of several in one
 statement, with ``FOR UPDATE SKIP LOCKED``:
-concurrent claimers never wait for each other and never get the same row.
+concurrent claimers never get the same row, and wait for each other only in
+a claim's last try, for one destination.
 Each leased row carries its owner and an expiry that the owner's heartbeat
 pushes forward; once it passes, any worker may claim the row again.
 
